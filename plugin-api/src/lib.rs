@@ -13,9 +13,11 @@
 
 #![warn(missing_docs)]
 
-//pub mod abi;
+pub mod abi;
+#[cfg_attr(not(feature = "host"), allow(dead_code))]
+mod convert;
 mod error;
-//mod export;
+mod export;
 mod fs;
 #[cfg(feature = "host")]
 pub mod host;
@@ -29,5 +31,5 @@ pub use types::*;
 
 #[doc(hidden)]
 pub mod __private {
-
+    pub use crate::export::declaration;
 }

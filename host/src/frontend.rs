@@ -1,0 +1,92 @@
+//! Choosing and starting the frontend that presents a mount to the operating system.
+//! The frontends themselves live in their own crates; this is the switch between them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use plugfs_plugin_api::FileSystem;
+
+use crate::config::{Frontend, MountSection};
+
+/// Whether `frontend` can run in this build on this platform; the reason if not.
+pub fn check_available(frontend: Frontend) -> Result<(), String> {
+    match frontend {
+        Frontend::Auto => Ok(()),
+        Frontend::Fuse if cfg!(unix) => Ok(()),
+        Frontend::Fuse => Err("the fuse frontend needs Linux or macOS; use \"winfsp\", \"dokan\" or \"auto\"".into()),
+        Frontend::Winfsp | Frontend::Dokan if cfg!(windows) => {
+            Err(format!("this build of plugfs does not include the {frontend} frontend yet"))
+        }
+        Frontend::Winfsp | Frontend::Dokan => {
+            Err(format!("the {frontend} frontend runs only on Windows; use \"fuse\" or \"auto\" here"))
+        }
+    }
+}
+
+/// The frontend `auto` means here.
+pub fn resolve(frontend: Frontend) -> Frontend {
+    match frontend {
+        Frontend::Auto if cfg!(windows) => Frontend::Winfsp,
+        Frontend::Auto => Frontend::Fuse,
+        other => other,
+    }
+}
+
+/// A live mount, whichever frontend serves it.
+pub enum Mounted {
+    /// Served through FUSE.
+    #[cfg(unix)]
+    Fuse(plugfs_fuse::FuseMount),
+}
+
+impl Mounted {
+    /// Starts serving `fs` at `mountpoint` as `section` says.
+    pub fn start(fs: Arc<dyn FileSystem>, mountpoint: &Path, section: &MountSection) -> anyhow::Result<Mounted> {
+        match resolve(section.frontend) {
+            #[cfg(unix)]
+            Frontend::Fuse => {
+                let o = &section.options;
+                let options = plugfs_fuse::FuseOptions {
+                    read_only: section.read_only,
+                    allow_other: o.allow_other,
+                    auto_unmount: o.auto_unmount,
+                    threads: o.threads,
+                    fsname: o.fsname.clone().unwrap_or_else(|| format!("plugfs:{}", section.name)),
+                    subtype: "plugfs".into(),
+                    default_permissions: o.default_permissions,
+                };
+                Ok(Mounted::Fuse(plugfs_fuse::mount(fs, mountpoint, &options)?))
+            }
+            other => anyhow::bail!("{}", check_available(other).err().unwrap_or_else(|| format!("{other} unavailable"))),
+        }
+    }
+
+    /// Whether the mount has ended on its own (unmounted from outside).
+    pub fn is_finished(&self) -> bool {
+        match self {
+            #[cfg(unix)]
+            Mounted::Fuse(m) => m.is_finished(),
+        }
+    }
+
+    /// Unmounts and waits for the workers to end.
+    pub fn unmount(self) -> std::io::Result<()> {
+        match self {
+            #[cfg(unix)]
+            Mounted::Fuse(m) => m.unmount(),
+        }
+    }
+}
+
+/// Detaches a mount left behind by a host that was killed.
+pub fn force_unmount(mountpoint: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        plugfs_fuse::force_unmount(mountpoint)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = mountpoint;
+        Err(std::io::Error::other("plugfs unmount is only needed for FUSE mounts"))
+    }
+}

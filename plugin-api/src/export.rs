@@ -1,0 +1,599 @@
+//! The plugin side of the ABI: `extern "C"` shims that turn raw calls into
+//! [`FileSystem`] calls, and the [`crate::export_plugin!`] macro that exports them.
+//!
+//! Every shim runs the plugin's code inside `catch_unwind`: a panic becomes
+//! [`STATUS_PANICKED`] with the panic text in the caller's message buffer, never an unwind
+//! across the boundary (which would abort the host).
+
+use std::any::Any;
+use std::ffi::c_void;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::abi::*;
+use crate::convert::*;
+use crate::error::{Errno, Error, Result};
+use crate::fs::FileSystem;
+use crate::plugin::{ConfigTable, Plugin};
+use crate::types::*;
+
+/// Exports a [`Plugin`] from a `cdylib` so plugfs hosts can load it. Use it once, in the
+/// crate root:
+///
+/// ```ignore
+/// plugfs_plugin_api::export_plugin!(MyPlugin);
+/// ```
+///
+/// It defines the two symbols a host looks for: the ABI tag (read from the file before
+/// loading) and the entry function.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        /// The plugfs ABI tag of this library, read by hosts before loading it.
+        #[unsafe(no_mangle)]
+        #[used]
+        pub static PLUGFS_ABI_TAG: $crate::abi::AbiTag = $crate::abi::CURRENT_TAG;
+
+        /// The plugfs entry point: returns this plugin's declaration.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn plugfs_plugin_entry() -> *const $crate::abi::PluginDecl {
+            $crate::__private::declaration::<$plugin>()
+        }
+    };
+}
+
+/// The declaration [`crate::export_plugin!`] returns for plugin `P`.
+pub fn declaration<P: Plugin>() -> *const PluginDecl {
+    install_quiet_panic_hook();
+    &Decl::<P>::DECL
+}
+
+std::thread_local! {
+    /// Where the last panic on this thread happened, for the host's log line.
+    static PANIC_LOCATION: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A cdylib carries its own copy of std, with its own panic hook, whose default prints a
+/// message (and maybe a backtrace) to stderr on every panic. The host already logs each
+/// panic once, with the plugin and operation, so this hook stays quiet and only records
+/// the location for that log line. A plugin may still set its own hook in `open`.
+fn install_quiet_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let at = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+            PANIC_LOCATION.with(|p| *p.borrow_mut() = at);
+        }))
+    });
+}
+
+fn take_panic_location() -> Option<String> {
+    PANIC_LOCATION.with(|p| p.borrow_mut().take())
+}
+
+struct Decl<P>(P);
+
+impl<P: Plugin> Decl<P> {
+    const DECL: PluginDecl = PluginDecl {
+        size: std::mem::size_of::<PluginDecl>(),
+        tag: CURRENT_TAG,
+        info: Some(info::<P>),
+        open: Some(open::<P>),
+    };
+}
+
+fn panic_text(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "a panic with a non-string payload"
+    }
+}
+
+fn write_message(ctx: &mut CallCtx, msg: &str) {
+    // SAFETY: the host passes a buffer it owns for the duration of the call.
+    let buf = unsafe { ctx.msg.as_mut() };
+    let mut n = msg.len().min(buf.len());
+    while n > 0 && !msg.is_char_boundary(n) {
+        n -= 1;
+    }
+    buf[..n].copy_from_slice(&msg.as_bytes()[..n]);
+    ctx.msg_len = n;
+}
+
+/// Runs one plugin call: credentials in, status and message out, panics caught.
+fn guarded(ctx: *mut CallCtx, f: impl FnOnce(&Request) -> Result<()>) -> i32 {
+    // SAFETY: the host always passes a valid, exclusive context.
+    let ctx = unsafe { &mut *ctx };
+    let req = Request { uid: ctx.uid, gid: ctx.gid, pid: ctx.pid };
+    match catch_unwind(AssertUnwindSafe(|| f(&req))) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            if let Some(m) = e.message() {
+                write_message(ctx, m);
+            }
+            // A plugin must never report "success" or a negative number through an error.
+            if e.errno().0 > 0 { e.errno().0 } else { Errno::EIO.0 }
+        }
+        Err(payload) => {
+            let text = panic_text(payload.as_ref());
+            match take_panic_location() {
+                Some(at) => write_message(ctx, &format!("{text} (at {at})")),
+                None => write_message(ctx, text),
+            }
+            STATUS_PANICKED
+        }
+    }
+}
+
+unsafe extern "C" fn info<P: Plugin>(out: *mut RawPluginInfo) {
+    let Ok(i) = catch_unwind(P::info) else { return };
+    let raw = RawPluginInfo {
+        size: std::mem::size_of::<RawPluginInfo>(),
+        name: RawStr::new(i.name.as_bytes()),
+        version: RawStr::new(i.version.as_bytes()),
+        description: RawStr::new(i.description.as_bytes()),
+        config_help: RawStr::new(i.config_help.as_bytes()),
+        capabilities: caps_to_raw(&i.capabilities),
+    };
+    // SAFETY: the host's struct is at least `host_size` bytes; write no more than that.
+    unsafe {
+        let host_size = (*out).size;
+        let n = host_size.min(raw.size);
+        std::ptr::copy_nonoverlapping(&raw as *const RawPluginInfo as *const u8, out as *mut u8, n);
+        (*out).size = n;
+    }
+}
+
+unsafe extern "C" fn open<P: Plugin>(
+    ctx: *mut CallCtx,
+    config: RawStr,
+    options: *const RawMountOptions,
+    key: RawBuf,
+    key_len: *mut usize,
+    out: *mut RawFs,
+) -> i32 {
+    guarded(ctx, |_req| {
+        // SAFETY: the host passes valid pointers for the duration of the call.
+        let text = std::str::from_utf8(unsafe { config.as_bytes() })
+            .map_err(|_| Error::with_message(Errno::EINVAL, "config text is not UTF-8"))?;
+        let raw_opts = unsafe { copy_prefix(RawMountOptions::default(), options) };
+        let opts = MountOptions { read_only: raw_opts.read_only != 0 };
+        match P::open(&ConfigTable::from_toml(text), &opts) {
+            Ok(fs) => {
+                let this = Box::into_raw(Box::new(fs)) as *mut c_void;
+                unsafe { *out = RawFs { this, vtable: &VTable::<P::Fs>::TABLE } };
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(k) = e.key {
+                    let buf = unsafe { key.as_mut() };
+                    let n = k.len().min(buf.len());
+                    buf[..n].copy_from_slice(&k.as_bytes()[..n]);
+                    unsafe { *key_len = n };
+                }
+                Err(Error::with_message(Errno::EINVAL, e.message))
+            }
+        }
+    })
+}
+
+struct VTable<F>(F);
+
+/// # Safety (for every shim below)
+/// `this` is the `Box<F>` made by `open`, alive until `destroy`; every pointer argument
+/// is valid for the duration of the call, as the host guarantees.
+unsafe fn fs<'a, F>(this: *const c_void) -> &'a F {
+    unsafe { &*(this as *const F) }
+}
+
+fn name<'a>(raw: RawStr) -> Result<&'a std::ffi::OsStr> {
+    os_str_from_bytes(unsafe { raw.as_bytes() })
+}
+
+impl<F: FileSystem> VTable<F> {
+    const TABLE: FsVTable = FsVTable {
+        size: std::mem::size_of::<FsVTable>(),
+        destroy: Some(Self::destroy),
+        lookup: Some(Self::lookup),
+        forget: Some(Self::forget),
+        getattr: Some(Self::getattr),
+        setattr: Some(Self::setattr),
+        readlink: Some(Self::readlink),
+        mknod: Some(Self::mknod),
+        mkdir: Some(Self::mkdir),
+        unlink: Some(Self::unlink),
+        rmdir: Some(Self::rmdir),
+        symlink: Some(Self::symlink),
+        link: Some(Self::link),
+        rename: Some(Self::rename),
+        open: Some(Self::open),
+        create: Some(Self::create),
+        read: Some(Self::read),
+        write: Some(Self::write),
+        flush: Some(Self::flush),
+        release: Some(Self::release),
+        fsync: Some(Self::fsync),
+        opendir: Some(Self::opendir),
+        readdir: Some(Self::readdir),
+        releasedir: Some(Self::releasedir),
+        fsyncdir: Some(Self::fsyncdir),
+        statfs: Some(Self::statfs),
+        setxattr: Some(Self::setxattr),
+        getxattr: Some(Self::getxattr),
+        listxattr: Some(Self::listxattr),
+        removexattr: Some(Self::removexattr),
+        fallocate: Some(Self::fallocate),
+        copy_file_range: Some(Self::copy_file_range),
+        lseek: Some(Self::lseek),
+    };
+
+    unsafe extern "C" fn destroy(this: *mut c_void) {
+        // A panicking Drop cannot be reported anywhere useful; it must not unwind out.
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(this as *mut F) })));
+    }
+
+    unsafe extern "C" fn lookup(this: *const c_void, ctx: *mut CallCtx, parent: u64, n: RawStr, out: *mut RawEntry) -> i32 {
+        guarded(ctx, |req| {
+            let e = unsafe { fs::<F>(this) }.lookup(req, parent, name(n)?)?;
+            unsafe { *out = entry_to_raw(&e) };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn forget(this: *const c_void, ctx: *mut CallCtx, node: u64, nlookup: u64) -> i32 {
+        guarded(ctx, |_| {
+            unsafe { fs::<F>(this) }.forget(node, nlookup);
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn getattr(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        has_handle: u8,
+        handle: u64,
+        out: *mut RawAttrOut,
+    ) -> i32 {
+        guarded(ctx, |req| {
+            let a = unsafe { fs::<F>(this) }.getattr(req, node, (has_handle != 0).then_some(handle))?;
+            unsafe { *out = attr_out_to_raw(&a) };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn setattr(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        set: *const RawSetAttr,
+        out: *mut RawAttrOut,
+    ) -> i32 {
+        guarded(ctx, |req| {
+            let set = setattr_from_raw(unsafe { &*set });
+            let a = unsafe { fs::<F>(this) }.setattr(req, node, &set)?;
+            unsafe { *out = attr_out_to_raw(&a) };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn readlink(this: *const c_void, ctx: *mut CallCtx, node: u64, buf: RawBuf, len: *mut usize) -> i32 {
+        guarded(ctx, |req| {
+            let n = unsafe { fs::<F>(this) }.readlink(req, node, unsafe { buf.as_mut() })?;
+            unsafe { *len = n.min(buf.len) };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn mknod(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        parent: u64,
+        n: RawStr,
+        mode: u32,
+        rdev: u32,
+        out: *mut RawEntry,
+    ) -> i32 {
+        guarded(ctx, |req| {
+            let e = unsafe { fs::<F>(this) }.mknod(req, parent, name(n)?, mode, rdev)?;
+            unsafe { *out = entry_to_raw(&e) };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn mkdir(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        parent: u64,
+        n: RawStr,
+        mode: u32,
+        out: *mut RawEntry,
+    ) -> i32 {
+        guarded(ctx, |req| {
+            let e = unsafe { fs::<F>(this) }.mkdir(req, parent, name(n)?, mode)?;
+            unsafe { *out = entry_to_raw(&e) };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn unlink(this: *const c_void, ctx: *mut CallCtx, parent: u64, n: RawStr) -> i32 {
+        guarded(ctx, |req| unsafe { fs::<F>(this) }.unlink(req, parent, name(n)?))
+    }
+
+    unsafe extern "C" fn rmdir(this: *const c_void, ctx: *mut CallCtx, parent: u64, n: RawStr) -> i32 {
+        guarded(ctx, |req| unsafe { fs::<F>(this) }.rmdir(req, parent, name(n)?))
+    }
+
+    unsafe extern "C" fn symlink(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        parent: u64,
+        n: RawStr,
+        target: RawStr,
+        out: *mut RawEntry,
+    ) -> i32 {
+        guarded(ctx, |req| {
+            let e = unsafe { fs::<F>(this) }.symlink(req, parent, name(n)?, name(target)?)?;
+            unsafe { *out = entry_to_raw(&e) };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn link(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        new_parent: u64,
+        new_name: RawStr,
+        out: *mut RawEntry,
+    ) -> i32 {
+        guarded(ctx, |req| {
+            let e = unsafe { fs::<F>(this) }.link(req, node, new_parent, name(new_name)?)?;
+            unsafe { *out = entry_to_raw(&e) };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn rename(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        parent: u64,
+        n: RawStr,
+        new_parent: u64,
+        new_name: RawStr,
+        flags: u32,
+    ) -> i32 {
+        guarded(ctx, |req| {
+            unsafe { fs::<F>(this) }.rename(req, parent, name(n)?, new_parent, name(new_name)?, RenameFlags(flags))
+        })
+    }
+
+    unsafe extern "C" fn open(this: *const c_void, ctx: *mut CallCtx, node: u64, flags: i32, out: *mut RawOpened) -> i32 {
+        guarded(ctx, |req| {
+            let o = unsafe { fs::<F>(this) }.open(req, node, flags)?;
+            unsafe { *out = opened_to_raw(&o) };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn create(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        parent: u64,
+        n: RawStr,
+        mode: u32,
+        flags: i32,
+        out_entry: *mut RawEntry,
+        out_opened: *mut RawOpened,
+    ) -> i32 {
+        guarded(ctx, |req| {
+            let (e, o) = unsafe { fs::<F>(this) }.create(req, parent, name(n)?, mode, flags)?;
+            unsafe {
+                *out_entry = entry_to_raw(&e);
+                *out_opened = opened_to_raw(&o);
+            }
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn read(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        handle: u64,
+        offset: u64,
+        buf: RawBuf,
+        len: *mut usize,
+    ) -> i32 {
+        guarded(ctx, |req| {
+            let n = unsafe { fs::<F>(this) }.read(req, node, handle, offset, unsafe { buf.as_mut() })?;
+            unsafe { *len = n.min(buf.len) };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn write(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        handle: u64,
+        offset: u64,
+        data: RawStr,
+        flags: i32,
+        len: *mut usize,
+    ) -> i32 {
+        guarded(ctx, |req| {
+            let n = unsafe { fs::<F>(this) }.write(req, node, handle, offset, unsafe { data.as_bytes() }, flags)?;
+            unsafe { *len = n.min(data.len) };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn flush(this: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64, owner: u64) -> i32 {
+        guarded(ctx, |req| unsafe { fs::<F>(this) }.flush(req, node, handle, owner))
+    }
+
+    unsafe extern "C" fn release(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        handle: u64,
+        flags: i32,
+        flush: u8,
+    ) -> i32 {
+        guarded(ctx, |req| unsafe { fs::<F>(this) }.release(req, node, handle, flags, flush != 0))
+    }
+
+    unsafe extern "C" fn fsync(this: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64, datasync: u8) -> i32 {
+        guarded(ctx, |req| unsafe { fs::<F>(this) }.fsync(req, node, handle, datasync != 0))
+    }
+
+    unsafe extern "C" fn opendir(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        flags: i32,
+        out: *mut RawOpened,
+    ) -> i32 {
+        guarded(ctx, |req| {
+            let o = unsafe { fs::<F>(this) }.opendir(req, node, flags)?;
+            unsafe { *out = opened_to_raw(&o) };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn readdir(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        handle: u64,
+        cookie: u64,
+        sink: *mut c_void,
+        add: DirAddFn,
+    ) -> i32 {
+        struct HostSink {
+            sink: *mut c_void,
+            add: DirAddFn,
+        }
+        impl DirSink for HostSink {
+            fn add(&mut self, e: &DirEntry<'_>) -> bool {
+                let raw = RawDirEntry {
+                    ino: e.ino,
+                    kind: e.kind.mode_bits(),
+                    reserved: 0,
+                    name: RawStr::new(e.name),
+                    cookie: e.cookie,
+                };
+                // SAFETY: the host's sink and callback are valid during this readdir call.
+                unsafe { (self.add)(self.sink, &raw) != 0 }
+            }
+        }
+        guarded(ctx, |req| unsafe { fs::<F>(this) }.readdir(req, node, handle, cookie, &mut HostSink { sink, add }))
+    }
+
+    unsafe extern "C" fn releasedir(this: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64) -> i32 {
+        guarded(ctx, |req| unsafe { fs::<F>(this) }.releasedir(req, node, handle))
+    }
+
+    unsafe extern "C" fn fsyncdir(this: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64, datasync: u8) -> i32 {
+        guarded(ctx, |req| unsafe { fs::<F>(this) }.fsyncdir(req, node, handle, datasync != 0))
+    }
+
+    unsafe extern "C" fn statfs(this: *const c_void, ctx: *mut CallCtx, node: u64, out: *mut RawStatFs) -> i32 {
+        guarded(ctx, |req| {
+            let s = unsafe { fs::<F>(this) }.statfs(req, node)?;
+            unsafe { *out = statfs_to_raw(&s) };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn setxattr(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        n: RawStr,
+        value: RawStr,
+        flags: i32,
+    ) -> i32 {
+        guarded(ctx, |req| unsafe { fs::<F>(this) }.setxattr(req, node, name(n)?, unsafe { value.as_bytes() }, flags))
+    }
+
+    unsafe extern "C" fn getxattr(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        n: RawStr,
+        buf: RawBuf,
+        len: *mut usize,
+    ) -> i32 {
+        guarded(ctx, |req| {
+            let got = unsafe { fs::<F>(this) }.getxattr(req, node, name(n)?, unsafe { buf.as_mut() })?;
+            unsafe { *len = got };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn listxattr(this: *const c_void, ctx: *mut CallCtx, node: u64, buf: RawBuf, len: *mut usize) -> i32 {
+        guarded(ctx, |req| {
+            let got = unsafe { fs::<F>(this) }.listxattr(req, node, unsafe { buf.as_mut() })?;
+            unsafe { *len = got };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn removexattr(this: *const c_void, ctx: *mut CallCtx, node: u64, n: RawStr) -> i32 {
+        guarded(ctx, |req| unsafe { fs::<F>(this) }.removexattr(req, node, name(n)?))
+    }
+
+    unsafe extern "C" fn fallocate(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        handle: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> i32 {
+        guarded(ctx, |req| unsafe { fs::<F>(this) }.fallocate(req, node, handle, offset, length, mode))
+    }
+
+    unsafe extern "C" fn copy_file_range(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node_in: u64,
+        handle_in: u64,
+        offset_in: u64,
+        node_out: u64,
+        handle_out: u64,
+        offset_out: u64,
+        len: u64,
+        flags: u32,
+        out_len: *mut usize,
+    ) -> i32 {
+        guarded(ctx, |req| {
+            let n = unsafe { fs::<F>(this) }
+                .copy_file_range(req, node_in, handle_in, offset_in, node_out, handle_out, offset_out, len, flags)?;
+            unsafe { *out_len = n };
+            Ok(())
+        })
+    }
+
+    unsafe extern "C" fn lseek(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        handle: u64,
+        offset: i64,
+        whence: u32,
+        out: *mut u64,
+    ) -> i32 {
+        guarded(ctx, |req| {
+            let whence = Whence::from_raw(whence).ok_or(Error::new(Errno::EINVAL))?;
+            let pos = unsafe { fs::<F>(this) }.lseek(req, node, handle, offset, whence)?;
+            unsafe { *out = pos };
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,224 @@
+//! The plugin ABI's promises, checked against real shared libraries: version rules, clear
+//! refusals, panics turned into EIO, two plugins at once, old plugins in a new host.
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use plugfs_plugin_api::host::{AbiVersion, LoadError, PluginLibrary};
+use plugfs_plugin_api::*;
+use plugfs_tests::plugin_library;
+
+const HOST: &str = "1.1";
+
+fn req() -> Request {
+    Request { uid: 0, gid: 0, pid: std::process::id() }
+}
+
+fn load_err(path: &Path) -> String {
+    let err = PluginLibrary::load(path).expect_err("loading must fail");
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()), "the error must name the file: {msg}");
+    assert!(!msg.contains('\n') && msg.len() < 400, "the error must be one short line, got: {msg}");
+    msg
+}
+
+/// Collects a directory listing through the host's readdir, page by page.
+struct Names(Vec<String>);
+impl DirSink for Names {
+    fn add(&mut self, e: &DirEntry<'_>) -> bool {
+        self.0.push(String::from_utf8_lossy(e.name).into_owned());
+        true
+    }
+}
+
+#[test]
+fn host_speaks_abi_1_1() {
+    assert_eq!(AbiVersion::HOST.to_string(), HOST);
+}
+
+#[test]
+fn memfs_loads_and_describes_itself_without_mounting() {
+    let lib = PluginLibrary::load(&plugin_library("plugfs-memfs")).unwrap();
+    let info = lib.info();
+    assert_eq!(info.name, "memfs");
+    assert_eq!(info.abi, AbiVersion::HOST);
+    assert!(!info.version.is_empty() && !info.description.is_empty() && !info.config_help.is_empty());
+    assert!(info.capabilities.writable && info.capabilities.symlinks);
+}
+
+#[test]
+fn two_different_plugins_serve_side_by_side() {
+    let mem = PluginLibrary::load(&plugin_library("plugfs-memfs")).unwrap();
+    let old = PluginLibrary::load(&plugin_library("plugfs-fixture-abi-1-0")).unwrap();
+    assert_eq!(mem.info().name, "memfs");
+    assert_eq!(old.info().name, "abi-1.0-fixture");
+    let mem_fs = mem.open("", &MountOptions::default()).unwrap();
+    let old_fs = old.open("", &MountOptions::default()).unwrap();
+
+    let (entry, opened) = mem_fs.create(&req(), ROOT_ID, OsStr::new("only-in-memfs"), 0o644, 2).unwrap();
+    mem_fs.write(&req(), entry.node, opened.handle, 0, b"memfs data", 0).unwrap();
+    mem_fs.release(&req(), entry.node, opened.handle, 2, true).unwrap();
+
+    assert_eq!(old_fs.lookup(&req(), ROOT_ID, OsStr::new("only-in-memfs")).unwrap_err().errno(), Errno::ENOENT);
+    assert_eq!(mem_fs.lookup(&req(), ROOT_ID, OsStr::new("hello.txt")).unwrap_err().errno(), Errno::ENOENT);
+    let hello = old_fs.lookup(&req(), ROOT_ID, OsStr::new("hello.txt")).unwrap();
+    let mut buf = [0u8; 64];
+    let n = old_fs.read(&req(), hello.node, 0, 0, &mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"hello from a plugin built against ABI 1.0"));
+    let mut buf = [0u8; 64];
+    let n = mem_fs.read(&req(), entry.node, 0, 0, &mut buf).unwrap_or(0);
+    let _ = n; // memfs may require the handle; the point is that both coexist.
+}
+
+#[test]
+fn a_plugin_of_an_older_minor_loads_and_later_operations_are_absent() {
+    let lib = PluginLibrary::load(&plugin_library("plugfs-fixture-abi-1-0")).unwrap();
+    assert_eq!(lib.info().abi, AbiVersion { major: 1, minor: 0 });
+    let fs = lib.open("", &MountOptions::default()).unwrap();
+
+    let hello = fs.lookup(&req(), ROOT_ID, OsStr::new("hello.txt")).unwrap();
+    assert_eq!(hello.attr.kind, FileKind::File);
+    let mut names = Names(Vec::new());
+    fs.readdir(&req(), ROOT_ID, 0, 0, &mut names).unwrap();
+    assert_eq!(names.0, [".", "..", "hello.txt"]);
+
+    // Added in 1.1: the host answers as POSIX expects of a filesystem without them.
+    let size = hello.attr.size;
+    assert_eq!(fs.lseek(&req(), hello.node, 0, 3, Whence::Data).unwrap(), 3);
+    assert_eq!(fs.lseek(&req(), hello.node, 0, 3, Whence::Hole).unwrap(), size);
+    assert_eq!(fs.fallocate(&req(), hello.node, 0, 0, 10, 0).unwrap_err().errno(), Errno::EOPNOTSUPP);
+    let err = fs.copy_file_range(&req(), hello.node, 0, 0, hello.node, 0, 100, 5, 0).unwrap_err();
+    assert_eq!(err.errno(), Errno::EOPNOTSUPP);
+    // In 1.0 but left out by this plugin: the POSIX defaults.
+    assert_eq!(fs.mkdir(&req(), ROOT_ID, OsStr::new("d"), 0o755).unwrap_err().errno(), Errno::EROFS);
+    assert_eq!(fs.setxattr(&req(), ROOT_ID, OsStr::new("user.a"), b"1", 0).unwrap_err().errno(), Errno::ENOTSUP);
+    assert_eq!(fs.listxattr(&req(), ROOT_ID, &mut []).unwrap(), 0);
+    assert_eq!(fs.link(&req(), hello.node, ROOT_ID, OsStr::new("l")).unwrap_err().errno(), Errno::EPERM);
+}
+
+#[test]
+fn a_wrong_major_is_refused_naming_the_file_and_both_versions() {
+    let path = plugin_library("plugfs-fixture-abi-2-0");
+    let msg = load_err(&path);
+    assert!(msg.contains("plugin ABI 2.0") && msg.contains(&format!("host plugin ABI {HOST}")), "{msg}");
+    assert!(matches!(PluginLibrary::load(&path), Err(LoadError::Incompatible { .. })));
+}
+
+#[test]
+fn a_plugin_needing_a_newer_host_is_refused() {
+    let msg = load_err(&plugin_library("plugfs-fixture-abi-1-99"));
+    assert!(msg.contains("plugin ABI 1.99") && msg.contains(&format!("host plugin ABI {HOST}")), "{msg}");
+    assert!(msg.contains("newer host"), "{msg}");
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[test]
+fn a_text_file_is_not_a_plugin() {
+    let dir = scratch();
+    let path = dir.path().join("libnotes.so");
+    std::fs::write(&path, "these are notes, not code\n").unwrap();
+    let msg = load_err(&path);
+    assert!(msg.contains("not a plugfs plugin") && msg.contains(HOST), "{msg}");
+}
+
+#[test]
+fn a_shared_library_without_the_tag_is_not_a_plugin() {
+    // Any real system library will do; libc is always there.
+    let libc = ["/lib/x86_64-linux-gnu/libc.so.6", "/lib/aarch64-linux-gnu/libc.so.6", "/usr/lib/libc.so.6"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("a system libc");
+    let msg = load_err(&libc);
+    assert!(msg.contains("exports no `PLUGFS_ABI_TAG`") && msg.contains(HOST), "{msg}");
+}
+
+#[test]
+fn a_truncated_plugin_is_refused_without_loading_it() {
+    let dir = scratch();
+    let path = dir.path().join("libtruncated.so");
+    let bytes = std::fs::read(plugin_library("plugfs-memfs")).unwrap();
+    std::fs::File::create(&path).unwrap().write_all(&bytes[..bytes.len() / 2]).unwrap();
+    let msg = load_err(&path);
+    assert!(msg.contains("truncated") && msg.contains(HOST), "{msg}");
+}
+
+#[test]
+fn an_empty_file_is_refused() {
+    let dir = scratch();
+    let path = dir.path().join("libempty.so");
+    std::fs::write(&path, b"").unwrap();
+    load_err(&path);
+}
+
+/// A tracing writer that keeps what was logged, to check the panic log lines.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_panic_in_a_plugin_becomes_eio_with_a_log_line_and_the_plugin_keeps_serving() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let lib = PluginLibrary::load(&plugin_library("plugfs-fixture-panics")).unwrap();
+    let fs = lib.open("", &MountOptions::default()).unwrap();
+    let file = fs.lookup(&req(), ROOT_ID, OsStr::new("file")).unwrap();
+
+    let mut buf = [0u8; 16];
+    assert_eq!(fs.read(&req(), file.node, 0, 0, &mut buf).unwrap_err().errno(), Errno::EIO);
+    assert_eq!(fs.readdir(&req(), ROOT_ID, 0, 0, &mut Names(Vec::new())).unwrap_err().errno(), Errno::EIO);
+    assert_eq!(fs.mkdir(&req(), ROOT_ID, OsStr::new("d"), 0o755).unwrap_err().errno(), Errno::EIO);
+    // Still serving, many times over.
+    for _ in 0..100 {
+        assert_eq!(fs.getattr(&req(), file.node, None).unwrap().attr.size, 10);
+        assert_eq!(fs.read(&req(), file.node, 0, 0, &mut buf).unwrap_err().errno(), Errno::EIO);
+    }
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("plugin panicked")).collect();
+    assert!(lines.iter().any(|l| l.contains("panics-fixture") && l.contains("op=\"read\"")), "{text}");
+    assert!(lines.iter().any(|l| l.contains("op=\"readdir\"") && l.contains("readdir is broken")), "{text}");
+    assert!(lines.iter().any(|l| l.contains("op=\"mkdir\"") && l.contains("ERROR")), "{text}");
+    // The plugin's panic hook stays quiet and hands the location to this one line.
+    assert!(lines.iter().any(|l| l.contains("plugin-panics/src/lib.rs:")), "{text}");
+}
+
+#[test]
+fn a_panic_while_opening_is_an_open_error() {
+    let lib = PluginLibrary::load(&plugin_library("plugfs-fixture-panics")).unwrap();
+    let err = lib.open("panic_in_open = true", &MountOptions::default()).err().expect("open must fail");
+    assert!(err.message.contains("panicked") && err.message.contains("asked to panic in open"), "{err}");
+}
+
+#[test]
+fn a_bad_setting_is_refused_naming_the_key() {
+    let lib = PluginLibrary::load(&plugin_library("plugfs-memfs")).unwrap();
+    let err = lib.open("max_bytes = \"lots\"", &MountOptions::default()).err().expect("open must fail");
+    assert_eq!(err.key.as_deref(), Some("max_bytes"), "{err}");
+    let err = lib.open("max_bytse = 1", &MountOptions::default()).err().expect("open must fail");
+    assert_eq!(err.key.as_deref(), Some("max_bytse"), "{err}");
+}
+
+#[test]
+fn the_same_library_loaded_twice_opens_independent_filesystems() {
+    let a = PluginLibrary::load(&plugin_library("plugfs-memfs")).unwrap().open("", &MountOptions::default()).unwrap();
+    let b = PluginLibrary::load(&plugin_library("plugfs-memfs")).unwrap().open("", &MountOptions::default()).unwrap();
+    a.mkdir(&req(), ROOT_ID, OsStr::new("in-a"), 0o755).unwrap();
+    assert_eq!(b.lookup(&req(), ROOT_ID, OsStr::new("in-a")).unwrap_err().errno(), Errno::ENOENT);
+}
