@@ -191,7 +191,9 @@ impl Config {
                 return Err(self.error_at(&at("name"), "must not be empty".into()));
             }
             if let Some(j) = self.mounts[..i].iter().position(|o| o.name == m.name) {
-                return Err(self.error_at(&at("name"), format!("mount name `{}` is already used by mount[{j}]", m.name)));
+                return Err(
+                    self.error_at(&at("name"), format!("mount name `{}` is already used by mount[{j}]", m.name))
+                );
             }
             if m.plugin.trim().is_empty() {
                 return Err(self.error_at(&at("plugin"), "must name a plugin or a library path".into()));
@@ -199,11 +201,18 @@ impl Config {
             if m.mountpoint.as_os_str().is_empty() {
                 return Err(self.error_at(&at("mountpoint"), "must not be empty".into()));
             }
-            if let Some(j) = self.mounts[..i].iter().position(|o| self.resolve(&o.mountpoint) == self.resolve(&m.mountpoint)) {
+            if let Some(j) =
+                self.mounts[..i].iter().position(|o| self.resolve(&o.mountpoint) == self.resolve(&m.mountpoint))
+            {
                 return Err(self.error_at(&at("mountpoint"), format!("mount[{j}] already mounts there")));
             }
             if !(1..=256).contains(&m.options.threads) {
-                let key = [KeySeg::Key("mount".into()), KeySeg::Index(i), KeySeg::Key("options".into()), KeySeg::Key("threads".into())];
+                let key = [
+                    KeySeg::Key("mount".into()),
+                    KeySeg::Index(i),
+                    KeySeg::Key("options".into()),
+                    KeySeg::Key("threads".into()),
+                ];
                 return Err(self.error_at(&key, "must be between 1 and 256".into()));
             }
             if let Err(why) = crate::frontend::check_available(m.frontend) {
@@ -240,7 +249,13 @@ impl Config {
 
     fn syntax_error(&self, e: &toml::de::Error) -> ConfigError {
         let (line, column) = e.span().map(|s| self.line_col(s.start)).unwrap_or((1, 1));
-        ConfigError { file: self.path.clone(), line, column, key: String::new(), message: e.message().trim().to_string() }
+        ConfigError {
+            file: self.path.clone(),
+            line,
+            column,
+            key: String::new(),
+            message: e.message().trim().to_string(),
+        }
     }
 
     /// Locates `key` in the file: the deepest part of the path that exists there (a
@@ -375,7 +390,10 @@ durability = "always"
         let e = parse(&text).unwrap_err();
         assert_eq!((e.line, e.column), (9, 1), "{e}");
         assert_eq!(e.key, "mount[0].mount_point");
-        assert!(e.to_string().starts_with("/etc/plugfs/test.toml:9:1: key `mount[0].mount_point`: unknown field"), "{e}");
+        assert!(
+            e.to_string().starts_with("/etc/plugfs/test.toml:9:1: key `mount[0].mount_point`: unknown field"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -409,7 +427,8 @@ durability = "always"
     #[cfg(not(windows))]
     #[test]
     fn a_windows_frontend_is_refused_elsewhere() {
-        let e = parse(&GOOD.replace("mountpoint = \"mnt\"", "mountpoint = \"mnt\"\nfrontend = \"winfsp\"")).unwrap_err();
+        let e =
+            parse(&GOOD.replace("mountpoint = \"mnt\"", "mountpoint = \"mnt\"\nfrontend = \"winfsp\"")).unwrap_err();
         assert_eq!((e.key.as_str(), e.line), ("mount[0].frontend", 9), "{e}");
         assert!(e.message.contains("Windows"), "{e}");
     }

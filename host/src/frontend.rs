@@ -57,7 +57,9 @@ impl Mounted {
                 };
                 Ok(Mounted::Fuse(plugfs_fuse::mount(fs, mountpoint, &options)?))
             }
-            other => anyhow::bail!("{}", check_available(other).err().unwrap_or_else(|| format!("{other} unavailable"))),
+            other => {
+                anyhow::bail!("{}", check_available(other).err().unwrap_or_else(|| format!("{other} unavailable")))
+            }
         }
     }
 

@@ -47,12 +47,7 @@ fn list_failures(f: &[String]) -> String {
 
 /// The conventional library file name of a plugin called `name`.
 pub fn conventional_file_name(name: &str) -> String {
-    format!(
-        "{}plugfs_{}{}",
-        std::env::consts::DLL_PREFIX,
-        name.replace('-', "_"),
-        std::env::consts::DLL_SUFFIX
-    )
+    format!("{}plugfs_{}{}", std::env::consts::DLL_PREFIX, name.replace('-', "_"), std::env::consts::DLL_SUFFIX)
 }
 
 /// The directory of the running executable.
@@ -141,7 +136,10 @@ mod tests {
 
     #[test]
     fn conventional_names_follow_the_crate_names() {
-        assert_eq!(conventional_file_name("durable-io"), format!("{}plugfs_durable_io{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX));
+        assert_eq!(
+            conventional_file_name("durable-io"),
+            format!("{}plugfs_durable_io{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX)
+        );
     }
 
     #[test]

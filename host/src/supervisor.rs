@@ -28,18 +28,29 @@ struct Prepared {
 fn prepare(config: &Config) -> Result<Vec<Prepared>, ConfigError> {
     // Relative paths in plugin settings are relative to the config file, like ours.
     if let Err(e) = std::env::set_current_dir(&config.base_dir) {
-        return Err(config.error_at(&[], format!("cannot enter the config's directory {}: {e}", config.base_dir.display())));
+        return Err(
+            config.error_at(&[], format!("cannot enter the config's directory {}: {e}", config.base_dir.display()))
+        );
     }
     let mut registry = Registry::new(config.host.plugin_dirs.iter().map(|d| config.resolve(d)));
     let mut prepared = Vec::new();
     for (index, m) in config.mounts.iter().enumerate() {
-        let plugin_spec = if m.plugin.contains('/') { config.resolve(Path::new(&m.plugin)).display().to_string() } else { m.plugin.clone() };
+        let plugin_spec = if m.plugin.contains('/') {
+            config.resolve(Path::new(&m.plugin)).display().to_string()
+        } else {
+            m.plugin.clone()
+        };
         let lib = registry.find(&plugin_spec).map_err(|e| config.mount_error(index, "plugin", e.to_string()))?;
         let mountpoint = config.resolve(&m.mountpoint);
-        check_mountpoint(&mountpoint, m.create_mountpoint).map_err(|why| config.mount_error(index, "mountpoint", why))?;
+        check_mountpoint(&mountpoint, m.create_mountpoint)
+            .map_err(|why| config.mount_error(index, "mountpoint", why))?;
         let options = MountOptions { read_only: m.read_only };
         let fs = lib.open(&config.plugin_table_text(index), &options).map_err(|e| {
-            config.plugin_key_error(index, e.key.as_deref(), format!("plugin `{}` refused its settings: {}", lib.info().name, e.message))
+            config.plugin_key_error(
+                index,
+                e.key.as_deref(),
+                format!("plugin `{}` refused its settings: {}", lib.info().name, e.message),
+            )
         })?;
         let i = lib.info();
         let description = format!(
@@ -69,7 +80,11 @@ fn check_mountpoint(path: &Path, create: bool) -> Result<(), String> {
             path.display(),
             path.display()
         )),
-        Err(e) => Err(format!("{}: {e}{}", path.display(), if create { "" } else { " (set create_mountpoint = true to create it)" })),
+        Err(e) => Err(format!(
+            "{}: {e}{}",
+            path.display(),
+            if create { "" } else { " (set create_mountpoint = true to create it)" }
+        )),
     }
 }
 

@@ -354,7 +354,8 @@ pub struct FsVTable {
     pub forget: Option<unsafe extern "C" fn(This, Ctx, node: u64, nlookup: u64) -> i32>,
     pub getattr:
         Option<unsafe extern "C" fn(This, Ctx, node: u64, has_handle: u8, handle: u64, out: *mut RawAttrOut) -> i32>,
-    pub setattr: Option<unsafe extern "C" fn(This, Ctx, node: u64, set: *const RawSetAttr, out: *mut RawAttrOut) -> i32>,
+    pub setattr:
+        Option<unsafe extern "C" fn(This, Ctx, node: u64, set: *const RawSetAttr, out: *mut RawAttrOut) -> i32>,
     pub readlink: Option<unsafe extern "C" fn(This, Ctx, node: u64, buf: RawBuf, out_len: *mut usize) -> i32>,
     pub mknod: Option<
         unsafe extern "C" fn(This, Ctx, parent: u64, name: RawStr, mode: u32, rdev: u32, out: *mut RawEntry) -> i32,
@@ -368,7 +369,15 @@ pub struct FsVTable {
         unsafe extern "C" fn(This, Ctx, node: u64, new_parent: u64, new_name: RawStr, out: *mut RawEntry) -> i32,
     >,
     pub rename: Option<
-        unsafe extern "C" fn(This, Ctx, parent: u64, name: RawStr, new_parent: u64, new_name: RawStr, flags: u32) -> i32,
+        unsafe extern "C" fn(
+            This,
+            Ctx,
+            parent: u64,
+            name: RawStr,
+            new_parent: u64,
+            new_name: RawStr,
+            flags: u32,
+        ) -> i32,
     >,
     pub open: Option<unsafe extern "C" fn(This, Ctx, node: u64, flags: i32, out: *mut RawOpened) -> i32>,
     pub create: Option<
@@ -403,24 +412,14 @@ pub struct FsVTable {
     pub fsync: Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, datasync: u8) -> i32>,
     pub opendir: Option<unsafe extern "C" fn(This, Ctx, node: u64, flags: i32, out: *mut RawOpened) -> i32>,
     pub readdir: Option<
-        unsafe extern "C" fn(
-            This,
-            Ctx,
-            node: u64,
-            handle: u64,
-            cookie: u64,
-            sink: *mut c_void,
-            add: DirAddFn,
-        ) -> i32,
+        unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, cookie: u64, sink: *mut c_void, add: DirAddFn) -> i32,
     >,
     pub releasedir: Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64) -> i32>,
     pub fsyncdir: Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, datasync: u8) -> i32>,
     pub statfs: Option<unsafe extern "C" fn(This, Ctx, node: u64, out: *mut RawStatFs) -> i32>,
-    pub setxattr:
-        Option<unsafe extern "C" fn(This, Ctx, node: u64, name: RawStr, value: RawStr, flags: i32) -> i32>,
+    pub setxattr: Option<unsafe extern "C" fn(This, Ctx, node: u64, name: RawStr, value: RawStr, flags: i32) -> i32>,
     pub getxattr:
         Option<unsafe extern "C" fn(This, Ctx, node: u64, name: RawStr, buf: RawBuf, out_len: *mut usize) -> i32>,
     pub listxattr: Option<unsafe extern "C" fn(This, Ctx, node: u64, buf: RawBuf, out_len: *mut usize) -> i32>,
     pub removexattr: Option<unsafe extern "C" fn(This, Ctx, node: u64, name: RawStr) -> i32>,
 }
-

@@ -16,12 +16,8 @@ pub fn target_dir() -> PathBuf {
 /// The built shared library of workspace crate `crate_name` (dashes or underscores).
 /// Panics with the fix when it has not been built.
 pub fn plugin_library(crate_name: &str) -> PathBuf {
-    let file = format!(
-        "{}{}{}",
-        std::env::consts::DLL_PREFIX,
-        crate_name.replace('-', "_"),
-        std::env::consts::DLL_SUFFIX
-    );
+    let file =
+        format!("{}{}{}", std::env::consts::DLL_PREFIX, crate_name.replace('-', "_"), std::env::consts::DLL_SUFFIX);
     let path = target_dir().join(file);
     assert!(
         path.is_file(),

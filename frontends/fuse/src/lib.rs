@@ -1,0 +1,880 @@
+//! # plugfs FUSE frontend
+//!
+//! Presents a [`FileSystem`] to the Linux kernel through FUSE, using `fuser` (its pure-Rust
+//! mount: `mount(2)` as root, the setuid `fusermount3` helper otherwise).
+//!
+//! ```no_run
+//! # use std::{path::Path, sync::Arc};
+//! # fn demo(fs: Arc<dyn plugfs_plugin_api::FileSystem>) -> std::io::Result<()> {
+//! let mount = plugfs_fuse::mount(fs, Path::new("/mnt/scratch"), &plugfs_fuse::FuseOptions::default())?;
+//! // ... serve until asked to stop ...
+//! mount.unmount()?;
+//! # Ok(()) }
+//! ```
+//!
+//! The adapter is thin: every kernel request becomes one [`FileSystem`] call (`readdirplus`
+//! is the exception: a `readdir` and then a `lookup` per entry), with the plugin's TTLs,
+//! generation numbers and errno passed through unchanged. Filesystem semantics live in the
+//! plugin; permission checks live in the kernel (`default_permissions`).
+//!
+//! Two limits of `fuser` 0.18 show through:
+//!
+//! - it sends one number as both the kernel's node id and `st_ino`, so through FUSE
+//!   `stat` reports the plugin's [`NodeId`] as the inode number, not [`Attr::ino`]
+//!   (plain `readdir` still reports the plugin's `d_ino`);
+//! - its `batch_forget` takes a type it does not export, so batched forgets arrive through
+//!   its default, one `forget` call per node.
+
+#![warn(missing_docs)]
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BackgroundSession, Config, CopyFileRangeFlags, FileAttr, FileHandle, FileType, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, SessionACL, TimeOrNow, WriteFlags,
+};
+use plugfs_plugin_api::{
+    Attr, DirEntry, DirSink, Entry, Errno, Error, FileKind, FileSystem, NodeId, Opened, RenameFlags, Request, SetAttr,
+    SetTime, Timestamp, Whence,
+};
+use tracing::{debug, warn};
+
+/// How a filesystem is mounted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FuseOptions {
+    /// Mount read-only (the kernel refuses every change with `EROFS`).
+    pub read_only: bool,
+    /// Let users other than the one who mounted use the mount (`allow_other`). A non-root
+    /// mounter needs `user_allow_other` in `/etc/fuse.conf`. Default: false, and then the
+    /// kernel refuses requests from any other user, root included.
+    pub allow_other: bool,
+    /// Have `fusermount3` unmount the filesystem when this process ends, however it ends.
+    /// `fusermount3` accepts this only together with `allow_other`; without
+    /// [`allow_other`](Self::allow_other) the mount gets `allow_other` at the kernel level
+    /// and the frontend itself refuses (`EACCES`) requests from anyone but the mounting
+    /// user and root (fuser's `allow_root` emulation). A non-root mounter therefore needs
+    /// `user_allow_other` in `/etc/fuse.conf` for this option.
+    pub auto_unmount: bool,
+    /// Worker threads serving kernel requests, each on its own cloned `/dev/fuse` fd.
+    pub threads: usize,
+    /// The source shown in `/proc/mounts` and `df` (`fsname=`).
+    pub fsname: String,
+    /// The type shown as `fuse.<subtype>` in `/proc/mounts` (`subtype=`).
+    pub subtype: String,
+    /// Let the kernel check permissions from the mode, owner and group the plugin reports
+    /// (`default_permissions`). Without it plugfs checks nothing: every caller the mount
+    /// admits may do everything.
+    pub default_permissions: bool,
+}
+
+impl Default for FuseOptions {
+    fn default() -> Self {
+        FuseOptions {
+            read_only: false,
+            allow_other: false,
+            auto_unmount: false,
+            threads: 4,
+            fsname: "plugfs".to_string(),
+            subtype: "plugfs".to_string(),
+            default_permissions: true,
+        }
+    }
+}
+
+/// A mounted filesystem being served by background threads. Dropping it unmounts (see
+/// [`FuseMount::unmount`]), logging any error.
+#[derive(Debug)]
+pub struct FuseMount {
+    session: Option<BackgroundSession>,
+    mountpoint: PathBuf,
+}
+
+impl FuseMount {
+    /// Where the filesystem is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Whether the session has ended: the filesystem was unmounted from outside
+    /// (`fusermount3 -u`, `umount`) or the connection was aborted.
+    pub fn is_finished(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+
+    /// Unmounts the filesystem and waits for the worker threads to end. As root this is
+    /// `umount(2)`, which fails with `EBUSY` while files on it are open (the mount then
+    /// stays served; [`force_unmount`] detaches it lazily instead). Without root it goes
+    /// through `fusermount3 -u -z`, a lazy unmount, and the wait lasts until open files
+    /// on it are closed.
+    pub fn unmount(mut self) -> io::Result<()> {
+        match self.session.take() {
+            Some(session) => session.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the session ends on its own, i.e. until someone unmounts the
+    /// filesystem from outside, and returns how the session ended.
+    pub fn join(mut self) -> io::Result<()> {
+        match self.session.take() {
+            Some(session) => session.join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            if let Err(e) = session.umount_and_join() {
+                warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount on drop failed");
+            }
+        }
+    }
+}
+
+/// Mounts `fs` at `mountpoint` and serves it from background threads until the returned
+/// [`FuseMount`] is unmounted or dropped, or the filesystem is unmounted from outside.
+///
+/// Returns once the kernel has completed the FUSE handshake, so the mount is usable at
+/// once. The plugin sees each caller's uid, gid and pid in its [`Request`]; files are
+/// created as the calling user.
+pub fn mount(fs: Arc<dyn FileSystem>, mountpoint: &Path, options: &FuseOptions) -> io::Result<FuseMount> {
+    let mut mount_options = vec![MountOption::FSName(options.fsname.clone())];
+    if !options.subtype.is_empty() {
+        mount_options.push(MountOption::Subtype(options.subtype.clone()));
+    }
+    if options.default_permissions {
+        mount_options.push(MountOption::DefaultPermissions);
+    }
+    if options.read_only {
+        mount_options.push(MountOption::RO);
+    }
+    if options.auto_unmount {
+        mount_options.push(MountOption::AutoUnmount);
+    }
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    // fuser refuses auto_unmount with the owner-only ACL, because fusermount needs
+    // allow_other for it; RootAndOwner mounts with allow_other and filters in fuser.
+    config.acl = match (options.allow_other, options.auto_unmount) {
+        (true, _) => SessionACL::All,
+        (false, true) => SessionACL::RootAndOwner,
+        (false, false) => SessionACL::Owner,
+    };
+    // fuser serves from several threads (each with its own cloned fd) on Linux only.
+    let linux = cfg!(target_os = "linux");
+    config.n_threads = Some(if linux { options.threads.max(1) } else { 1 });
+    config.clone_fd = linux;
+
+    let adapter = FuseAdapter { fs };
+    let session = fuser::Session::new(adapter, mountpoint, &config)?;
+    let session = session.spawn()?;
+    Ok(FuseMount { session: Some(session), mountpoint: mountpoint.to_path_buf() })
+}
+
+/// Detaches the FUSE mount at `mountpoint` even when nothing serves it any more (its
+/// process was killed; the mount point then answers `ENOTCONN`), so the directory can be
+/// used again. Tries `fusermount3 -u -z` (and `fusermount -u -z`), then, as root,
+/// `umount2(MNT_DETACH)` and `umount -l`. Open files keep the old mount alive, detached,
+/// until they are closed. Also detaches a live mount, under the process serving it.
+pub fn force_unmount(mountpoint: &Path) -> io::Result<()> {
+    let mut failures = Vec::new();
+    for helper in ["fusermount3", "fusermount"] {
+        match Command::new(helper).args(["-u", "-z", "--"]).arg(mountpoint).output() {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => failures.push(format!("{helper}: {}", String::from_utf8_lossy(&out.stderr).trim())),
+            Err(e) => failures.push(format!("{helper}: {e}")),
+        }
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        #[cfg(target_os = "linux")]
+        {
+            let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount point contains a NUL byte"))?;
+            // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+            if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+                return Ok(());
+            }
+            failures.push(format!("umount2: {}", io::Error::last_os_error()));
+        }
+        // `-l` (lazy) on Linux; elsewhere `-f` is the closest there is.
+        let flag = if cfg!(target_os = "linux") { "-l" } else { "-f" };
+        match Command::new("umount").arg(flag).arg(mountpoint).output() {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => failures.push(format!("umount {flag}: {}", String::from_utf8_lossy(&out.stderr).trim())),
+            Err(e) => failures.push(format!("umount {flag}: {e}")),
+        }
+    }
+    Err(io::Error::other(format!("could not unmount {}: {}", mountpoint.display(), failures.join("; "))))
+}
+
+// ---------------------------------------------------------------------------------------
+// The adapter: fuser::Filesystem over plugfs_plugin_api::FileSystem
+// ---------------------------------------------------------------------------------------
+
+/// How many entries `readdirplus` asks the plugin for per request. fuser does not tell us
+/// the kernel's buffer size: one page on older kernels (about 25 entries), since Linux
+/// 6.16 up to the caller's getdents buffer (glibc's 32 KiB: about 200). Entries that do
+/// not fit are listed again next time; only the first of them was looked up, and it is
+/// forgotten at once.
+const READDIRPLUS_BATCH: usize = 1024;
+
+struct FuseAdapter {
+    fs: Arc<dyn FileSystem>,
+}
+
+fn request(req: &fuser::Request) -> Request {
+    Request { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+}
+
+/// Logs a failed plugin call and converts its errno (already Linux's numbers).
+fn fail(op: &'static str, node: u64, error: &Error) -> fuser::Errno {
+    debug!(op, node, errno = ?error.errno(), message = error.message().unwrap_or(""), "plugin call failed");
+    fuser::Errno::from_i32(error.errno().0)
+}
+
+/// Refuses names a plugin must never see. The kernel never sends them; this is defence
+/// against a confused caller, not a filesystem rule.
+fn check_name(op: &'static str, node: u64, name: &OsStr) -> Result<(), fuser::Errno> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
+        return Err(fail(op, node, &Error::with_message(Errno::EINVAL, format!("invalid name {name:?}"))));
+    }
+    Ok(())
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+/// Converts without panicking on times `SystemTime` cannot hold (clamped to the epoch).
+fn system_time(t: Timestamp) -> SystemTime {
+    let nanos = Duration::from_nanos(u64::from(t.nanos.min(999_999_999)));
+    let time = if t.secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(t.secs as u64))
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_secs(t.secs.unsigned_abs()))
+    };
+    time.and_then(|t| t.checked_add(nanos)).unwrap_or(UNIX_EPOCH)
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(Timestamp::from(t)),
+    }
+}
+
+/// fuser sends `FileAttr::ino` as the node id too, so it must be the node id.
+fn file_attr(node: NodeId, a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(node),
+        size: a.size,
+        blocks: a.blocks,
+        atime: system_time(a.atime),
+        mtime: system_time(a.mtime),
+        ctime: system_time(a.ctime),
+        crtime: system_time(a.crtime),
+        kind: file_type(a.kind),
+        perm: a.perm & 0o7777,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, e: &Entry) {
+    reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &file_attr(e.node, &e.attr), Generation(e.generation));
+}
+
+fn fopen_flags(o: &Opened) -> FopenFlags {
+    let mut flags = FopenFlags::empty();
+    flags.set(FopenFlags::FOPEN_DIRECT_IO, o.direct_io);
+    flags.set(FopenFlags::FOPEN_KEEP_CACHE, o.keep_cache);
+    flags.set(FopenFlags::FOPEN_NONSEEKABLE, o.nonseekable);
+    flags
+}
+
+/// Whether a plugin's directory entry name is one the kernel accepts (it fails the whole
+/// listing with `EIO` otherwise).
+fn valid_dirent_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.len() <= 1024 && !name.contains(&b'/')
+}
+
+/// `readdir` straight into the kernel's reply buffer.
+struct DirectorySink<'a> {
+    reply: &'a mut ReplyDirectory,
+}
+
+impl DirSink for DirectorySink<'_> {
+    fn add(&mut self, e: &DirEntry<'_>) -> bool {
+        if !valid_dirent_name(e.name) {
+            warn!(name = ?String::from_utf8_lossy(e.name), "plugin listed an invalid name; skipped");
+            return true;
+        }
+        // fuser's `add` answers "full" (and adds nothing); the sink answers "accepted".
+        !self.reply.add(INodeNo(e.ino), e.cookie, file_type(e.kind), OsStr::from_bytes(e.name))
+    }
+}
+
+/// One entry of a `readdirplus` page, copied out of the plugin's listing.
+struct ListedEntry {
+    ino: u64,
+    kind: FileKind,
+    name: Vec<u8>,
+    cookie: u64,
+}
+
+/// Collects up to [`READDIRPLUS_BATCH`] entries for `readdirplus`.
+struct ListSink {
+    entries: Vec<ListedEntry>,
+}
+
+impl DirSink for ListSink {
+    fn add(&mut self, e: &DirEntry<'_>) -> bool {
+        if self.entries.len() >= READDIRPLUS_BATCH {
+            return false;
+        }
+        if !valid_dirent_name(e.name) {
+            warn!(name = ?String::from_utf8_lossy(e.name), "plugin listed an invalid name; skipped");
+            return true;
+        }
+        self.entries.push(ListedEntry { ino: e.ino, kind: e.kind, name: e.name.to_vec(), cookie: e.cookie });
+        true
+    }
+}
+
+impl fuser::Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &fuser::Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Ask only for what the kernel offers; add_capabilities refuses the whole set
+        // otherwise. Not asked for: FUSE_WRITEBACK_CACHE, which lets the kernel reorder
+        // and merge writes and keep its own idea of size and mtime (weaker POSIX
+        // semantics than plugins promise).
+        let wanted = InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_BIG_WRITES
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_MAX_PAGES;
+        let offered = wanted & config.capabilities();
+        if let Err(missing) = config.add_capabilities(offered) {
+            debug!(?missing, "kernel refused FUSE capabilities");
+        }
+        // 1 MiB writes (the kernel's maximum of 256 pages); a smaller limit is kept.
+        if let Err(nearest) = config.set_max_write(1 << 20) {
+            let _ = config.set_max_write(nearest);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Err(e) = check_name("lookup", parent.0, name) {
+            return reply.error(e);
+        }
+        match self.fs.lookup(&request(req), parent.0, name) {
+            Ok(entry) => reply_entry(reply, &entry),
+            Err(e) => reply.error(fail("lookup", parent.0, &e)),
+        }
+    }
+
+    fn forget(&self, _req: &fuser::Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, req: &fuser::Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(&request(req), ino.0, fh.map(|fh| fh.0)) {
+            Ok(out) => reply.attr(&out.ttl, &file_attr(ino.0, &out.attr)),
+            Err(e) => reply.error(fail("getattr", ino.0, &e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            ctime: ctime.map(Timestamp::from),
+            handle: fh.map(|fh| fh.0),
+        };
+        match self.fs.setattr(&request(req), ino.0, &set) {
+            Ok(out) => reply.attr(&out.ttl, &file_attr(ino.0, &out.attr)),
+            Err(e) => reply.error(fail("setattr", ino.0, &e)),
+        }
+    }
+
+    fn readlink(&self, req: &fuser::Request, ino: INodeNo, reply: ReplyData) {
+        let mut buf = vec![0u8; 4096];
+        match self.fs.readlink(&request(req), ino.0, &mut buf) {
+            Ok(n) => match buf.get(..n) {
+                Some(target) => reply.data(target),
+                None => reply.error(fail("readlink", ino.0, &Error::with_message(Errno::EIO, "length past buffer"))),
+            },
+            Err(e) => reply.error(fail("readlink", ino.0, &e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // The kernel has applied the umask to `mode` already (we do not ask for
+        // FUSE_DONT_MASK).
+        if let Err(e) = check_name("mknod", parent.0, name) {
+            return reply.error(e);
+        }
+        match self.fs.mknod(&request(req), parent.0, name, mode, rdev) {
+            Ok(entry) => reply_entry(reply, &entry),
+            Err(e) => reply.error(fail("mknod", parent.0, &e)),
+        }
+    }
+
+    fn mkdir(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        if let Err(e) = check_name("mkdir", parent.0, name) {
+            return reply.error(e);
+        }
+        match self.fs.mkdir(&request(req), parent.0, name, mode & 0o7777) {
+            Ok(entry) => reply_entry(reply, &entry),
+            Err(e) => reply.error(fail("mkdir", parent.0, &e)),
+        }
+    }
+
+    fn unlink(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = check_name("unlink", parent.0, name) {
+            return reply.error(e);
+        }
+        match self.fs.unlink(&request(req), parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("unlink", parent.0, &e)),
+        }
+    }
+
+    fn rmdir(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = check_name("rmdir", parent.0, name) {
+            return reply.error(e);
+        }
+        match self.fs.rmdir(&request(req), parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("rmdir", parent.0, &e)),
+        }
+    }
+
+    fn symlink(&self, req: &fuser::Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        if let Err(e) = check_name("symlink", parent.0, link_name) {
+            return reply.error(e);
+        }
+        match self.fs.symlink(&request(req), parent.0, link_name, target.as_os_str()) {
+            Ok(entry) => reply_entry(reply, &entry),
+            Err(e) => reply.error(fail("symlink", parent.0, &e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if let Err(e) = check_name("rename", parent.0, name).and(check_name("rename", newparent.0, newname)) {
+            return reply.error(e);
+        }
+        match self.fs.rename(&request(req), parent.0, name, newparent.0, newname, RenameFlags(flags.bits())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("rename", parent.0, &e)),
+        }
+    }
+
+    fn link(&self, req: &fuser::Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        if let Err(e) = check_name("link", newparent.0, newname) {
+            return reply.error(e);
+        }
+        match self.fs.link(&request(req), ino.0, newparent.0, newname) {
+            Ok(entry) => reply_entry(reply, &entry),
+            Err(e) => reply.error(fail("link", ino.0, &e)),
+        }
+    }
+
+    fn open(&self, req: &fuser::Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(&request(req), ino.0, flags.0) {
+            Ok(o) => reply.opened(FileHandle(o.handle), fopen_flags(&o)),
+            Err(e) => reply.error(fail("open", ino.0, &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        // A caller-owned buffer per request: the plugin fills it, we send what it filled.
+        let mut buf = vec![0u8; size as usize];
+        match self.fs.read(&request(req), ino.0, fh.0, offset, &mut buf) {
+            Ok(n) => match buf.get(..n) {
+                Some(data) => reply.data(data),
+                None => reply.error(fail("read", ino.0, &Error::with_message(Errno::EIO, "length past buffer"))),
+            },
+            Err(e) => reply.error(fail("read", ino.0, &e)),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(&request(req), ino.0, fh.0, offset, data, flags.0) {
+            // `data` is at most max_write (1 MiB) long, so the count fits in u32.
+            Ok(n) => reply.written(n.min(data.len()) as u32),
+            Err(e) => reply.error(fail("write", ino.0, &e)),
+        }
+    }
+
+    fn flush(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        match self.fs.flush(&request(req), ino.0, fh.0, lock_owner.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("flush", ino.0, &e)),
+        }
+    }
+
+    fn release(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.release(&request(req), ino.0, fh.0, flags.0, flush) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("release", ino.0, &e)),
+        }
+    }
+
+    fn fsync(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        match self.fs.fsync(&request(req), ino.0, fh.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("fsync", ino.0, &e)),
+        }
+    }
+
+    fn opendir(&self, req: &fuser::Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(&request(req), ino.0, flags.0) {
+            Ok(o) => reply.opened(FileHandle(o.handle), fopen_flags(&o)),
+            Err(e) => reply.error(fail("opendir", ino.0, &e)),
+        }
+    }
+
+    fn readdir(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let result = self.fs.readdir(&request(req), ino.0, fh.0, offset, &mut DirectorySink { reply: &mut reply });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("readdir", ino.0, &e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let r = request(req);
+        let mut list = ListSink { entries: Vec::new() };
+        if let Err(e) = self.fs.readdir(&r, ino.0, fh.0, offset, &mut list) {
+            return reply.error(fail("readdirplus", ino.0, &e));
+        }
+        let mut added = 0;
+        for item in list.entries {
+            let name = OsStr::from_bytes(&item.name);
+            if item.name == b"." || item.name == b".." {
+                // The kernel takes no reference for these and ignores their attributes.
+                let attr = Attr { ino: item.ino, kind: item.kind, ..Attr::default() };
+                let attr = file_attr(item.ino, &attr);
+                if reply.add(INodeNo(item.ino), item.cookie, name, &Duration::ZERO, &attr, Generation(0)) {
+                    break;
+                }
+                added += 1;
+                continue;
+            }
+            let entry = match self.fs.lookup(&r, ino.0, name) {
+                Ok(entry) => entry,
+                // Removed since it was listed: leave it out, as a later readdir would.
+                Err(e) if e.errno() == Errno::ENOENT => continue,
+                // Send what we have; the kernel asks again from here and gets the error.
+                Err(_) if added > 0 => break,
+                Err(e) => return reply.error(fail("readdirplus", ino.0, &e)),
+            };
+            // fuser has one TTL for both: use the shorter so neither is cached too long.
+            let ttl = entry.entry_ttl.min(entry.attr_ttl);
+            let attr = file_attr(entry.node, &entry.attr);
+            if reply.add(INodeNo(entry.node), item.cookie, name, &ttl, &attr, Generation(entry.generation)) {
+                // Full: the kernel never sees this entry, so give its reference back.
+                self.fs.forget(entry.node, 1);
+                break;
+            }
+            added += 1;
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        match self.fs.releasedir(&request(req), ino.0, fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("releasedir", ino.0, &e)),
+        }
+    }
+
+    fn fsyncdir(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        match self.fs.fsyncdir(&request(req), ino.0, fh.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("fsyncdir", ino.0, &e)),
+        }
+    }
+
+    fn statfs(&self, req: &fuser::Request, ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs(&request(req), ino.0) {
+            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
+            Err(e) => reply.error(fail("statfs", ino.0, &e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.setxattr(&request(req), ino.0, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("setxattr", ino.0, &e)),
+        }
+    }
+
+    fn getxattr(&self, req: &fuser::Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // size 0 asks for the value's size; otherwise the plugin fills a buffer of `size`.
+        let mut buf = vec![0u8; size as usize];
+        match self.fs.getxattr(&request(req), ino.0, name, &mut buf) {
+            Ok(n) => reply_xattr(reply, "getxattr", ino.0, &buf, n),
+            Err(e) => reply.error(fail("getxattr", ino.0, &e)),
+        }
+    }
+
+    fn listxattr(&self, req: &fuser::Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let mut buf = vec![0u8; size as usize];
+        match self.fs.listxattr(&request(req), ino.0, &mut buf) {
+            Ok(n) => reply_xattr(reply, "listxattr", ino.0, &buf, n),
+            Err(e) => reply.error(fail("listxattr", ino.0, &e)),
+        }
+    }
+
+    fn removexattr(&self, req: &fuser::Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.removexattr(&request(req), ino.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("removexattr", ino.0, &e)),
+        }
+    }
+
+    fn access(&self, req: &fuser::Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // Only called without default_permissions. plugfs has no permission model of its
+        // own, so any existing node is accessible in any way.
+        let _ = mask;
+        match self.fs.getattr(&request(req), ino.0, None) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(fail("access", ino.0, &e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if let Err(e) = check_name("create", parent.0, name) {
+            return reply.error(e);
+        }
+        match self.fs.create(&request(req), parent.0, name, mode & 0o7777, flags) {
+            Ok((entry, o)) => {
+                // fuser has one TTL for both: use the shorter so neither is cached too long.
+                let ttl = entry.entry_ttl.min(entry.attr_ttl);
+                let attr = file_attr(entry.node, &entry.attr);
+                reply.created(&ttl, &attr, Generation(entry.generation), FileHandle(o.handle), fopen_flags(&o));
+            }
+            Err(e) => reply.error(fail("create", parent.0, &e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.fallocate(&request(req), ino.0, fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("fallocate", ino.0, &e)),
+        }
+    }
+
+    fn lseek(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let Some(whence) = u32::try_from(whence).ok().and_then(Whence::from_raw) else {
+            return reply.error(fail("lseek", ino.0, &Error::with_message(Errno::EINVAL, "unknown whence")));
+        };
+        match self.fs.lseek(&request(req), ino.0, fh.0, offset, whence) {
+            Ok(pos) => match i64::try_from(pos) {
+                Ok(pos) => reply.offset(pos),
+                Err(_) => reply.error(fail("lseek", ino.0, &Error::new(Errno::EOVERFLOW))),
+            },
+            Err(e) => reply.error(fail("lseek", ino.0, &e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &fuser::Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let Ok(flags) = u32::try_from(flags.bits()) else {
+            return reply.error(fail("copy_file_range", ino_in.0, &Error::new(Errno::EINVAL)));
+        };
+        let r = request(req);
+        match self.fs.copy_file_range(&r, ino_in.0, fh_in.0, offset_in, ino_out.0, fh_out.0, offset_out, len, flags) {
+            // FUSE replies carry a u32 count; a plugin that copied more is clamped.
+            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+            Err(e) => reply.error(fail("copy_file_range", ino_in.0, &e)),
+        }
+    }
+}
+
+/// Answers getxattr/listxattr: a size probe gets the size, otherwise the filled bytes.
+fn reply_xattr(reply: ReplyXattr, op: &'static str, node: u64, buf: &[u8], n: usize) {
+    if buf.is_empty() {
+        match u32::try_from(n) {
+            Ok(n) => reply.size(n),
+            Err(_) => reply.error(fail(op, node, &Error::new(Errno::E2BIG))),
+        }
+    } else {
+        match buf.get(..n) {
+            Some(data) => reply.data(data),
+            None => reply.error(fail(op, node, &Error::with_message(Errno::EIO, "length past buffer"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_outside_system_time_do_not_panic() {
+        for secs in [i64::MIN, i64::MAX] {
+            let _ = system_time(Timestamp { secs, nanos: 999_999_999 });
+        }
+        let t = Timestamp::new(1_700_000_000, 5);
+        assert_eq!(Timestamp::from(system_time(t)), t);
+        let before = Timestamp { secs: -2, nanos: 500_000_000 };
+        assert_eq!(Timestamp::from(system_time(before)), before);
+    }
+
+    #[test]
+    fn invalid_names_are_refused_before_the_plugin_sees_them() {
+        for bad in ["", ".", "..", "a/b"] {
+            assert!(check_name("test", 1, OsStr::new(bad)).is_err(), "{bad:?}");
+        }
+        assert!(check_name("test", 1, OsStr::new("...")).is_ok());
+    }
+
+    #[test]
+    fn default_options_are_owner_only_with_kernel_permission_checks() {
+        let o = FuseOptions::default();
+        assert!(!o.allow_other && o.default_permissions && !o.read_only && o.threads >= 1);
+    }
+}

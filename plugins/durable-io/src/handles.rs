@@ -1,0 +1,116 @@
+//! The handle table: open files and directory streams, each owning its own fd.
+//!
+//! Entries are `Arc`s so that an operation takes the lock only long enough to clone one,
+//! then does its IO lock-free; `release` removes the entry and the fd closes when the last
+//! call still using it returns.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use plugfs_plugin_api::{Errno, Error, Handle, Result};
+
+/// An open regular file.
+pub(crate) struct FileHandle {
+    /// The backing file, opened with the caller's flags.
+    pub fd: OwnedFd,
+    /// Written to (or truncated, or allocated) since it was last synced; `close` mode syncs
+    /// such a file on flush and release.
+    pub dirty: AtomicBool,
+    /// Opened with `O_DIRECT`, so IO needs aligned buffers.
+    pub direct: bool,
+    /// Opened for writing (`ftruncate` through it works).
+    pub writable: bool,
+}
+
+/// How large a `getdents` buffer a directory stream keeps.
+const DIR_BUF: usize = 32 * 1024;
+
+/// An open directory stream.
+pub(crate) struct DirHandle {
+    /// The backing directory, opened `O_RDONLY | O_DIRECTORY`; its file position is the
+    /// stream position, so `getdents` offsets are our cookies.
+    pub fd: OwnedFd,
+    /// This is the root, whose `..` must not show what lies outside.
+    pub is_root: bool,
+    /// The `getdents` buffer; the lock also serializes seek+read pairs on `fd`.
+    pub buf: Mutex<Vec<u8>>,
+}
+
+impl DirHandle {
+    pub(crate) fn new(fd: OwnedFd, is_root: bool) -> Self {
+        DirHandle { fd, is_root, buf: Mutex::new(Vec::with_capacity(DIR_BUF)) }
+    }
+}
+
+/// Either kind of open handle.
+#[derive(Clone)]
+pub(crate) enum Open {
+    File(Arc<FileHandle>),
+    Dir(Arc<DirHandle>),
+}
+
+impl Open {
+    /// The handle's fd, whichever kind it is (for `fstat` and `fsync`).
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Open::File(f) => f.fd.as_fd(),
+            Open::Dir(d) => d.fd.as_fd(),
+        }
+    }
+}
+
+/// All open handles of one mount.
+pub(crate) struct HandleTable {
+    map: RwLock<HashMap<Handle, Open>>,
+    next: AtomicU64,
+}
+
+fn bad_handle(h: Handle) -> Error {
+    Error::with_message(Errno::EBADF, format!("durable-io: unknown handle {h}"))
+}
+
+impl HandleTable {
+    pub(crate) fn new() -> Self {
+        // Handle 0 is left unused: hosts commonly treat it as "no handle".
+        HandleTable { map: RwLock::new(HashMap::new()), next: AtomicU64::new(1) }
+    }
+
+    // Each update is one map insert or remove, so a poisoned lock is still consistent.
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<Handle, Open>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Handle, Open>> {
+        self.map.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn insert(&self, open: Open) -> Handle {
+        let h = self.next.fetch_add(1, Ordering::Relaxed);
+        self.write().insert(h, open);
+        h
+    }
+
+    pub(crate) fn get(&self, h: Handle) -> Result<Open> {
+        self.read().get(&h).cloned().ok_or_else(|| bad_handle(h))
+    }
+
+    pub(crate) fn file(&self, h: Handle) -> Result<Arc<FileHandle>> {
+        match self.get(h)? {
+            Open::File(f) => Ok(f),
+            Open::Dir(_) => Err(Errno::EISDIR.into()),
+        }
+    }
+
+    pub(crate) fn dir(&self, h: Handle) -> Result<Arc<DirHandle>> {
+        match self.get(h)? {
+            Open::Dir(d) => Ok(d),
+            Open::File(_) => Err(Errno::ENOTDIR.into()),
+        }
+    }
+
+    pub(crate) fn remove(&self, h: Handle) -> Result<Open> {
+        self.write().remove(&h).ok_or_else(|| bad_handle(h))
+    }
+}
