@@ -224,7 +224,7 @@ impl Config {
 
     /// Resolves a path from the config against the config file's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        lexically_normal(&if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) })
     }
 
     /// The plugin's table of mount `index` as TOML text.
@@ -272,6 +272,23 @@ impl Config {
         let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
         (line, column)
     }
+}
+
+/// Folds `.` and `name/..` without touching the filesystem, so logs show `/srv/demo/mnt`
+/// rather than `/srv/config/../demo/mnt`.
+fn lexically_normal(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// The byte offset of the deepest key of `path` found in `table`.
@@ -450,6 +467,13 @@ durability = "always"
         assert_eq!(e.key, "mount[0].config.durability");
         let e = c.plugin_key_error(0, Some("missing"), "required".into());
         assert_eq!(e.line, 10, "a missing key is reported at its table: {e}");
+    }
+
+    #[test]
+    fn resolved_paths_fold_dot_dot() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.resolve(Path::new("../demo/./mnt")), PathBuf::from("/etc/demo/mnt"));
+        assert_eq!(c.resolve(Path::new("/x/../y")), PathBuf::from("/y"));
     }
 
     #[test]

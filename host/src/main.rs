@@ -155,7 +155,12 @@ fn init_logging(config_filter: Option<&str>) {
         eprintln!("plugfs: ignoring log filter `{filter}`: {e}");
         EnvFilter::new("info")
     });
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }
 
 fn list_plugins(dirs: Vec<PathBuf>, config: Option<PathBuf>, verbose: bool) -> anyhow::Result<ExitCode> {

@@ -12,7 +12,7 @@ use plugfs_plugin_api::{Capabilities, MountOptions};
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::frontend::{self, Mounted};
+use crate::frontend::Mounted;
 use crate::registry::Registry;
 
 /// A mount that is ready to start: its plugin is loaded and its backend opened.
@@ -69,7 +69,9 @@ fn prepare(config: &Config) -> Result<Vec<Prepared>, ConfigError> {
 
 /// The mountpoint must be a directory; it is created first when asked.
 fn check_mountpoint(path: &Path, create: bool) -> Result<(), String> {
-    if create && !path.exists() {
+    // Only a missing directory is created: a dead mount also fails `exists()`.
+    let missing = matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    if create && missing {
         std::fs::create_dir_all(path).map_err(|e| format!("cannot create mountpoint {}: {e}", path.display()))?;
     }
     match std::fs::metadata(path) {
@@ -164,14 +166,9 @@ fn unmount_all(live: Vec<(String, Mounted)>) {
         };
         match m.unmount() {
             Ok(()) => info!(mount = %name, "unmounted {}", mountpoint.display()),
-            Err(e) => {
-                // Busy (files still open): detach lazily so the host can still exit and
-                // nothing is left mounted once the files are closed.
-                warn!(mount = %name, "unmount failed ({e}); detaching {} lazily", mountpoint.display());
-                if let Err(e) = frontend::force_unmount(&mountpoint) {
-                    error!(mount = %name, "cannot detach {}: {e}", mountpoint.display());
-                }
-            }
+            // Busy (files still open): the frontend has detached it lazily, so nothing is
+            // left mounted once those files are closed.
+            Err(e) => warn!(mount = %name, "{}: {e}", mountpoint.display()),
         }
     }
 }

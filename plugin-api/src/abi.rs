@@ -382,7 +382,8 @@ pub struct FsVTable {
     pub forget: Option<unsafe extern "C" fn(This, Ctx, node: u64, nlookup: u64) -> i32>,
     pub getattr:
         Option<unsafe extern "C" fn(This, Ctx, node: u64, has_handle: u8, handle: u64, out: *mut RawAttrOut) -> i32>,
-    pub setattr: Option<unsafe extern "C" fn(This, Ctx, node: u64, set: *const RawSetAttr, out: *mut RawAttrOut) -> i32>,
+    pub setattr:
+        Option<unsafe extern "C" fn(This, Ctx, node: u64, set: *const RawSetAttr, out: *mut RawAttrOut) -> i32>,
     pub readlink: Option<unsafe extern "C" fn(This, Ctx, node: u64, buf: RawBuf, out_len: *mut usize) -> i32>,
     pub mknod: Option<
         unsafe extern "C" fn(This, Ctx, parent: u64, name: RawStr, mode: u32, rdev: u32, out: *mut RawEntry) -> i32,
@@ -396,7 +397,15 @@ pub struct FsVTable {
         unsafe extern "C" fn(This, Ctx, node: u64, new_parent: u64, new_name: RawStr, out: *mut RawEntry) -> i32,
     >,
     pub rename: Option<
-        unsafe extern "C" fn(This, Ctx, parent: u64, name: RawStr, new_parent: u64, new_name: RawStr, flags: u32) -> i32,
+        unsafe extern "C" fn(
+            This,
+            Ctx,
+            parent: u64,
+            name: RawStr,
+            new_parent: u64,
+            new_name: RawStr,
+            flags: u32,
+        ) -> i32,
     >,
     pub open: Option<unsafe extern "C" fn(This, Ctx, node: u64, flags: i32, out: *mut RawOpened) -> i32>,
     pub create: Option<
@@ -431,29 +440,19 @@ pub struct FsVTable {
     pub fsync: Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, datasync: u8) -> i32>,
     pub opendir: Option<unsafe extern "C" fn(This, Ctx, node: u64, flags: i32, out: *mut RawOpened) -> i32>,
     pub readdir: Option<
-        unsafe extern "C" fn(
-            This,
-            Ctx,
-            node: u64,
-            handle: u64,
-            cookie: u64,
-            sink: *mut c_void,
-            add: DirAddFn,
-        ) -> i32,
+        unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, cookie: u64, sink: *mut c_void, add: DirAddFn) -> i32,
     >,
     pub releasedir: Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64) -> i32>,
     pub fsyncdir: Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, datasync: u8) -> i32>,
     pub statfs: Option<unsafe extern "C" fn(This, Ctx, node: u64, out: *mut RawStatFs) -> i32>,
-    pub setxattr:
-        Option<unsafe extern "C" fn(This, Ctx, node: u64, name: RawStr, value: RawStr, flags: i32) -> i32>,
+    pub setxattr: Option<unsafe extern "C" fn(This, Ctx, node: u64, name: RawStr, value: RawStr, flags: i32) -> i32>,
     pub getxattr:
         Option<unsafe extern "C" fn(This, Ctx, node: u64, name: RawStr, buf: RawBuf, out_len: *mut usize) -> i32>,
     pub listxattr: Option<unsafe extern "C" fn(This, Ctx, node: u64, buf: RawBuf, out_len: *mut usize) -> i32>,
     pub removexattr: Option<unsafe extern "C" fn(This, Ctx, node: u64, name: RawStr) -> i32>,
     // ---- ABI 1.1 ----
-    pub fallocate: Option<
-        unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, offset: u64, length: u64, mode: i32) -> i32,
-    >,
+    pub fallocate:
+        Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, offset: u64, length: u64, mode: i32) -> i32>,
     pub copy_file_range: Option<
         unsafe extern "C" fn(
             This,
@@ -469,9 +468,8 @@ pub struct FsVTable {
             out_len: *mut usize,
         ) -> i32,
     >,
-    pub lseek: Option<
-        unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, offset: i64, whence: u32, out: *mut u64) -> i32,
-    >,
+    pub lseek:
+        Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, offset: i64, whence: u32, out: *mut u64) -> i32>,
 }
 
 impl FsVTable {
@@ -527,15 +525,16 @@ pub unsafe fn copy_prefix<T: Copy>(base: T, src: *const T) -> T {
     out
 }
 
+/// ABI 1.0 as it was released, frozen. The fixture plugin built against it
+/// (`tests/fixtures/plugin-abi-1.0`) includes this very file.
+#[cfg(test)]
+#[path = "../abi-history/v1_0.rs"]
+#[allow(dead_code, missing_docs)]
+mod v1_0;
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// ABI 1.0 as it was released, frozen. The fixture plugin built against it lives in
-    /// `plugin-api/abi-history/` and includes this very file.
-    #[path = "../abi-history/v1_0.rs"]
-    #[allow(dead_code, missing_docs)]
-    mod v1_0;
 
     #[test]
     fn version_1_1_only_appends_to_version_1_0() {

@@ -43,8 +43,9 @@ pub(crate) fn attr_to_raw(a: &Attr) -> RawAttr {
 
 /// A plugin that reports a node type we cannot name gets `EIO` rather than a guess.
 pub(crate) fn attr_from_raw(a: &RawAttr) -> Result<Attr> {
-    let kind = FileKind::from_mode(a.kind)
-        .ok_or_else(|| Error::with_message(Errno::EIO, format!("plugin reported an unknown file type {:#o}", a.kind)))?;
+    let kind = FileKind::from_mode(a.kind).ok_or_else(|| {
+        Error::with_message(Errno::EIO, format!("plugin reported an unknown file type {:#o}", a.kind))
+    })?;
     Ok(Attr {
         ino: a.ino,
         size: a.size,

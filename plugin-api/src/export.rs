@@ -234,7 +234,13 @@ impl<F: FileSystem> VTable<F> {
         let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(this as *mut F) })));
     }
 
-    unsafe extern "C" fn lookup(this: *const c_void, ctx: *mut CallCtx, parent: u64, n: RawStr, out: *mut RawEntry) -> i32 {
+    unsafe extern "C" fn lookup(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        parent: u64,
+        n: RawStr,
+        out: *mut RawEntry,
+    ) -> i32 {
         guarded(ctx, |req| {
             let e = unsafe { fs::<F>(this) }.lookup(req, parent, name(n)?)?;
             unsafe { *out = entry_to_raw(&e) };
@@ -279,7 +285,13 @@ impl<F: FileSystem> VTable<F> {
         })
     }
 
-    unsafe extern "C" fn readlink(this: *const c_void, ctx: *mut CallCtx, node: u64, buf: RawBuf, len: *mut usize) -> i32 {
+    unsafe extern "C" fn readlink(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        buf: RawBuf,
+        len: *mut usize,
+    ) -> i32 {
         guarded(ctx, |req| {
             let n = unsafe { fs::<F>(this) }.readlink(req, node, unsafe { buf.as_mut() })?;
             unsafe { *len = n.min(buf.len) };
@@ -370,7 +382,13 @@ impl<F: FileSystem> VTable<F> {
         })
     }
 
-    unsafe extern "C" fn open(this: *const c_void, ctx: *mut CallCtx, node: u64, flags: i32, out: *mut RawOpened) -> i32 {
+    unsafe extern "C" fn open(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        flags: i32,
+        out: *mut RawOpened,
+    ) -> i32 {
         guarded(ctx, |req| {
             let o = unsafe { fs::<F>(this) }.open(req, node, flags)?;
             unsafe { *out = opened_to_raw(&o) };
@@ -535,7 +553,13 @@ impl<F: FileSystem> VTable<F> {
         })
     }
 
-    unsafe extern "C" fn listxattr(this: *const c_void, ctx: *mut CallCtx, node: u64, buf: RawBuf, len: *mut usize) -> i32 {
+    unsafe extern "C" fn listxattr(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        buf: RawBuf,
+        len: *mut usize,
+    ) -> i32 {
         guarded(ctx, |req| {
             let got = unsafe { fs::<F>(this) }.listxattr(req, node, unsafe { buf.as_mut() })?;
             unsafe { *len = got };

@@ -279,7 +279,8 @@ impl PluginLibrary {
     /// Opens a filesystem with `config_toml` (the plugin's table as TOML text).
     pub fn open(&self, config_toml: &str, options: &MountOptions) -> Result<LoadedFs, OpenError> {
         let open = self.decl.open.ok_or_else(|| OpenError::other("plugin has no `open`"))?;
-        let raw_opts = RawMountOptions { size: std::mem::size_of::<RawMountOptions>(), read_only: options.read_only as u8 };
+        let raw_opts =
+            RawMountOptions { size: std::mem::size_of::<RawMountOptions>(), read_only: options.read_only as u8 };
         let mut key = [0u8; 256];
         let mut key_len = 0usize;
         let mut out = MaybeUninit::<RawFs>::uninit();
@@ -287,7 +288,14 @@ impl PluginLibrary {
         let mut ctx = new_ctx(&Request::default(), &mut msg);
         // SAFETY: all pointers are to live locals; `open` writes `out` only on success.
         let status = unsafe {
-            open(&mut ctx, RawStr::new(config_toml.as_bytes()), &raw_opts, RawBuf::new(&mut key), &mut key_len, out.as_mut_ptr())
+            open(
+                &mut ctx,
+                RawStr::new(config_toml.as_bytes()),
+                &raw_opts,
+                RawBuf::new(&mut key),
+                &mut key_len,
+                out.as_mut_ptr(),
+            )
         };
         let message = String::from_utf8_lossy(&msg[..ctx.msg_len.min(MSG_CAP)]).into_owned();
         if status != 0 {
@@ -317,8 +325,7 @@ pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.is_file()
-                && matches!(p.extension().and_then(OsStr::to_str), Some(std::env::consts::DLL_EXTENSION))
+            p.is_file() && matches!(p.extension().and_then(OsStr::to_str), Some(std::env::consts::DLL_EXTENSION))
         })
         .collect();
     files.sort();
@@ -511,10 +518,20 @@ impl FileSystem for LoadedFs {
         Ok(len.min(raw.len))
     }
 
-    fn write(&self, req: &Request, node: NodeId, handle: Handle, offset: u64, data: &[u8], flags: i32) -> Result<usize> {
+    fn write(
+        &self,
+        req: &Request,
+        node: NodeId,
+        handle: Handle,
+        offset: u64,
+        data: &[u8],
+        flags: i32,
+    ) -> Result<usize> {
         let f = slot!(self.write, Err(Errno::EBADF.into()));
         let mut len = 0usize;
-        self.call("write", req, |c| unsafe { f(self.this, c, node, handle, offset, RawStr::new(data), flags, &mut len) })?;
+        self.call("write", req, |c| unsafe {
+            f(self.this, c, node, handle, offset, RawStr::new(data), flags, &mut len)
+        })?;
         Ok(len.min(data.len()))
     }
 
@@ -605,7 +622,15 @@ impl FileSystem for LoadedFs {
         self.call("removexattr", req, |c| unsafe { f(self.this, c, node, raw_name(name)) })
     }
 
-    fn fallocate(&self, req: &Request, node: NodeId, handle: Handle, offset: u64, length: u64, mode: i32) -> Result<()> {
+    fn fallocate(
+        &self,
+        req: &Request,
+        node: NodeId,
+        handle: Handle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<()> {
         let f = slot!(self.fallocate, Err(Errno::EOPNOTSUPP.into()));
         self.call("fallocate", req, |c| unsafe { f(self.this, c, node, handle, offset, length, mode) })
     }

@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub use plugfs_conformance::is_fuse_mount;
+
 /// The cargo output directory these tests were built into (`target/debug` or similar).
 pub fn target_dir() -> PathBuf {
     // The test binary lives in `<target>/<profile>/deps/`.
@@ -36,4 +38,107 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A `plugfs mount` running as a child process. Dropping it stops it (SIGTERM, then
+/// SIGKILL) and detaches anything it left mounted, so a failing test leaves no mounts.
+pub struct Host {
+    child: Option<std::process::Child>,
+    mountpoints: Vec<PathBuf>,
+    stderr_path: PathBuf,
+}
+
+impl Host {
+    /// Starts `plugfs mount --config config` with stderr going to a file, and waits until
+    /// every mountpoint in `mountpoints` is a FUSE mount.
+    pub fn start(config: &Path, mountpoints: &[&Path]) -> Host {
+        let stderr_path = config.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr log file");
+        let child = std::process::Command::new(binary("plugfs"))
+            .args(["mount", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stderr(stderr)
+            .spawn()
+            .expect("start plugfs");
+        let host = Host {
+            child: Some(child),
+            mountpoints: mountpoints.iter().map(|p| p.to_path_buf()).collect(),
+            stderr_path,
+        };
+        for m in mountpoints {
+            if !wait_until(std::time::Duration::from_secs(20), || is_fuse_mount(m)) {
+                panic!("{} was not mounted in time; plugfs said:\n{}", m.display(), host.stderr());
+            }
+        }
+        host
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// Everything the host logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends `signal` and waits for the exit status (None if it did not exit in 20 s).
+    pub fn signal_and_wait(&mut self, signal: i32) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Whether the host process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal_and_wait(libc::SIGTERM);
+        }
+        for m in &self.mountpoints {
+            if is_fuse_mount(m) || std::fs::metadata(m).is_err() {
+                let _ = std::process::Command::new("fusermount3").args(["-u", "-z"]).arg(m).status();
+            }
+        }
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Runs the `plugfs` binary with `args` and returns (exit code, stdout, stderr).
+pub fn plugfs(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(binary("plugfs")).args(args).output().expect("run plugfs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -109,16 +109,15 @@ impl FuseMount {
         self.session.as_ref().is_none_or(|s| s.guard.is_finished())
     }
 
-    /// Unmounts the filesystem and waits for the worker threads to end. As root this is
-    /// `umount(2)`, which fails with `EBUSY` while files on it are open (the mount then
-    /// stays served; [`force_unmount`] detaches it lazily instead). Without root it goes
-    /// through `fusermount3 -u -z`, a lazy unmount, and the wait lasts until open files
-    /// on it are closed.
+    /// Unmounts the filesystem and waits for the worker threads to end.
+    ///
+    /// If files on it are still open the unmount is busy: the mount is then detached
+    /// lazily (it disappears from the namespace at once and ends when the last file is
+    /// closed), the workers are left serving those files, and the `EBUSY`-style error is
+    /// returned.
     pub fn unmount(mut self) -> io::Result<()> {
-        match self.session.take() {
-            Some(session) => session.umount_and_join(),
-            None => Ok(()),
-        }
+        let Some(session) = self.session.take() else { return Ok(()) };
+        stop_session(session, &self.mountpoint)
     }
 
     /// Waits until the session ends on its own, i.e. until someone unmounts the
@@ -134,11 +133,30 @@ impl FuseMount {
 impl Drop for FuseMount {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
-            if let Err(e) = session.umount_and_join() {
+            if let Err(e) = stop_session(session, &self.mountpoint) {
                 warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount on drop failed");
             }
         }
     }
+}
+
+/// Ends a session by unmounting at the kernel, then joins its workers.
+///
+/// fuser's own unmount does not do here: with `auto_unmount` it only closes its socket to
+/// the `fusermount3` watcher and expects that to unmount, which was seen to leave the
+/// mount in place with every worker blocked reading `/dev/fuse`, so the join never ended.
+/// Unmounting first makes the kernel end the session; fuser then finds nothing mounted.
+fn stop_session(session: BackgroundSession, mountpoint: &Path) -> io::Result<()> {
+    if session.guard.is_finished() {
+        return session.join();
+    }
+    if let Err(busy) = kernel_unmount(mountpoint, false) {
+        kernel_unmount(mountpoint, true)?;
+        // Dropping the session detaches its thread, which serves the still-open files.
+        drop(session);
+        return Err(io::Error::other(format!("{busy}; detached it lazily instead")));
+    }
+    session.join()
 }
 
 /// Mounts `fs` at `mountpoint` and serves it from background threads until the returned
@@ -187,9 +205,17 @@ pub fn mount(fs: Arc<dyn FileSystem>, mountpoint: &Path, options: &FuseOptions) 
 /// `umount2(MNT_DETACH)` and `umount -l`. Open files keep the old mount alive, detached,
 /// until they are closed. Also detaches a live mount, under the process serving it.
 pub fn force_unmount(mountpoint: &Path) -> io::Result<()> {
+    kernel_unmount(mountpoint, true)
+}
+
+/// Unmounts at the kernel: through `fusermount3`/`fusermount` (which also works for a
+/// non-root mounter), then, as root, `umount2` and `umount`. `lazy` detaches even a busy
+/// or dead mount; otherwise a busy mount fails with the helper's message.
+fn kernel_unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
     let mut failures = Vec::new();
+    let args: &[&str] = if lazy { &["-u", "-z", "--"] } else { &["-u", "--"] };
     for helper in ["fusermount3", "fusermount"] {
-        match Command::new(helper).args(["-u", "-z", "--"]).arg(mountpoint).output() {
+        match Command::new(helper).args(args).arg(mountpoint).output() {
             Ok(out) if out.status.success() => return Ok(()),
             Ok(out) => failures.push(format!("{helper}: {}", String::from_utf8_lossy(&out.stderr).trim())),
             Err(e) => failures.push(format!("{helper}: {e}")),
@@ -201,18 +227,21 @@ pub fn force_unmount(mountpoint: &Path) -> io::Result<()> {
         {
             let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount point contains a NUL byte"))?;
+            let flags = if lazy { libc::MNT_DETACH } else { 0 };
             // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
-            if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+            if unsafe { libc::umount2(path.as_ptr(), flags) } == 0 {
                 return Ok(());
             }
             failures.push(format!("umount2: {}", io::Error::last_os_error()));
         }
-        // `-l` (lazy) on Linux; elsewhere `-f` is the closest there is.
-        let flag = if cfg!(target_os = "linux") { "-l" } else { "-f" };
-        match Command::new("umount").arg(flag).arg(mountpoint).output() {
-            Ok(out) if out.status.success() => return Ok(()),
-            Ok(out) => failures.push(format!("umount {flag}: {}", String::from_utf8_lossy(&out.stderr).trim())),
-            Err(e) => failures.push(format!("umount {flag}: {e}")),
+        if lazy {
+            // `-l` (lazy) on Linux; elsewhere `-f` is the closest there is.
+            let flag = if cfg!(target_os = "linux") { "-l" } else { "-f" };
+            match Command::new("umount").arg(flag).arg(mountpoint).output() {
+                Ok(out) if out.status.success() => return Ok(()),
+                Ok(out) => failures.push(format!("umount {flag}: {}", String::from_utf8_lossy(&out.stderr).trim())),
+                Err(e) => failures.push(format!("umount {flag}: {e}")),
+            }
         }
     }
     Err(io::Error::other(format!("could not unmount {}: {}", mountpoint.display(), failures.join("; "))))

@@ -29,8 +29,12 @@ pub use fs::{DurableIo, TTL};
 /// The plugin's config table.
 #[derive(Debug, Deserialize)]
 struct Config {
-    /// The directory to serve.
+    /// The directory to serve. A relative path is taken against the working directory,
+    /// which the plugfs host sets to the config file's directory.
     root: PathBuf,
+    /// Create `root` (and its parents) if it does not exist.
+    #[serde(default)]
+    create_root: bool,
     /// The durability policy.
     #[serde(default)]
     durability: Durability,
@@ -48,7 +52,8 @@ impl Plugin for DurableIoPlugin {
             version: env!("CARGO_PKG_VERSION"),
             description: "a local directory, with explicit durability, safe against escapes from its root",
             config_help: concat!(
-                "root = \"/srv/data\"  # the directory to serve: an absolute path to an existing directory (required)\n",
+                "root = \"/srv/data\"  # the directory to serve (required); relative paths are relative to the config file\n",
+                "create_root = false  # create root if it does not exist\n",
                 "durability = \"close\"  # kernel: sync only on fsync | close (default): also fdatasync written files ",
                 "on close | always: every write and every namespace change is durable when it returns",
             ),
@@ -58,7 +63,13 @@ impl Plugin for DurableIoPlugin {
 
     fn open(config: &ConfigTable, options: &MountOptions) -> Result<DurableIo, OpenError> {
         let config: Config = config.parse()?;
-        DurableIo::open(&config.root, config.durability, options.read_only)
+        let root = std::path::absolute(&config.root)
+            .map_err(|e| OpenError::config("root", format!("{}: {e}", config.root.display())))?;
+        if config.create_root && !root.exists() {
+            std::fs::create_dir_all(&root)
+                .map_err(|e| OpenError::config("root", format!("cannot create {}: {e}", root.display())))?;
+        }
+        DurableIo::open(&root, config.durability, options.read_only)
     }
 }
 

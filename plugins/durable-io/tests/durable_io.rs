@@ -37,7 +37,7 @@ fn bad_root_is_refused_naming_the_key() {
     for (root, why) in [
         (dir.path().join("missing"), "does not exist"),
         (file.clone(), "is not a directory"),
-        ("relative/dir".into(), "absolute"),
+        ("relative/dir/that/does/not/exist".into(), "does not exist"),
     ] {
         let Err(e) = DurableIoPlugin::open(&config(&root, "close"), &MountOptions::default()) else {
             panic!("{root:?} was accepted");
@@ -49,6 +49,15 @@ fn bad_root_is_refused_naming_the_key() {
         panic!("a config without root was accepted");
     };
     assert!(e.message.contains("root"), "{e}");
+}
+
+#[test]
+fn create_root_makes_a_missing_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("a/b/c");
+    let toml = format!("root = {:?}\ncreate_root = true\n", root.to_str().unwrap());
+    DurableIoPlugin::open(&plugfs_plugin_api::ConfigTable::from_toml(toml), &MountOptions::default()).unwrap();
+    assert!(root.is_dir());
 }
 
 #[test]

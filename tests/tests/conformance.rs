@@ -1,0 +1,38 @@
+//! The conformance suite run directly through the loader, against each first-party plugin.
+//! (Through a real mount made by `plugfs mount`, see `host.rs`.)
+
+use plugfs_conformance::run_direct;
+use plugfs_tests::plugin_library;
+
+#[test]
+fn memfs_passes_the_conformance_suite_directly() {
+    let report = run_direct(&plugin_library("plugfs-memfs"), "").unwrap();
+    assert!(report.ok(), "{}", report.summary());
+}
+
+#[test]
+fn durable_io_passes_the_conformance_suite_directly_in_every_durability_mode() {
+    for mode in ["kernel", "close", "always"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!("root = {:?}\ndurability = {mode:?}\n", dir.path().to_str().unwrap());
+        let report = run_direct(&plugin_library("plugfs-durable-io"), &config).unwrap();
+        assert!(report.ok(), "durability = {mode}: {}", report.summary());
+        // It declares every capability, so only the check for lacking xattrs is left out.
+        assert_eq!(report.skipped, ["xattrs_are_refused_when_unsupported"], "{}", report.summary());
+    }
+}
+
+#[test]
+fn the_suite_fails_a_broken_plugin() {
+    // Its readdir and read panic: the suite must say so, not pass it.
+    let report = run_direct(&plugin_library("plugfs-fixture-panics"), "").unwrap();
+    assert!(!report.ok(), "{}", report.summary());
+    assert!(report.failed.iter().any(|(name, _)| *name == "root_is_a_directory"), "{}", report.summary());
+}
+
+#[test]
+fn a_read_only_plugin_of_an_older_abi_passes_the_checks_it_declares() {
+    let report = run_direct(&plugin_library("plugfs-fixture-abi-1-0"), "").unwrap();
+    assert!(report.ok(), "{}", report.summary());
+    assert!(report.skipped.contains(&"written_data_reads_back"), "a read-only plugin skips write checks");
+}

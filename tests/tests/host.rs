@@ -1,0 +1,219 @@
+//! The `plugfs` binary end to end: real configs, real plugin libraries, real FUSE mounts.
+
+use std::path::{Path, PathBuf};
+
+use plugfs_plugin_api::Capabilities;
+use plugfs_tests::{Host, is_fuse_mount, plugfs, plugin_library, target_dir, wait_until};
+
+/// A scratch directory with a config file in it.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        // The unprivileged user of the permission checks must be able to reach the mount.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        Setup { dir }
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    fn config(&self, text: &str) -> PathBuf {
+        let p = self.path("plugfs.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+fn plugin_dirs() -> String {
+    format!("[host]\nplugin_dirs = [{:?}]\n", target_dir().to_str().unwrap())
+}
+
+fn durable_io_config(durability: &str, extra_options: &str) -> String {
+    format!(
+        "{}\n[[mount]]\nname = \"data\"\nplugin = \"durable-io\"\nmountpoint = \"mnt\"\ncreate_mountpoint = true\n\
+         [mount.options]\nallow_other = true\n{extra_options}\n[mount.config]\nroot = \"data\"\ncreate_root = true\n\
+         durability = \"{durability}\"\n",
+        plugin_dirs()
+    )
+}
+
+fn assert_conformant(mountpoint: &Path, caps: &Capabilities) {
+    let report = plugfs_conformance::run_mounted(mountpoint, caps, Some((65534, 65534)));
+    assert!(report.ok(), "{}", report.summary());
+    assert!(report.passed.contains(&"permissions_are_enforced_for_an_unprivileged_user"), "{}", report.summary());
+}
+
+#[test]
+fn plugfs_mount_serves_durable_io_that_passes_the_conformance_suite_and_exits_0_on_sigterm() {
+    let s = Setup::new();
+    let config = s.config(&durable_io_config("close", ""));
+    let mnt = s.path("mnt");
+    let mut host = Host::start(&config, &[&mnt]);
+    assert_conformant(&mnt, &Capabilities::POSIX);
+
+    std::fs::write(mnt.join("kept"), b"written through the mount").unwrap();
+    let status = host.signal_and_wait(libc::SIGTERM).expect("plugfs exits on SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", host.stderr());
+    assert!(!is_fuse_mount(&mnt), "SIGTERM must unmount");
+    assert_eq!(std::fs::read(s.path("data/kept")).unwrap(), b"written through the mount");
+}
+
+#[test]
+fn plugfs_mount_serves_memfs_that_passes_the_conformance_suite_and_exits_0_on_sigint() {
+    let s = Setup::new();
+    let config = s.config(&format!(
+        "{}\n[[mount]]\nname = \"scratch\"\nplugin = \"memfs\"\nmountpoint = \"mnt\"\ncreate_mountpoint = true\n\
+         [mount.options]\nallow_other = true\n",
+        plugin_dirs()
+    ));
+    let mnt = s.path("mnt");
+    let mut host = Host::start(&config, &[&mnt]);
+    let caps =
+        plugfs_plugin_api::host::PluginLibrary::load(&plugin_library("plugfs-memfs")).unwrap().info().capabilities;
+    assert_conformant(&mnt, &caps);
+    let status = host.signal_and_wait(libc::SIGINT).expect("plugfs exits on SIGINT");
+    assert_eq!(status.code(), Some(0), "{}", host.stderr());
+    assert!(!is_fuse_mount(&mnt));
+}
+
+#[test]
+fn one_host_serves_two_plugins_at_once() {
+    let s = Setup::new();
+    let config = s.config(&format!(
+        "{}\n[[mount]]\nname = \"mem\"\nplugin = \"memfs\"\nmountpoint = \"mem\"\ncreate_mountpoint = true\n\
+         [[mount]]\nname = \"disk\"\nplugin = \"durable-io\"\nmountpoint = \"disk\"\ncreate_mountpoint = true\n\
+         [mount.config]\nroot = \"data\"\ncreate_root = true\n",
+        plugin_dirs()
+    ));
+    let (mem, disk) = (s.path("mem"), s.path("disk"));
+    let mut host = Host::start(&config, &[&mem, &disk]);
+    std::fs::write(mem.join("a"), b"in memory").unwrap();
+    std::fs::write(disk.join("b"), b"on disk").unwrap();
+    assert!(!disk.join("a").exists() && !mem.join("b").exists());
+    assert_eq!(std::fs::read(s.path("data/b")).unwrap(), b"on disk");
+    assert_eq!(host.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", host.stderr());
+    assert!(!is_fuse_mount(&mem) && !is_fuse_mount(&disk));
+}
+
+#[test]
+fn a_killed_host_leaves_a_dead_mount_that_plugfs_unmount_recovers() {
+    let s = Setup::new();
+    let config = s.config(&durable_io_config("close", "auto_unmount = false"));
+    let mnt = s.path("mnt");
+    let mut host = Host::start(&config, &[&mnt]);
+    host.signal_and_wait(libc::SIGKILL);
+    let err = std::fs::metadata(&mnt).expect_err("a dead mount cannot be stat'ed");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+
+    let (code, out, err) = plugfs(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("dead mount") && err.contains("plugfs unmount"), "check must say how to recover: {err}");
+
+    let (code, out, err) = plugfs(&["unmount", mnt.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(std::fs::metadata(&mnt).unwrap().is_dir() && !is_fuse_mount(&mnt));
+    // And the directory can be mounted again.
+    let mut again = Host::start(&config, &[&mnt]);
+    assert_eq!(again.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn with_auto_unmount_a_killed_host_leaves_no_mount_behind() {
+    let s = Setup::new();
+    let config = s.config(&durable_io_config("close", "auto_unmount = true"));
+    let mnt = s.path("mnt");
+    let mut host = Host::start(&config, &[&mnt]);
+    host.signal_and_wait(libc::SIGKILL);
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || !is_fuse_mount(&mnt) && std::fs::metadata(&mnt).is_ok()),
+        "the kernel should have unmounted the killed host's mount"
+    );
+}
+
+#[test]
+fn a_panicking_plugin_answers_eio_through_the_mount_and_the_host_keeps_serving() {
+    let s = Setup::new();
+    let config = s.config(&format!(
+        "[[mount]]\nname = \"buggy\"\nplugin = {:?}\nmountpoint = \"mnt\"\ncreate_mountpoint = true\n",
+        plugin_library("plugfs-fixture-panics").to_str().unwrap()
+    ));
+    let mnt = s.path("mnt");
+    let mut host = Host::start(&config, &[&mnt]);
+    for _ in 0..3 {
+        let err = std::fs::read(mnt.join("file")).expect_err("read panics in the plugin");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        let err = std::fs::read_dir(&mnt).and_then(|d| d.collect::<Result<Vec<_>, _>>()).expect_err("readdir panics");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        assert_eq!(std::fs::metadata(mnt.join("file")).unwrap().len(), 10, "other calls still work");
+    }
+    assert!(host.is_running(), "the host must survive plugin panics");
+    let log = host.stderr();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR") && l.contains("panics-fixture") && l.contains("op=\"read\"")),
+        "expected an error line naming the plugin and the operation:\n{log}"
+    );
+    assert_eq!(host.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", host.stderr());
+}
+
+#[test]
+fn a_config_typo_names_the_file_line_column_and_key() {
+    let s = Setup::new();
+    let config = s.config("[[mount]]\nname = \"x\"\nplugin = \"memfs\"\nmountpiont = \"mnt\"\n");
+    let (code, _, err) = plugfs(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    let want = format!("{}:4:1: key `mount[0].mountpiont`: unknown field `mountpiont`", config.display());
+    assert!(err.contains(&want), "expected {want:?} in:\n{err}");
+}
+
+#[test]
+fn a_setting_the_plugin_refuses_is_located_in_the_file() {
+    let s = Setup::new();
+    let config = s.config(&durable_io_config("sometimes", ""));
+    let (code, _, err) = plugfs(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let line = std::fs::read_to_string(&config).unwrap().lines().position(|l| l.starts_with("durability")).unwrap() + 1;
+    let want = format!("{}:{line}:1: key `mount[0].config.durability`: plugin `durable-io` refused", config.display());
+    assert!(err.contains(&want), "expected {want:?} in:\n{err}");
+    assert!(err.contains("sometimes"), "{err}");
+}
+
+#[test]
+fn an_unknown_plugin_name_lists_where_plugfs_looked() {
+    let s = Setup::new();
+    let config =
+        s.config(&format!("{}\n[[mount]]\nname = \"x\"\nplugin = \"nosuchfs\"\nmountpoint = \"mnt\"\n", plugin_dirs()));
+    let (code, _, err) = plugfs(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(":6:1: key `mount[0].plugin`: no plugin named `nosuchfs`"), "{err}");
+    assert!(err.contains(target_dir().to_str().unwrap()), "{err}");
+}
+
+#[test]
+fn plugins_lists_every_plugin_with_its_abi_and_the_refusals() {
+    let dir = target_dir();
+    let (code, out, err) = plugfs(&["plugins", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "name:         memfs",
+        "name:         durable-io",
+        "name:         abi-1.0-fixture",
+        "ABI:          1.0",
+        "ABI:          1.1",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(out.contains("capabilities: writable symlinks hard-links"), "{out}");
+    assert!(out.contains("plugin ABI 2.0 is incompatible with host plugin ABI 1.1"), "{out}");
+}
+
+#[test]
+fn help_explains_the_commands_and_the_config() {
+    let (code, out, _) = plugfs(&["--help"]);
+    assert_eq!(code, 0);
+    for want in ["mount", "check", "plugins", "unmount", "[[mount]]", "RUST_LOG", "Examples"] {
+        assert!(out.contains(want), "--help lacks {want:?}:\n{out}");
+    }
+}
