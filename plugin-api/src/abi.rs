@@ -32,6 +32,10 @@
 //!
 //! A host loads a plugin of the same major whose minor is not newer than its own.
 
+// The operation tables spell out each C signature in place, so a reader can check them
+// against the version history without chasing aliases.
+#![allow(clippy::type_complexity)]
+
 use std::ffi::c_void;
 
 /// The ABI's major version. Plugins of another major are refused.

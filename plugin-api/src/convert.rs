@@ -198,7 +198,10 @@ pub(crate) fn statfs_from_raw(s: &RawStatFs) -> StatFs {
     }
 }
 
-const CAP_BITS: [(u64, fn(&Capabilities) -> bool); 14] = [
+/// Reads one capability flag.
+type CapFlag = fn(&Capabilities) -> bool;
+
+const CAP_BITS: [(u64, CapFlag); 14] = [
     (cap::WRITABLE, |c| c.writable),
     (cap::SYMLINKS, |c| c.symlinks),
     (cap::HARD_LINKS, |c| c.hard_links),

@@ -412,7 +412,7 @@ impl FileSystem for LoadedFs {
     }
 
     fn forget(&self, node: NodeId, nlookup: u64) {
-        let f = slot!(self.forget, ());
+        let Some(f) = self.vt.forget else { return };
         let _ = self.call("forget", &Request::default(), |c| unsafe { f(self.this, c, node, nlookup) });
     }
 

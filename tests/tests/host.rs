@@ -217,3 +217,23 @@ fn help_explains_the_commands_and_the_config() {
         assert!(out.contains(want), "--help lacks {want:?}:\n{out}");
     }
 }
+
+#[test]
+fn the_default_config_of_the_readme_mounts_a_directory_of_the_checkout() {
+    // The README's first command, with the checkout's config/default.toml copied into a
+    // scratch "checkout" so the test does not touch the real demo/ directory.
+    let s = Setup::new();
+    let repo_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/default.toml");
+    std::fs::create_dir(s.path("config")).unwrap();
+    let config = s.path("config/default.toml");
+    std::fs::copy(&repo_config, &config).unwrap();
+    let (code, out, err) = plugfs(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let mnt = s.path("demo/mnt");
+    let mut host = Host::start(&config, &[&mnt]);
+    std::fs::write(mnt.join("hello.txt"), b"hello through plugfs\n").unwrap();
+    assert_eq!(std::fs::read(s.path("demo/data/hello.txt")).unwrap(), b"hello through plugfs\n");
+    assert_eq!(host.signal_and_wait(libc::SIGINT).and_then(|s| s.code()), Some(0), "{}", host.stderr());
+    assert!(!is_fuse_mount(&mnt));
+}

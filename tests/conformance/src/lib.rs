@@ -74,11 +74,11 @@ pub fn run_checks(client: &dyn Client, caps: &Capabilities) -> Report {
             continue;
         }
         let dir = format!("conformance-{}", check.name);
-        if caps.writable {
-            if let Err(e) = client.mkdir(&dir, 0o755) {
-                report.failed.push((check.name, format!("cannot make its directory {dir}: {e:?}")));
-                continue;
-            }
+        if caps.writable
+            && let Err(e) = client.mkdir(&dir, 0o755)
+        {
+            report.failed.push((check.name, format!("cannot make its directory {dir}: {e:?}")));
+            continue;
         }
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (check.run)(client, &dir, caps)));
         match outcome {

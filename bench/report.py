@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Turn one run's raw results into the Markdown table that bench/run.sh prints and records.
+
+    python3 bench/report.py RESULTS_DIR TARGET...
+
+RESULTS_DIR holds, per target, the fio JSON outputs <target>.seqwrite.json,
+<target>.seqread.json, <target>.randread.json and the meta.py output <target>.meta.json.
+TARGETs are the column names, in order; "native", "plugfs" and "bindfs" are required (the
+ratio columns are plugfs/native and plugfs/bindfs), any other (e.g. "plugfs-close") is shown
+as an extra column with its own ratio to native. Every number is higher-is-better.
+"""
+
+import json
+import os
+import sys
+
+# (row label, source file suffix, how to read the value)
+FIO_ROWS = [
+    ("seq write 1 MiB, MiB/s", "seqwrite", "write", "bw"),
+    ("seq read 1 MiB, MiB/s", "seqread", "read", "bw"),
+    ("rand read 4 KiB, IOPS", "randread", "read", "iops"),
+]
+META_ROWS = [
+    ("create, ops/s", "create"),
+    ("stat, ops/s", "stat"),
+    ("unlink, ops/s", "unlink"),
+]
+
+
+def load(results, target, what):
+    with open(os.path.join(results, f"{target}.{what}.json")) as f:
+        return json.load(f)
+
+
+def fio_value(doc, ddir, kind):
+    job = doc["jobs"][0]
+    if job.get("error"):
+        raise SystemExit(f"fio job {job.get('jobname')} failed with error {job['error']}")
+    side = job[ddir]
+    if side["io_bytes"] == 0:
+        raise SystemExit(f"fio job {job.get('jobname')} moved no data")
+    if kind == "bw":
+        return side["bw_bytes"] / 2**20
+    return side["iops"]
+
+
+def fmt(v):
+    return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
+
+
+def main():
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
+    results, targets = sys.argv[1], sys.argv[2:]
+    for t in ("native", "plugfs", "bindfs"):
+        if t not in targets:
+            raise SystemExit(f"report.py: target {t} missing")
+    extra = [t for t in targets if t not in ("native", "plugfs", "bindfs")]
+
+    values = {}  # row label -> {target: value}
+    for label, job, ddir, kind in FIO_ROWS:
+        values[label] = {t: fio_value(load(results, t, job), ddir, kind) for t in targets}
+    for label, key in META_ROWS:
+        values[label] = {t: load(results, t, "meta")[key] for t in targets}
+
+    header = ["workload"] + targets + ["plugfs/native", "plugfs/bindfs"] + [f"{t}/native" for t in extra]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
+    for label, v in values.items():
+        cells = [label] + [fmt(v[t]) for t in targets]
+        cells += [f"{v['plugfs'] / v['native']:.2f}", f"{v['plugfs'] / v['bindfs']:.2f}"]
+        cells += [f"{v[t] / v['native']:.2f}" for t in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

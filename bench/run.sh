@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# bench/run.sh: measure plugfs + durable-io against the native directory and bindfs.
+#
+# Usage (as root, from anywhere):
+#   bench/run.sh [--no-build] [--dir DIR] [--size SIZE] [--files N] [--runtime SECS]
+#                [--close] [--keep] [--no-record]
+#
+#   --no-build      use the existing target/release build instead of `cargo build --release`
+#   --dir DIR       scratch directory on a disk filesystem (default: bench/work); never tmpfs
+#   --size SIZE     fio file size per target, fio syntax (default: 1G)
+#   --files N       files for the create/stat/unlink test (default: 10000)
+#   --runtime SECS  time cap for each fio read job (default: 20)
+#   --close         also measure a second plugfs mount with durability = "close"
+#   --keep          keep the scratch data (test files) after the run
+#   --no-record     print the table but do not append the run to bench/RESULTS.md
+#
+# Three targets on the same filesystem, measured in the same run: the native directory,
+# plugfs serving a directory through durable-io (durability = "kernel"), and bindfs over a
+# directory. Each workload runs on every target before the next workload starts, so slow
+# drift on a shared machine spreads over all targets. Installs fio and bindfs with apt-get
+# when they are missing. See bench/README.md for what the numbers mean.
+set -euo pipefail
+
+bench=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$bench/.." && pwd)
+
+build=1 dir="$bench/work" size=1G files=10000 runtime=20 close=0 keep=0 record=1
+while (($#)); do
+    case $1 in
+        --no-build) build=0 ;;
+        --dir) dir=$2; shift ;;
+        --size) size=$2; shift ;;
+        --files) files=$2; shift ;;
+        --runtime) runtime=$2; shift ;;
+        --close) close=1 ;;
+        --keep) keep=1 ;;
+        --no-record) record=0 ;;
+        -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { echo "run.sh: $*" >&2; exit 1; }
+
+[[ $(id -u) == 0 ]] || die "run as root (it drops the page cache and may install packages)"
+busy="$(pgrep -c rustc || true) rustc processes, load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- tools -----------------------------------------------------------------------------------
+need=()
+command -v fio >/dev/null || need+=(fio)
+command -v bindfs >/dev/null || need+=(bindfs)
+command -v fusermount3 >/dev/null || need+=(fuse3)
+if ((${#need[@]})); then
+    log "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+command -v python3 >/dev/null || die "python3 is needed"
+[[ -c /dev/fuse ]] || die "/dev/fuse is missing"
+
+# --- build -----------------------------------------------------------------------------------
+release="${CARGO_TARGET_DIR:-$repo/target}/release"
+if ((build)); then
+    log "cargo build --release --workspace"
+    (cd "$repo" && cargo build --release --workspace)
+fi
+plugfs="$release/plugfs"
+[[ -x $plugfs && -e $release/libplugfs_durable_io.so ]] ||
+    die "no release build in $release (run without --no-build)"
+
+# --- scratch directory -----------------------------------------------------------------------
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd -P)
+fstype=$(stat -f -c %T "$dir")
+case $fstype in
+    tmpfs | ramfs | fuse* | overlayfs) die "$dir is on $fstype; use --dir on a disk filesystem" ;;
+esac
+run="$dir/run"
+# A previous run that was killed hard may have left mounts behind.
+for m in "$run"/*/mnt; do
+    findmnt -rn --mountpoint "$m" >/dev/null 2>&1 && { fusermount3 -u "$m" || umount -l "$m"; }
+done
+rm -rf "$run"
+mkdir -p "$run/results"
+results="$run/results"
+
+native="$run/native/dir"
+plugfs_mnt="$run/plugfs/mnt" plugfs_close_mnt="$run/plugfs-close/mnt"
+bindfs_mnt="$run/bindfs/mnt"
+mkdir -p "$native" "$run/bindfs/src" "$bindfs_mnt"
+
+# --- mounts, and their cleanup ---------------------------------------------------------------
+plugfs_pid=
+cleanup() {
+    local rc=$?
+    if [[ -n $plugfs_pid ]] && kill -0 "$plugfs_pid" 2>/dev/null; then
+        kill -TERM "$plugfs_pid"
+        for _ in $(seq 100); do kill -0 "$plugfs_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$plugfs_pid" 2>/dev/null && { echo "plugfs ignored SIGTERM; killing it" >&2; kill -KILL "$plugfs_pid"; }
+        wait "$plugfs_pid" 2>/dev/null || true
+    fi
+    for m in "$plugfs_mnt" "$plugfs_close_mnt" "$bindfs_mnt"; do
+        if findmnt -rn --mountpoint "$m" >/dev/null 2>&1; then
+            fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m" || true
+        fi
+    done
+    if ((!keep)); then rm -rf "$run/native" "$run/plugfs" "$run/plugfs-close" "$run/bindfs"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+wait_mounted() { # mountpoint, what, log file
+    for _ in $(seq 200); do
+        findmnt -rn --mountpoint "$1" >/dev/null && return 0
+        [[ $2 == plugfs ]] && ! kill -0 "$plugfs_pid" 2>/dev/null && break
+        sleep 0.1
+    done
+    cat "$3" >&2 2>/dev/null || true
+    die "$2 did not mount $1"
+}
+
+config="$run/plugfs.toml"
+mount_table() { # name, durability
+    cat <<EOF
+
+[[mount]]
+name = "$1"
+plugin = "durable-io"
+mountpoint = "$1/mnt"
+create_mountpoint = true
+
+[mount.options]
+allow_other = false
+auto_unmount = true
+
+[mount.config]
+root = "$1/data"
+create_root = true
+durability = "$2"
+EOF
+}
+{
+    printf '# Generated by bench/run.sh.\n[host]\nplugin_dirs = ["%s"]\nlog = "info"\n' "$release"
+    mount_table plugfs kernel
+    if ((close)); then mount_table plugfs-close close; fi
+} >"$config"
+
+log "mounting plugfs ($config)"
+"$plugfs" mount --config "$config" 2>"$run/plugfs.log" &
+plugfs_pid=$!
+wait_mounted "$plugfs_mnt" plugfs "$run/plugfs.log"
+if ((close)); then wait_mounted "$plugfs_close_mnt" plugfs "$run/plugfs.log"; fi
+
+log "mounting bindfs"
+bindfs --no-allow-other "$run/bindfs/src" "$bindfs_mnt" 2>"$run/bindfs.log"
+wait_mounted "$bindfs_mnt" bindfs "$run/bindfs.log"
+
+targets=(native plugfs)
+if ((close)); then targets+=(plugfs-close); fi
+targets+=(bindfs)
+path_of() {
+    case $1 in
+        native) echo "$native" ;;
+        plugfs) echo "$plugfs_mnt" ;;
+        plugfs-close) echo "$plugfs_close_mnt" ;;
+        bindfs) echo "$bindfs_mnt" ;;
+    esac
+}
+
+# --- workloads -------------------------------------------------------------------------------
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+fio_job() { # target, job name, fio arguments...
+    local target=$1 name=$2; shift 2
+    drop_caches
+    fio --name="$name" --filename="$(path_of "$target")/fio.dat" --ioengine=psync --direct=0 \
+        --fallocate=none --numjobs=1 --output-format=json "$@" >"$results/$target.$name.json" ||
+        die "fio $name on $target failed (output in $results/$target.$name.json)"
+}
+
+log "seq write, $size in 1 MiB blocks, end_fsync"
+for t in "${targets[@]}"; do fio_job "$t" seqwrite --rw=write --bs=1M --size="$size" --end_fsync=1; done
+log "seq read, 1 MiB blocks, cold cache, at most ${runtime}s"
+for t in "${targets[@]}"; do fio_job "$t" seqread --rw=read --bs=1M --size="$size" --readonly --runtime="$runtime"; done
+log "random read, 4 KiB blocks, cold cache, at most ${runtime}s"
+for t in "${targets[@]}"; do fio_job "$t" randread --rw=randread --bs=4k --size="$size" --readonly --runtime="$runtime"; done
+for t in "${targets[@]}"; do rm -f "$(path_of "$t")/fio.dat"; done
+
+log "metadata: create, stat, unlink $files files"
+for t in "${targets[@]}"; do
+    drop_caches
+    python3 "$bench/meta.py" "$(path_of "$t")" "$files" >"$results/$t.meta.json"
+done
+
+# --- report ----------------------------------------------------------------------------------
+table=$(python3 "$bench/report.py" "$results" "${targets[@]}")
+echo
+echo "$table"
+
+if ((record)); then
+    commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    [[ -n $(git -C "$repo" status --porcelain -- . ':!bench' 2>/dev/null) ]] && commit+=" (with uncommitted changes)"
+    cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+    results_md="$bench/RESULTS.md"
+    [[ -e $results_md ]] || cat >"$results_md" <<'EOF'
+# plugfs benchmark results
+
+Each entry below was appended by `bench/run.sh` (see `bench/README.md`). All numbers of an
+entry come from one run on one machine: the native directory, plugfs + durable-io
+(`durability = "kernel"`) and bindfs, all backed by the same disk filesystem, one workload
+on every target before the next workload.
+
+Method, in short: fio with buffered IO (`--direct=0`, `psync`, one job). Sequential write of
+the whole file in 1 MiB blocks with `end_fsync=1` (the final fsync counts in the time);
+sequential read in 1 MiB blocks and random read in 4 KiB blocks, each from a cold page cache
+(`sync; echo 3 > /proc/sys/vm/drop_caches` before every job) with a time cap. Metadata:
+`bench/meta.py` creates, stats and unlinks N empty files in one directory and reports ops/s
+per phase. Every number is higher-is-better; a ratio below 1 means plugfs is slower.
+
+Caveat: these machines are shared VMs with 2 cores, often running builds at the same time;
+differences of 10-20 % between runs are noise. Compare the columns of one entry, not
+entries with each other, unless the machine is known to be the same and idle.
+
+Reproduce: as root, `bench/run.sh` (`--help` for the options; `--size`, `--files` and
+`--runtime` are recorded with each entry).
+
+EOF
+    {
+        echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit"
+        echo
+        echo "- kernel $(uname -r); CPU $cpu, $(nproc) cores; RAM $(free -g | awk '/^Mem:/{print $2}') GiB"
+        echo "- scratch on $(findmnt -n -o FSTYPE -T "$dir") ($(findmnt -n -o SOURCE -T "$dir")); $(fio --version), bindfs $(bindfs --version | awk '{print $2; exit}')"
+        echo "- --size $size --files $files --runtime $runtime; at start: $busy"
+        echo
+        echo "$table"
+        echo
+    } >>"$results_md"
+    log "appended to $results_md"
+fi

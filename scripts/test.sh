@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace.
+#
+# The end-to-end tests load the plugin libraries (target/debug/libplugfs_*.so) and run the
+# plugfs and plugfs-conformance binaries, which `cargo test` alone does not build, so the
+# whole workspace is built first. They mount through the kernel with FUSE and switch to an
+# unprivileged user for the permission checks, so run this as root, with fusermount3
+# installed (Debian: apt-get install fuse3).
+#
+# Extra arguments go to `cargo test` (e.g. scripts/test.sh -p plugfs-tests -- host).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "scripts/test.sh: the FUSE and permission tests need root" >&2
+    exit 1
+fi
+command -v fusermount3 >/dev/null || { echo "scripts/test.sh: fusermount3 missing (apt-get install fuse3)" >&2; exit 1; }
+
+cargo build --workspace --all-targets
+cargo test --workspace --no-fail-fast "$@"
