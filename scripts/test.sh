@@ -5,7 +5,8 @@
 # plugfs and plugfs-conformance binaries, which `cargo test` alone does not build, so the
 # whole workspace is built first. They mount through the kernel with FUSE and switch to an
 # unprivileged user for the permission checks, so run this as root, with fusermount3
-# installed (Debian: apt-get install fuse3).
+# installed (Debian: apt-get install fuse3). The crash tests put an ext4 image in a loop
+# device (losetup, mkfs.ext4, e2fsck).
 #
 # Extra arguments go to `cargo test` (e.g. scripts/test.sh -p plugfs-tests -- host).
 set -euo pipefail
