@@ -62,7 +62,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let config = match &cli.config_file {
         Some(f) => match std::fs::read_to_string(f) {
             Ok(t) => t,
