@@ -3,15 +3,19 @@
 
     python3 bench/report.py RESULTS_DIR TARGET...
 
-RESULTS_DIR holds, per target, the fio JSON outputs <target>.seqwrite.json,
-<target>.seqread.json, <target>.randread.json and the meta.py output <target>.meta.json.
+RESULTS_DIR holds, per target and round R (0, 1, ...), the fio JSON outputs
+<target>.seqwrite.R.json, <target>.seqread.R.json, <target>.randread.R.json and the meta.py
+output <target>.meta.R.json. Each cell is the median over the rounds; a line under the table
+gives the widest spread (max - min) / median of any cell, a measure of the run's noise.
 TARGETs are the column names, in order; "native", "plugfs" and "bindfs" are required (the
 ratio columns are plugfs/native and plugfs/bindfs), any other (e.g. "plugfs-close") is shown
 as an extra column with its own ratio to native. Every number is higher-is-better.
 """
 
+import glob
 import json
 import os
+import statistics
 import sys
 
 # (row label, source file suffix, how to read the value)
@@ -27,9 +31,16 @@ META_ROWS = [
 ]
 
 
-def load(results, target, what):
-    with open(os.path.join(results, f"{target}.{what}.json")) as f:
-        return json.load(f)
+def load_rounds(results, target, what):
+    """Every round's document for one target and workload, in round order."""
+    paths = glob.glob(os.path.join(glob.escape(results), f"{target}.{what}.*.json"))
+    if not paths:
+        raise SystemExit(f"report.py: no results for {target} {what} in {results}")
+    docs = []
+    for p in sorted(paths, key=lambda p: int(p.rsplit(".", 2)[1])):
+        with open(p) as f:
+            docs.append(json.load(f))
+    return docs
 
 
 def fio_value(doc, ddir, kind):
@@ -57,11 +68,16 @@ def main():
             raise SystemExit(f"report.py: target {t} missing")
     extra = [t for t in targets if t not in ("native", "plugfs", "bindfs")]
 
-    values = {}  # row label -> {target: value}
+    samples = {}  # row label -> {target: [value per round]}
     for label, job, ddir, kind in FIO_ROWS:
-        values[label] = {t: fio_value(load(results, t, job), ddir, kind) for t in targets}
+        samples[label] = {t: [fio_value(d, ddir, kind) for d in load_rounds(results, t, job)] for t in targets}
     for label, key in META_ROWS:
-        values[label] = {t: load(results, t, "meta")[key] for t in targets}
+        samples[label] = {t: [d[key] for d in load_rounds(results, t, "meta")] for t in targets}
+    values = {label: {t: statistics.median(v) for t, v in row.items()} for label, row in samples.items()}
+    rounds = min(len(v) for row in samples.values() for v in row.values())
+    spread, where = max(
+        ((max(v) - min(v)) / statistics.median(v), f"{label}, {t}") for label, row in samples.items() for t, v in row.items()
+    )
 
     header = ["workload"] + targets + ["plugfs/native", "plugfs/bindfs"] + [f"{t}/native" for t in extra]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
@@ -70,6 +86,8 @@ def main():
         cells += [f"{v['plugfs'] / v['native']:.2f}", f"{v['plugfs'] / v['bindfs']:.2f}"]
         cells += [f"{v[t] / v['native']:.2f}" for t in extra]
         lines.append("| " + " | ".join(cells) + " |")
+    if rounds > 1:
+        lines += ["", f"Median of {rounds} rounds; widest spread of a cell: {spread:.0%} ({where})."]
     print("\n".join(lines))
 
 

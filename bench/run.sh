@@ -3,13 +3,14 @@
 #
 # Usage (as root, from anywhere):
 #   bench/run.sh [--no-build] [--dir DIR] [--size SIZE] [--files N] [--runtime SECS]
-#                [--close] [--keep] [--no-record]
+#                [--repeat N] [--close] [--keep] [--no-record]
 #
 #   --no-build      use the existing target/release build instead of `cargo build --release`
 #   --dir DIR       scratch directory on a disk filesystem (default: bench/work); never tmpfs
 #   --size SIZE     fio file size per target, fio syntax (default: 1G)
 #   --files N       files for the create/stat/unlink test (default: 10000)
-#   --runtime SECS  time cap for each fio read job (default: 20)
+#   --runtime SECS  time cap for each fio read job (default: 10)
+#   --repeat N      run every workload N times and report the median (default: 3)
 #   --close         also measure a second plugfs mount with durability = "close"
 #   --keep          keep the scratch data (test files) after the run
 #   --no-record     print the table but do not append the run to bench/RESULTS.md
@@ -17,14 +18,15 @@
 # Three targets on the same filesystem, measured in the same run: the native directory,
 # plugfs serving a directory through durable-io (durability = "kernel"), and bindfs over a
 # directory. Each workload runs on every target before the next workload starts, so slow
-# drift on a shared machine spreads over all targets. Installs fio and bindfs with apt-get
+# drift on a shared machine spreads over all targets; with --repeat, each round starts with
+# the next target in turn. Installs fio and bindfs with apt-get
 # when they are missing. See bench/README.md for what the numbers mean.
 set -euo pipefail
 
 bench=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$bench/.." && pwd)
 
-build=1 dir="$bench/work" size=1G files=10000 runtime=20 close=0 keep=0 record=1
+build=1 dir="$bench/work" size=1G files=10000 runtime=10 repeat=3 close=0 keep=0 record=1
 while (($#)); do
     case $1 in
         --no-build) build=0 ;;
@@ -32,6 +34,7 @@ while (($#)); do
         --size) size=$2; shift ;;
         --files) files=$2; shift ;;
         --runtime) runtime=$2; shift ;;
+        --repeat) repeat=$2; shift ;;
         --close) close=1 ;;
         --keep) keep=1 ;;
         --no-record) record=0 ;;
@@ -40,6 +43,8 @@ while (($#)); do
     esac
     shift
 done
+
+[[ $repeat =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --repeat wants a positive number" >&2; exit 2; }
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -75,7 +80,8 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd -P)
 fstype=$(stat -f -c %T "$dir")
 case $fstype in
-    tmpfs | ramfs | fuse* | overlayfs) die "$dir is on $fstype; use --dir on a disk filesystem" ;;
+    tmpfs | ramfs | fuse*) die "$dir is on $fstype; use --dir on a disk filesystem" ;;
+    overlayfs) echo "run.sh: warning: $dir is on overlayfs; native numbers include its cost" >&2 ;;
 esac
 run="$dir/run"
 # A previous run that was killed hard may have left mounts behind.
@@ -92,7 +98,7 @@ bindfs_mnt="$run/bindfs/mnt"
 mkdir -p "$native" "$run/bindfs/src" "$bindfs_mnt"
 
 # --- mounts, and their cleanup ---------------------------------------------------------------
-plugfs_pid=
+plugfs_pid= bindfs_pid=
 cleanup() {
     local rc=$?
     if [[ -n $plugfs_pid ]] && kill -0 "$plugfs_pid" 2>/dev/null; then
@@ -106,6 +112,7 @@ cleanup() {
             fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m" || true
         fi
     done
+    if [[ -n $bindfs_pid ]]; then wait "$bindfs_pid" 2>/dev/null || true; fi
     if ((!keep)); then rm -rf "$run/native" "$run/plugfs" "$run/plugfs-close" "$run/bindfs"; fi
     exit "$rc"
 }
@@ -117,6 +124,7 @@ wait_mounted() { # mountpoint, what, log file
     for _ in $(seq 200); do
         findmnt -rn --mountpoint "$1" >/dev/null && return 0
         [[ $2 == plugfs ]] && ! kill -0 "$plugfs_pid" 2>/dev/null && break
+        [[ $2 == bindfs ]] && ! kill -0 "$bindfs_pid" 2>/dev/null && break
         sleep 0.1
     done
     cat "$3" >&2 2>/dev/null || true
@@ -155,8 +163,13 @@ plugfs_pid=$!
 wait_mounted "$plugfs_mnt" plugfs "$run/plugfs.log"
 if ((close)); then wait_mounted "$plugfs_close_mnt" plugfs "$run/plugfs.log"; fi
 
-log "mounting bindfs"
-bindfs --no-allow-other "$run/bindfs/src" "$bindfs_mnt" 2>"$run/bindfs.log"
+# bindfs is built on libfuse 2, whose default is 4 KiB writes; big_writes gives it 128 KiB
+# writes like any tuned libfuse 2 passthrough (plugfs asks for 1 MiB).
+bindfs_opts=(--no-allow-other -o big_writes)
+log "mounting bindfs ${bindfs_opts[*]}"
+# In the foreground (-f) as our child, so that cleanup can wait for it.
+bindfs -f "${bindfs_opts[@]}" "$run/bindfs/src" "$bindfs_mnt" 2>"$run/bindfs.log" &
+bindfs_pid=$!
 wait_mounted "$bindfs_mnt" bindfs "$run/bindfs.log"
 
 targets=(native plugfs)
@@ -174,27 +187,41 @@ path_of() {
 # --- workloads -------------------------------------------------------------------------------
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
-fio_job() { # target, job name, fio arguments...
-    local target=$1 name=$2; shift 2
+fio_job() { # target, job name, round, fio arguments...
+    local target=$1 name=$2 out="$results/$1.$2.$3.json"; shift 3
     drop_caches
     fio --name="$name" --filename="$(path_of "$target")/fio.dat" --ioengine=psync --direct=0 \
-        --fallocate=none --numjobs=1 --output-format=json "$@" >"$results/$target.$name.json" ||
-        die "fio $name on $target failed (output in $results/$target.$name.json)"
+        --fallocate=none --numjobs=1 --output-format=json "$@" >"$out" ||
+        die "fio $name on $target failed (output in $out)"
 }
 
-log "seq write, $size in 1 MiB blocks, end_fsync"
-for t in "${targets[@]}"; do fio_job "$t" seqwrite --rw=write --bs=1M --size="$size" --end_fsync=1; done
-log "seq read, 1 MiB blocks, cold cache, at most ${runtime}s"
-for t in "${targets[@]}"; do fio_job "$t" seqread --rw=read --bs=1M --size="$size" --readonly --runtime="$runtime"; done
-log "random read, 4 KiB blocks, cold cache, at most ${runtime}s"
-for t in "${targets[@]}"; do fio_job "$t" randread --rw=randread --bs=4k --size="$size" --readonly --runtime="$runtime"; done
-for t in "${targets[@]}"; do rm -f "$(path_of "$t")/fio.dat"; done
+# The targets of round $1 (0-based), starting with a different one each round.
+rotated() {
+    local n=${#targets[@]} i
+    for ((i = 0; i < n; i++)); do echo "${targets[(i + $1) % n]}"; done
+}
 
-log "metadata: create, stat, unlink $files files"
-for t in "${targets[@]}"; do
-    drop_caches
-    python3 "$bench/meta.py" "$(path_of "$t")" "$files" >"$results/$t.meta.json"
+for ((r = 0; r < repeat; r++)); do
+    round="round $((r + 1))/$repeat"
+    log "$round: seq write, $size in 1 MiB blocks, end_fsync"
+    for t in $(rotated $r); do
+        rm -f "$(path_of "$t")/fio.dat"
+        fio_job "$t" seqwrite $r --rw=write --bs=1M --size="$size" --end_fsync=1
+    done
+    log "$round: seq read, 1 MiB blocks, cold cache, at most ${runtime}s"
+    for t in $(rotated $r); do
+        fio_job "$t" seqread $r --rw=read --bs=1M --size="$size" --readonly --runtime="$runtime"
+    done
+    log "$round: random read, 4 KiB blocks, cold cache, at most ${runtime}s"
+    for t in $(rotated $r); do
+        fio_job "$t" randread $r --rw=randread --bs=4k --size="$size" --readonly --runtime="$runtime"
+    done
+    log "$round: metadata: create, stat, unlink $files files, cold cache before each phase"
+    for t in $(rotated $r); do
+        python3 "$bench/meta.py" --drop-caches "$(path_of "$t")" "$files" >"$results/$t.meta.$r.json"
+    done
 done
+for t in "${targets[@]}"; do rm -f "$(path_of "$t")/fio.dat"; done
 
 # --- report ----------------------------------------------------------------------------------
 table=$(python3 "$bench/report.py" "$results" "${targets[@]}")
@@ -211,8 +238,10 @@ if ((record)); then
 
 Each entry below was appended by `bench/run.sh` (see `bench/README.md`). All numbers of an
 entry come from one run on one machine: the native directory, plugfs + durable-io
-(`durability = "kernel"`) and bindfs, all backed by the same disk filesystem, one workload
-on every target before the next workload.
+(`durability = "kernel"`; `plugfs-close` is `durability = "close"`, with `--close`) and
+bindfs, all backed by the same disk filesystem, one workload on every target before the next
+workload. The sequence runs `--repeat` rounds, each starting with the next target, and each
+cell is the median of the rounds; the line under a table is that run's worst spread.
 
 Method, in short: fio with buffered IO (`--direct=0`, `psync`, one job). Sequential write of
 the whole file in 1 MiB blocks with `end_fsync=1` (the final fsync counts in the time);
@@ -225,16 +254,16 @@ Caveat: these machines are shared VMs with 2 cores, often running builds at the 
 differences of 10-20 % between runs are noise. Compare the columns of one entry, not
 entries with each other, unless the machine is known to be the same and idle.
 
-Reproduce: as root, `bench/run.sh` (`--help` for the options; `--size`, `--files` and
-`--runtime` are recorded with each entry).
+Reproduce: as root, `bench/run.sh` (`--help` for the options; `--repeat`, `--size`,
+`--files` and `--runtime` are recorded with each entry).
 
 EOF
     {
         echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit"
         echo
         echo "- kernel $(uname -r); CPU $cpu, $(nproc) cores; RAM $(free -g | awk '/^Mem:/{print $2}') GiB"
-        echo "- scratch on $(findmnt -n -o FSTYPE -T "$dir") ($(findmnt -n -o SOURCE -T "$dir")); $(fio --version), bindfs $(bindfs --version | awk '{print $2; exit}')"
-        echo "- --size $size --files $files --runtime $runtime; at start: $busy"
+        echo "- scratch on $(findmnt -n -o FSTYPE -T "$dir") ($(findmnt -n -o SOURCE -T "$dir")); $(fio --version); bindfs $(bindfs --version | awk '{print $2; exit}') \`${bindfs_opts[*]}\`"
+        echo "- --repeat $repeat; --size $size --files $files --runtime $runtime; at start: $busy"
         echo
         echo "$table"
         echo
