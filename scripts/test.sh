@@ -19,4 +19,12 @@ fi
 command -v fusermount3 >/dev/null || { echo "scripts/test.sh: fusermount3 missing (apt-get install fuse3)" >&2; exit 1; }
 
 cargo build --workspace --all-targets
-cargo test --workspace --no-fail-fast "$@"
+
+# cargo prints one "test result" line per test binary; the last is often a crate's empty
+# doc tests. Keep the output as it is and end with one line that totals them all.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
