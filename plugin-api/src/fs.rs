@@ -251,8 +251,7 @@ pub trait FileSystem: Send + Sync + 'static {
     /// Finds data or holes (`SEEK_DATA`/`SEEK_HOLE`). The default treats the whole file as
     /// data, which is correct for any filesystem without sparse files. *Added in ABI 1.1.*
     fn lseek(&self, req: &Request, node: NodeId, handle: Handle, offset: i64, whence: Whence) -> Result<u64> {
-        let size = self.getattr(req, node, Some(handle))?.attr.size;
-        defaults::lseek_without_holes(size, offset, whence)
+        defaults::lseek(self, req, node, handle, offset, whence)
     }
 }
 
@@ -260,6 +259,19 @@ pub trait FileSystem: Send + Sync + 'static {
 /// can give the same answers for operations an older plugin does not have.
 pub mod defaults {
     use super::*;
+
+    /// `lseek` on a file without holes, sized by `getattr`: see [`lseek_without_holes`].
+    pub fn lseek<F: FileSystem + ?Sized>(
+        fs: &F,
+        req: &Request,
+        node: NodeId,
+        handle: Handle,
+        offset: i64,
+        whence: Whence,
+    ) -> Result<u64> {
+        let size = fs.getattr(req, node, Some(handle))?.attr.size;
+        lseek_without_holes(size, offset, whence)
+    }
 
     /// `lseek` on a file that is all data: `SEEK_DATA` finds `offset` itself, `SEEK_HOLE`
     /// finds the end of the file; both answer `ENXIO` at or past the end.

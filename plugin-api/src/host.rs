@@ -656,10 +656,7 @@ impl FileSystem for LoadedFs {
     }
 
     fn lseek(&self, req: &Request, node: NodeId, handle: Handle, offset: i64, whence: Whence) -> Result<u64> {
-        let Some(f) = self.vt.lseek else {
-            let size = self.getattr(req, node, Some(handle))?.attr.size;
-            return defaults::lseek_without_holes(size, offset, whence);
-        };
+        let f = slot!(self.lseek, defaults::lseek(self, req, node, handle, offset, whence));
         let mut pos = 0u64;
         self.call("lseek", req, |c| unsafe { f(self.this, c, node, handle, offset, whence.to_raw(), &mut pos) })?;
         Ok(pos)
