@@ -166,15 +166,9 @@ impl Config {
 
         let de = toml::Deserializer::parse(&shell.text).map_err(|e| shell.syntax_error(&e))?;
         let shape: FileShape = serde_path_to_error::deserialize(de).map_err(|e| {
-            let mut key = path_segments(&e.path().to_string());
-            let message = e.inner().message().to_string();
-            // serde reports an unknown field at its parent; point at the field itself.
-            if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
-                if key.last() != Some(&KeySeg::Key(field.to_string())) {
-                    key.push(KeySeg::Key(field.to_string()));
-                }
-            }
-            shell.error_at(&key, message)
+            // The path includes an unknown field's own name, so it points at that line.
+            let key = path_segments(&e.path().to_string());
+            shell.error_at(&key, e.inner().message().to_string())
         })?;
         let config = Config { host: shape.host, mounts: shape.mount, ..shell };
         config.validate()?;

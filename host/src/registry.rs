@@ -59,10 +59,10 @@ impl Registry {
     /// A registry over `dirs` (searched in order), then the executable's directory.
     pub fn new(dirs: impl IntoIterator<Item = PathBuf>) -> Registry {
         let mut all: Vec<PathBuf> = dirs.into_iter().collect();
-        if let Some(d) = exe_dir() {
-            if !all.contains(&d) {
-                all.push(d);
-            }
+        if let Some(d) = exe_dir()
+            && !all.contains(&d)
+        {
+            all.push(d);
         }
         Registry { dirs: all, loaded: HashMap::new() }
     }

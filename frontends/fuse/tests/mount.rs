@@ -48,11 +48,11 @@ impl TestMount {
 
 impl Drop for TestMount {
     fn drop(&mut self) {
-        if let Some(mount) = self.mount.take() {
-            if let Err(e) = mount.unmount() {
-                eprintln!("unmount failed ({e}); detaching");
-                let _ = force_unmount(self.dir.path());
-            }
+        if let Some(mount) = self.mount.take()
+            && let Err(e) = mount.unmount()
+        {
+            eprintln!("unmount failed ({e}); detaching");
+            let _ = force_unmount(self.dir.path());
         }
     }
 }

@@ -72,11 +72,11 @@ impl NodeTable {
     /// A known inode keeps its id (and its first fd; `fd` is closed).
     pub(crate) fn remember(&self, fd: OwnedFd, key: InodeKey, kind: FileKind) -> NodeId {
         let mut inner = self.write();
-        if let Some(&id) = inner.ids.get(&key) {
-            if let Some(node) = inner.nodes.get_mut(&id) {
-                node.lookups = node.lookups.saturating_add(1);
-                return id;
-            }
+        if let Some(&id) = inner.ids.get(&key)
+            && let Some(node) = inner.nodes.get_mut(&id)
+        {
+            node.lookups = node.lookups.saturating_add(1);
+            return id;
         }
         let id = inner.next_id;
         inner.next_id += 1;

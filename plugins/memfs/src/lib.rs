@@ -371,10 +371,11 @@ impl Tree {
     /// host, no open handles. Until then an unlinked file stays readable through them.
     fn maybe_free(&mut self, id: NodeId) {
         let unused = self.nodes.get(&id).is_some_and(|n| n.nlink == 0 && n.lookups == 0 && n.open_handles == 0);
-        if id != ROOT_ID && unused {
-            if let Some(Node { content: Content::File { allocated, .. }, .. }) = self.nodes.remove(&id) {
-                self.used_bytes -= allocated;
-            }
+        if id != ROOT_ID
+            && unused
+            && let Some(Node { content: Content::File { allocated, .. }, .. }) = self.nodes.remove(&id)
+        {
+            self.used_bytes -= allocated;
         }
     }
 
