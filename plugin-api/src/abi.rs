@@ -1,9 +1,9 @@
 //! The binary interface between a host and a plugin library.
 //!
-//! Plugin authors never touch this module: [`crate::export_plugin!`] builds it from a
-//! [`crate::Plugin`], and the `host` feature's loader reads it. It is public so that its
-//! layout is documented and so that frozen copies of older versions (kept under
-//! `plugin-api/abi-history/`) can be checked against it.
+//! Plugin authors who write Rust never touch this module: [`crate::export_plugin!`] builds
+//! it from a [`crate::Plugin`], and the `host` feature's loader reads it. C authors use the
+//! same definitions through `plugin-api/include/plugfs_plugin.h`, which is generated from
+//! this file and checked in, so a diff shows every ABI change.
 //!
 //! # Shape
 //!
@@ -14,21 +14,55 @@
 //!   without running any of its code.
 //! - [`ENTRY_SYMBOL`]: `extern "C" fn() -> *const PluginDecl`.
 //!
-//! [`PluginDecl`] and [`FsVTable`] are tables of `extern "C"` function pointers that start
-//! with their own size in bytes. New entries are only ever appended, in a new minor
-//! version. A host copies as many bytes as the plugin's table has into a zeroed table of
-//! its own, so entries a plugin is too old to have read as `None` and the host answers
-//! them with the POSIX defaults of [`crate::FileSystem`] (see [`crate::defaults`]).
+//! [`PluginDecl`] carries the plugin's two functions (`info`, `open`) and its operations
+//! table [`FsVTable`], whose size the host validates at load.
 //!
-//! Every call returns a status: `0` for success, a positive errno for failure, or
-//! [`STATUS_PANICKED`] when the plugin panicked (the host turns it into `EIO` and logs it).
-//! A message for logs may be written into the caller's [`CallCtx`] buffer. All buffers are
-//! owned by the caller; nothing allocated on one side is freed on the other.
+//! # Growing without breaking anyone
+//!
+//! Every struct that crosses the boundary starts with `struct_size`, the size in bytes of
+//! the struct as its *allocator* was built. Fields are only ever appended, in a new minor
+//! version. The rules:
+//!
+//! - **In-structs** (the caller fills them: [`CallCtx`], [`RawSetAttr`],
+//!   [`RawMountOptions`], [`RawDirEntry`] handed to the host's sink): the reader copies
+//!   `min(struct_size, its own size)` bytes into a zeroed struct of its own, so fields the
+//!   writer is too old to know read as zero.
+//! - **Out-structs** (the caller allocates them zeroed, with `struct_size` set to its own
+//!   size, and the callee fills them: [`RawEntry`], [`RawAttr`], [`RawOpened`],
+//!   [`RawStatFs`], [`RawCapabilities`], [`RawPluginInfo`]): the callee writes at most
+//!   `struct_size` bytes and sets `struct_size` to how many it wrote.
+//! - **Tables** ([`PluginDecl`], [`FsVTable`]): entries are appended; entries a plugin is
+//!   too old to have read as `NULL`, and the host answers them with the POSIX defaults of
+//!   [`crate::FileSystem`] (see [`crate::defaults`]).
+//! - **Value types** ([`AbiTag`], [`RawStr`], [`RawBuf`], [`RawTimestamp`], [`RawSetTime`])
+//!   are small, have no size field, and are frozen for the life of the major version.
+//!
+//! No struct embeds another sized struct, so each can grow on its own.
+//!
+//! # Statuses
+//!
+//! Every operation returns `0` for success or an errno for failure, either positive
+//! (`EPERM`) or negative (`-EPERM`, the libfuse convention C authors bring), with
+//! `1 <= |errno| <= 4095`. [`STATUS_PANICKED`] (`INT32_MIN`, never an errno) means the
+//! plugin's code panicked; the message buffer holds the panic text. Any other value is a
+//! plugin bug: the host answers `EIO` and logs it. A message for logs may be written into
+//! the caller's [`CallCtx`] buffer. All buffers are owned by the caller; nothing allocated
+//! on one side is freed on the other.
+//!
+//! # Trust
+//!
+//! The host checks every answer before any frontend sees it (`plugfs_plugin_api::host`):
+//! statuses, lengths against the buffer given, node ids, file types, directory entry
+//! names. A bad answer is `EIO` for that call and an error log line naming the plugin, the
+//! operation and the value.
 //!
 //! # Versions
 //!
-//! - **1.0**: the initial operation set, up to and including `removexattr`.
-//! - **1.1**: adds `fallocate`, `copy_file_range` and `lseek`.
+//! - **2.0**: the first version with sized structs everywhere, the operations table in the
+//!   declaration, per-mount capabilities and `readdirplus`. Its C header is frozen as
+//!   `plugin-api/abi-history/plugfs_plugin_2.0.h`.
+//! - 1.0 and 1.1 (before sized structs) are refused; 1.0 is kept as a fixture
+//!   (`plugin-api/abi-history/v1_0.rs`) to prove it.
 //!
 //! A host loads a plugin of the same major whose minor is not newer than its own.
 
@@ -39,9 +73,9 @@
 use std::ffi::c_void;
 
 /// The ABI's major version. Plugins of another major are refused.
-pub const ABI_MAJOR: u32 = 1;
+pub const ABI_MAJOR: u32 = 2;
 /// The ABI's minor version. Plugins with a newer minor are refused; older ones load.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 0;
 
 /// The magic bytes at the start of [`AbiTag`].
 pub const MAGIC: [u8; 8] = *b"PLUGFS\0\x01";
@@ -51,7 +85,12 @@ pub const TAG_SYMBOL: &str = "PLUGFS_ABI_TAG";
 pub const ENTRY_SYMBOL: &str = "plugfs_plugin_entry";
 
 /// Returned by a call whose plugin code panicked. The message buffer holds the panic text.
-pub const STATUS_PANICKED: i32 = -1;
+/// It is `INT32_MIN` so that it can never be mistaken for a `-errno`.
+pub const STATUS_PANICKED: i32 = i32::MIN;
+
+/// The largest errno a status may carry; anything beyond is a plugin bug (Linux's kernel
+/// rejects FUSE replies with an error of 4096 or more without completing the request).
+pub const ERRNO_MAX: i32 = 4095;
 
 /// Identifies a plugin library and the ABI version it was built against.
 #[repr(C)]
@@ -114,15 +153,18 @@ impl RawBuf {
     }
 }
 
-/// Per-call context: who is calling, and where to put a message for logs.
+/// Per-call context: who is calling, and where to put a message for logs. An in-struct
+/// for the caller's fields, and the plugin writes `msg_len`.
 #[repr(C)]
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct CallCtx {
+    /// `size_of::<CallCtx>()` as the host was built.
+    pub struct_size: usize,
     /// Caller's uid.
     pub uid: u32,
     /// Caller's gid.
     pub gid: u32,
-    /// Caller's pid.
+    /// Caller's pid (0 when unknown, e.g. for kernel writeback).
     pub pid: u32,
     /// Reserved, zero.
     pub reserved: u32,
@@ -132,7 +174,20 @@ pub struct CallCtx {
     pub msg_len: usize,
 }
 
-/// A timestamp: seconds and nanoseconds since the Unix epoch.
+impl CallCtx {
+    /// A context with no caller and no message buffer, its size set to this version's.
+    pub const EMPTY: CallCtx = CallCtx {
+        struct_size: std::mem::size_of::<CallCtx>(),
+        uid: 0,
+        gid: 0,
+        pid: 0,
+        reserved: 0,
+        msg: RawBuf { ptr: std::ptr::null_mut(), len: 0 },
+        msg_len: 0,
+    };
+}
+
+/// A timestamp: seconds and nanoseconds since the Unix epoch. A value type.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RawTimestamp {
@@ -144,11 +199,13 @@ pub struct RawTimestamp {
     pub reserved: u32,
 }
 
-/// [`crate::Attr`] on the wire. `kind` is the `S_IFMT` bits of a mode.
+/// [`crate::Attr`] on the wire (an out-struct). `kind` is the `S_IFMT` bits of a mode,
+/// `perm` the lower 12 bits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 #[allow(missing_docs)]
 pub struct RawAttr {
+    pub struct_size: usize,
     pub ino: u64,
     pub size: u64,
     pub blocks: u64,
@@ -166,28 +223,20 @@ pub struct RawAttr {
     pub reserved: u32,
 }
 
-/// [`crate::Entry`] on the wire; TTLs in nanoseconds.
+/// [`crate::Entry`] on the wire, without its attributes (an out-struct; the attributes
+/// come in a [`RawAttr`] beside it). TTLs in nanoseconds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 #[allow(missing_docs)]
 pub struct RawEntry {
+    pub struct_size: usize,
     pub node: u64,
     pub generation: u64,
-    pub attr: RawAttr,
     pub entry_ttl_ns: u64,
     pub attr_ttl_ns: u64,
 }
 
-/// [`crate::AttrOut`] on the wire.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-#[allow(missing_docs)]
-pub struct RawAttrOut {
-    pub attr: RawAttr,
-    pub ttl_ns: u64,
-}
-
-/// A time to set: [`SET_TIME_OMIT`], [`SET_TIME_NOW`] or [`SET_TIME_AT`].
+/// A time to set: [`SET_TIME_OMIT`], [`SET_TIME_NOW`] or [`SET_TIME_AT`]. A value type.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 #[allow(missing_docs)]
@@ -204,22 +253,25 @@ pub const SET_TIME_NOW: u32 = 1;
 /// Set the time to `at`.
 pub const SET_TIME_AT: u32 = 2;
 
-/// Which fields of [`RawSetAttr`] are set.
-#[allow(missing_docs)]
-pub mod setattr_valid {
-    pub const MODE: u32 = 1 << 0;
-    pub const UID: u32 = 1 << 1;
-    pub const GID: u32 = 1 << 2;
-    pub const SIZE: u32 = 1 << 3;
-    pub const CTIME: u32 = 1 << 4;
-    pub const HANDLE: u32 = 1 << 5;
-}
+/// [`RawSetAttr::valid`]: `mode` is set.
+pub const SETATTR_MODE: u32 = 1 << 0;
+/// [`RawSetAttr::valid`]: `uid` is set.
+pub const SETATTR_UID: u32 = 1 << 1;
+/// [`RawSetAttr::valid`]: `gid` is set.
+pub const SETATTR_GID: u32 = 1 << 2;
+/// [`RawSetAttr::valid`]: `size` is set (truncate or extend).
+pub const SETATTR_SIZE: u32 = 1 << 3;
+/// [`RawSetAttr::valid`]: `ctime` is set.
+pub const SETATTR_CTIME: u32 = 1 << 4;
+/// [`RawSetAttr::valid`]: `handle` is the open file the change comes through.
+pub const SETATTR_HANDLE: u32 = 1 << 5;
 
-/// [`crate::SetAttr`] on the wire.
+/// [`crate::SetAttr`] on the wire (an in-struct).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 #[allow(missing_docs)]
 pub struct RawSetAttr {
+    pub struct_size: usize,
     pub valid: u32,
     pub mode: u32,
     pub uid: u32,
@@ -231,11 +283,12 @@ pub struct RawSetAttr {
     pub handle: u64,
 }
 
-/// [`crate::Opened`] on the wire; `flags` is a set of `OPENED_*` bits.
+/// [`crate::Opened`] on the wire (an out-struct); `flags` is a set of `OPENED_*` bits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 #[allow(missing_docs)]
 pub struct RawOpened {
+    pub struct_size: usize,
     pub handle: u64,
     pub flags: u32,
     pub reserved: u32,
@@ -248,11 +301,12 @@ pub const OPENED_KEEP_CACHE: u32 = 2;
 /// [`crate::Opened::nonseekable`].
 pub const OPENED_NONSEEKABLE: u32 = 4;
 
-/// [`crate::StatFs`] on the wire.
+/// [`crate::StatFs`] on the wire (an out-struct).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 #[allow(missing_docs)]
 pub struct RawStatFs {
+    pub struct_size: usize,
     pub blocks: u64,
     pub bfree: u64,
     pub bavail: u64,
@@ -264,11 +318,13 @@ pub struct RawStatFs {
     pub reserved: u32,
 }
 
-/// [`crate::DirEntry`] on the wire.
+/// [`crate::DirEntry`] on the wire (an in-struct: the plugin fills it and hands it to the
+/// host's sink).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 #[allow(missing_docs)]
 pub struct RawDirEntry {
+    pub struct_size: usize,
     pub ino: u64,
     pub kind: u32,
     pub reserved: u32,
@@ -276,87 +332,105 @@ pub struct RawDirEntry {
     pub cookie: u64,
 }
 
-/// The host's directory sink: returns 1 if the entry was taken, 0 if the page is full.
+/// The host's directory sink for `readdir`: returns 1 if the entry was taken, 0 if the page
+/// is full (then the plugin stops and returns 0).
 pub type DirAddFn = unsafe extern "C" fn(sink: *mut c_void, entry: *const RawDirEntry) -> u8;
 
-/// [`crate::Capabilities`] on the wire: a size, then `CAP_*` bits and limits.
+/// The host's directory sink for `readdirplus`: like [`DirAddFn`], with the entry's lookup
+/// result. The plugin counts one lookup reference on `entry.node` for each call that
+/// returns 1, none for a call that returns 0, and none for `.` and `..`.
+pub type DirPlusAddFn = unsafe extern "C" fn(
+    sink: *mut c_void,
+    dirent: *const RawDirEntry,
+    entry: *const RawEntry,
+    attr: *const RawAttr,
+) -> u8;
+
+/// [`crate::Capabilities`] on the wire (an out-struct): `CAP_*` bits and limits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 #[allow(missing_docs)]
 pub struct RawCapabilities {
-    pub size: usize,
+    pub struct_size: usize,
     pub flags: u64,
     pub max_name_len: u32,
     pub reserved: u32,
     pub max_file_size: u64,
 }
 
-#[allow(missing_docs)]
-pub mod cap {
-    pub const WRITABLE: u64 = 1 << 0;
-    pub const SYMLINKS: u64 = 1 << 1;
-    pub const HARD_LINKS: u64 = 1 << 2;
-    pub const SPECIAL_FILES: u64 = 1 << 3;
-    pub const XATTRS: u64 = 1 << 4;
-    pub const PERMISSIONS: u64 = 1 << 5;
-    pub const FALLOCATE: u64 = 1 << 6;
-    pub const PUNCH_HOLE: u64 = 1 << 7;
-    pub const RENAME_NOREPLACE: u64 = 1 << 8;
-    pub const RENAME_EXCHANGE: u64 = 1 << 9;
-    pub const SPARSE_FILES: u64 = 1 << 10;
-    pub const CASE_SENSITIVE: u64 = 1 << 11;
-    pub const CASE_PRESERVING: u64 = 1 << 12;
-    pub const NANOSECOND_TIMES: u64 = 1 << 13;
-}
+/// Files can be created and changed.
+pub const CAP_WRITABLE: u64 = 1 << 0;
+/// Symbolic links.
+pub const CAP_SYMLINKS: u64 = 1 << 1;
+/// Hard links.
+pub const CAP_HARD_LINKS: u64 = 1 << 2;
+/// Devices, FIFOs and sockets.
+pub const CAP_SPECIAL_FILES: u64 = 1 << 3;
+/// Extended attributes.
+pub const CAP_XATTRS: u64 = 1 << 4;
+/// Modes and owners are stored and reported.
+pub const CAP_PERMISSIONS: u64 = 1 << 5;
+/// `fallocate` reserving space.
+pub const CAP_FALLOCATE: u64 = 1 << 6;
+/// `fallocate` punching holes.
+pub const CAP_PUNCH_HOLE: u64 = 1 << 7;
+/// `RENAME_NOREPLACE`.
+pub const CAP_RENAME_NOREPLACE: u64 = 1 << 8;
+/// `RENAME_EXCHANGE`.
+pub const CAP_RENAME_EXCHANGE: u64 = 1 << 9;
+/// Holes read as zeros without taking space.
+pub const CAP_SPARSE_FILES: u64 = 1 << 10;
+/// Names that differ only in case are different files.
+pub const CAP_CASE_SENSITIVE: u64 = 1 << 11;
+/// The case a name was created with is kept.
+pub const CAP_CASE_PRESERVING: u64 = 1 << 12;
+/// Times are kept to the nanosecond.
+pub const CAP_NANOSECOND_TIMES: u64 = 1 << 13;
+/// The plugin checks permissions itself, as the caller, on every operation, so a mount may
+/// run without the kernel's `default_permissions`.
+pub const CAP_CHECKS_PERMISSIONS: u64 = 1 << 14;
 
-/// [`crate::PluginInfo`] on the wire. The strings point into the plugin's static data,
-/// which lives as long as the process (libraries are never unloaded).
+/// [`crate::PluginInfo`] on the wire (an out-struct). The strings point into the plugin's
+/// static data, which lives as long as the process (libraries are never unloaded).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 #[allow(missing_docs)]
 pub struct RawPluginInfo {
-    pub size: usize,
+    pub struct_size: usize,
     pub name: RawStr,
     pub version: RawStr,
     pub description: RawStr,
     pub config_help: RawStr,
-    pub capabilities: RawCapabilities,
 }
 
-/// [`crate::MountOptions`] on the wire.
+/// [`RawMountOptions::flags`]: the mount is read-only.
+pub const MOUNT_READ_ONLY: u64 = 1;
+
+/// [`crate::MountOptions`] on the wire (an in-struct).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 #[allow(missing_docs)]
 pub struct RawMountOptions {
-    pub size: usize,
-    pub read_only: u8,
+    pub struct_size: usize,
+    pub flags: u64,
 }
 
-/// An opened filesystem: the plugin's object and its operations.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct RawFs {
-    /// The plugin's object, passed back as `this` to every operation.
-    pub this: *mut c_void,
-    /// The operations.
-    pub vtable: *const FsVTable,
-}
-
-/// What [`ENTRY_SYMBOL`] returns.
+/// What [`ENTRY_SYMBOL`] returns: a table in the plugin's static data.
 #[repr(C)]
 #[derive(Clone, Copy)]
 #[allow(missing_docs)]
 pub struct PluginDecl {
     /// `size_of::<PluginDecl>()` as the plugin was built.
-    pub size: usize,
+    pub struct_size: usize,
     /// A copy of the exported [`AbiTag`].
     pub tag: AbiTag,
-    /// Describes the plugin. The host sets `out.size` to its own `size_of::<RawPluginInfo>()`;
-    /// the plugin writes at most that many bytes and sets `size` to what it wrote. The
-    /// strings point into the plugin's static data.
-    pub info: Option<unsafe extern "C" fn(out: *mut RawPluginInfo)>,
-    /// Opens a filesystem from TOML text. On failure the message goes to `ctx.msg` and the
-    /// offending config key (a dotted path), if any, to `key` with its length in `key_len`.
+    /// Describes the plugin: fills `out` and the capabilities every mount of it has unless
+    /// the opened filesystem's `capabilities` operation says otherwise.
+    pub info: Option<unsafe extern "C" fn(out: *mut RawPluginInfo, caps: *mut RawCapabilities)>,
+    /// Opens a filesystem from TOML text and stores the plugin's object (passed back as
+    /// `this` to every operation) in `out_this`. On failure the message goes to `ctx.msg`
+    /// and the offending config key (a dotted path), if any, to `key` with its length in
+    /// `key_len`.
     pub open: Option<
         unsafe extern "C" fn(
             ctx: *mut CallCtx,
@@ -364,46 +438,119 @@ pub struct PluginDecl {
             options: *const RawMountOptions,
             key: RawBuf,
             key_len: *mut usize,
-            out: *mut RawFs,
+            out_this: *mut *mut c_void,
         ) -> i32,
     >,
+    /// The operations of every filesystem this plugin opens. Validated at load.
+    pub ops: *const FsVTable,
 }
 
-type This = *const c_void;
-type Ctx = *mut CallCtx;
+// SAFETY: a declaration is immutable static data: function pointers and a pointer to
+// another static table.
+unsafe impl Sync for PluginDecl {}
 
 /// The operations of an opened filesystem. Entries are appended, never reordered; see the
-/// module docs for versions.
+/// module docs for versions. `this` is the object `open` made.
 #[repr(C)]
 #[allow(missing_docs)]
 #[derive(Clone, Copy)]
 pub struct FsVTable {
     /// `size_of::<FsVTable>()` as the plugin was built.
-    pub size: usize,
+    pub struct_size: usize,
     /// Frees the plugin's object. Called once, after the last operation.
     pub destroy: Option<unsafe extern "C" fn(this: *mut c_void)>,
-    pub lookup: Option<unsafe extern "C" fn(This, Ctx, parent: u64, name: RawStr, out: *mut RawEntry) -> i32>,
-    pub forget: Option<unsafe extern "C" fn(This, Ctx, node: u64, nlookup: u64) -> i32>,
-    pub getattr:
-        Option<unsafe extern "C" fn(This, Ctx, node: u64, has_handle: u8, handle: u64, out: *mut RawAttrOut) -> i32>,
-    pub setattr:
-        Option<unsafe extern "C" fn(This, Ctx, node: u64, set: *const RawSetAttr, out: *mut RawAttrOut) -> i32>,
-    pub readlink: Option<unsafe extern "C" fn(This, Ctx, node: u64, buf: RawBuf, out_len: *mut usize) -> i32>,
-    pub mknod: Option<
-        unsafe extern "C" fn(This, Ctx, parent: u64, name: RawStr, mode: u32, rdev: u32, out: *mut RawEntry) -> i32,
+    pub lookup: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            parent: u64,
+            name: RawStr,
+            out_entry: *mut RawEntry,
+            out_attr: *mut RawAttr,
+        ) -> i32,
     >,
-    pub mkdir: Option<unsafe extern "C" fn(This, Ctx, parent: u64, name: RawStr, mode: u32, out: *mut RawEntry) -> i32>,
-    pub unlink: Option<unsafe extern "C" fn(This, Ctx, parent: u64, name: RawStr) -> i32>,
-    pub rmdir: Option<unsafe extern "C" fn(This, Ctx, parent: u64, name: RawStr) -> i32>,
-    pub symlink:
-        Option<unsafe extern "C" fn(This, Ctx, parent: u64, name: RawStr, target: RawStr, out: *mut RawEntry) -> i32>,
+    pub forget: Option<unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, nlookup: u64) -> i32>,
+    pub getattr: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            has_handle: u8,
+            handle: u64,
+            out_attr: *mut RawAttr,
+            out_ttl_ns: *mut u64,
+        ) -> i32,
+    >,
+    pub setattr: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            set: *const RawSetAttr,
+            out_attr: *mut RawAttr,
+            out_ttl_ns: *mut u64,
+        ) -> i32,
+    >,
+    pub readlink: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            buf: RawBuf,
+            out_len: *mut usize,
+        ) -> i32,
+    >,
+    pub mknod: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            parent: u64,
+            name: RawStr,
+            mode: u32,
+            rdev: u32,
+            out_entry: *mut RawEntry,
+            out_attr: *mut RawAttr,
+        ) -> i32,
+    >,
+    pub mkdir: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            parent: u64,
+            name: RawStr,
+            mode: u32,
+            out_entry: *mut RawEntry,
+            out_attr: *mut RawAttr,
+        ) -> i32,
+    >,
+    pub unlink: Option<unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, parent: u64, name: RawStr) -> i32>,
+    pub rmdir: Option<unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, parent: u64, name: RawStr) -> i32>,
+    pub symlink: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            parent: u64,
+            name: RawStr,
+            target: RawStr,
+            out_entry: *mut RawEntry,
+            out_attr: *mut RawAttr,
+        ) -> i32,
+    >,
     pub link: Option<
-        unsafe extern "C" fn(This, Ctx, node: u64, new_parent: u64, new_name: RawStr, out: *mut RawEntry) -> i32,
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            new_parent: u64,
+            new_name: RawStr,
+            out_entry: *mut RawEntry,
+            out_attr: *mut RawAttr,
+        ) -> i32,
     >,
     pub rename: Option<
         unsafe extern "C" fn(
-            This,
-            Ctx,
+            this: *const c_void,
+            ctx: *mut CallCtx,
             parent: u64,
             name: RawStr,
             new_parent: u64,
@@ -411,26 +558,37 @@ pub struct FsVTable {
             flags: u32,
         ) -> i32,
     >,
-    pub open: Option<unsafe extern "C" fn(This, Ctx, node: u64, flags: i32, out: *mut RawOpened) -> i32>,
+    pub open: Option<
+        unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, flags: i32, out: *mut RawOpened) -> i32,
+    >,
     pub create: Option<
         unsafe extern "C" fn(
-            This,
-            Ctx,
+            this: *const c_void,
+            ctx: *mut CallCtx,
             parent: u64,
             name: RawStr,
             mode: u32,
             flags: i32,
             out_entry: *mut RawEntry,
+            out_attr: *mut RawAttr,
             out_opened: *mut RawOpened,
         ) -> i32,
     >,
     pub read: Option<
-        unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, offset: u64, buf: RawBuf, out_len: *mut usize) -> i32,
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            handle: u64,
+            offset: u64,
+            buf: RawBuf,
+            out_len: *mut usize,
+        ) -> i32,
     >,
     pub write: Option<
         unsafe extern "C" fn(
-            This,
-            Ctx,
+            this: *const c_void,
+            ctx: *mut CallCtx,
             node: u64,
             handle: u64,
             offset: u64,
@@ -439,28 +597,88 @@ pub struct FsVTable {
             out_len: *mut usize,
         ) -> i32,
     >,
-    pub flush: Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, lock_owner: u64) -> i32>,
-    pub release: Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, flags: i32, flush: u8) -> i32>,
-    pub fsync: Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, datasync: u8) -> i32>,
-    pub opendir: Option<unsafe extern "C" fn(This, Ctx, node: u64, flags: i32, out: *mut RawOpened) -> i32>,
-    pub readdir: Option<
-        unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, cookie: u64, sink: *mut c_void, add: DirAddFn) -> i32,
+    pub flush: Option<
+        unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64, lock_owner: u64) -> i32,
     >,
-    pub releasedir: Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64) -> i32>,
-    pub fsyncdir: Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, datasync: u8) -> i32>,
-    pub statfs: Option<unsafe extern "C" fn(This, Ctx, node: u64, out: *mut RawStatFs) -> i32>,
-    pub setxattr: Option<unsafe extern "C" fn(This, Ctx, node: u64, name: RawStr, value: RawStr, flags: i32) -> i32>,
-    pub getxattr:
-        Option<unsafe extern "C" fn(This, Ctx, node: u64, name: RawStr, buf: RawBuf, out_len: *mut usize) -> i32>,
-    pub listxattr: Option<unsafe extern "C" fn(This, Ctx, node: u64, buf: RawBuf, out_len: *mut usize) -> i32>,
-    pub removexattr: Option<unsafe extern "C" fn(This, Ctx, node: u64, name: RawStr) -> i32>,
-    // ---- ABI 1.1 ----
-    pub fallocate:
-        Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, offset: u64, length: u64, mode: i32) -> i32>,
+    pub release: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            handle: u64,
+            flags: i32,
+            flush: u8,
+        ) -> i32,
+    >,
+    pub fsync: Option<
+        unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64, datasync: u8) -> i32,
+    >,
+    pub opendir: Option<
+        unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, flags: i32, out: *mut RawOpened) -> i32,
+    >,
+    pub readdir: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            handle: u64,
+            cookie: u64,
+            sink: *mut c_void,
+            add: DirAddFn,
+        ) -> i32,
+    >,
+    pub releasedir: Option<unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64) -> i32>,
+    pub fsyncdir: Option<
+        unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64, datasync: u8) -> i32,
+    >,
+    pub statfs:
+        Option<unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, out: *mut RawStatFs) -> i32>,
+    pub setxattr: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            name: RawStr,
+            value: RawStr,
+            flags: i32,
+        ) -> i32,
+    >,
+    pub getxattr: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            name: RawStr,
+            buf: RawBuf,
+            out_len: *mut usize,
+        ) -> i32,
+    >,
+    pub listxattr: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            buf: RawBuf,
+            out_len: *mut usize,
+        ) -> i32,
+    >,
+    pub removexattr:
+        Option<unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, name: RawStr) -> i32>,
+    pub fallocate: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            handle: u64,
+            offset: u64,
+            length: u64,
+            mode: i32,
+        ) -> i32,
+    >,
     pub copy_file_range: Option<
         unsafe extern "C" fn(
-            This,
-            Ctx,
+            this: *const c_void,
+            ctx: *mut CallCtx,
             node_in: u64,
             handle_in: u64,
             offset_in: u64,
@@ -472,14 +690,53 @@ pub struct FsVTable {
             out_len: *mut usize,
         ) -> i32,
     >,
-    pub lseek:
-        Option<unsafe extern "C" fn(This, Ctx, node: u64, handle: u64, offset: i64, whence: u32, out: *mut u64) -> i32>,
+    pub lseek: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            handle: u64,
+            offset: i64,
+            whence: u32,
+            out: *mut u64,
+        ) -> i32,
+    >,
+    /// Lists a directory with each entry's lookup result, in one pass where the plugin can
+    /// (see [`DirPlusAddFn`] for the reference counting). Without it the host lists with
+    /// `readdir` and looks entries up one by one, no more than the reply can carry.
+    pub readdirplus: Option<
+        unsafe extern "C" fn(
+            this: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            handle: u64,
+            cookie: u64,
+            sink: *mut c_void,
+            add: DirPlusAddFn,
+        ) -> i32,
+    >,
+    /// This mount's capabilities, where they depend on the backing store (probed at open).
+    /// Without it, or when it fails, the plugin's declared capabilities apply.
+    pub capabilities:
+        Option<unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, out: *mut RawCapabilities) -> i32>,
+}
+
+/// The size of the 2.0 operations table: the smallest a 2.x host accepts.
+pub const FS_VTABLE_SIZE_2_0: usize = std::mem::size_of::<FsVTable>();
+
+/// The table size a plugin of minor version `minor` must declare, or `None` for a minor
+/// this host does not know (newer than its own).
+pub fn vtable_size_for_minor(minor: u32) -> Option<usize> {
+    match minor {
+        0 => Some(FS_VTABLE_SIZE_2_0),
+        _ => None,
+    }
 }
 
 impl FsVTable {
     /// A table with no operations, its size set to this version's.
     pub const EMPTY: FsVTable = FsVTable {
-        size: std::mem::size_of::<FsVTable>(),
+        struct_size: std::mem::size_of::<FsVTable>(),
         destroy: None,
         lookup: None,
         forget: None,
@@ -512,14 +769,17 @@ impl FsVTable {
         fallocate: None,
         copy_file_range: None,
         lseek: None,
+        readdirplus: None,
+        capabilities: None,
     };
 }
 
-/// Copies the first `size` bytes of a plugin's size-prefixed table into a host table that
-/// starts as `base`, so entries the plugin does not have keep `base`'s value (`None`).
+/// Reads an in-struct or a table the other side allocated: copies the first
+/// `min(struct_size, size_of::<T>())` bytes of `src` over `base`, so fields the writer is
+/// too old to have keep `base`'s value (zero, `None`).
 ///
 /// # Safety
-/// `src` must point to a readable table whose first field is its size in bytes and which
+/// `src` must point to a readable struct whose first field is its size in bytes and which
 /// is at least that long.
 pub unsafe fn copy_prefix<T: Copy>(base: T, src: *const T) -> T {
     let mut out = base;
@@ -529,57 +789,67 @@ pub unsafe fn copy_prefix<T: Copy>(base: T, src: *const T) -> T {
     out
 }
 
-/// ABI 1.0 as it was released, frozen. The fixture plugin built against it
-/// (`tests/fixtures/plugin-abi-1.0`) includes this very file.
-#[cfg(test)]
-#[path = "../abi-history/v1_0.rs"]
-#[allow(dead_code, missing_docs)]
-mod v1_0;
+/// Fills an out-struct the other side allocated: writes at most its `struct_size` bytes of
+/// `value` and sets its `struct_size` to the number written.
+///
+/// # Safety
+/// `dst` must point to a writable struct whose first field is its capacity in bytes and
+/// which is at least that long; `T` must start with a `usize` size field.
+pub unsafe fn write_out<T: Copy>(dst: *mut T, value: &T) {
+    let cap = unsafe { std::ptr::read_unaligned(dst as *const usize) };
+    let n = cap.min(std::mem::size_of::<T>());
+    if n < std::mem::size_of::<usize>() {
+        return;
+    }
+    unsafe {
+        std::ptr::copy_nonoverlapping(value as *const T as *const u8, dst as *mut u8, n);
+        std::ptr::write_unaligned(dst as *mut usize, n);
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn version_1_1_only_appends_to_version_1_0() {
-        use std::mem::offset_of;
-        macro_rules! same_offsets {
-            ($new:ty, $old:ty: $($f:ident),*) => {$(
-                assert_eq!(offset_of!($new, $f), offset_of!($old, $f), "field {} moved", stringify!($f));
-            )*};
-        }
-        same_offsets!(FsVTable, v1_0::FsVTable: size, destroy, lookup, forget, getattr, setattr, readlink, mknod,
-            mkdir, unlink, rmdir, symlink, link, rename, open, create, read, write, flush, release, fsync, opendir,
-            readdir, releasedir, fsyncdir, statfs, setxattr, getxattr, listxattr, removexattr);
-        assert!(std::mem::size_of::<v1_0::FsVTable>() < std::mem::size_of::<FsVTable>());
-        same_offsets!(PluginDecl, v1_0::PluginDecl: size, tag, info, open);
-        same_offsets!(RawPluginInfo, v1_0::RawPluginInfo: size, name, version, description, config_help, capabilities);
-        same_offsets!(RawEntry, v1_0::RawEntry: node, generation, attr, entry_ttl_ns, attr_ttl_ns);
-        same_offsets!(RawAttr, v1_0::RawAttr: ino, size, blocks, atime, mtime, ctime, crtime, kind, perm, nlink,
-            uid, gid, rdev, blksize);
-        same_offsets!(CallCtx, v1_0::CallCtx: uid, gid, pid, msg, msg_len);
-        assert_eq!(std::mem::size_of::<RawAttr>(), std::mem::size_of::<v1_0::RawAttr>());
-        assert_eq!(std::mem::size_of::<CallCtx>(), std::mem::size_of::<v1_0::CallCtx>());
-        assert_eq!(MAGIC, v1_0::MAGIC);
-        assert_eq!(ABI_MAJOR, v1_0::ABI_MAJOR);
-    }
-
-    #[test]
     fn copying_a_shorter_table_leaves_newer_entries_empty() {
-        unsafe extern "C" fn forget(_: This, _: Ctx, _: u64, _: u64) -> i32 {
+        unsafe extern "C" fn forget(_: *const c_void, _: *mut CallCtx, _: u64, _: u64) -> i32 {
+            0
+        }
+        unsafe extern "C" fn caps(_: *const c_void, _: *mut CallCtx, _: *mut RawCapabilities) -> i32 {
             0
         }
         let mut old = FsVTable::EMPTY;
         old.forget = Some(forget);
-        old.lseek = Some({
-            unsafe extern "C" fn l(_: This, _: Ctx, _: u64, _: u64, _: i64, _: u32, _: *mut u64) -> i32 {
-                0
-            }
-            l
-        });
-        old.size = std::mem::offset_of!(FsVTable, fallocate);
+        old.capabilities = Some(caps);
+        old.struct_size = std::mem::offset_of!(FsVTable, readdirplus);
         let copied = unsafe { copy_prefix(FsVTable::EMPTY, &old) };
         assert!(copied.forget.is_some());
-        assert!(copied.lseek.is_none(), "an entry beyond the plugin's size must not be read");
+        assert!(copied.capabilities.is_none(), "an entry beyond the plugin's size must not be read");
+    }
+
+    #[test]
+    fn an_out_struct_is_written_only_as_far_as_its_allocator_knows() {
+        // A host of an older minor whose RawStatFs ended before `bsize`.
+        let old_size = std::mem::offset_of!(RawStatFs, bsize);
+        let mut dst = RawStatFs { struct_size: old_size, bsize: 7, ..RawStatFs::default() };
+        let value =
+            RawStatFs { struct_size: std::mem::size_of::<RawStatFs>(), blocks: 9, bsize: 4096, ..Default::default() };
+        unsafe { write_out(&mut dst, &value) };
+        assert_eq!(dst.blocks, 9);
+        assert_eq!(dst.bsize, 7, "a field beyond the allocator's size must not be written");
+        assert_eq!(dst.struct_size, old_size);
+
+        // A newer allocator: only our fields are written, and the size says so.
+        let mut dst = RawStatFs { struct_size: 1 << 20, ..RawStatFs::default() };
+        unsafe { write_out(&mut dst, &value) };
+        assert_eq!(dst.struct_size, std::mem::size_of::<RawStatFs>());
+        assert_eq!(dst.bsize, 4096);
+    }
+
+    #[test]
+    fn the_panic_status_is_no_errno() {
+        assert!(STATUS_PANICKED < -ERRNO_MAX);
+        assert_eq!(ABI_MAJOR, 2);
     }
 }

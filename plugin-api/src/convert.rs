@@ -23,6 +23,7 @@ fn ttl_to_raw(d: Duration) -> u64 {
 
 pub(crate) fn attr_to_raw(a: &Attr) -> RawAttr {
     RawAttr {
+        struct_size: std::mem::size_of::<RawAttr>(),
         ino: a.ino,
         size: a.size,
         blocks: a.blocks,
@@ -64,32 +65,19 @@ pub(crate) fn attr_from_raw(a: &RawAttr) -> Result<Attr> {
     })
 }
 
-pub(crate) fn entry_to_raw(e: &Entry) -> RawEntry {
-    RawEntry {
+pub(crate) fn entry_to_raw(e: &Entry) -> (RawEntry, RawAttr) {
+    let raw = RawEntry {
+        struct_size: std::mem::size_of::<RawEntry>(),
         node: e.node,
         generation: e.generation,
-        attr: attr_to_raw(&e.attr),
         entry_ttl_ns: ttl_to_raw(e.entry_ttl),
         attr_ttl_ns: ttl_to_raw(e.attr_ttl),
-    }
+    };
+    (raw, attr_to_raw(&e.attr))
 }
 
-pub(crate) fn entry_from_raw(e: &RawEntry) -> Result<Entry> {
-    Ok(Entry {
-        node: e.node,
-        generation: e.generation,
-        attr: attr_from_raw(&e.attr)?,
-        entry_ttl: Duration::from_nanos(e.entry_ttl_ns),
-        attr_ttl: Duration::from_nanos(e.attr_ttl_ns),
-    })
-}
-
-pub(crate) fn attr_out_to_raw(a: &AttrOut) -> RawAttrOut {
-    RawAttrOut { attr: attr_to_raw(&a.attr), ttl_ns: ttl_to_raw(a.ttl) }
-}
-
-pub(crate) fn attr_out_from_raw(a: &RawAttrOut) -> Result<AttrOut> {
-    Ok(AttrOut { attr: attr_from_raw(&a.attr)?, ttl: Duration::from_nanos(a.ttl_ns) })
+pub(crate) fn ttl_ns(d: Duration) -> u64 {
+    ttl_to_raw(d)
 }
 
 fn set_time_to_raw(t: Option<SetTime>) -> RawSetTime {
@@ -115,13 +103,14 @@ pub(crate) fn setattr_to_raw(s: &SetAttr) -> RawSetAttr {
             valid |= bit;
         }
     };
-    flag(s.mode.is_some(), setattr_valid::MODE);
-    flag(s.uid.is_some(), setattr_valid::UID);
-    flag(s.gid.is_some(), setattr_valid::GID);
-    flag(s.size.is_some(), setattr_valid::SIZE);
-    flag(s.ctime.is_some(), setattr_valid::CTIME);
-    flag(s.handle.is_some(), setattr_valid::HANDLE);
+    flag(s.mode.is_some(), SETATTR_MODE);
+    flag(s.uid.is_some(), SETATTR_UID);
+    flag(s.gid.is_some(), SETATTR_GID);
+    flag(s.size.is_some(), SETATTR_SIZE);
+    flag(s.ctime.is_some(), SETATTR_CTIME);
+    flag(s.handle.is_some(), SETATTR_HANDLE);
     RawSetAttr {
+        struct_size: std::mem::size_of::<RawSetAttr>(),
         valid,
         mode: s.mode.unwrap_or(0),
         uid: s.uid.unwrap_or(0),
@@ -137,14 +126,14 @@ pub(crate) fn setattr_to_raw(s: &SetAttr) -> RawSetAttr {
 pub(crate) fn setattr_from_raw(s: &RawSetAttr) -> SetAttr {
     let has = |bit: u32| s.valid & bit != 0;
     SetAttr {
-        mode: has(setattr_valid::MODE).then_some(s.mode),
-        uid: has(setattr_valid::UID).then_some(s.uid),
-        gid: has(setattr_valid::GID).then_some(s.gid),
-        size: has(setattr_valid::SIZE).then_some(s.size),
+        mode: has(SETATTR_MODE).then_some(s.mode),
+        uid: has(SETATTR_UID).then_some(s.uid),
+        gid: has(SETATTR_GID).then_some(s.gid),
+        size: has(SETATTR_SIZE).then_some(s.size),
         atime: set_time_from_raw(s.atime),
         mtime: set_time_from_raw(s.mtime),
-        ctime: has(setattr_valid::CTIME).then(|| ts_from_raw(s.ctime)),
-        handle: has(setattr_valid::HANDLE).then_some(s.handle),
+        ctime: has(SETATTR_CTIME).then(|| ts_from_raw(s.ctime)),
+        handle: has(SETATTR_HANDLE).then_some(s.handle),
     }
 }
 
@@ -159,7 +148,7 @@ pub(crate) fn opened_to_raw(o: &Opened) -> RawOpened {
     if o.nonseekable {
         flags |= OPENED_NONSEEKABLE;
     }
-    RawOpened { handle: o.handle, flags, reserved: 0 }
+    RawOpened { struct_size: std::mem::size_of::<RawOpened>(), handle: o.handle, flags, reserved: 0 }
 }
 
 pub(crate) fn opened_from_raw(o: &RawOpened) -> Opened {
@@ -173,6 +162,7 @@ pub(crate) fn opened_from_raw(o: &RawOpened) -> Opened {
 
 pub(crate) fn statfs_to_raw(s: &StatFs) -> RawStatFs {
     RawStatFs {
+        struct_size: std::mem::size_of::<RawStatFs>(),
         blocks: s.blocks,
         bfree: s.bfree,
         bavail: s.bavail,
@@ -201,27 +191,28 @@ pub(crate) fn statfs_from_raw(s: &RawStatFs) -> StatFs {
 /// Reads one capability flag.
 type CapFlag = fn(&Capabilities) -> bool;
 
-const CAP_BITS: [(u64, CapFlag); 14] = [
-    (cap::WRITABLE, |c| c.writable),
-    (cap::SYMLINKS, |c| c.symlinks),
-    (cap::HARD_LINKS, |c| c.hard_links),
-    (cap::SPECIAL_FILES, |c| c.special_files),
-    (cap::XATTRS, |c| c.xattrs),
-    (cap::PERMISSIONS, |c| c.permissions),
-    (cap::FALLOCATE, |c| c.fallocate),
-    (cap::PUNCH_HOLE, |c| c.punch_hole),
-    (cap::RENAME_NOREPLACE, |c| c.rename_noreplace),
-    (cap::RENAME_EXCHANGE, |c| c.rename_exchange),
-    (cap::SPARSE_FILES, |c| c.sparse_files),
-    (cap::CASE_SENSITIVE, |c| c.case_sensitive),
-    (cap::CASE_PRESERVING, |c| c.case_preserving),
-    (cap::NANOSECOND_TIMES, |c| c.nanosecond_times),
+const CAP_BITS: [(u64, CapFlag); 15] = [
+    (CAP_WRITABLE, |c| c.writable),
+    (CAP_SYMLINKS, |c| c.symlinks),
+    (CAP_HARD_LINKS, |c| c.hard_links),
+    (CAP_SPECIAL_FILES, |c| c.special_files),
+    (CAP_XATTRS, |c| c.xattrs),
+    (CAP_PERMISSIONS, |c| c.permissions),
+    (CAP_FALLOCATE, |c| c.fallocate),
+    (CAP_PUNCH_HOLE, |c| c.punch_hole),
+    (CAP_RENAME_NOREPLACE, |c| c.rename_noreplace),
+    (CAP_RENAME_EXCHANGE, |c| c.rename_exchange),
+    (CAP_SPARSE_FILES, |c| c.sparse_files),
+    (CAP_CASE_SENSITIVE, |c| c.case_sensitive),
+    (CAP_CASE_PRESERVING, |c| c.case_preserving),
+    (CAP_NANOSECOND_TIMES, |c| c.nanosecond_times),
+    (CAP_CHECKS_PERMISSIONS, |c| c.checks_permissions),
 ];
 
 pub(crate) fn caps_to_raw(c: &Capabilities) -> RawCapabilities {
     let flags = CAP_BITS.iter().filter(|(_, get)| get(c)).fold(0, |acc, (bit, _)| acc | bit);
     RawCapabilities {
-        size: std::mem::size_of::<RawCapabilities>(),
+        struct_size: std::mem::size_of::<RawCapabilities>(),
         flags,
         max_name_len: c.max_name_len,
         reserved: 0,
@@ -232,20 +223,21 @@ pub(crate) fn caps_to_raw(c: &Capabilities) -> RawCapabilities {
 pub(crate) fn caps_from_raw(r: &RawCapabilities) -> Capabilities {
     let has = |bit: u64| r.flags & bit != 0;
     Capabilities {
-        writable: has(cap::WRITABLE),
-        symlinks: has(cap::SYMLINKS),
-        hard_links: has(cap::HARD_LINKS),
-        special_files: has(cap::SPECIAL_FILES),
-        xattrs: has(cap::XATTRS),
-        permissions: has(cap::PERMISSIONS),
-        fallocate: has(cap::FALLOCATE),
-        punch_hole: has(cap::PUNCH_HOLE),
-        rename_noreplace: has(cap::RENAME_NOREPLACE),
-        rename_exchange: has(cap::RENAME_EXCHANGE),
-        sparse_files: has(cap::SPARSE_FILES),
-        case_sensitive: has(cap::CASE_SENSITIVE),
-        case_preserving: has(cap::CASE_PRESERVING),
-        nanosecond_times: has(cap::NANOSECOND_TIMES),
+        writable: has(CAP_WRITABLE),
+        symlinks: has(CAP_SYMLINKS),
+        hard_links: has(CAP_HARD_LINKS),
+        special_files: has(CAP_SPECIAL_FILES),
+        xattrs: has(CAP_XATTRS),
+        permissions: has(CAP_PERMISSIONS),
+        fallocate: has(CAP_FALLOCATE),
+        punch_hole: has(CAP_PUNCH_HOLE),
+        rename_noreplace: has(CAP_RENAME_NOREPLACE),
+        rename_exchange: has(CAP_RENAME_EXCHANGE),
+        sparse_files: has(CAP_SPARSE_FILES),
+        case_sensitive: has(CAP_CASE_SENSITIVE),
+        case_preserving: has(CAP_CASE_PRESERVING),
+        nanosecond_times: has(CAP_NANOSECOND_TIMES),
+        checks_permissions: has(CAP_CHECKS_PERMISSIONS),
         max_name_len: r.max_name_len,
         max_file_size: r.max_file_size,
     }

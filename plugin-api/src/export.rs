@@ -74,10 +74,11 @@ struct Decl<P>(P);
 
 impl<P: Plugin> Decl<P> {
     const DECL: PluginDecl = PluginDecl {
-        size: std::mem::size_of::<PluginDecl>(),
+        struct_size: std::mem::size_of::<PluginDecl>(),
         tag: CURRENT_TAG,
         info: Some(info::<P>),
         open: Some(open::<P>),
+        ops: &VTable::<P::Fs>::TABLE,
     };
 }
 
@@ -104,9 +105,11 @@ fn write_message(ctx: &mut CallCtx, msg: &str) {
 
 /// Runs one plugin call: credentials in, status and message out, panics caught.
 fn guarded(ctx: *mut CallCtx, f: impl FnOnce(&Request) -> Result<()>) -> i32 {
-    // SAFETY: the host always passes a valid, exclusive context.
+    // SAFETY: the host always passes a valid, exclusive context. Its caller fields are
+    // read only as far as the host's version has them.
+    let fields = unsafe { copy_prefix(CallCtx::EMPTY, ctx) };
     let ctx = unsafe { &mut *ctx };
-    let req = Request { uid: ctx.uid, gid: ctx.gid, pid: ctx.pid };
+    let req = Request { uid: fields.uid, gid: fields.gid, pid: fields.pid };
     match catch_unwind(AssertUnwindSafe(|| f(&req))) {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {
@@ -127,22 +130,19 @@ fn guarded(ctx: *mut CallCtx, f: impl FnOnce(&Request) -> Result<()>) -> i32 {
     }
 }
 
-unsafe extern "C" fn info<P: Plugin>(out: *mut RawPluginInfo) {
+unsafe extern "C" fn info<P: Plugin>(out: *mut RawPluginInfo, caps: *mut RawCapabilities) {
     let Ok(i) = catch_unwind(P::info) else { return };
     let raw = RawPluginInfo {
-        size: std::mem::size_of::<RawPluginInfo>(),
+        struct_size: std::mem::size_of::<RawPluginInfo>(),
         name: RawStr::new(i.name.as_bytes()),
         version: RawStr::new(i.version.as_bytes()),
         description: RawStr::new(i.description.as_bytes()),
         config_help: RawStr::new(i.config_help.as_bytes()),
-        capabilities: caps_to_raw(&i.capabilities),
     };
-    // SAFETY: the host's struct is at least `host_size` bytes; write no more than that.
+    // SAFETY: the host passes out-structs sized for its version.
     unsafe {
-        let host_size = (*out).size;
-        let n = host_size.min(raw.size);
-        std::ptr::copy_nonoverlapping(&raw as *const RawPluginInfo as *const u8, out as *mut u8, n);
-        (*out).size = n;
+        write_out(out, &raw);
+        write_out(caps, &caps_to_raw(&i.capabilities));
     }
 }
 
@@ -152,18 +152,17 @@ unsafe extern "C" fn open<P: Plugin>(
     options: *const RawMountOptions,
     key: RawBuf,
     key_len: *mut usize,
-    out: *mut RawFs,
+    out_this: *mut *mut c_void,
 ) -> i32 {
     guarded(ctx, |_req| {
         // SAFETY: the host passes valid pointers for the duration of the call.
         let text = std::str::from_utf8(unsafe { config.as_bytes() })
             .map_err(|_| Error::with_message(Errno::EINVAL, "config text is not UTF-8"))?;
         let raw_opts = unsafe { copy_prefix(RawMountOptions::default(), options) };
-        let opts = MountOptions { read_only: raw_opts.read_only != 0 };
+        let opts = MountOptions { read_only: raw_opts.flags & MOUNT_READ_ONLY != 0 };
         match P::open(&ConfigTable::from_toml(text), &opts) {
             Ok(fs) => {
-                let this = Box::into_raw(Box::new(fs)) as *mut c_void;
-                unsafe { *out = RawFs { this, vtable: &VTable::<P::Fs>::TABLE } };
+                unsafe { *out_this = Box::into_raw(Box::new(fs)) as *mut c_void };
                 Ok(())
             }
             Err(e) => {
@@ -194,7 +193,7 @@ fn name<'a>(raw: RawStr) -> Result<&'a std::ffi::OsStr> {
 
 impl<F: FileSystem> VTable<F> {
     const TABLE: FsVTable = FsVTable {
-        size: std::mem::size_of::<FsVTable>(),
+        struct_size: std::mem::size_of::<FsVTable>(),
         destroy: Some(Self::destroy),
         lookup: Some(Self::lookup),
         forget: Some(Self::forget),
@@ -227,6 +226,8 @@ impl<F: FileSystem> VTable<F> {
         fallocate: Some(Self::fallocate),
         copy_file_range: Some(Self::copy_file_range),
         lseek: Some(Self::lseek),
+        readdirplus: Some(Self::readdirplus),
+        capabilities: Some(Self::capabilities),
     };
 
     unsafe extern "C" fn destroy(this: *mut c_void) {
@@ -239,11 +240,12 @@ impl<F: FileSystem> VTable<F> {
         ctx: *mut CallCtx,
         parent: u64,
         n: RawStr,
-        out: *mut RawEntry,
+        out_entry: *mut RawEntry,
+        out_attr: *mut RawAttr,
     ) -> i32 {
         guarded(ctx, |req| {
             let e = unsafe { fs::<F>(this) }.lookup(req, parent, name(n)?)?;
-            unsafe { *out = entry_to_raw(&e) };
+            unsafe { write_entry(out_entry, out_attr, &e) };
             Ok(())
         })
     }
@@ -261,11 +263,12 @@ impl<F: FileSystem> VTable<F> {
         node: u64,
         has_handle: u8,
         handle: u64,
-        out: *mut RawAttrOut,
+        out_attr: *mut RawAttr,
+        out_ttl_ns: *mut u64,
     ) -> i32 {
         guarded(ctx, |req| {
             let a = unsafe { fs::<F>(this) }.getattr(req, node, (has_handle != 0).then_some(handle))?;
-            unsafe { *out = attr_out_to_raw(&a) };
+            unsafe { write_attr(out_attr, out_ttl_ns, &a) };
             Ok(())
         })
     }
@@ -275,12 +278,13 @@ impl<F: FileSystem> VTable<F> {
         ctx: *mut CallCtx,
         node: u64,
         set: *const RawSetAttr,
-        out: *mut RawAttrOut,
+        out_attr: *mut RawAttr,
+        out_ttl_ns: *mut u64,
     ) -> i32 {
         guarded(ctx, |req| {
-            let set = setattr_from_raw(unsafe { &*set });
+            let set = setattr_from_raw(&unsafe { copy_prefix(RawSetAttr::default(), set) });
             let a = unsafe { fs::<F>(this) }.setattr(req, node, &set)?;
-            unsafe { *out = attr_out_to_raw(&a) };
+            unsafe { write_attr(out_attr, out_ttl_ns, &a) };
             Ok(())
         })
     }
@@ -306,11 +310,12 @@ impl<F: FileSystem> VTable<F> {
         n: RawStr,
         mode: u32,
         rdev: u32,
-        out: *mut RawEntry,
+        out_entry: *mut RawEntry,
+        out_attr: *mut RawAttr,
     ) -> i32 {
         guarded(ctx, |req| {
             let e = unsafe { fs::<F>(this) }.mknod(req, parent, name(n)?, mode, rdev)?;
-            unsafe { *out = entry_to_raw(&e) };
+            unsafe { write_entry(out_entry, out_attr, &e) };
             Ok(())
         })
     }
@@ -321,11 +326,12 @@ impl<F: FileSystem> VTable<F> {
         parent: u64,
         n: RawStr,
         mode: u32,
-        out: *mut RawEntry,
+        out_entry: *mut RawEntry,
+        out_attr: *mut RawAttr,
     ) -> i32 {
         guarded(ctx, |req| {
             let e = unsafe { fs::<F>(this) }.mkdir(req, parent, name(n)?, mode)?;
-            unsafe { *out = entry_to_raw(&e) };
+            unsafe { write_entry(out_entry, out_attr, &e) };
             Ok(())
         })
     }
@@ -344,11 +350,12 @@ impl<F: FileSystem> VTable<F> {
         parent: u64,
         n: RawStr,
         target: RawStr,
-        out: *mut RawEntry,
+        out_entry: *mut RawEntry,
+        out_attr: *mut RawAttr,
     ) -> i32 {
         guarded(ctx, |req| {
             let e = unsafe { fs::<F>(this) }.symlink(req, parent, name(n)?, name(target)?)?;
-            unsafe { *out = entry_to_raw(&e) };
+            unsafe { write_entry(out_entry, out_attr, &e) };
             Ok(())
         })
     }
@@ -359,11 +366,12 @@ impl<F: FileSystem> VTable<F> {
         node: u64,
         new_parent: u64,
         new_name: RawStr,
-        out: *mut RawEntry,
+        out_entry: *mut RawEntry,
+        out_attr: *mut RawAttr,
     ) -> i32 {
         guarded(ctx, |req| {
             let e = unsafe { fs::<F>(this) }.link(req, node, new_parent, name(new_name)?)?;
-            unsafe { *out = entry_to_raw(&e) };
+            unsafe { write_entry(out_entry, out_attr, &e) };
             Ok(())
         })
     }
@@ -391,7 +399,7 @@ impl<F: FileSystem> VTable<F> {
     ) -> i32 {
         guarded(ctx, |req| {
             let o = unsafe { fs::<F>(this) }.open(req, node, flags)?;
-            unsafe { *out = opened_to_raw(&o) };
+            unsafe { write_out(out, &opened_to_raw(&o)) };
             Ok(())
         })
     }
@@ -404,13 +412,14 @@ impl<F: FileSystem> VTable<F> {
         mode: u32,
         flags: i32,
         out_entry: *mut RawEntry,
+        out_attr: *mut RawAttr,
         out_opened: *mut RawOpened,
     ) -> i32 {
         guarded(ctx, |req| {
             let (e, o) = unsafe { fs::<F>(this) }.create(req, parent, name(n)?, mode, flags)?;
             unsafe {
-                *out_entry = entry_to_raw(&e);
-                *out_opened = opened_to_raw(&o);
+                write_entry(out_entry, out_attr, &e);
+                write_out(out_opened, &opened_to_raw(&o));
             }
             Ok(())
         })
@@ -477,7 +486,7 @@ impl<F: FileSystem> VTable<F> {
     ) -> i32 {
         guarded(ctx, |req| {
             let o = unsafe { fs::<F>(this) }.opendir(req, node, flags)?;
-            unsafe { *out = opened_to_raw(&o) };
+            unsafe { write_out(out, &opened_to_raw(&o)) };
             Ok(())
         })
     }
@@ -498,6 +507,7 @@ impl<F: FileSystem> VTable<F> {
         impl DirSink for HostSink {
             fn add(&mut self, e: &DirEntry<'_>) -> bool {
                 let raw = RawDirEntry {
+                    struct_size: std::mem::size_of::<RawDirEntry>(),
                     ino: e.ino,
                     kind: e.kind.mode_bits(),
                     reserved: 0,
@@ -522,7 +532,7 @@ impl<F: FileSystem> VTable<F> {
     unsafe extern "C" fn statfs(this: *const c_void, ctx: *mut CallCtx, node: u64, out: *mut RawStatFs) -> i32 {
         guarded(ctx, |req| {
             let s = unsafe { fs::<F>(this) }.statfs(req, node)?;
-            unsafe { *out = statfs_to_raw(&s) };
+            unsafe { write_out(out, &statfs_to_raw(&s)) };
             Ok(())
         })
     }
@@ -619,5 +629,70 @@ impl<F: FileSystem> VTable<F> {
             unsafe { *out = pos };
             Ok(())
         })
+    }
+
+    unsafe extern "C" fn readdirplus(
+        this: *const c_void,
+        ctx: *mut CallCtx,
+        node: u64,
+        handle: u64,
+        cookie: u64,
+        sink: *mut c_void,
+        add: DirPlusAddFn,
+    ) -> i32 {
+        struct HostSink {
+            sink: *mut c_void,
+            add: DirPlusAddFn,
+        }
+        impl DirPlusSink for HostSink {
+            fn add(&mut self, e: &DirEntry<'_>, entry: &Entry) -> bool {
+                let dirent = RawDirEntry {
+                    struct_size: std::mem::size_of::<RawDirEntry>(),
+                    ino: e.ino,
+                    kind: e.kind.mode_bits(),
+                    reserved: 0,
+                    name: RawStr::new(e.name),
+                    cookie: e.cookie,
+                };
+                let (raw_entry, raw_attr) = entry_to_raw(entry);
+                // SAFETY: the host's sink and callback are valid during this call.
+                unsafe { (self.add)(self.sink, &dirent, &raw_entry, &raw_attr) != 0 }
+            }
+        }
+        guarded(ctx, |req| unsafe { fs::<F>(this) }.readdirplus(req, node, handle, cookie, &mut HostSink { sink, add }))
+    }
+
+    unsafe extern "C" fn capabilities(this: *const c_void, ctx: *mut CallCtx, out: *mut RawCapabilities) -> i32 {
+        guarded(ctx, |_| match unsafe { fs::<F>(this) }.capabilities() {
+            Some(caps) => {
+                unsafe { write_out(out, &caps_to_raw(&caps)) };
+                Ok(())
+            }
+            // "Use the declared ones": not an error worth a log line.
+            None => Err(Errno::ENOENT.into()),
+        })
+    }
+}
+
+/// Fills an entry and its attributes.
+///
+/// # Safety
+/// Both pointers are the host's out-structs for this call.
+unsafe fn write_entry(out_entry: *mut RawEntry, out_attr: *mut RawAttr, e: &Entry) {
+    let (entry, attr) = entry_to_raw(e);
+    unsafe {
+        write_out(out_entry, &entry);
+        write_out(out_attr, &attr);
+    }
+}
+
+/// Fills attributes and their time to live.
+///
+/// # Safety
+/// Both pointers are the host's out-params for this call.
+unsafe fn write_attr(out_attr: *mut RawAttr, out_ttl_ns: *mut u64, a: &AttrOut) {
+    unsafe {
+        write_out(out_attr, &attr_to_raw(&a.attr));
+        *out_ttl_ns = ttl_ns(a.ttl);
     }
 }

@@ -16,7 +16,6 @@
 //! thread's stack, and static tables point into them.
 
 use std::ffi::{OsStr, c_void};
-use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -119,6 +118,7 @@ pub struct PluginDescription {
 pub struct PluginLibrary {
     path: PathBuf,
     decl: PluginDecl,
+    vt: FsVTable,
     info: Arc<PluginDescription>,
 }
 
@@ -215,7 +215,8 @@ fn host_architecture() -> Option<object::Architecture> {
 }
 
 impl PluginLibrary {
-    /// Checks `path` (see [`inspect`]), loads it, and reads its description.
+    /// Checks `path` (see [`inspect`]), loads it, checks its declaration and operations
+    /// table, and reads its description.
     pub fn load(path: &Path) -> Result<PluginLibrary, LoadError> {
         let version = inspect(path)?;
         let failed = |detail: String| LoadError::LoadFailed { path: path.into(), plugin: version, detail };
@@ -232,8 +233,22 @@ impl PluginLibrary {
         if raw.is_null() {
             return Err(failed("the entry point returned no declaration".into()));
         }
-        let empty = PluginDecl { size: std::mem::size_of::<PluginDecl>(), tag: CURRENT_TAG, info: None, open: None };
+        let empty = PluginDecl {
+            struct_size: std::mem::size_of::<PluginDecl>(),
+            tag: CURRENT_TAG,
+            info: None,
+            open: None,
+            ops: std::ptr::null(),
+        };
         // SAFETY: a compatible plugin's declaration starts with its size.
+        let declared_size = unsafe { std::ptr::read_unaligned(raw as *const usize) };
+        if declared_size < std::mem::size_of::<PluginDecl>() {
+            return Err(failed(format!(
+                "its declaration is {declared_size} bytes, smaller than ABI {}.0's {}",
+                ABI_MAJOR,
+                std::mem::size_of::<PluginDecl>()
+            )));
+        }
         let decl = unsafe { copy_prefix(empty, raw) };
         let declared = AbiVersion { major: decl.tag.major, minor: decl.tag.minor };
         if decl.tag.magic != MAGIC || declared != version {
@@ -244,26 +259,32 @@ impl PluginLibrary {
         let (Some(info_fn), Some(_)) = (decl.info, decl.open) else {
             return Err(failed("its declaration lacks `info` or `open`".into()));
         };
-        let mut raw_info = MaybeUninit::<RawPluginInfo>::zeroed();
-        // SAFETY: zeroed RawPluginInfo is valid (null pointers with length 0, no flags).
-        unsafe {
-            (*raw_info.as_mut_ptr()).size = std::mem::size_of::<RawPluginInfo>();
-            info_fn(raw_info.as_mut_ptr());
-        }
-        let raw_info = unsafe { raw_info.assume_init() };
+        let vt = check_table(decl.ops, version.minor).map_err(failed)?;
+
+        let mut raw_info = RawPluginInfo {
+            struct_size: std::mem::size_of::<RawPluginInfo>(),
+            name: RawStr::new(&[]),
+            version: RawStr::new(&[]),
+            description: RawStr::new(&[]),
+            config_help: RawStr::new(&[]),
+        };
+        let mut raw_caps =
+            RawCapabilities { struct_size: std::mem::size_of::<RawCapabilities>(), ..Default::default() };
+        // SAFETY: both out-structs are ours, sized for this version.
+        unsafe { info_fn(&mut raw_info, &mut raw_caps) };
         let text = |s: RawStr| String::from_utf8_lossy(unsafe { s.as_bytes() }).into_owned();
         let info = PluginDescription {
             name: text(raw_info.name),
             version: text(raw_info.version),
             description: text(raw_info.description),
             config_help: text(raw_info.config_help),
-            capabilities: caps_from_raw(&raw_info.capabilities),
+            capabilities: caps_from_raw(&raw_caps),
             abi: version,
         };
         if info.name.is_empty() {
             return Err(failed("the plugin reports no name (its `info` panicked or is empty)".into()));
         }
-        Ok(PluginLibrary { path: path.to_path_buf(), decl, info: Arc::new(info) })
+        Ok(PluginLibrary { path: path.to_path_buf(), decl, vt, info: Arc::new(info) })
     }
 
     /// The file it was loaded from.
@@ -279,14 +300,16 @@ impl PluginLibrary {
     /// Opens a filesystem with `config_toml` (the plugin's table as TOML text).
     pub fn open(&self, config_toml: &str, options: &MountOptions) -> Result<LoadedFs, OpenError> {
         let open = self.decl.open.ok_or_else(|| OpenError::other("plugin has no `open`"))?;
-        let raw_opts =
-            RawMountOptions { size: std::mem::size_of::<RawMountOptions>(), read_only: options.read_only as u8 };
+        let raw_opts = RawMountOptions {
+            struct_size: std::mem::size_of::<RawMountOptions>(),
+            flags: if options.read_only { MOUNT_READ_ONLY } else { 0 },
+        };
         let mut key = [0u8; 256];
         let mut key_len = 0usize;
-        let mut out = MaybeUninit::<RawFs>::uninit();
+        let mut this: *mut c_void = std::ptr::null_mut();
         let mut msg = [0u8; MSG_CAP];
         let mut ctx = new_ctx(&Request::default(), &mut msg);
-        // SAFETY: all pointers are to live locals; `open` writes `out` only on success.
+        // SAFETY: all pointers are to live locals; `open` writes `this` only on success.
         let status = unsafe {
             open(
                 &mut ctx,
@@ -294,7 +317,7 @@ impl PluginLibrary {
                 &raw_opts,
                 RawBuf::new(&mut key),
                 &mut key_len,
-                out.as_mut_ptr(),
+                &mut this,
             )
         };
         let message = String::from_utf8_lossy(&msg[..ctx.msg_len.min(MSG_CAP)]).into_owned();
@@ -304,20 +327,46 @@ impl PluginLibrary {
                 report_panic(&self.info.name, "open", &message);
                 format!("the plugin panicked while opening: {message}")
             } else if message.is_empty() {
-                format!("the plugin refused to open ({:?})", Errno(status))
+                match errno_of(status) {
+                    Some(errno) => format!("the plugin refused to open ({errno:?})"),
+                    None => format!("the plugin refused to open with an invalid status {status}"),
+                }
             } else {
                 message
             };
             return Err(OpenError { key, message });
         }
-        let raw = unsafe { out.assume_init() };
-        if raw.vtable.is_null() {
-            return Err(OpenError::other("the plugin returned no operations table"));
+        let mut fs =
+            LoadedFs { this, vt: self.vt, plugin: Arc::from(self.info.name.as_str()), caps: self.info.capabilities };
+        if let Some(f) = fs.vt.capabilities {
+            let mut raw = RawCapabilities { struct_size: std::mem::size_of::<RawCapabilities>(), ..Default::default() };
+            if fs.call("capabilities", &Request::default(), |c| unsafe { f(fs.this, c, &mut raw) }).is_ok() {
+                fs.caps = caps_from_raw(&raw);
+            }
         }
-        // SAFETY: the table starts with its size; entries it lacks stay `None`.
-        let vt = unsafe { copy_prefix(FsVTable::EMPTY, raw.vtable) };
-        Ok(LoadedFs { this: raw.this, vt, plugin: Arc::from(self.info.name.as_str()) })
+        Ok(fs)
     }
+}
+
+/// Checks a plugin's operations table and copies it: it must be exactly as long as the
+/// table of the minor version the plugin declares, which is at least 2.0's and a whole
+/// number of entries.
+fn check_table(ops: *const FsVTable, minor: u32) -> Result<FsVTable, String> {
+    if ops.is_null() {
+        return Err("its declaration has no operations table".into());
+    }
+    // SAFETY: a compatible plugin's table starts with its size.
+    let size = unsafe { std::ptr::read_unaligned(ops as *const usize) };
+    let entry = std::mem::size_of::<usize>();
+    let expected = vtable_size_for_minor(minor).ok_or_else(|| format!("unknown minor version {minor}"))?;
+    if size < FS_VTABLE_SIZE_2_0 || size % entry != 0 || size != expected {
+        return Err(format!(
+            "its operations table is {size} bytes; ABI {ABI_MAJOR}.{minor} needs exactly {expected} ({} entries of {entry} bytes)",
+            expected / entry
+        ));
+    }
+    // SAFETY: checked above: the table is as long as it says.
+    Ok(unsafe { copy_prefix(FsVTable::EMPTY, ops) })
 }
 
 /// Finds plugin files (`*.so`, `*.dylib`, `*.dll`) in a directory, sorted by name.
@@ -335,20 +384,33 @@ pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 const MSG_CAP: usize = 512;
 
 fn new_ctx(req: &Request, msg: &mut [u8]) -> CallCtx {
-    CallCtx { uid: req.uid, gid: req.gid, pid: req.pid, reserved: 0, msg: RawBuf::new(msg), msg_len: 0 }
+    CallCtx { uid: req.uid, gid: req.gid, pid: req.pid, msg: RawBuf::new(msg), ..CallCtx::EMPTY }
 }
 
 fn report_panic(plugin: &str, op: &str, message: &str) {
     tracing::error!(plugin, op, "plugin panicked: {message}; the call answers EIO and the host keeps serving");
 }
 
-/// A filesystem opened by a loaded plugin. Calls go through the plugin's table; a panic in
-/// the plugin becomes `EIO` plus an error log line naming the plugin and the operation.
-/// Dropping it frees the plugin's object.
+/// The errno a status carries, accepting both `EPERM` and `-EPERM`; `None` for a status
+/// that is neither (a plugin bug).
+fn errno_of(status: i32) -> Option<Errno> {
+    match status {
+        1..=ERRNO_MAX => Some(Errno(status)),
+        s if (-ERRNO_MAX..=-1).contains(&s) => Some(Errno(-s)),
+        _ => None,
+    }
+}
+
+/// A filesystem opened by a loaded plugin. Calls go through the plugin's table and every
+/// answer is checked here, before any frontend sees it: a panic, an invalid status, a
+/// length beyond the buffer, an invalid node id, file type or time becomes `EIO` plus an
+/// error log line naming the plugin, the operation and the value. Dropping it frees the
+/// plugin's object.
 pub struct LoadedFs {
     this: *mut c_void,
     vt: FsVTable,
     plugin: Arc<str>,
+    caps: Capabilities,
 }
 
 // SAFETY: the plugin's object is a `FileSystem`, which is `Send + Sync`.
@@ -376,20 +438,96 @@ impl LoadedFs {
         let status = f(&mut ctx);
         let len = ctx.msg_len.min(MSG_CAP);
         let text = || String::from_utf8_lossy(&msg[..len]).into_owned();
-        match status {
-            0 => Ok(()),
-            STATUS_PANICKED => {
-                report_panic(&self.plugin, op, &text());
-                Err(Error::with_message(Errno::EIO, format!("plugin `{}` panicked in {op}", self.plugin)))
-            }
-            errno if len > 0 => Err(Error::with_message(Errno(errno.max(1)), text())),
-            errno => Err(Error::new(Errno(errno.max(1)))),
+        if status == 0 {
+            return Ok(());
         }
+        if status == STATUS_PANICKED {
+            report_panic(&self.plugin, op, &text());
+            return Err(Error::with_message(Errno::EIO, format!("plugin `{}` panicked in {op}", self.plugin)));
+        }
+        match errno_of(status) {
+            Some(errno) if len > 0 => Err(Error::with_message(errno, text())),
+            Some(errno) => Err(Error::new(errno)),
+            None => {
+                Err(self
+                    .bad(op, format_args!("returned status {status}, which is no errno (1..=4095 or its negative)")))
+            }
+        }
+    }
+
+    /// A plugin answer that breaks the ABI's rules: logged, and `EIO` for the call.
+    fn bad(&self, op: &'static str, what: std::fmt::Arguments<'_>) -> Error {
+        tracing::error!(plugin = %self.plugin, op, "plugin answer rejected: it {what}; the call answers EIO");
+        Error::with_message(Errno::EIO, format!("plugin `{}` gave an invalid answer to {op}", self.plugin))
+    }
+
+    /// A length the plugin reports for a buffer of `cap` bytes.
+    fn check_len(&self, op: &'static str, len: usize, cap: usize) -> Result<usize> {
+        if len > cap {
+            return Err(self.bad(op, format_args!("reported {len} bytes for a buffer of {cap}")));
+        }
+        Ok(len)
+    }
+
+    /// Attributes the plugin reports, checked.
+    fn check_attr(&self, op: &'static str, raw: &RawAttr) -> Result<Attr> {
+        for t in [raw.atime, raw.mtime, raw.ctime, raw.crtime] {
+            if t.nanos >= 1_000_000_000 {
+                return Err(self.bad(op, format_args!("reported a time with {} nanoseconds", t.nanos)));
+            }
+        }
+        attr_from_raw(raw).map_err(|_| self.bad(op, format_args!("reported the unknown file type {:#o}", raw.kind)))
+    }
+
+    /// An entry a creating or looking-up call returned. Node 0 and the root are never the
+    /// answer for a name; on any bad answer the reference the plugin counted is released.
+    fn check_entry(&self, op: &'static str, raw: &RawEntry, attr: &RawAttr) -> Result<Entry> {
+        let checked = if raw.node == 0 {
+            Err(self.bad(op, format_args!("returned node 0")))
+        } else if raw.node == ROOT_ID {
+            Err(self.bad(op, format_args!("returned the root's id for a name")))
+        } else {
+            self.check_attr(op, attr).map(|attr| Entry {
+                node: raw.node,
+                generation: raw.generation,
+                attr,
+                entry_ttl: std::time::Duration::from_nanos(raw.entry_ttl_ns),
+                attr_ttl: std::time::Duration::from_nanos(raw.attr_ttl_ns),
+            })
+        };
+        if checked.is_err() && raw.node != 0 {
+            self.forget(raw.node, 1);
+        }
+        checked
+    }
+
+    /// Whether a listed name may reach a frontend; logs the ones that may not.
+    fn check_dirent(&self, op: &'static str, e: &RawDirEntry) -> Option<FileKind> {
+        let name = unsafe { e.name.as_bytes() };
+        let why = if name.is_empty() {
+            "an empty name"
+        } else if name.contains(&b'/') || name.contains(&0) {
+            "a name with '/' or NUL"
+        } else if name.len() > self.caps.max_name_len as usize {
+            "a name longer than its declared limit"
+        } else if e.cookie == 0 {
+            "cookie 0"
+        } else {
+            match FileKind::from_mode(e.kind) {
+                None => "an unknown file type",
+                Some(kind) if (name == b"." || name == b"..") && kind != FileKind::Directory => {
+                    "`.` or `..` as something other than a directory"
+                }
+                Some(kind) => return Some(kind),
+            }
+        };
+        tracing::warn!(plugin = %self.plugin, op, name = %String::from_utf8_lossy(name), "plugin listed {why}; entry dropped");
+        None
     }
 }
 
 /// The table entry for an operation, or an early return with the answer the host gives
-/// for a plugin too old to have it.
+/// for a plugin that leaves it out.
 macro_rules! slot {
     ($self:ident . $op:ident, $absent:expr) => {
         match $self.vt.$op {
@@ -403,12 +541,44 @@ fn raw_name(name: &OsStr) -> RawStr {
     RawStr::new(os_str_bytes(name))
 }
 
+fn out_entry() -> (RawEntry, RawAttr) {
+    (
+        RawEntry { struct_size: std::mem::size_of::<RawEntry>(), ..Default::default() },
+        RawAttr { struct_size: std::mem::size_of::<RawAttr>(), ..Default::default() },
+    )
+}
+
+fn out_attr() -> RawAttr {
+    RawAttr { struct_size: std::mem::size_of::<RawAttr>(), ..Default::default() }
+}
+
+fn out_opened() -> RawOpened {
+    RawOpened { struct_size: std::mem::size_of::<RawOpened>(), ..Default::default() }
+}
+
+/// Runs a host callback that a plugin calls, so that a panic in it never unwinds through
+/// the plugin's `extern "C"` frames: the panic text is kept for the call's answer.
+fn catch_callback<T>(panicked: &mut Option<String>, fallback: T, f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(payload) => {
+            let text = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic with a non-string payload".into());
+            *panicked = Some(text);
+            fallback
+        }
+    }
+}
+
 impl FileSystem for LoadedFs {
     fn lookup(&self, req: &Request, parent: NodeId, name: &OsStr) -> Result<Entry> {
         let f = slot!(self.lookup, Err(Errno::EIO.into()));
-        let mut out = RawEntry::default();
-        self.call("lookup", req, |c| unsafe { f(self.this, c, parent, raw_name(name), &mut out) })?;
-        entry_from_raw(&out)
+        let (mut out, mut attr) = out_entry();
+        self.call("lookup", req, |c| unsafe { f(self.this, c, parent, raw_name(name), &mut out, &mut attr) })?;
+        self.check_entry("lookup", &out, &attr)
     }
 
     fn forget(&self, node: NodeId, nlookup: u64) {
@@ -418,18 +588,20 @@ impl FileSystem for LoadedFs {
 
     fn getattr(&self, req: &Request, node: NodeId, handle: Option<Handle>) -> Result<AttrOut> {
         let f = slot!(self.getattr, Err(Errno::EIO.into()));
-        let mut out = RawAttrOut::default();
+        let mut attr = out_attr();
+        let mut ttl = 0u64;
         let (has, h) = (handle.is_some() as u8, handle.unwrap_or(0));
-        self.call("getattr", req, |c| unsafe { f(self.this, c, node, has, h, &mut out) })?;
-        attr_out_from_raw(&out)
+        self.call("getattr", req, |c| unsafe { f(self.this, c, node, has, h, &mut attr, &mut ttl) })?;
+        Ok(AttrOut { attr: self.check_attr("getattr", &attr)?, ttl: std::time::Duration::from_nanos(ttl) })
     }
 
     fn setattr(&self, req: &Request, node: NodeId, set: &SetAttr) -> Result<AttrOut> {
         let f = slot!(self.setattr, Err(Errno::EROFS.into()));
         let raw = setattr_to_raw(set);
-        let mut out = RawAttrOut::default();
-        self.call("setattr", req, |c| unsafe { f(self.this, c, node, &raw, &mut out) })?;
-        attr_out_from_raw(&out)
+        let mut attr = out_attr();
+        let mut ttl = 0u64;
+        self.call("setattr", req, |c| unsafe { f(self.this, c, node, &raw, &mut attr, &mut ttl) })?;
+        Ok(AttrOut { attr: self.check_attr("setattr", &attr)?, ttl: std::time::Duration::from_nanos(ttl) })
     }
 
     fn readlink(&self, req: &Request, node: NodeId, buf: &mut [u8]) -> Result<usize> {
@@ -437,21 +609,23 @@ impl FileSystem for LoadedFs {
         let mut len = 0usize;
         let raw = RawBuf::new(buf);
         self.call("readlink", req, |c| unsafe { f(self.this, c, node, raw, &mut len) })?;
-        Ok(len.min(raw.len))
+        self.check_len("readlink", len, raw.len)
     }
 
     fn mknod(&self, req: &Request, parent: NodeId, name: &OsStr, mode: u32, rdev: u32) -> Result<Entry> {
         let f = slot!(self.mknod, Err(Errno::EPERM.into()));
-        let mut out = RawEntry::default();
-        self.call("mknod", req, |c| unsafe { f(self.this, c, parent, raw_name(name), mode, rdev, &mut out) })?;
-        entry_from_raw(&out)
+        let (mut out, mut attr) = out_entry();
+        self.call("mknod", req, |c| unsafe {
+            f(self.this, c, parent, raw_name(name), mode, rdev, &mut out, &mut attr)
+        })?;
+        self.check_entry("mknod", &out, &attr)
     }
 
     fn mkdir(&self, req: &Request, parent: NodeId, name: &OsStr, mode: u32) -> Result<Entry> {
         let f = slot!(self.mkdir, Err(Errno::EROFS.into()));
-        let mut out = RawEntry::default();
-        self.call("mkdir", req, |c| unsafe { f(self.this, c, parent, raw_name(name), mode, &mut out) })?;
-        entry_from_raw(&out)
+        let (mut out, mut attr) = out_entry();
+        self.call("mkdir", req, |c| unsafe { f(self.this, c, parent, raw_name(name), mode, &mut out, &mut attr) })?;
+        self.check_entry("mkdir", &out, &attr)
     }
 
     fn unlink(&self, req: &Request, parent: NodeId, name: &OsStr) -> Result<()> {
@@ -466,16 +640,20 @@ impl FileSystem for LoadedFs {
 
     fn symlink(&self, req: &Request, parent: NodeId, name: &OsStr, target: &OsStr) -> Result<Entry> {
         let f = slot!(self.symlink, Err(Errno::EPERM.into()));
-        let mut out = RawEntry::default();
-        self.call("symlink", req, |c| unsafe { f(self.this, c, parent, raw_name(name), raw_name(target), &mut out) })?;
-        entry_from_raw(&out)
+        let (mut out, mut attr) = out_entry();
+        self.call("symlink", req, |c| unsafe {
+            f(self.this, c, parent, raw_name(name), raw_name(target), &mut out, &mut attr)
+        })?;
+        self.check_entry("symlink", &out, &attr)
     }
 
     fn link(&self, req: &Request, node: NodeId, new_parent: NodeId, new_name: &OsStr) -> Result<Entry> {
         let f = slot!(self.link, Err(Errno::EPERM.into()));
-        let mut out = RawEntry::default();
-        self.call("link", req, |c| unsafe { f(self.this, c, node, new_parent, raw_name(new_name), &mut out) })?;
-        entry_from_raw(&out)
+        let (mut out, mut attr) = out_entry();
+        self.call("link", req, |c| unsafe {
+            f(self.this, c, node, new_parent, raw_name(new_name), &mut out, &mut attr)
+        })?;
+        self.check_entry("link", &out, &attr)
     }
 
     fn rename(
@@ -495,19 +673,29 @@ impl FileSystem for LoadedFs {
 
     fn open(&self, req: &Request, node: NodeId, flags: i32) -> Result<Opened> {
         let f = slot!(self.open, Err(Errno::EIO.into()));
-        let mut out = RawOpened::default();
+        let mut out = out_opened();
         self.call("open", req, |c| unsafe { f(self.this, c, node, flags, &mut out) })?;
         Ok(opened_from_raw(&out))
     }
 
     fn create(&self, req: &Request, parent: NodeId, name: &OsStr, mode: u32, flags: i32) -> Result<(Entry, Opened)> {
         let f = slot!(self.create, Err(Errno::EROFS.into()));
-        let mut entry = RawEntry::default();
-        let mut opened = RawOpened::default();
+        let (mut entry, mut attr) = out_entry();
+        let mut opened = out_opened();
         self.call("create", req, |c| unsafe {
-            f(self.this, c, parent, raw_name(name), mode, flags, &mut entry, &mut opened)
+            f(self.this, c, parent, raw_name(name), mode, flags, &mut entry, &mut attr, &mut opened)
         })?;
-        Ok((entry_from_raw(&entry)?, opened_from_raw(&opened)))
+        let opened = opened_from_raw(&opened);
+        match self.check_entry("create", &entry, &attr) {
+            Ok(entry) => Ok((entry, opened)),
+            Err(e) => {
+                // The file was opened: close it again, or the plugin keeps it forever.
+                if entry.node != 0 {
+                    let _ = self.release(req, entry.node, opened.handle, flags, false);
+                }
+                Err(e)
+            }
+        }
     }
 
     fn read(&self, req: &Request, node: NodeId, handle: Handle, offset: u64, buf: &mut [u8]) -> Result<usize> {
@@ -515,7 +703,7 @@ impl FileSystem for LoadedFs {
         let mut len = 0usize;
         let raw = RawBuf::new(buf);
         self.call("read", req, |c| unsafe { f(self.this, c, node, handle, offset, raw, &mut len) })?;
-        Ok(len.min(raw.len))
+        self.check_len("read", len, raw.len)
     }
 
     fn write(
@@ -532,7 +720,7 @@ impl FileSystem for LoadedFs {
         self.call("write", req, |c| unsafe {
             f(self.this, c, node, handle, offset, RawStr::new(data), flags, &mut len)
         })?;
-        Ok(len.min(data.len()))
+        self.check_len("write", len, data.len())
     }
 
     fn flush(&self, req: &Request, node: NodeId, handle: Handle, lock_owner: u64) -> Result<()> {
@@ -552,31 +740,104 @@ impl FileSystem for LoadedFs {
 
     fn opendir(&self, req: &Request, node: NodeId, flags: i32) -> Result<Opened> {
         let f = slot!(self.opendir, Ok(Opened::default()));
-        let mut out = RawOpened::default();
+        let mut out = out_opened();
         self.call("opendir", req, |c| unsafe { f(self.this, c, node, flags, &mut out) })?;
         Ok(opened_from_raw(&out))
     }
 
     fn readdir(&self, req: &Request, node: NodeId, handle: Handle, cookie: u64, sink: &mut dyn DirSink) -> Result<()> {
         struct Trampoline<'a> {
+            fs: &'a LoadedFs,
             sink: &'a mut dyn DirSink,
+            panicked: Option<String>,
         }
         unsafe extern "C" fn add(sink: *mut c_void, entry: *const RawDirEntry) -> u8 {
-            // SAFETY: `sink` is the Trampoline below, alive for the whole readdir call.
+            // SAFETY: `sink` is the Trampoline below, alive for the whole readdir call; the
+            // entry is the plugin's, read only as far as its version has it.
             let t = unsafe { &mut *(sink as *mut Trampoline<'_>) };
-            let e = unsafe { &*entry };
-            let Some(kind) = FileKind::from_mode(e.kind) else { return 1 };
+            let e = unsafe {
+                copy_prefix(
+                    RawDirEntry { struct_size: 0, ino: 0, kind: 0, reserved: 0, name: RawStr::new(&[]), cookie: 0 },
+                    entry,
+                )
+            };
+            let Some(kind) = t.fs.check_dirent("readdir", &e) else { return 1 };
             let name = unsafe { e.name.as_bytes() };
-            // A plugin must not produce these; drop them rather than confuse the kernel.
-            if name.is_empty() || name.contains(&b'/') || e.cookie == 0 {
-                return 1;
-            }
-            t.sink.add(&DirEntry { ino: e.ino, kind, name, cookie: e.cookie }) as u8
+            let (fs_sink, panicked) = (&mut t.sink, &mut t.panicked);
+            catch_callback(panicked, 0, || fs_sink.add(&DirEntry { ino: e.ino, kind, name, cookie: e.cookie }) as u8)
         }
         let f = slot!(self.readdir, Err(Errno::EIO.into()));
-        let mut t = Trampoline { sink };
+        let mut t = Trampoline { fs: self, sink, panicked: None };
         let tp = &mut t as *mut Trampoline<'_> as *mut c_void;
-        self.call("readdir", req, |c| unsafe { f(self.this, c, node, handle, cookie, tp, add) })
+        let result = self.call("readdir", req, |c| unsafe { f(self.this, c, node, handle, cookie, tp, add) });
+        if let Some(text) = t.panicked {
+            tracing::error!(plugin = %self.plugin, op = "readdir", "the host's directory sink panicked: {text}; the call answers EIO");
+            return Err(Errno::EIO.into());
+        }
+        result
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        node: NodeId,
+        handle: Handle,
+        cookie: u64,
+        sink: &mut dyn DirPlusSink,
+    ) -> Result<()> {
+        struct Trampoline<'a> {
+            fs: &'a LoadedFs,
+            sink: &'a mut dyn DirPlusSink,
+            panicked: Option<String>,
+        }
+        unsafe extern "C" fn add(
+            sink: *mut c_void,
+            dirent: *const RawDirEntry,
+            entry: *const RawEntry,
+            attr: *const RawAttr,
+        ) -> u8 {
+            // SAFETY: as in `readdir`; the entry and attributes are the plugin's in-structs.
+            let t = unsafe { &mut *(sink as *mut Trampoline<'_>) };
+            let d = unsafe {
+                copy_prefix(
+                    RawDirEntry { struct_size: 0, ino: 0, kind: 0, reserved: 0, name: RawStr::new(&[]), cookie: 0 },
+                    dirent,
+                )
+            };
+            let e = unsafe { copy_prefix(RawEntry::default(), entry) };
+            let a = unsafe { copy_prefix(RawAttr::default(), attr) };
+            let name = unsafe { d.name.as_bytes() };
+            let dot = name == b"." || name == b"..";
+            let Some(kind) = t.fs.check_dirent("readdirplus", &d) else {
+                // The plugin counted a reference for it: give it back.
+                if !dot && e.node != 0 {
+                    t.fs.forget(e.node, 1);
+                }
+                return 1;
+            };
+            let entry = if dot {
+                Entry { node: d.ino, attr: Attr { ino: d.ino, kind, ..Attr::default() }, ..Entry::default() }
+            } else {
+                // check_entry releases the reference itself when it refuses.
+                match t.fs.check_entry("readdirplus", &e, &a) {
+                    Ok(entry) => entry,
+                    Err(_) => return 1,
+                }
+            };
+            let (fs_sink, panicked) = (&mut t.sink, &mut t.panicked);
+            catch_callback(panicked, 0, || {
+                fs_sink.add(&DirEntry { ino: d.ino, kind, name, cookie: d.cookie }, &entry) as u8
+            })
+        }
+        let f = slot!(self.readdirplus, defaults::readdirplus(self, req, node, handle, cookie, sink));
+        let mut t = Trampoline { fs: self, sink, panicked: None };
+        let tp = &mut t as *mut Trampoline<'_> as *mut c_void;
+        let result = self.call("readdirplus", req, |c| unsafe { f(self.this, c, node, handle, cookie, tp, add) });
+        if let Some(text) = t.panicked {
+            tracing::error!(plugin = %self.plugin, op = "readdirplus", "the host's directory sink panicked: {text}; the call answers EIO");
+            return Err(Errno::EIO.into());
+        }
+        result
     }
 
     fn releasedir(&self, req: &Request, node: NodeId, handle: Handle) -> Result<()> {
@@ -591,7 +852,7 @@ impl FileSystem for LoadedFs {
 
     fn statfs(&self, req: &Request, node: NodeId) -> Result<StatFs> {
         let f = slot!(self.statfs, Ok(StatFs { bsize: 4096, frsize: 4096, namelen: 255, ..StatFs::default() }));
-        let mut out = RawStatFs::default();
+        let mut out = RawStatFs { struct_size: std::mem::size_of::<RawStatFs>(), ..Default::default() };
         self.call("statfs", req, |c| unsafe { f(self.this, c, node, &mut out) })?;
         Ok(statfs_from_raw(&out))
     }
@@ -606,7 +867,7 @@ impl FileSystem for LoadedFs {
         let mut len = 0usize;
         let raw = RawBuf::new(buf);
         self.call("getxattr", req, |c| unsafe { f(self.this, c, node, raw_name(name), raw, &mut len) })?;
-        xattr_len(len, raw.len)
+        self.check_xattr_len("getxattr", len, raw.len)
     }
 
     fn listxattr(&self, req: &Request, node: NodeId, buf: &mut [u8]) -> Result<usize> {
@@ -614,7 +875,7 @@ impl FileSystem for LoadedFs {
         let mut len = 0usize;
         let raw = RawBuf::new(buf);
         self.call("listxattr", req, |c| unsafe { f(self.this, c, node, raw, &mut len) })?;
-        xattr_len(len, raw.len)
+        self.check_xattr_len("listxattr", len, raw.len)
     }
 
     fn removexattr(&self, req: &Request, node: NodeId, name: &OsStr) -> Result<()> {
@@ -652,22 +913,28 @@ impl FileSystem for LoadedFs {
         self.call("copy_file_range", req, |c| unsafe {
             f(self.this, c, node_in, handle_in, offset_in, node_out, handle_out, offset_out, len, flags, &mut copied)
         })?;
-        Ok(copied)
+        self.check_len("copy_file_range", copied, usize::try_from(len).unwrap_or(usize::MAX))
     }
 
     fn lseek(&self, req: &Request, node: NodeId, handle: Handle, offset: i64, whence: Whence) -> Result<u64> {
         let f = slot!(self.lseek, defaults::lseek(self, req, node, handle, offset, whence));
         let mut pos = 0u64;
         self.call("lseek", req, |c| unsafe { f(self.this, c, node, handle, offset, whence.to_raw(), &mut pos) })?;
+        if pos > i64::MAX as u64 {
+            return Err(self.bad("lseek", format_args!("returned the offset {pos}, beyond the largest file offset")));
+        }
         Ok(pos)
+    }
+
+    fn capabilities(&self) -> Option<Capabilities> {
+        Some(self.caps)
     }
 }
 
-/// A plugin claiming to have written more than the buffer holds is a bug; do not let the
-/// frontend read past the buffer.
-fn xattr_len(len: usize, cap: usize) -> Result<usize> {
-    if cap > 0 && len > cap {
-        return Err(Error::with_message(Errno::ERANGE, "plugin reported more xattr bytes than the buffer holds"));
+impl LoadedFs {
+    /// An xattr length: with an empty buffer it is the size the value needs, otherwise it
+    /// must fit the buffer.
+    fn check_xattr_len(&self, op: &'static str, len: usize, cap: usize) -> Result<usize> {
+        if cap == 0 { Ok(len) } else { self.check_len(op, len, cap) }
     }
-    Ok(len)
 }

@@ -275,6 +275,15 @@ pub trait DirSink {
     fn add(&mut self, entry: &DirEntry<'_>) -> bool;
 }
 
+/// Where `readdirplus` puts its entries, each with its lookup result.
+pub trait DirPlusSink {
+    /// Adds one entry with its [`Entry`]. Returns `false`, without adding it, when the page
+    /// is full. The plugin counts one lookup reference on `entry.node` for each call that
+    /// returns `true`, none for a call that returns `false`, and none for `.` and `..`
+    /// (whose `entry` the host ignores).
+    fn add(&mut self, dirent: &DirEntry<'_>, entry: &Entry) -> bool;
+}
+
 /// Flags of `rename`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RenameFlags(pub u32);
@@ -430,6 +439,9 @@ pub struct Capabilities {
     pub case_preserving: bool,
     /// Times are stored with nanosecond precision (otherwise coarser).
     pub nanosecond_times: bool,
+    /// The plugin checks permissions itself, as the caller, on every operation, so a mount
+    /// may run with `default_permissions = false` (the kernel then checks nothing).
+    pub checks_permissions: bool,
     /// The longest name, in bytes.
     pub max_name_len: u32,
     /// The largest file, in bytes.
@@ -453,6 +465,7 @@ impl Capabilities {
         case_sensitive: true,
         case_preserving: true,
         nanosecond_times: false,
+        checks_permissions: false,
         max_name_len: 255,
         max_file_size: i64::MAX as u64,
     };
@@ -473,6 +486,7 @@ impl Capabilities {
         case_sensitive: true,
         case_preserving: true,
         nanosecond_times: true,
+        checks_permissions: false,
         max_name_len: 255,
         max_file_size: i64::MAX as u64,
     };

@@ -29,10 +29,3 @@ fn the_suite_fails_a_broken_plugin() {
     assert!(!report.ok(), "{}", report.summary());
     assert!(report.failed.iter().any(|(name, _)| *name == "root_is_a_directory"), "{}", report.summary());
 }
-
-#[test]
-fn a_read_only_plugin_of_an_older_abi_passes_the_checks_it_declares() {
-    let report = run_direct(&plugin_library("plugfs-fixture-abi-1-0"), "").unwrap();
-    assert!(report.ok(), "{}", report.summary());
-    assert!(report.skipped.contains(&"written_data_reads_back"), "a read-only plugin skips write checks");
-}

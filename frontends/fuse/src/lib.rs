@@ -42,8 +42,8 @@ use fuser::{
     ReplyXattr, SessionACL, TimeOrNow, WriteFlags,
 };
 use plugfs_plugin_api::{
-    Attr, DirEntry, DirSink, Entry, Errno, Error, FileKind, FileSystem, NodeId, Opened, RenameFlags, Request, SetAttr,
-    SetTime, Timestamp, Whence,
+    Attr, DirEntry, DirPlusSink, DirSink, Entry, Errno, Error, FileKind, FileSystem, NodeId, Opened, RenameFlags,
+    Request, SetAttr, SetTime, Timestamp, Whence,
 };
 use tracing::{debug, warn};
 
@@ -251,13 +251,6 @@ fn kernel_unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
 // The adapter: fuser::Filesystem over plugfs_plugin_api::FileSystem
 // ---------------------------------------------------------------------------------------
 
-/// How many entries `readdirplus` asks the plugin for per request. fuser does not tell us
-/// the kernel's buffer size: one page on older kernels (about 25 entries), since Linux
-/// 6.16 up to the caller's getdents buffer (glibc's 32 KiB: about 200). Entries that do
-/// not fit are listed again next time; only the first of them was looked up, and it is
-/// forgotten at once.
-const READDIRPLUS_BATCH: usize = 1024;
-
 std::thread_local! {
     /// Each worker thread's read buffer (see `FuseAdapter::read`).
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -372,30 +365,28 @@ impl DirSink for DirectorySink<'_> {
     }
 }
 
-/// One entry of a `readdirplus` page, copied out of the plugin's listing.
-struct ListedEntry {
-    ino: u64,
-    kind: FileKind,
-    name: Vec<u8>,
-    cookie: u64,
+/// `readdirplus` straight into the kernel's reply buffer.
+struct DirectoryPlusSink<'a> {
+    reply: &'a mut ReplyDirectoryPlus,
 }
 
-/// Collects up to [`READDIRPLUS_BATCH`] entries for `readdirplus`.
-struct ListSink {
-    entries: Vec<ListedEntry>,
-}
-
-impl DirSink for ListSink {
-    fn add(&mut self, e: &DirEntry<'_>) -> bool {
-        if self.entries.len() >= READDIRPLUS_BATCH {
-            return false;
-        }
-        if !valid_dirent_name(e.name) {
-            warn!(name = ?String::from_utf8_lossy(e.name), "plugin listed an invalid name; skipped");
-            return true;
-        }
-        self.entries.push(ListedEntry { ino: e.ino, kind: e.kind, name: e.name.to_vec(), cookie: e.cookie });
-        true
+impl DirPlusSink for DirectoryPlusSink<'_> {
+    fn add(&mut self, e: &DirEntry<'_>, entry: &Entry) -> bool {
+        // Names were checked by the loader, which also gives back the reference of an
+        // entry it drops; a frontend cannot, so it takes what it is given.
+        let name = OsStr::from_bytes(e.name);
+        let full = if e.name == b"." || e.name == b".." {
+            // The kernel takes no reference for these and ignores their attributes.
+            let attr = file_attr(e.ino, &Attr { ino: e.ino, kind: e.kind, ..Attr::default() });
+            self.reply.add(INodeNo(e.ino), e.cookie, name, &Duration::ZERO, &attr, Generation(0))
+        } else {
+            // fuser has one TTL for both: use the shorter so neither is cached too long.
+            let ttl = entry.entry_ttl.min(entry.attr_ttl);
+            let attr = file_attr(entry.node, &entry.attr);
+            self.reply.add(INodeNo(entry.node), e.cookie, name, &ttl, &attr, Generation(entry.generation))
+        };
+        // fuser's `add` answers "full" (and adds nothing); the sink answers "accepted".
+        !full
     }
 }
 
@@ -687,43 +678,12 @@ impl fuser::Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let r = request(req);
-        let mut list = ListSink { entries: Vec::new() };
-        if let Err(e) = self.fs.readdir(&r, ino.0, fh.0, offset, &mut list) {
-            return reply.error(fail("readdirplus", ino.0, &e));
+        let result =
+            self.fs.readdirplus(&request(req), ino.0, fh.0, offset, &mut DirectoryPlusSink { reply: &mut reply });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("readdirplus", ino.0, &e)),
         }
-        let mut added = 0;
-        for item in list.entries {
-            let name = OsStr::from_bytes(&item.name);
-            if item.name == b"." || item.name == b".." {
-                // The kernel takes no reference for these and ignores their attributes.
-                let attr = Attr { ino: item.ino, kind: item.kind, ..Attr::default() };
-                let attr = file_attr(item.ino, &attr);
-                if reply.add(INodeNo(item.ino), item.cookie, name, &Duration::ZERO, &attr, Generation(0)) {
-                    break;
-                }
-                added += 1;
-                continue;
-            }
-            let entry = match self.fs.lookup(&r, ino.0, name) {
-                Ok(entry) => entry,
-                // Removed since it was listed: leave it out, as a later readdir would.
-                Err(e) if e.errno() == Errno::ENOENT => continue,
-                // Send what we have; the kernel asks again from here and gets the error.
-                Err(_) if added > 0 => break,
-                Err(e) => return reply.error(fail("readdirplus", ino.0, &e)),
-            };
-            // fuser has one TTL for both: use the shorter so neither is cached too long.
-            let ttl = entry.entry_ttl.min(entry.attr_ttl);
-            let attr = file_attr(entry.node, &entry.attr);
-            if reply.add(INodeNo(entry.node), item.cookie, name, &ttl, &attr, Generation(entry.generation)) {
-                // Full: the kernel never sees this entry, so give its reference back.
-                self.fs.forget(entry.node, 1);
-                break;
-            }
-            added += 1;
-        }
-        reply.ok();
     }
 
     fn releasedir(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
