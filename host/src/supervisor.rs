@@ -11,7 +11,7 @@ use plugfs_plugin_api::host::LoadedFs;
 use plugfs_plugin_api::{Capabilities, MountOptions};
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, KeySeg};
 use crate::frontend::Mounted;
 use crate::registry::Registry;
 
@@ -52,6 +52,22 @@ fn prepare(config: &Config) -> Result<Vec<Prepared>, ConfigError> {
                 format!("plugin `{}` refused its settings: {}", lib.info().name, e.message),
             )
         })?;
+        let caps = fs.mount_capabilities();
+        if !m.options.default_permissions && !caps.checks_permissions {
+            let key = ["mount", "", "options", "default_permissions"]
+                .iter()
+                .map(|k| if k.is_empty() { KeySeg::Index(index) } else { KeySeg::Key(k.to_string()) })
+                .collect::<Vec<_>>();
+            return Err(config.error_at(
+                &key,
+                format!(
+                    "plugin `{}` does not check permissions itself (it lacks the checks-permissions \
+                     capability), so without the kernel's checks every caller could read and change \
+                     everything; remove this key or set it to true",
+                    lib.info().name
+                ),
+            ));
+        }
         let i = lib.info();
         let description = format!(
             "mount `{}`: plugin {} {} (ABI {}, {}) at {}",
@@ -190,6 +206,7 @@ pub fn describe_capabilities(c: &Capabilities) -> String {
         (c.case_sensitive, "case-sensitive"),
         (c.case_preserving, "case-preserving"),
         (c.nanosecond_times, "ns-times"),
+        (c.checks_permissions, "checks-permissions"),
     ];
     let mut parts: Vec<String> = flags.iter().filter(|(on, _)| *on).map(|(_, n)| n.to_string()).collect();
     parts.push(format!("names<={}B", c.max_name_len));

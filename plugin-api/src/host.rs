@@ -431,6 +431,12 @@ impl LoadedFs {
         &self.plugin
     }
 
+    /// This mount's capabilities: what the opened filesystem reported, or the plugin's
+    /// declared ones.
+    pub fn mount_capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
     /// Makes one call through the table and turns its status into a `Result`.
     fn call(&self, op: &'static str, req: &Request, f: impl FnOnce(*mut CallCtx) -> i32) -> Result<()> {
         let mut msg = [0u8; MSG_CAP];

@@ -181,6 +181,20 @@ fn a_setting_the_plugin_refuses_is_located_in_the_file() {
 }
 
 #[test]
+fn default_permissions_off_is_refused_for_a_plugin_that_does_not_check_permissions() {
+    let s = Setup::new();
+    let config = s.config(&format!(
+        "{}\n[[mount]]\nname = \"x\"\nplugin = \"memfs\"\nmountpoint = \"mnt\"\ncreate_mountpoint = true\n\
+         [mount.options]\ndefault_permissions = false\n",
+        plugin_dirs()
+    ));
+    let (code, _, err) = plugfs(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let want = ":10:1: key `mount[0].options.default_permissions`: plugin `memfs` does not check permissions itself";
+    assert!(err.contains(want), "expected {want:?} in:\n{err}");
+}
+
+#[test]
 fn an_unknown_plugin_name_lists_where_plugfs_looked() {
     let s = Setup::new();
     let config =
@@ -199,14 +213,13 @@ fn plugins_lists_every_plugin_with_its_abi_and_the_refusals() {
     for want in [
         "name:         memfs",
         "name:         durable-io",
-        "name:         abi-1.0-fixture",
-        "ABI:          1.0",
-        "ABI:          1.1",
+        "ABI:          2.0",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
     assert!(out.contains("capabilities: writable symlinks hard-links"), "{out}");
-    assert!(out.contains("plugin ABI 2.0 is incompatible with host plugin ABI 1.1"), "{out}");
+    assert!(out.contains("plugin ABI 1.0 is incompatible with host plugin ABI 2.0"), "{out}");
+    assert!(out.contains("plugin ABI 3.0 is incompatible with host plugin ABI 2.0"), "{out}");
 }
 
 #[test]
