@@ -214,3 +214,106 @@ fn the_same_library_loaded_twice_opens_independent_filesystems() {
     a.mkdir(&req(), ROOT_ID, OsStr::new("in-a"), 0o755).unwrap();
     assert_eq!(b.lookup(&req(), ROOT_ID, OsStr::new("in-a")).unwrap_err().errno(), Errno::ENOENT);
 }
+
+/// A listing collected through the host's readdirplus.
+struct PlusNames(Vec<String>);
+impl DirPlusSink for PlusNames {
+    fn add(&mut self, e: &DirEntry<'_>, _: &Entry) -> bool {
+        self.0.push(String::from_utf8_lossy(e.name).into_owned());
+        true
+    }
+}
+
+/// Every check the loader makes on a plugin's answers, against a plugin that breaks each
+/// rule on purpose (tests/fixtures/plugin-misbehaves, written against the raw ABI).
+#[test]
+fn every_invalid_answer_becomes_eio_with_a_log_line_and_counted_references_are_given_back() {
+    let logs = captured_logs();
+    let lib = PluginLibrary::load(&plugin_library("plugfs-fixture-misbehaves")).unwrap();
+    let fs = lib.open("", &MountOptions::default()).unwrap();
+    let look = |n: &str| fs.lookup(&req(), ROOT_ID, OsStr::new(n));
+
+    // Statuses: out of range is EIO; -errno is the errno, not a panic.
+    for name in ["errno-4096", "errno-huge", "node-zero", "root-id", "bad-kind", "bad-time"] {
+        assert_eq!(look(name).unwrap_err().errno(), Errno::EIO, "lookup of {name}");
+    }
+    assert_eq!(look("errno-negative").unwrap_err().errno(), Errno::EPERM);
+    // Within the ABI's range, but beyond what Linux's FUSE accepts: the FUSE frontend's
+    // business (see tests/tests/bad_plugins.rs).
+    assert_eq!(look("errno-512").unwrap_err().errno(), Errno(512));
+    assert_eq!(look("no-such-name").unwrap_err().errno(), Errno::ENOENT);
+
+    // Lengths beyond the buffer are EIO, never clamped.
+    let overlong = look("overlong").unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(fs.read(&req(), overlong.node, 1, 0, &mut buf).unwrap_err().errno(), Errno::EIO);
+    assert_eq!(fs.getxattr(&req(), overlong.node, OsStr::new("user.a"), &mut buf).unwrap_err().errno(), Errno::EIO);
+    assert_eq!(fs.getxattr(&req(), overlong.node, OsStr::new("user.a"), &mut []).unwrap(), 10, "a size query");
+    assert_eq!(fs.listxattr(&req(), overlong.node, &mut buf).unwrap_err().errno(), Errno::EIO);
+    assert_eq!(fs.write(&req(), overlong.node, 1, 0, b"four", 0).unwrap_err().errno(), Errno::EIO);
+    let err = fs.copy_file_range(&req(), overlong.node, 1, 0, overlong.node, 1, 50, 8, 0).unwrap_err();
+    assert_eq!(err.errno(), Errno::EIO);
+    assert_eq!(fs.lseek(&req(), overlong.node, 1, 0, Whence::Data).unwrap_err().errno(), Errno::EIO);
+    let link = look("link").unwrap();
+    assert_eq!(fs.readlink(&req(), link.node, &mut buf).unwrap_err().errno(), Errno::EIO);
+
+    // A create answered with the root's id: EIO, the reference and the handle given back.
+    assert_eq!(fs.create(&req(), ROOT_ID, OsStr::new("new"), 0o644, 0).unwrap_err().errno(), Errno::EIO);
+
+    let forgets = look("forgets").unwrap();
+    let mut text = [0u8; 64];
+    let n = fs.read(&req(), forgets.node, 1, 0, &mut text).unwrap();
+    // root-id (lookup) and create each counted a reference on the root; bad-kind and
+    // bad-time one each; overlong's was a good answer and is still held.
+    assert_eq!(std::str::from_utf8(&text[..n]).unwrap(), "1:2 3:1 4:1 5:0 release77:1\n");
+
+    // Listed names no directory may hold are dropped; the rest arrive, by both listings.
+    let mut names = Names(Vec::new());
+    fs.readdir(&req(), ROOT_ID, 0, 0, &mut names).unwrap();
+    assert_eq!(names.0, [".", "..", "good", "forgets", "overlong"]);
+    let mut plus = PlusNames(Vec::new());
+    fs.readdirplus(&req(), ROOT_ID, 0, 0, &mut plus).unwrap();
+    assert_eq!(plus.0, [".", "..", "good", "forgets", "overlong"]);
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let has = |needle: &str| text.lines().any(|l| l.contains("misbehaves-fixture") && l.contains(needle));
+    assert!(has("status 4096, which is no errno"), "{text}");
+    assert!(has("status 100000"), "{text}");
+    assert!(has("returned node 0"), "{text}");
+    assert!(has("root's id"), "{text}");
+    assert!(has("reported 17 bytes for a buffer of 16"), "{text}");
+    assert!(has("a name with '/' or NUL") && has("an empty name") && has("longer than its declared limit"), "{text}");
+    assert!(has("`.` or `..` as something other than a directory"), "{text}");
+    assert!(!text.lines().any(|l| l.contains("misbehaves-fixture") && l.contains("panicked")), "{text}");
+}
+
+#[test]
+fn a_panic_in_the_hosts_directory_sink_is_caught_before_it_unwinds_through_the_plugin() {
+    struct Broken;
+    impl DirSink for Broken {
+        fn add(&mut self, _: &DirEntry<'_>) -> bool {
+            panic!("the sink is broken");
+        }
+    }
+    struct BrokenPlus;
+    impl DirPlusSink for BrokenPlus {
+        fn add(&mut self, _: &DirEntry<'_>, _: &Entry) -> bool {
+            panic!("the sink is broken");
+        }
+    }
+    // Unwinding through the plugin's `extern "C"` frames would abort this whole process.
+    // (The fixture has no readdirplus of its own: the host's default then calls the sink
+    // from Rust, where a panic unwinds like any other.)
+    for (plugin, has_readdirplus) in [("plugfs-fixture-misbehaves", false), ("plugfs-memfs", true)] {
+        let fs = PluginLibrary::load(&plugin_library(plugin)).unwrap().open("", &MountOptions::default()).unwrap();
+        let h = fs.opendir(&req(), ROOT_ID, 0).unwrap().handle;
+        assert_eq!(fs.readdir(&req(), ROOT_ID, h, 0, &mut Broken).unwrap_err().errno(), Errno::EIO, "{plugin}");
+        if has_readdirplus {
+            let err = fs.readdirplus(&req(), ROOT_ID, h, 0, &mut BrokenPlus).unwrap_err();
+            assert_eq!(err.errno(), Errno::EIO, "{plugin}");
+        }
+        let mut names = Names(Vec::new());
+        fs.readdir(&req(), ROOT_ID, h, 0, &mut names).unwrap();
+        assert!(names.0.contains(&"..".to_string()), "{plugin} still serves");
+    }
+}

@@ -210,11 +210,7 @@ fn plugins_lists_every_plugin_with_its_abi_and_the_refusals() {
     let dir = target_dir();
     let (code, out, err) = plugfs(&["plugins", "--dir", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    for want in [
-        "name:         memfs",
-        "name:         durable-io",
-        "ABI:          2.0",
-    ] {
+    for want in ["name:         memfs", "name:         durable-io", "ABI:          2.0"] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
     assert!(out.contains("capabilities: writable symlinks hard-links"), "{out}");

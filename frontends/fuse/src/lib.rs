@@ -45,7 +45,7 @@ use plugfs_plugin_api::{
     Attr, DirEntry, DirPlusSink, DirSink, Entry, Errno, Error, FileKind, FileSystem, NodeId, Opened, RenameFlags,
     Request, SetAttr, SetTime, Timestamp, Whence,
 };
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 /// How a filesystem is mounted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -267,8 +267,19 @@ fn request(req: &fuser::Request) -> Request {
 /// Logs a failed plugin call and converts its errno (already Linux's numbers).
 fn fail(op: &'static str, node: u64, error: &Error) -> fuser::Errno {
     debug!(op, node, errno = ?error.errno(), message = error.message().unwrap_or(""), "plugin call failed");
-    fuser::Errno::from_i32(error.errno().0)
+    let errno = error.errno().0;
+    // Linux rejects a FUSE reply whose error is 512 or more without completing the request
+    // (the caller would hang until killed). The loader lets errnos up to 4095 through, for
+    // other frontends; here they become EIO.
+    if !(1..KERNEL_ERRNO_LIMIT).contains(&errno) {
+        error!(op, node, errno, "an errno the kernel does not accept; answering EIO");
+        return fuser::Errno::EIO;
+    }
+    fuser::Errno::from_i32(errno)
 }
+
+/// The first errno Linux's FUSE refuses in a reply (`fuse_dev_do_write`).
+const KERNEL_ERRNO_LIMIT: i32 = 512;
 
 /// Refuses names a plugin must never see. The kernel never sends them; this is defence
 /// against a confused caller, not a filesystem rule.
