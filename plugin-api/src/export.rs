@@ -696,3 +696,38 @@ unsafe fn write_attr(out_attr: *mut RawAttr, out_ttl_ns: *mut u64, a: &AttrOut) 
         *out_ttl_ns = ttl_ns(a.ttl);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    struct Minimal;
+    impl FileSystem for Minimal {
+        fn lookup(&self, _: &Request, _: NodeId, _: &OsStr) -> Result<Entry> {
+            Err(Errno::ENOENT.into())
+        }
+        fn getattr(&self, _: &Request, _: NodeId, _: Option<Handle>) -> Result<AttrOut> {
+            Err(Errno::ENOENT.into())
+        }
+        fn read(&self, _: &Request, _: NodeId, _: Handle, _: u64, _: &mut [u8]) -> Result<usize> {
+            Ok(0)
+        }
+        fn readdir(&self, _: &Request, _: NodeId, _: Handle, _: u64, _: &mut dyn DirSink) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Adding an entry to `FsVTable` without an export shim leaves it `None` here.
+    #[test]
+    fn export_table_has_every_operation() {
+        const WORDS: usize = std::mem::size_of::<FsVTable>() / std::mem::size_of::<usize>();
+        let table = VTable::<Minimal>::TABLE;
+        // SAFETY: the table is a size followed by nullable function pointers, all one word.
+        let words: [usize; WORDS] = unsafe { std::mem::transmute(table) };
+        assert_eq!(words[0], std::mem::size_of::<FsVTable>());
+        for (i, w) in words.iter().enumerate().skip(1) {
+            assert_ne!(*w, 0, "entry {i} of FsVTable has no export shim");
+        }
+    }
+}
