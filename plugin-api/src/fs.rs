@@ -215,7 +215,7 @@ pub trait FileSystem: Send + Sync + 'static {
     }
 
     /// Allocates or deallocates space; `mode` is a [`fallocate_mode`] combination.
-    /// *Added in ABI 1.1.*
+    /// *Since ABI 1.1.*
     fn fallocate(
         &self,
         req: &Request,
@@ -231,7 +231,7 @@ pub trait FileSystem: Send + Sync + 'static {
 
     /// Copies a byte range between two open files inside this filesystem and returns how
     /// many bytes were copied. The default answers `EOPNOTSUPP`, on which the kernel falls
-    /// back to reading and writing. *Added in ABI 1.1.*
+    /// back to reading and writing. *Since ABI 1.1.*
     fn copy_file_range(
         &self,
         req: &Request,
@@ -249,7 +249,7 @@ pub trait FileSystem: Send + Sync + 'static {
     }
 
     /// Finds data or holes (`SEEK_DATA`/`SEEK_HOLE`). The default treats the whole file as
-    /// data, which is correct for any filesystem without sparse files. *Added in ABI 1.1.*
+    /// data, which is correct for any filesystem without sparse files. *Since ABI 1.1.*
     fn lseek(&self, req: &Request, node: NodeId, handle: Handle, offset: i64, whence: Whence) -> Result<u64> {
         defaults::lseek(self, req, node, handle, offset, whence)
     }
