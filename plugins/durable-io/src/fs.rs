@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use plugfs_plugin_api::{
-    AttrOut, DirEntry, DirSink, Entry, Errno, Error, FileKind, FileSystem, Handle, NodeId, OpenError, Opened, ROOT_ID,
-    RenameFlags, Request, Result, SetAttr, SetTime, StatFs, Whence, open_flags,
+    AttrOut, Capabilities, DirEntry, DirSink, Entry, Errno, Error, FileKind, FileSystem, Handle, NodeId, OpenError,
+    Opened, ROOT_ID, RenameFlags, Request, Result, SetAttr, SetTime, StatFs, Whence, open_flags,
 };
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, SeekFrom, Statx, Timespec, Timestamps, XattrFlags};
 
@@ -18,6 +18,7 @@ use crate::creds::AsCaller;
 use crate::durability::{Durability, sync_fd, sync_node};
 use crate::handles::{DirHandle, FileHandle, HandleTable, Open};
 use crate::nodes::{NodeRef, NodeTable};
+use crate::probe::{Probed, probe_dir};
 use crate::sys::{ProcFd, attr_from_statx, check_name, decode_dev, err, inode_key, open_beneath, stat_fd};
 
 /// How long the kernel may cache names and attributes. Short, because the backing directory
@@ -31,6 +32,16 @@ const DIRECT_ALIGN: usize = 4096;
 /// How often `create` retries when the name it found existing vanished before it could be
 /// opened (a race with a concurrent unlink).
 const CREATE_RETRIES: usize = 8;
+
+/// What a creation asked for, for [`DurableIo::restore_mode`].
+#[derive(Clone, Copy)]
+struct Created {
+    /// The mode the caller asked for (already masked by the caller's umask).
+    mode: u32,
+    /// The descriptor of the new node was opened by name after the creation, so it may be
+    /// something else by now; this is the kind that was created.
+    verify: Option<FileKind>,
+}
 
 /// A local directory served as a plugfs filesystem. Built by
 /// [`DurableIoPlugin`](crate::DurableIoPlugin) from its config, or directly with
@@ -46,6 +57,10 @@ pub struct DurableIo {
     /// The root's backing inode number, shown for the root's `..` instead of whatever lies
     /// outside the root.
     root_ino: u64,
+    /// What the backing filesystem supports, probed at open (see `probe.rs`).
+    caps: Capabilities,
+    /// `FICLONE` works on the backing filesystem.
+    reflink: bool,
     /// Syncs made so far, so tests can check the policy without tracing syscalls.
     file_syncs: AtomicU64,
     dir_syncs: AtomicU64,
@@ -69,6 +84,17 @@ impl DurableIo {
             })?;
         let st = stat_fd(root_fd.as_fd()).map_err(|e| bad_root(format!("cannot be examined: {e}")))?;
         let proc = ProcFd::open().map_err(OpenError::other)?;
+        // The very directory `root_fd` holds, whatever happened to the path since.
+        let probed = match proc.reopen(root_fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY) {
+            Ok(dir) => probe_dir(dir.as_fd(), !read_only),
+            // Only a root the host cannot read: no probe, the POSIX answers.
+            Err(e) => {
+                tracing::warn!("durable-io: cannot probe {}: {e}", root.display());
+                Probed { capabilities: Capabilities::POSIX, reflink: false }
+            }
+        };
+        let mut caps = probed.capabilities;
+        caps.writable &= !read_only;
         Ok(DurableIo {
             nodes: NodeTable::new(root_fd, inode_key(&st)),
             handles: HandleTable::new(),
@@ -77,9 +103,24 @@ impl DurableIo {
             read_only,
             as_caller: rustix::process::geteuid().is_root(),
             root_ino: st.stx_ino,
+            caps,
+            reflink: probed.reflink,
             file_syncs: AtomicU64::new(0),
             dir_syncs: AtomicU64::new(0),
         })
+    }
+
+    /// What this mount supports, as probed on its backing directory when it was opened
+    /// (xattrs, fallocate, holes, case sensitivity, ...; see [`crate::probe`]). Not
+    /// writable on a read-only mount.
+    pub fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    /// Whether the backing filesystem can share blocks between files (`FICLONE`), so
+    /// `copy_file_range` there is a cheap clone.
+    pub fn supports_reflink(&self) -> bool {
+        self.reflink
     }
 
     /// The durability mode this filesystem runs in.
@@ -122,6 +163,14 @@ impl DurableIo {
         if self.read_only { Err(Errno::EROFS.into()) } else { Ok(()) }
     }
 
+    fn check_xattrs(&self) -> Result<()> {
+        if self.caps.xattrs {
+            Ok(())
+        } else {
+            Err(Error::with_message(Errno::ENOTSUP, "durable-io: the backing filesystem has no user xattrs"))
+        }
+    }
+
     fn as_caller(&self, req: &Request) -> Result<AsCaller> {
         AsCaller::enter(self.as_caller, req)
     }
@@ -151,27 +200,72 @@ impl DurableIo {
     }
 
     /// Completes a creation: restores permission bits the host process's umask took away
-    /// (the caller's umask has already been applied to `mode`), syncs in `always` mode,
-    /// and hands out the entry. `mode` is `None` when nothing was created (a new link).
-    fn finish_create(&self, fd: OwnedFd, mode: Option<u32>, parent: &NodeRef, sync_new: bool) -> Result<Entry> {
+    /// (see [`Self::restore_mode`]), syncs in `always` mode, and hands out the entry.
+    /// `created` is `None` when nothing was created (a new link).
+    fn finish_create(
+        &self,
+        req: &Request,
+        fd: OwnedFd,
+        created: Option<Created>,
+        parent: &NodeRef,
+        sync_new: bool,
+    ) -> Result<Entry> {
         let mut st = stat_fd(fd.as_fd())?;
         let kind = FileKind::from_mode(st.stx_mode.into()).unwrap_or(FileKind::File);
-        if let Some(mode) = mode.filter(|_| kind != FileKind::Symlink) {
-            let perm = u32::from(st.stx_mode) & 0o7777;
-            let missing = mode & 0o777 & !perm;
-            if missing != 0 {
-                rustix::fs::chmodat(
-                    self.proc.dir(),
-                    ProcFd::name(fd.as_fd()),
-                    Mode::from_raw_mode(perm | missing),
-                    AtFlags::empty(),
-                )
-                .map_err(err)?;
-                st = stat_fd(fd.as_fd())?;
-            }
+        if let Some(created) = created.filter(|_| kind != FileKind::Symlink) {
+            st = self.restore_mode(req, fd.as_fd(), st, created)?;
         }
         self.sync_change(sync_new.then_some((fd.as_fd(), kind)), &[parent])?;
         Ok(self.entry(fd, &st))
+    }
+
+    /// The caller's mode arrives already masked by the caller's umask; the host process's
+    /// umask masks it a second time, so the bits (`0o777` only) it took away are put back.
+    ///
+    /// Why not set the umask to 0 instead: the umask belongs to the whole host process
+    /// (threads share it), so other plugins and the host itself would create files with
+    /// modes they never asked for while it is changed. And `mkdirat`/`mknodat` give no
+    /// descriptor of what they made, so the fix-up cannot be atomic with the creation.
+    /// Instead it is made safe against the name being swapped in between by a process
+    /// working directly in the backing directory:
+    ///
+    /// - it changes the inode behind `fd`, an `O_PATH | O_NOFOLLOW` descriptor opened right
+    ///   after the creation (through `/proc/self/fd`, so it is that inode whatever happens
+    ///   to the name later);
+    /// - when `fd` was opened by name ([`Created::verify`]), only if that inode looks like
+    ///   the one just created: the same kind, owned by the creator, and no permission bit
+    ///   beyond the requested mode;
+    /// - and as the caller, so the kernel refuses it unless the caller owns the inode: a
+    ///   swapped-in object of somebody else can never be changed.
+    fn restore_mode(&self, req: &Request, fd: BorrowedFd<'_>, st: Statx, created: Created) -> Result<Statx> {
+        let perm = u32::from(st.stx_mode) & 0o7777;
+        let missing = created.mode & 0o777 & !perm;
+        if missing == 0 {
+            return Ok(st);
+        }
+        if let Some(kind) = created.verify {
+            let creator = if self.as_caller { req.uid } else { rustix::process::geteuid().as_raw() };
+            let same_kind = FileKind::from_mode(st.stx_mode.into()) == Some(kind);
+            if !same_kind || st.stx_uid != creator || perm & 0o777 & !created.mode != 0 {
+                tracing::warn!(
+                    uid = st.stx_uid,
+                    mode = format_args!("{:o}", st.stx_mode),
+                    "durable-io: the name of a new {kind:?} was replaced before its mode was set; left as it is"
+                );
+                return Ok(st);
+            }
+        }
+        {
+            let _caller = self.as_caller(req)?;
+            rustix::fs::chmodat(
+                self.proc.dir(),
+                ProcFd::name(fd),
+                Mode::from_raw_mode(perm | missing),
+                AtFlags::empty(),
+            )
+            .map_err(err)?;
+        }
+        stat_fd(fd)
     }
 
     /// The open(2) flags of a backing file for the caller's `flags`, and whether it is
@@ -225,12 +319,51 @@ impl DurableIo {
         if self.durability.sync_changes() { self.sync_open(fd, FileKind::File, false) } else { Ok(()) }
     }
 
-    fn remove(&self, parent: NodeId, name: &OsStr, flags: AtFlags) -> Result<()> {
+    fn remove(&self, req: &Request, parent: NodeId, name: &OsStr, flags: AtFlags) -> Result<()> {
         self.check_writable()?;
         check_name(name)?;
         let p = self.node(parent)?;
-        rustix::fs::unlinkat(p.fd.as_fd(), name, flags).map_err(err)?;
+        {
+            let _caller = self.as_caller(req)?;
+            rustix::fs::unlinkat(p.fd.as_fd(), name, flags).map_err(err)?;
+        }
         self.sync_change(None, &[&p])
+    }
+
+    /// The changes of one `setattr`, in order. Ownership first: chown clears setuid/setgid,
+    /// which a mode set in the same call must be able to put back.
+    fn change_attrs(&self, n: &NodeRef, set: &SetAttr) -> Result<()> {
+        if set.uid.is_some() || set.gid.is_some() {
+            rustix::fs::chownat(
+                n.fd.as_fd(),
+                c"",
+                set.uid.map(rustix::fs::Uid::from_raw),
+                set.gid.map(rustix::fs::Gid::from_raw),
+                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(err)?;
+        }
+        if let Some(mode) = set.mode {
+            // Linux has no symlink permissions (lchmod is ENOTSUP); going through the magic
+            // link would change the bits the kernel ignores anyway.
+            if n.kind == FileKind::Symlink {
+                return Err(Errno::EOPNOTSUPP.into());
+            }
+            rustix::fs::chmodat(
+                self.proc.dir(),
+                ProcFd::name(n.fd.as_fd()),
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(err)?;
+        }
+        if let Some(size) = set.size {
+            self.truncate(n, set.handle, size)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            self.set_times(n, set.atime, set.mtime)?;
+        }
+        Ok(())
     }
 
     fn set_times(&self, n: &NodeRef, atime: Option<SetTime>, mtime: Option<SetTime>) -> Result<()> {
@@ -336,9 +469,13 @@ fn dirent_kind(t: FileType) -> Option<FileKind> {
 }
 
 impl FileSystem for DurableIo {
-    fn lookup(&self, _req: &Request, parent: NodeId, name: &OsStr) -> Result<Entry> {
+    fn lookup(&self, req: &Request, parent: NodeId, name: &OsStr) -> Result<Entry> {
         let p = self.node(parent)?;
-        let fd = open_beneath(p.fd.as_fd(), name, OFlags::PATH, Mode::empty())?;
+        // As the caller: looking up needs search permission on the parent.
+        let fd = {
+            let _caller = self.as_caller(req)?;
+            open_beneath(p.fd.as_fd(), name, OFlags::PATH, Mode::empty())?
+        };
         let st = stat_fd(fd.as_fd())?;
         Ok(self.entry(fd, &st))
     }
@@ -366,37 +503,12 @@ impl FileSystem for DurableIo {
         if changes {
             self.check_writable()?;
         }
-        // Ownership first: chown clears setuid/setgid, which a mode set in the same call
-        // must be able to put back.
-        if set.uid.is_some() || set.gid.is_some() {
-            rustix::fs::chownat(
-                n.fd.as_fd(),
-                c"",
-                set.uid.map(rustix::fs::Uid::from_raw),
-                set.gid.map(rustix::fs::Gid::from_raw),
-                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(err)?;
-        }
-        if let Some(mode) = set.mode {
-            // Linux has no symlink permissions (lchmod is ENOTSUP); going through the magic
-            // link would change the bits the kernel ignores anyway.
-            if n.kind == FileKind::Symlink {
-                return Err(Errno::EOPNOTSUPP.into());
-            }
-            rustix::fs::chmodat(
-                self.proc.dir(),
-                ProcFd::name(n.fd.as_fd()),
-                Mode::from_raw_mode(mode & 0o7777),
-                AtFlags::empty(),
-            )
-            .map_err(err)?;
-        }
-        if let Some(size) = set.size {
-            self.truncate(&n, set.handle, size)?;
-        }
-        if set.atime.is_some() || set.mtime.is_some() {
-            self.set_times(&n, set.atime, set.mtime)?;
+        if changes {
+            // Every change as the caller: the kernel then applies its own rules (only the
+            // owner may chmod or set times, only root may give a file away, chgrp only to
+            // one of the caller's groups, truncation needs write permission).
+            let _caller = self.as_caller(req)?;
+            self.change_attrs(&n, set)?;
         }
         if changes {
             self.sync_change(Some((n.fd.as_fd(), n.kind)), &[])?;
@@ -443,8 +555,12 @@ impl FileSystem for DurableIo {
             )
             .map_err(err)?;
         }
-        let fd = open_beneath(p.fd.as_fd(), name, OFlags::PATH, Mode::empty())?;
-        self.finish_create(fd, Some(mode), &p, true)
+        let fd = {
+            let _caller = self.as_caller(req)?;
+            open_beneath(p.fd.as_fd(), name, OFlags::PATH, Mode::empty())?
+        };
+        let kind = FileKind::from_mode(mode).unwrap_or(FileKind::File);
+        self.finish_create(req, fd, Some(Created { mode, verify: Some(kind) }), &p, true)
     }
 
     fn mkdir(&self, req: &Request, parent: NodeId, name: &OsStr, mode: u32) -> Result<Entry> {
@@ -455,16 +571,19 @@ impl FileSystem for DurableIo {
             let _caller = self.as_caller(req)?;
             rustix::fs::mkdirat(p.fd.as_fd(), name, Mode::from_raw_mode(mode & 0o7777)).map_err(err)?;
         }
-        let fd = open_beneath(p.fd.as_fd(), name, OFlags::PATH, Mode::empty())?;
-        self.finish_create(fd, Some(mode), &p, true)
+        let fd = {
+            let _caller = self.as_caller(req)?;
+            open_beneath(p.fd.as_fd(), name, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())?
+        };
+        self.finish_create(req, fd, Some(Created { mode, verify: Some(FileKind::Directory) }), &p, true)
     }
 
-    fn unlink(&self, _req: &Request, parent: NodeId, name: &OsStr) -> Result<()> {
-        self.remove(parent, name, AtFlags::empty())
+    fn unlink(&self, req: &Request, parent: NodeId, name: &OsStr) -> Result<()> {
+        self.remove(req, parent, name, AtFlags::empty())
     }
 
-    fn rmdir(&self, _req: &Request, parent: NodeId, name: &OsStr) -> Result<()> {
-        self.remove(parent, name, AtFlags::REMOVEDIR)
+    fn rmdir(&self, req: &Request, parent: NodeId, name: &OsStr) -> Result<()> {
+        self.remove(req, parent, name, AtFlags::REMOVEDIR)
     }
 
     fn symlink(&self, req: &Request, parent: NodeId, name: &OsStr, target: &OsStr) -> Result<Entry> {
@@ -476,7 +595,7 @@ impl FileSystem for DurableIo {
             rustix::fs::symlinkat(target, p.fd.as_fd(), name).map_err(err)?;
         }
         let fd = open_beneath(p.fd.as_fd(), name, OFlags::PATH, Mode::empty())?;
-        self.finish_create(fd, None, &p, true)
+        self.finish_create(req, fd, None, &p, true)
     }
 
     fn link(&self, req: &Request, node: NodeId, new_parent: NodeId, new_name: &OsStr) -> Result<Entry> {
@@ -501,12 +620,12 @@ impl FileSystem for DurableIo {
             .map_err(err)?;
         }
         let fd = open_beneath(p.fd.as_fd(), new_name, OFlags::PATH, Mode::empty())?;
-        self.finish_create(fd, None, &p, true)
+        self.finish_create(req, fd, None, &p, true)
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: NodeId,
         name: &OsStr,
         new_parent: NodeId,
@@ -521,18 +640,21 @@ impl FileSystem for DurableIo {
         check_name(new_name)?;
         let p = self.node(parent)?;
         let np = self.node(new_parent)?;
-        rustix::fs::renameat_with(
-            p.fd.as_fd(),
-            name,
-            np.fd.as_fd(),
-            new_name,
-            rustix::fs::RenameFlags::from_bits_retain(flags.0),
-        )
-        .map_err(err)?;
+        {
+            let _caller = self.as_caller(req)?;
+            rustix::fs::renameat_with(
+                p.fd.as_fd(),
+                name,
+                np.fd.as_fd(),
+                new_name,
+                rustix::fs::RenameFlags::from_bits_retain(flags.0),
+            )
+            .map_err(err)?;
+        }
         self.sync_change(None, &[&p, &np])
     }
 
-    fn open(&self, _req: &Request, node: NodeId, flags: i32) -> Result<Opened> {
+    fn open(&self, req: &Request, node: NodeId, flags: i32) -> Result<Opened> {
         let n = self.node(node)?;
         match n.kind {
             FileKind::File => {}
@@ -543,7 +665,11 @@ impl FileSystem for DurableIo {
             _ => return Err(Errno::ENXIO.into()),
         }
         let (oflags, writable) = self.file_flags(flags)?;
-        let fd = self.proc.reopen(n.fd.as_fd(), oflags)?;
+        // As the caller: the kernel checks read/write permission on the inode.
+        let fd = {
+            let _caller = self.as_caller(req)?;
+            self.proc.reopen(n.fd.as_fd(), oflags)?
+        };
         if flags & open_flags::O_TRUNC != 0 {
             self.sync_data_change(fd.as_fd())?;
         }
@@ -576,7 +702,11 @@ impl FileSystem for DurableIo {
                 Err(e) if e.errno() == Errno::EEXIST && !exclusive => {}
                 Err(e) => return Err(e),
             }
-            let existing = match open_beneath(p.fd.as_fd(), name, OFlags::PATH, Mode::empty()) {
+            let existing = {
+                let _caller = self.as_caller(req)?;
+                open_beneath(p.fd.as_fd(), name, OFlags::PATH, Mode::empty())
+            };
+            let existing = match existing {
                 Ok(fd) => fd,
                 Err(e) if e.errno() == Errno::ENOENT && tries < CREATE_RETRIES => {
                     tries += 1;
@@ -597,7 +727,9 @@ impl FileSystem for DurableIo {
             self.sync_data_change(fd.as_fd())?;
         }
         let node_fd = self.proc.reopen(fd.as_fd(), OFlags::PATH)?;
-        let entry = self.finish_create(node_fd, created.then_some(mode), &p, false)?;
+        // The descriptor is of the very file the O_EXCL open made: nothing to verify.
+        let created = created.then_some(Created { mode, verify: None });
+        let entry = self.finish_create(req, node_fd, created, &p, false)?;
         let opened = Opened { handle: self.file_handle(fd, flags, writable), ..Opened::default() };
         Ok((entry, opened))
     }
@@ -662,12 +794,16 @@ impl FileSystem for DurableIo {
         self.sync_open(open.fd(), FileKind::Directory, datasync)
     }
 
-    fn opendir(&self, _req: &Request, node: NodeId, _flags: i32) -> Result<Opened> {
+    fn opendir(&self, req: &Request, node: NodeId, _flags: i32) -> Result<Opened> {
         let n = self.node(node)?;
         if n.kind != FileKind::Directory {
             return Err(Errno::ENOTDIR.into());
         }
-        let fd = self.proc.reopen(n.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)?;
+        // As the caller: listing needs read permission.
+        let fd = {
+            let _caller = self.as_caller(req)?;
+            self.proc.reopen(n.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)?
+        };
         let handle = self.handles.insert(Open::Dir(Arc::new(DirHandle::new(fd, node == ROOT_ID))));
         Ok(Opened { handle, ..Opened::default() })
     }
@@ -738,34 +874,47 @@ impl FileSystem for DurableIo {
 
     // Extended attributes go through the magic-link path: the kernel resolves it to the very
     // inode the node's fd holds, for every kind (symlinks and special files included) and
-    // without opening it. The kernel's own rules then apply, e.g. EPERM for user.* on a
-    // symlink.
-    fn setxattr(&self, _req: &Request, node: NodeId, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    // without opening it. They are accessed as the caller, so the kernel's own rules apply:
+    // EPERM for user.* on a symlink, write permission to set user.*, read permission to get
+    // them, trusted.* and security.* changes only for root.
+    fn setxattr(&self, req: &Request, node: NodeId, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         self.check_writable()?;
+        self.check_xattrs()?;
         let n = self.node(node)?;
         let flags = u32::try_from(flags).ok().and_then(XattrFlags::from_bits).ok_or(Errno::EINVAL)?;
-        rustix::fs::setxattr(ProcFd::path(n.fd.as_fd()), name, value, flags).map_err(err)?;
+        {
+            let _caller = self.as_caller(req)?;
+            rustix::fs::setxattr(ProcFd::path(n.fd.as_fd()), name, value, flags).map_err(err)?;
+        }
         self.sync_change(Some((n.fd.as_fd(), n.kind)), &[])
     }
 
-    fn getxattr(&self, _req: &Request, node: NodeId, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
+    fn getxattr(&self, req: &Request, node: NodeId, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
+        self.check_xattrs()?;
         let n = self.node(node)?;
         let path = ProcFd::path(n.fd.as_fd());
+        let _caller = self.as_caller(req)?;
         // rustix does not treat an empty buffer as the size query the kernel does.
         if buf.is_empty() { rustix::fs::getxattr_query(path, name) } else { rustix::fs::getxattr(path, name, buf) }
             .map_err(err)
     }
 
-    fn listxattr(&self, _req: &Request, node: NodeId, buf: &mut [u8]) -> Result<usize> {
+    fn listxattr(&self, req: &Request, node: NodeId, buf: &mut [u8]) -> Result<usize> {
+        self.check_xattrs()?;
         let n = self.node(node)?;
         let path = ProcFd::path(n.fd.as_fd());
+        let _caller = self.as_caller(req)?;
         if buf.is_empty() { rustix::fs::listxattr_query(path) } else { rustix::fs::listxattr(path, buf) }.map_err(err)
     }
 
-    fn removexattr(&self, _req: &Request, node: NodeId, name: &OsStr) -> Result<()> {
+    fn removexattr(&self, req: &Request, node: NodeId, name: &OsStr) -> Result<()> {
         self.check_writable()?;
+        self.check_xattrs()?;
         let n = self.node(node)?;
-        rustix::fs::removexattr(ProcFd::path(n.fd.as_fd()), name).map_err(err)?;
+        {
+            let _caller = self.as_caller(req)?;
+            rustix::fs::removexattr(ProcFd::path(n.fd.as_fd()), name).map_err(err)?;
+        }
         self.sync_change(Some((n.fd.as_fd(), n.kind)), &[])
     }
 
@@ -779,6 +928,9 @@ impl FileSystem for DurableIo {
         mode: i32,
     ) -> Result<()> {
         self.check_writable()?;
+        if !self.caps.fallocate {
+            return Err(Error::with_message(Errno::EOPNOTSUPP, "durable-io: the backing filesystem has no fallocate"));
+        }
         let fh = self.handles.file(handle)?;
         let mode = u32::try_from(mode).map_err(|_| Errno::EINVAL)?;
         fh.dirty.store(true, Ordering::Release);

@@ -6,8 +6,9 @@
 //!
 //! This file is the plugin glue (description and config); [`DurableIo`] in `fs.rs` does
 //! the work, over the node table (`nodes.rs`), the handle table (`handles.rs`), the
-//! durability policy (`durability.rs`), the per-thread caller credentials (`creds.rs`) and
-//! the syscall helpers (`sys.rs`).
+//! durability policy (`durability.rs`), the per-thread caller credentials (`creds.rs`), the
+//! probe of what the backing filesystem supports (`probe.rs`) and the syscall helpers
+//! (`sys.rs`).
 
 #![warn(missing_docs)]
 
@@ -16,6 +17,7 @@ mod durability;
 mod fs;
 mod handles;
 mod nodes;
+pub mod probe;
 mod sys;
 
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ use serde::Deserialize;
 
 pub use durability::Durability;
 pub use fs::{DurableIo, TTL};
+pub use probe::{Probed, probe};
 
 /// The plugin's config table.
 #[derive(Debug, Deserialize)]

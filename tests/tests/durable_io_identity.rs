@@ -1,0 +1,71 @@
+//! durable-io enforces permissions itself: mounted through `plugfs mount` *without*
+//! `default_permissions`, the kernel checks nothing, and an unprivileged user must still be
+//! refused what the backing filesystem would refuse it.
+
+use std::path::{Path, PathBuf};
+
+use plugfs_tests::{Host, target_dir};
+
+fn config(dir: &Path) -> PathBuf {
+    let text = format!(
+        "[host]\nplugin_dirs = [{:?}]\n\n[[mount]]\nname = \"data\"\nplugin = \"durable-io\"\nmountpoint = \"mnt\"\n\
+         create_mountpoint = true\n[mount.options]\nallow_other = true\ndefault_permissions = false\n\
+         [mount.config]\nroot = \"data\"\ncreate_root = true\n",
+        target_dir().to_str().unwrap()
+    );
+    let p = dir.join("plugfs.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn without_default_permissions_durable_io_still_refuses_an_unprivileged_user() {
+    let dir = tempfile::tempdir().unwrap();
+    // The unprivileged user must be able to reach the mount.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mnt = dir.path().join("mnt");
+    let mut host = Host::start(&config(dir.path()), &[&mnt]);
+    let checked = plugfs_conformance::permission_checks(&mnt, 65534, 65534);
+    host.signal_and_wait(libc::SIGTERM);
+    checked.unwrap_or_else(|why| panic!("{why}\n{}", host.stderr()));
+}
+
+/// Runs `sh -c script` in `cwd` as 65534:65534 with the supplementary `groups`.
+fn sh_as_nobody(cwd: &Path, groups: &[u32], script: &str) -> bool {
+    use std::os::unix::process::CommandExt;
+    let groups = groups.to_vec();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", script]).current_dir(cwd);
+    // SAFETY: only raw syscalls between fork and exec; the child has one thread.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ok = libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0
+                && libc::syscall(libc::SYS_setgid, 65534) == 0
+                && libc::syscall(libc::SYS_setuid, 65534) == 0;
+            if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        })
+    };
+    cmd.status().unwrap().success()
+}
+
+#[test]
+fn through_a_mount_a_supplementary_group_grants_access_and_its_absence_refuses_it() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mnt = dir.path().join("mnt");
+    let mut host = Host::start(&config(dir.path()), &[&mnt]);
+    let team = dir.path().join("data/team");
+    std::fs::create_dir(&team).unwrap();
+    std::os::unix::fs::chown(&team, Some(0), Some(4242)).unwrap();
+    std::fs::set_permissions(&team, std::os::unix::fs::PermissionsExt::from_mode(0o2770)).unwrap();
+
+    let outsider = sh_as_nobody(&mnt, &[], "echo x > team/outsider");
+    let member = sh_as_nobody(&mnt, &[4242], "echo x > team/member && cat team/member");
+    let stderr = host.stderr();
+    host.signal_and_wait(libc::SIGTERM);
+    assert!(!outsider, "a user without the group wrote into a 0770 directory");
+    assert!(member, "a member of the directory's group could not write into it\n{stderr}");
+    let md = std::fs::metadata(team.join("member")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (65534, 4242));
+}
