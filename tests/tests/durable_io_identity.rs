@@ -69,3 +69,49 @@ fn through_a_mount_a_supplementary_group_grants_access_and_its_absence_refuses_i
     let md = std::fs::metadata(team.join("member")).unwrap();
     assert_eq!((md.uid(), md.gid()), (65534, 4242));
 }
+
+/// `ls -i`, `find -inum`, tar and rsync -H see one number per file: `st_ino` equals the
+/// backing inode and `d_ino` from both listings, and a remount keeps it.
+#[test]
+fn inode_numbers_through_a_mount_are_the_backing_ones_in_stat_and_readdir_and_survive_a_remount() {
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    for name in ["a", "b", "sub/c"] {
+        std::fs::write(data.join(name), name).unwrap();
+    }
+    std::fs::hard_link(data.join("a"), data.join("a-link")).unwrap();
+    let backing = |name: &str| std::fs::symlink_metadata(data.join(name)).unwrap().ino();
+
+    let mut seen = Vec::new();
+    for round in 0..2 {
+        let mut host = Host::start(&config(dir.path()), &[&mnt]);
+        let mut listed = Vec::new();
+        for (parent, names) in [("", vec!["a", "b", "a-link", "sub"]), ("sub", vec!["c"])] {
+            // The first listing of a directory goes through readdirplus, a second through
+            // readdir (the kernel has the entries cached by then): check both.
+            for _ in 0..2 {
+                for e in std::fs::read_dir(mnt.join(parent)).unwrap() {
+                    let e = e.unwrap();
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if names.contains(&name.as_str()) {
+                        let rel = if parent.is_empty() { name.clone() } else { format!("{parent}/{name}") };
+                        let st_ino = std::fs::symlink_metadata(mnt.join(&rel)).unwrap().ino();
+                        assert_eq!(e.ino(), st_ino, "d_ino of {rel} (round {round})");
+                        assert_eq!(st_ino, backing(&rel), "st_ino of {rel} is the backing inode (round {round})");
+                        listed.push((rel, st_ino));
+                    }
+                }
+            }
+        }
+        let a = std::fs::symlink_metadata(mnt.join("a")).unwrap();
+        assert_eq!(a.ino(), std::fs::symlink_metadata(mnt.join("a-link")).unwrap().ino(), "hard links share one");
+        listed.sort();
+        seen.push(listed);
+        host.signal_and_wait(libc::SIGTERM);
+    }
+    assert_eq!(seen[0], seen[1], "a remount keeps every number");
+    assert_eq!(seen[0].len(), 10);
+}

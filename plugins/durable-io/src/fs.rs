@@ -95,13 +95,17 @@ impl DurableIo {
         };
         let mut caps = probed.capabilities;
         caps.writable &= !read_only;
+        // Only a root host can act as each caller; otherwise every caller would act as
+        // the host's user, and the kernel's checks are all there is.
+        let as_caller = rustix::process::geteuid().is_root();
+        caps.checks_permissions = as_caller;
         Ok(DurableIo {
             nodes: NodeTable::new(root_fd, inode_key(&st)),
             handles: HandleTable::new(),
             proc,
             durability,
             read_only,
-            as_caller: rustix::process::geteuid().is_root(),
+            as_caller,
             root_ino: st.stx_ino,
             caps,
             reflink: probed.reflink,
@@ -177,8 +181,8 @@ impl DurableIo {
 
     fn entry(&self, fd: OwnedFd, st: &Statx) -> Entry {
         let attr = attr_from_statx(st);
-        let node = self.nodes.remember(fd, inode_key(st), attr.kind);
-        Entry { node, generation: 0, attr, entry_ttl: TTL, attr_ttl: TTL }
+        let (node, generation) = self.nodes.remember(fd, inode_key(st), attr.kind);
+        Entry { node, generation, attr, entry_ttl: TTL, attr_ttl: TTL }
     }
 
     /// In `always` mode, syncs the changed inode (if given) and the directories.
@@ -469,6 +473,10 @@ fn dirent_kind(t: FileType) -> Option<FileKind> {
 }
 
 impl FileSystem for DurableIo {
+    fn capabilities(&self) -> Option<Capabilities> {
+        Some(self.caps)
+    }
+
     fn lookup(&self, req: &Request, parent: NodeId, name: &OsStr) -> Result<Entry> {
         let p = self.node(parent)?;
         // As the caller: looking up needs search permission on the parent.

@@ -60,7 +60,8 @@ impl Plugin for DurableIoPlugin {
                 "durability = \"close\"  # kernel: sync only on fsync | close (default): also fdatasync written files ",
                 "on close | always: every write and every namespace change is durable when it returns",
             ),
-            capabilities: Capabilities::POSIX,
+            // Each mount reports what its backing directory supports (see `probe`).
+            capabilities: Capabilities { checks_permissions: true, ..Capabilities::POSIX },
         }
     }
 

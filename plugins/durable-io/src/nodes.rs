@@ -3,8 +3,15 @@
 //! Holding an fd (rather than a path) is what makes every later operation immune to renames
 //! and planted symlinks: the fd keeps naming the same inode wherever it moves. Keying by
 //! (dev, ino) makes hard links share one node, as the kernel expects. While we hold the fd
-//! the inode cannot be freed, so its (dev, ino) cannot be reused by another file; ids come
-//! from a counter and are never reused, so generation 0 is always correct.
+//! the inode cannot be freed, so its (dev, ino) cannot be reused by another file.
+//!
+//! A node's id is its backing inode number when it lives on the root's device: the FUSE
+//! frontend reports the node id as `st_ino` (fuser has one field for both), so this keeps
+//! `stat`, `readdir` and a remount agreeing on one number per file, as `ls -i`, `find -inum`,
+//! tar and rsync -H expect. Inodes on other devices (a mount point inside the root), and
+//! the backing inode number 1 (the root's id), get ids from a synthetic range above 2^63.
+//! An inode number can come back after its file is deleted and forgotten, so every new
+//! node takes the next value of one generation counter: (id, generation) never repeats.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -26,14 +33,20 @@ struct Node {
     fd: Arc<OwnedFd>,
     kind: FileKind,
     key: InodeKey,
+    generation: u64,
     lookups: u64,
 }
 
 struct Inner {
     nodes: HashMap<NodeId, Node>,
     ids: HashMap<InodeKey, NodeId>,
-    next_id: NodeId,
+    root_dev: u64,
+    next_synthetic: NodeId,
+    next_generation: u64,
 }
+
+/// The first id given to an inode that cannot use its own number.
+const SYNTHETIC_BASE: NodeId = 1 << 63;
 
 /// Maps node ids to backing inodes and back.
 pub(crate) struct NodeTable {
@@ -44,10 +57,11 @@ impl NodeTable {
     /// A table holding only the root.
     pub(crate) fn new(root: OwnedFd, key: InodeKey) -> Self {
         let mut nodes = HashMap::new();
-        nodes.insert(ROOT_ID, Node { fd: Arc::new(root), kind: FileKind::Directory, key, lookups: 1 });
+        nodes.insert(ROOT_ID, Node { fd: Arc::new(root), kind: FileKind::Directory, key, generation: 0, lookups: 1 });
         let mut ids = HashMap::new();
         ids.insert(key, ROOT_ID);
-        NodeTable { inner: RwLock::new(Inner { nodes, ids, next_id: ROOT_ID + 1 }) }
+        let inner = Inner { nodes, ids, root_dev: key.0, next_synthetic: SYNTHETIC_BASE, next_generation: 1 };
+        NodeTable { inner: RwLock::new(inner) }
     }
 
     // A panic elsewhere while a guard was held cannot leave the maps half-updated (every
@@ -70,19 +84,29 @@ impl NodeTable {
 
     /// Records one more lookup reference on the inode `key`, whose `O_PATH` fd is `fd`.
     /// A known inode keeps its id (and its first fd; `fd` is closed).
-    pub(crate) fn remember(&self, fd: OwnedFd, key: InodeKey, kind: FileKind) -> NodeId {
+    /// Takes one lookup reference on the node of `key`, adding it if new; returns its id and
+    /// generation.
+    pub(crate) fn remember(&self, fd: OwnedFd, key: InodeKey, kind: FileKind) -> (NodeId, u64) {
         let mut inner = self.write();
         if let Some(&id) = inner.ids.get(&key)
             && let Some(node) = inner.nodes.get_mut(&id)
         {
             node.lookups = node.lookups.saturating_add(1);
-            return id;
+            return (id, node.generation);
         }
-        let id = inner.next_id;
-        inner.next_id += 1;
-        inner.nodes.insert(id, Node { fd: Arc::new(fd), kind, key, lookups: 1 });
+        let (dev, ino) = key;
+        let id = if dev == inner.root_dev && ino > ROOT_ID && ino < SYNTHETIC_BASE && !inner.nodes.contains_key(&ino) {
+            ino
+        } else {
+            let id = inner.next_synthetic;
+            inner.next_synthetic += 1;
+            id
+        };
+        let generation = inner.next_generation;
+        inner.next_generation += 1;
+        inner.nodes.insert(id, Node { fd: Arc::new(fd), kind, key, generation, lookups: 1 });
         inner.ids.insert(key, id);
-        id
+        (id, generation)
     }
 
     /// Drops `n` lookup references; at zero the node is removed and its fd closed (once no
@@ -128,17 +152,29 @@ mod tests {
     #[test]
     fn same_inode_same_id_until_forgotten() {
         let t = NodeTable::new(fd(), (1, 1));
-        let a = t.remember(fd(), (1, 2), FileKind::File);
-        let b = t.remember(fd(), (1, 2), FileKind::File);
-        assert_eq!(a, b);
+        let (a, gen_a) = t.remember(fd(), (1, 2), FileKind::File);
+        let (b, gen_b) = t.remember(fd(), (1, 2), FileKind::File);
+        assert_eq!((a, gen_a), (b, gen_b));
+        assert_eq!(a, 2, "the id is the backing inode number");
         assert_eq!(t.lookups(a), Some(2));
         t.forget(a, 1);
         assert!(t.get(a).is_ok());
         t.forget(a, 1);
         assert_eq!(t.get(a).unwrap_err().errno(), Errno::ESTALE);
-        let c = t.remember(fd(), (1, 2), FileKind::File);
-        assert_ne!(c, a, "ids are never reused");
+        let (c, gen_c) = t.remember(fd(), (1, 2), FileKind::File);
+        assert_eq!(c, a, "an inode number that comes back keeps its id");
+        assert_ne!(gen_c, gen_a, "but not its generation");
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn inodes_of_other_devices_and_inode_1_get_synthetic_ids() {
+        let t = NodeTable::new(fd(), (1, 100));
+        let (other_dev, _) = t.remember(fd(), (2, 5), FileKind::File);
+        let (ino_one, _) = t.remember(fd(), (1, 1), FileKind::File);
+        assert!(other_dev >= SYNTHETIC_BASE && ino_one >= SYNTHETIC_BASE && other_dev != ino_one);
+        let (same_dev, _) = t.remember(fd(), (1, 5), FileKind::File);
+        assert_eq!(same_dev, 5);
     }
 
     #[test]
@@ -146,6 +182,6 @@ mod tests {
         let t = NodeTable::new(fd(), (1, 1));
         t.forget(ROOT_ID, 1000);
         assert!(t.get(ROOT_ID).is_ok());
-        assert_eq!(t.remember(fd(), (1, 1), FileKind::Directory), ROOT_ID);
+        assert_eq!(t.remember(fd(), (1, 1), FileKind::Directory).0, ROOT_ID);
     }
 }

@@ -96,7 +96,8 @@ fn durability_defaults_to_close_and_all_modes_parse() {
 fn plugin_info_describes_a_posix_filesystem() {
     let info = DurableIoPlugin::info();
     assert_eq!(info.name, "durable-io");
-    assert_eq!(info.capabilities, plugfs_plugin_api::Capabilities::POSIX);
+    let posix = plugfs_plugin_api::Capabilities { checks_permissions: true, ..plugfs_plugin_api::Capabilities::POSIX };
+    assert_eq!(info.capabilities, posix);
     assert!(info.config_help.lines().any(|l| l.starts_with("root = ")));
     assert!(info.config_help.lines().any(|l| l.starts_with("durability = ")));
 }
@@ -225,7 +226,7 @@ fn hard_links_share_a_node_id() {
 }
 
 #[test]
-fn forgotten_nodes_are_released_and_ids_never_reused() {
+fn forgotten_nodes_are_released_and_come_back_with_a_new_generation() {
     let m = mount();
     let fs = &m.fs;
     let a = write_file(fs, ROOT_ID, "a", b"x"); // one reference from create
@@ -236,8 +237,8 @@ fn forgotten_nodes_are_released_and_ids_never_reused() {
     fs.forget(a.node, 1);
     assert_eq!(errno(fs.getattr(&ROOT_REQ, a.node, None)), Errno::ESTALE);
     let fresh = lookup(fs, ROOT_ID, "a");
-    assert_ne!(fresh.node, a.node);
-    assert_eq!(fresh.generation, 0);
+    assert_eq!(fresh.node, a.node, "the id is the backing inode number");
+    assert_ne!(fresh.generation, a.generation, "(id, generation) never repeats");
     fs.forget(ROOT_ID, 100);
     assert!(fs.getattr(&ROOT_REQ, ROOT_ID, None).is_ok(), "the root is never forgotten");
 }
