@@ -136,3 +136,57 @@ fn the_header_declares_what_a_plugin_exports() {
     assert_eq!(abi::STATUS_PANICKED, i32::MIN, "cbindgen spells it INT32_MIN");
     assert_eq!(&abi::MAGIC, b"PLUGFS\0\x01", "the hand-written PLUGFS_MAGIC spells these bytes");
 }
+
+#[test]
+fn the_c_compiler_lays_out_every_struct_as_rust_does() {
+    use std::mem::{offset_of, size_of};
+    // (C type, Rust size, offset of its last field in Rust, that field's name)
+    let types: &[(&str, usize, usize, &str)] = &[
+        ("PlugfsAbiTag", size_of::<abi::AbiTag>(), offset_of!(abi::AbiTag, minor), "minor"),
+        ("PlugfsStr", size_of::<abi::RawStr>(), offset_of!(abi::RawStr, len), "len"),
+        ("PlugfsBuf", size_of::<abi::RawBuf>(), offset_of!(abi::RawBuf, len), "len"),
+        ("PlugfsCallCtx", size_of::<abi::CallCtx>(), offset_of!(abi::CallCtx, msg_len), "msg_len"),
+        ("PlugfsTimestamp", size_of::<abi::RawTimestamp>(), offset_of!(abi::RawTimestamp, reserved), "reserved"),
+        ("PlugfsAttr", size_of::<abi::RawAttr>(), offset_of!(abi::RawAttr, reserved), "reserved"),
+        ("PlugfsEntry", size_of::<abi::RawEntry>(), offset_of!(abi::RawEntry, attr_ttl_ns), "attr_ttl_ns"),
+        ("PlugfsSetTime", size_of::<abi::RawSetTime>(), offset_of!(abi::RawSetTime, at), "at"),
+        ("PlugfsSetAttr", size_of::<abi::RawSetAttr>(), offset_of!(abi::RawSetAttr, handle), "handle"),
+        ("PlugfsOpened", size_of::<abi::RawOpened>(), offset_of!(abi::RawOpened, reserved), "reserved"),
+        ("PlugfsStatFs", size_of::<abi::RawStatFs>(), offset_of!(abi::RawStatFs, reserved), "reserved"),
+        ("PlugfsDirEntry", size_of::<abi::RawDirEntry>(), offset_of!(abi::RawDirEntry, cookie), "cookie"),
+        (
+            "PlugfsCapabilities",
+            size_of::<abi::RawCapabilities>(),
+            offset_of!(abi::RawCapabilities, max_file_size),
+            "max_file_size",
+        ),
+        (
+            "PlugfsPluginInfo",
+            size_of::<abi::RawPluginInfo>(),
+            offset_of!(abi::RawPluginInfo, config_help),
+            "config_help",
+        ),
+        ("PlugfsMountOptions", size_of::<abi::RawMountOptions>(), offset_of!(abi::RawMountOptions, flags), "flags"),
+        ("PlugfsPluginDecl", size_of::<abi::PluginDecl>(), offset_of!(abi::PluginDecl, ops), "ops"),
+        ("PlugfsFsVTable", size_of::<abi::FsVTable>(), offset_of!(abi::FsVTable, capabilities), "capabilities"),
+    ];
+    // Static assertions, so a mismatch fails to compile and the compiler names the type.
+    let mut c = String::from("#include <stddef.h>\n#include \"plugfs_plugin.h\"\n");
+    for (ty, size, last, field) in types {
+        c.push_str(&format!("_Static_assert(sizeof({ty}) == {size}, \"sizeof {ty}\");\n"));
+        c.push_str(&format!("_Static_assert(offsetof({ty}, {field}) == {last}, \"offsetof {ty}.{field}\");\n"));
+    }
+    let dir = std::env::temp_dir().join(format!("plugfs-c-layout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = dir.join("layout.c");
+    std::fs::write(&source, c).unwrap();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = std::process::Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only", "-I"])
+        .arg(crate_dir().join("include"))
+        .arg(&source)
+        .output()
+        .unwrap_or_else(|e| panic!("this test needs a C compiler (`{cc}`, or set CC): {e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "the C header disagrees with abi.rs:\n{}", String::from_utf8_lossy(&out.stderr));
+}
