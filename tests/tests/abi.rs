@@ -317,3 +317,50 @@ fn a_panic_in_the_hosts_directory_sink_is_caught_before_it_unwinds_through_the_p
         assert!(names.0.contains(&"..".to_string()), "{plugin} still serves");
     }
 }
+
+#[test]
+fn the_c_example_plugin_loads_with_abi_2_0_and_its_negative_errnos_arrive_as_errnos() {
+    // plugins/hello-c: written in C against plugfs_plugin.h alone, answering `-ENOENT`
+    // style statuses as libfuse authors do.
+    let logs = captured_logs();
+    let lib = PluginLibrary::load(&plugin_library("plugfs-hello-c")).unwrap();
+    let info = lib.info();
+    assert_eq!(info.name, "hello-c");
+    assert_eq!(info.abi, AbiVersion { major: 2, minor: 0 });
+    assert!(!info.capabilities.writable && info.capabilities.symlinks, "{:?}", info.capabilities);
+    assert_eq!(info.capabilities.max_name_len, 255);
+    let fs = lib.open("", &MountOptions::default()).unwrap();
+
+    assert_eq!(fs.lookup(&req(), ROOT_ID, OsStr::new("missing")).unwrap_err().errno(), Errno::ENOENT);
+    assert_eq!(fs.getattr(&req(), 999, None).unwrap_err().errno(), Errno::ENOENT);
+    let file = fs.lookup(&req(), ROOT_ID, OsStr::new("hello.txt")).unwrap();
+    assert_eq!((file.attr.kind, file.attr.size), (FileKind::File, 14));
+    assert_eq!(fs.lookup(&req(), file.node, OsStr::new("x")).unwrap_err().errno(), Errno::ENOTDIR);
+    assert_eq!(fs.open(&req(), file.node, libc::O_WRONLY).unwrap_err().errno(), Errno::EROFS);
+    let opened = fs.open(&req(), file.node, libc::O_RDONLY).unwrap();
+    let mut buf = [0u8; 64];
+    let n = fs.read(&req(), file.node, opened.handle, 6, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"from C!\n");
+    fs.release(&req(), file.node, opened.handle, libc::O_RDONLY, false).unwrap();
+
+    let link = fs.lookup(&req(), ROOT_ID, OsStr::new("link")).unwrap();
+    let mut target = [0u8; 4096];
+    let n = fs.readlink(&req(), link.node, &mut target).unwrap();
+    assert_eq!(&target[..n], b"hello.txt");
+
+    let docs = fs.lookup(&req(), ROOT_ID, OsStr::new("docs")).unwrap();
+    let dir = fs.opendir(&req(), docs.node, libc::O_RDONLY).unwrap();
+    let mut names = Names(Vec::new());
+    fs.readdir(&req(), docs.node, dir.handle, 0, &mut names).unwrap();
+    assert_eq!(names.0, [".", "..", "readme.txt"]);
+    fs.releasedir(&req(), docs.node, dir.handle).unwrap();
+    // An operation the C table leaves NULL answers as a read-only filesystem must.
+    assert_eq!(fs.mkdir(&req(), ROOT_ID, OsStr::new("d"), 0o755).unwrap_err().errno(), Errno::EROFS);
+
+    let err = lib.open("colour = \"blue\"", &MountOptions::default()).err().expect("hello-c takes no settings");
+    assert!(err.message.contains("takes no settings"), "{err}");
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let about_it: Vec<&str> = text.lines().filter(|l| l.contains("hello-c")).collect();
+    assert!(about_it.is_empty(), "a negative errno is an answer, not a panic or a bad answer: {about_it:?}");
+}

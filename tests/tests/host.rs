@@ -246,3 +246,55 @@ fn the_default_config_of_the_readme_mounts_a_directory_of_the_checkout() {
     assert_eq!(host.signal_and_wait(libc::SIGINT).and_then(|s| s.code()), Some(0), "{}", host.stderr());
     assert!(!is_fuse_mount(&mnt));
 }
+
+#[test]
+fn plugfs_mount_serves_the_c_example_plugin_read_only_and_it_passes_the_checks_it_declares() {
+    let s = Setup::new();
+    let config = s.config(&format!(
+        "{}\n[[mount]]\nname = \"hello\"\nplugin = \"hello-c\"\nmountpoint = \"mnt\"\ncreate_mountpoint = true\n\
+         [mount.options]\nallow_other = true\n",
+        plugin_dirs()
+    ));
+    let mnt = s.path("mnt");
+    let mut host = Host::start(&config, &[&mnt]);
+    let caps =
+        plugfs_plugin_api::host::PluginLibrary::load(&plugin_library("plugfs-hello-c")).unwrap().info().capabilities;
+    let report = plugfs_conformance::run_mounted(&mnt, &caps, Some((65534, 65534)));
+    assert!(report.ok(), "{}", report.summary());
+    assert!(report.passed.contains(&"missing_names_are_enoent"), "{}", report.summary());
+
+    assert_eq!(std::fs::read_to_string(mnt.join("hello.txt")).unwrap(), "Hello from C!\n");
+    assert_eq!(std::fs::read_link(mnt.join("link")).unwrap(), Path::new("hello.txt"));
+    assert_eq!(std::fs::read_to_string(mnt.join("link")).unwrap(), "Hello from C!\n");
+    let mut names: Vec<String> =
+        std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["docs", "hello.txt", "link"]);
+    let err = std::fs::write(mnt.join("new"), b"x").expect_err("a read-only plugin refuses new files");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let err = std::fs::metadata(mnt.join("missing")).expect_err("missing");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+
+    assert_eq!(host.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", host.stderr());
+    assert!(!host.stderr().contains("panicked"), "{}", host.stderr());
+}
+
+#[test]
+fn plugins_lists_the_c_example_plugin() {
+    let dir = target_dir();
+    let (code, out, err) = plugfs(&["plugins", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    // One block per file: its path, then indented lines.
+    let mut blocks: Vec<String> = Vec::new();
+    for line in out.lines() {
+        match blocks.last_mut() {
+            Some(block) if line.starts_with("  ") => block.push_str(&format!("\n{line}")),
+            _ => blocks.push(line.to_string()),
+        }
+    }
+    let block = blocks.iter().find(|b| b.contains("name:         hello-c")).unwrap_or_else(|| panic!("{out}"));
+    assert!(block.starts_with(&dir.join("libplugfs_hello_c.so").display().to_string()), "{block}");
+    assert!(block.contains("ABI:          2.0"), "{block}");
+    assert!(block.contains("written in C"), "{block}");
+    assert!(block.contains("capabilities: symlinks case-sensitive case-preserving names<=255B"), "{block}");
+}
