@@ -294,38 +294,38 @@ typedef uint8_t (*PlugfsDirPlusAddFn)(void *sink,
                                       const struct PlugfsAttr *attr);
 
 // The operations of an opened filesystem. Entries are appended, never reordered; see the
-// module docs for versions. `this` is the object `open` made.
+// module docs for versions. `object` is what `open` made.
 typedef struct PlugfsFsVTable {
     // `size_of::<FsVTable>()` as the plugin was built.
     size_t struct_size;
     // Frees the plugin's object. Called once, after the last operation.
-    void (*destroy)(void *this);
-    int32_t (*lookup)(const void *this,
+    void (*destroy)(void *object);
+    int32_t (*lookup)(const void *object,
                       struct PlugfsCallCtx *ctx,
                       uint64_t parent,
                       struct PlugfsStr name,
                       struct PlugfsEntry *out_entry,
                       struct PlugfsAttr *out_attr);
-    int32_t (*forget)(const void *this, struct PlugfsCallCtx *ctx, uint64_t node, uint64_t nlookup);
-    int32_t (*getattr)(const void *this,
+    int32_t (*forget)(const void *object, struct PlugfsCallCtx *ctx, uint64_t node, uint64_t nlookup);
+    int32_t (*getattr)(const void *object,
                        struct PlugfsCallCtx *ctx,
                        uint64_t node,
                        uint8_t has_handle,
                        uint64_t handle,
                        struct PlugfsAttr *out_attr,
                        uint64_t *out_ttl_ns);
-    int32_t (*setattr)(const void *this,
+    int32_t (*setattr)(const void *object,
                        struct PlugfsCallCtx *ctx,
                        uint64_t node,
                        const struct PlugfsSetAttr *set,
                        struct PlugfsAttr *out_attr,
                        uint64_t *out_ttl_ns);
-    int32_t (*readlink)(const void *this,
+    int32_t (*readlink)(const void *object,
                         struct PlugfsCallCtx *ctx,
                         uint64_t node,
                         struct PlugfsBuf buf,
                         size_t *out_len);
-    int32_t (*mknod)(const void *this,
+    int32_t (*mknod)(const void *object,
                      struct PlugfsCallCtx *ctx,
                      uint64_t parent,
                      struct PlugfsStr name,
@@ -333,42 +333,42 @@ typedef struct PlugfsFsVTable {
                      uint32_t rdev,
                      struct PlugfsEntry *out_entry,
                      struct PlugfsAttr *out_attr);
-    int32_t (*mkdir)(const void *this,
+    int32_t (*mkdir)(const void *object,
                      struct PlugfsCallCtx *ctx,
                      uint64_t parent,
                      struct PlugfsStr name,
                      uint32_t mode,
                      struct PlugfsEntry *out_entry,
                      struct PlugfsAttr *out_attr);
-    int32_t (*unlink)(const void *this, struct PlugfsCallCtx *ctx, uint64_t parent, struct PlugfsStr name);
-    int32_t (*rmdir)(const void *this, struct PlugfsCallCtx *ctx, uint64_t parent, struct PlugfsStr name);
-    int32_t (*symlink)(const void *this,
+    int32_t (*unlink)(const void *object, struct PlugfsCallCtx *ctx, uint64_t parent, struct PlugfsStr name);
+    int32_t (*rmdir)(const void *object, struct PlugfsCallCtx *ctx, uint64_t parent, struct PlugfsStr name);
+    int32_t (*symlink)(const void *object,
                        struct PlugfsCallCtx *ctx,
                        uint64_t parent,
                        struct PlugfsStr name,
                        struct PlugfsStr target,
                        struct PlugfsEntry *out_entry,
                        struct PlugfsAttr *out_attr);
-    int32_t (*link)(const void *this,
+    int32_t (*link)(const void *object,
                     struct PlugfsCallCtx *ctx,
                     uint64_t node,
                     uint64_t new_parent,
                     struct PlugfsStr new_name,
                     struct PlugfsEntry *out_entry,
                     struct PlugfsAttr *out_attr);
-    int32_t (*rename)(const void *this,
+    int32_t (*rename)(const void *object,
                       struct PlugfsCallCtx *ctx,
                       uint64_t parent,
                       struct PlugfsStr name,
                       uint64_t new_parent,
                       struct PlugfsStr new_name,
                       uint32_t flags);
-    int32_t (*open)(const void *this,
+    int32_t (*open)(const void *object,
                     struct PlugfsCallCtx *ctx,
                     uint64_t node,
                     int32_t flags,
                     struct PlugfsOpened *out);
-    int32_t (*create)(const void *this,
+    int32_t (*create)(const void *object,
                       struct PlugfsCallCtx *ctx,
                       uint64_t parent,
                       struct PlugfsStr name,
@@ -377,14 +377,14 @@ typedef struct PlugfsFsVTable {
                       struct PlugfsEntry *out_entry,
                       struct PlugfsAttr *out_attr,
                       struct PlugfsOpened *out_opened);
-    int32_t (*read)(const void *this,
+    int32_t (*read)(const void *object,
                     struct PlugfsCallCtx *ctx,
                     uint64_t node,
                     uint64_t handle,
                     uint64_t offset,
                     struct PlugfsBuf buf,
                     size_t *out_len);
-    int32_t (*write)(const void *this,
+    int32_t (*write)(const void *object,
                      struct PlugfsCallCtx *ctx,
                      uint64_t node,
                      uint64_t handle,
@@ -392,67 +392,67 @@ typedef struct PlugfsFsVTable {
                      struct PlugfsStr data,
                      int32_t flags,
                      size_t *out_len);
-    int32_t (*flush)(const void *this,
+    int32_t (*flush)(const void *object,
                      struct PlugfsCallCtx *ctx,
                      uint64_t node,
                      uint64_t handle,
                      uint64_t lock_owner);
-    int32_t (*release)(const void *this,
+    int32_t (*release)(const void *object,
                        struct PlugfsCallCtx *ctx,
                        uint64_t node,
                        uint64_t handle,
                        int32_t flags,
                        uint8_t flush);
-    int32_t (*fsync)(const void *this,
+    int32_t (*fsync)(const void *object,
                      struct PlugfsCallCtx *ctx,
                      uint64_t node,
                      uint64_t handle,
                      uint8_t datasync);
-    int32_t (*opendir)(const void *this,
+    int32_t (*opendir)(const void *object,
                        struct PlugfsCallCtx *ctx,
                        uint64_t node,
                        int32_t flags,
                        struct PlugfsOpened *out);
-    int32_t (*readdir)(const void *this,
+    int32_t (*readdir)(const void *object,
                        struct PlugfsCallCtx *ctx,
                        uint64_t node,
                        uint64_t handle,
                        uint64_t cookie,
                        void *sink,
                        PlugfsDirAddFn add);
-    int32_t (*releasedir)(const void *this, struct PlugfsCallCtx *ctx, uint64_t node, uint64_t handle);
-    int32_t (*fsyncdir)(const void *this,
+    int32_t (*releasedir)(const void *object, struct PlugfsCallCtx *ctx, uint64_t node, uint64_t handle);
+    int32_t (*fsyncdir)(const void *object,
                         struct PlugfsCallCtx *ctx,
                         uint64_t node,
                         uint64_t handle,
                         uint8_t datasync);
-    int32_t (*statfs)(const void *this, struct PlugfsCallCtx *ctx, uint64_t node, struct PlugfsStatFs *out);
-    int32_t (*setxattr)(const void *this,
+    int32_t (*statfs)(const void *object, struct PlugfsCallCtx *ctx, uint64_t node, struct PlugfsStatFs *out);
+    int32_t (*setxattr)(const void *object,
                         struct PlugfsCallCtx *ctx,
                         uint64_t node,
                         struct PlugfsStr name,
                         struct PlugfsStr value,
                         int32_t flags);
-    int32_t (*getxattr)(const void *this,
+    int32_t (*getxattr)(const void *object,
                         struct PlugfsCallCtx *ctx,
                         uint64_t node,
                         struct PlugfsStr name,
                         struct PlugfsBuf buf,
                         size_t *out_len);
-    int32_t (*listxattr)(const void *this,
+    int32_t (*listxattr)(const void *object,
                          struct PlugfsCallCtx *ctx,
                          uint64_t node,
                          struct PlugfsBuf buf,
                          size_t *out_len);
-    int32_t (*removexattr)(const void *this, struct PlugfsCallCtx *ctx, uint64_t node, struct PlugfsStr name);
-    int32_t (*fallocate)(const void *this,
+    int32_t (*removexattr)(const void *object, struct PlugfsCallCtx *ctx, uint64_t node, struct PlugfsStr name);
+    int32_t (*fallocate)(const void *object,
                          struct PlugfsCallCtx *ctx,
                          uint64_t node,
                          uint64_t handle,
                          uint64_t offset,
                          uint64_t length,
                          int32_t mode);
-    int32_t (*copy_file_range)(const void *this,
+    int32_t (*copy_file_range)(const void *object,
                                struct PlugfsCallCtx *ctx,
                                uint64_t node_in,
                                uint64_t handle_in,
@@ -463,7 +463,7 @@ typedef struct PlugfsFsVTable {
                                uint64_t len,
                                uint32_t flags,
                                size_t *out_len);
-    int32_t (*lseek)(const void *this,
+    int32_t (*lseek)(const void *object,
                      struct PlugfsCallCtx *ctx,
                      uint64_t node,
                      uint64_t handle,
@@ -473,7 +473,7 @@ typedef struct PlugfsFsVTable {
     // Lists a directory with each entry's lookup result, in one pass where the plugin can
     // (see [`DirPlusAddFn`] for the reference counting). Without it the host lists with
     // `readdir` and looks entries up one by one, no more than the reply can carry.
-    int32_t (*readdirplus)(const void *this,
+    int32_t (*readdirplus)(const void *object,
                            struct PlugfsCallCtx *ctx,
                            uint64_t node,
                            uint64_t handle,
@@ -482,7 +482,7 @@ typedef struct PlugfsFsVTable {
                            PlugfsDirPlusAddFn add);
     // This mount's capabilities, where they depend on the backing store (probed at open).
     // Without it, or when it fails, the plugin's declared capabilities apply.
-    int32_t (*capabilities)(const void *this, struct PlugfsCallCtx *ctx, struct PlugfsCapabilities *out);
+    int32_t (*capabilities)(const void *object, struct PlugfsCallCtx *ctx, struct PlugfsCapabilities *out);
 } PlugfsFsVTable;
 
 // What [`ENTRY_SYMBOL`] returns: a table in the plugin's static data.
@@ -495,7 +495,7 @@ typedef struct PlugfsPluginDecl {
     // the opened filesystem's `capabilities` operation says otherwise.
     void (*info)(struct PlugfsPluginInfo *out, struct PlugfsCapabilities *caps);
     // Opens a filesystem from TOML text and stores the plugin's object (passed back as
-    // `this` to every operation) in `out_this`. On failure the message goes to `ctx.msg`
+    // `object` to every operation) in `out_object`. On failure the message goes to `ctx.msg`
     // and the offending config key (a dotted path), if any, to `key` with its length in
     // `key_len`.
     int32_t (*open)(struct PlugfsCallCtx *ctx,
@@ -503,7 +503,7 @@ typedef struct PlugfsPluginDecl {
                     const struct PlugfsMountOptions *options,
                     struct PlugfsBuf key,
                     size_t *key_len,
-                    void **out_this);
+                    void **out_object);
     // The operations of every filesystem this plugin opens. Validated at load.
     const struct PlugfsFsVTable *ops;
 } PlugfsPluginDecl;

@@ -428,7 +428,7 @@ pub struct PluginDecl {
     /// the opened filesystem's `capabilities` operation says otherwise.
     pub info: Option<unsafe extern "C" fn(out: *mut RawPluginInfo, caps: *mut RawCapabilities)>,
     /// Opens a filesystem from TOML text and stores the plugin's object (passed back as
-    /// `this` to every operation) in `out_this`. On failure the message goes to `ctx.msg`
+    /// `object` to every operation) in `out_object`. On failure the message goes to `ctx.msg`
     /// and the offending config key (a dotted path), if any, to `key` with its length in
     /// `key_len`.
     pub open: Option<
@@ -438,7 +438,7 @@ pub struct PluginDecl {
             options: *const RawMountOptions,
             key: RawBuf,
             key_len: *mut usize,
-            out_this: *mut *mut c_void,
+            out_object: *mut *mut c_void,
         ) -> i32,
     >,
     /// The operations of every filesystem this plugin opens. Validated at load.
@@ -450,7 +450,7 @@ pub struct PluginDecl {
 unsafe impl Sync for PluginDecl {}
 
 /// The operations of an opened filesystem. Entries are appended, never reordered; see the
-/// module docs for versions. `this` is the object `open` made.
+/// module docs for versions. `object` is what `open` made.
 #[repr(C)]
 #[allow(missing_docs)]
 #[derive(Clone, Copy)]
@@ -458,10 +458,10 @@ pub struct FsVTable {
     /// `size_of::<FsVTable>()` as the plugin was built.
     pub struct_size: usize,
     /// Frees the plugin's object. Called once, after the last operation.
-    pub destroy: Option<unsafe extern "C" fn(this: *mut c_void)>,
+    pub destroy: Option<unsafe extern "C" fn(object: *mut c_void)>,
     pub lookup: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             parent: u64,
             name: RawStr,
@@ -469,10 +469,10 @@ pub struct FsVTable {
             out_attr: *mut RawAttr,
         ) -> i32,
     >,
-    pub forget: Option<unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, nlookup: u64) -> i32>,
+    pub forget: Option<unsafe extern "C" fn(object: *const c_void, ctx: *mut CallCtx, node: u64, nlookup: u64) -> i32>,
     pub getattr: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node: u64,
             has_handle: u8,
@@ -483,7 +483,7 @@ pub struct FsVTable {
     >,
     pub setattr: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node: u64,
             set: *const RawSetAttr,
@@ -493,7 +493,7 @@ pub struct FsVTable {
     >,
     pub readlink: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node: u64,
             buf: RawBuf,
@@ -502,7 +502,7 @@ pub struct FsVTable {
     >,
     pub mknod: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             parent: u64,
             name: RawStr,
@@ -514,7 +514,7 @@ pub struct FsVTable {
     >,
     pub mkdir: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             parent: u64,
             name: RawStr,
@@ -523,11 +523,12 @@ pub struct FsVTable {
             out_attr: *mut RawAttr,
         ) -> i32,
     >,
-    pub unlink: Option<unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, parent: u64, name: RawStr) -> i32>,
-    pub rmdir: Option<unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, parent: u64, name: RawStr) -> i32>,
+    pub unlink:
+        Option<unsafe extern "C" fn(object: *const c_void, ctx: *mut CallCtx, parent: u64, name: RawStr) -> i32>,
+    pub rmdir: Option<unsafe extern "C" fn(object: *const c_void, ctx: *mut CallCtx, parent: u64, name: RawStr) -> i32>,
     pub symlink: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             parent: u64,
             name: RawStr,
@@ -538,7 +539,7 @@ pub struct FsVTable {
     >,
     pub link: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node: u64,
             new_parent: u64,
@@ -549,7 +550,7 @@ pub struct FsVTable {
     >,
     pub rename: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             parent: u64,
             name: RawStr,
@@ -559,11 +560,17 @@ pub struct FsVTable {
         ) -> i32,
     >,
     pub open: Option<
-        unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, flags: i32, out: *mut RawOpened) -> i32,
+        unsafe extern "C" fn(
+            object: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            flags: i32,
+            out: *mut RawOpened,
+        ) -> i32,
     >,
     pub create: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             parent: u64,
             name: RawStr,
@@ -576,7 +583,7 @@ pub struct FsVTable {
     >,
     pub read: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node: u64,
             handle: u64,
@@ -587,7 +594,7 @@ pub struct FsVTable {
     >,
     pub write: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node: u64,
             handle: u64,
@@ -598,11 +605,11 @@ pub struct FsVTable {
         ) -> i32,
     >,
     pub flush: Option<
-        unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64, lock_owner: u64) -> i32,
+        unsafe extern "C" fn(object: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64, lock_owner: u64) -> i32,
     >,
     pub release: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node: u64,
             handle: u64,
@@ -611,14 +618,20 @@ pub struct FsVTable {
         ) -> i32,
     >,
     pub fsync: Option<
-        unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64, datasync: u8) -> i32,
+        unsafe extern "C" fn(object: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64, datasync: u8) -> i32,
     >,
     pub opendir: Option<
-        unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, flags: i32, out: *mut RawOpened) -> i32,
+        unsafe extern "C" fn(
+            object: *const c_void,
+            ctx: *mut CallCtx,
+            node: u64,
+            flags: i32,
+            out: *mut RawOpened,
+        ) -> i32,
     >,
     pub readdir: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node: u64,
             handle: u64,
@@ -627,15 +640,16 @@ pub struct FsVTable {
             add: DirAddFn,
         ) -> i32,
     >,
-    pub releasedir: Option<unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64) -> i32>,
+    pub releasedir:
+        Option<unsafe extern "C" fn(object: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64) -> i32>,
     pub fsyncdir: Option<
-        unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64, datasync: u8) -> i32,
+        unsafe extern "C" fn(object: *const c_void, ctx: *mut CallCtx, node: u64, handle: u64, datasync: u8) -> i32,
     >,
     pub statfs:
-        Option<unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, out: *mut RawStatFs) -> i32>,
+        Option<unsafe extern "C" fn(object: *const c_void, ctx: *mut CallCtx, node: u64, out: *mut RawStatFs) -> i32>,
     pub setxattr: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node: u64,
             name: RawStr,
@@ -645,7 +659,7 @@ pub struct FsVTable {
     >,
     pub getxattr: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node: u64,
             name: RawStr,
@@ -655,7 +669,7 @@ pub struct FsVTable {
     >,
     pub listxattr: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node: u64,
             buf: RawBuf,
@@ -663,10 +677,10 @@ pub struct FsVTable {
         ) -> i32,
     >,
     pub removexattr:
-        Option<unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, node: u64, name: RawStr) -> i32>,
+        Option<unsafe extern "C" fn(object: *const c_void, ctx: *mut CallCtx, node: u64, name: RawStr) -> i32>,
     pub fallocate: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node: u64,
             handle: u64,
@@ -677,7 +691,7 @@ pub struct FsVTable {
     >,
     pub copy_file_range: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node_in: u64,
             handle_in: u64,
@@ -692,7 +706,7 @@ pub struct FsVTable {
     >,
     pub lseek: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node: u64,
             handle: u64,
@@ -706,7 +720,7 @@ pub struct FsVTable {
     /// `readdir` and looks entries up one by one, no more than the reply can carry.
     pub readdirplus: Option<
         unsafe extern "C" fn(
-            this: *const c_void,
+            object: *const c_void,
             ctx: *mut CallCtx,
             node: u64,
             handle: u64,
@@ -718,7 +732,7 @@ pub struct FsVTable {
     /// This mount's capabilities, where they depend on the backing store (probed at open).
     /// Without it, or when it fails, the plugin's declared capabilities apply.
     pub capabilities:
-        Option<unsafe extern "C" fn(this: *const c_void, ctx: *mut CallCtx, out: *mut RawCapabilities) -> i32>,
+        Option<unsafe extern "C" fn(object: *const c_void, ctx: *mut CallCtx, out: *mut RawCapabilities) -> i32>,
 }
 
 /// The size of the 2.0 operations table: the smallest a 2.x host accepts.

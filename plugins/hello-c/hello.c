@@ -252,10 +252,10 @@ static void hello_info(PlugfsPluginInfo *out, PlugfsCapabilities *caps) {
     write_out(caps, &c, sizeof c);
 }
 
-static const char the_fs = 0; /* all state is static; `this` only has to be non-NULL */
+static const char the_fs = 0; /* all state is static; `object` only has to be non-NULL */
 
 static int32_t hello_open_fs(PlugfsCallCtx *ctx, PlugfsStr config_toml, const PlugfsMountOptions *options,
-                             PlugfsBuf key, size_t *key_len, void **out_this) {
+                             PlugfsBuf key, size_t *key_len, void **out_object) {
     (void)options, (void)key, (void)key_len;
     for (size_t i = 0; i < config_toml.len; i++) {
         uint8_t c = config_toml.ptr[i];
@@ -264,7 +264,7 @@ static int32_t hello_open_fs(PlugfsCallCtx *ctx, PlugfsStr config_toml, const Pl
             return -EINVAL;
         }
     }
-    *out_this = (void *)&the_fs;
+    *out_object = (void *)&the_fs;
     return 0;
 }
 
