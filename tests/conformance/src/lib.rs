@@ -277,3 +277,42 @@ pub fn is_fuse_mount(path: &Path) -> bool {
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe { libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type as i64 == FUSE_SUPER_MAGIC }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_that_skips_itself_is_reported_as_skipped_with_its_reason_not_passed() {
+        let mut r = Report { via: "test".into(), ..Report::default() };
+        r.record("a", Ok(()));
+        r.record("b", checks::skip("no reason to run"));
+        r.record("c", Err("broken".into()));
+        assert_eq!(r.passed, ["a"]);
+        assert_eq!(r.skipped, [("b", "no reason to run".to_string())]);
+        assert_eq!(r.failed, [("c", "broken".to_string())]);
+        let summary = r.summary();
+        assert!(summary.contains("FAIL c (test): broken"), "{summary}");
+        assert!(summary.contains("skip b: no reason to run"), "{summary}");
+        assert!(summary.ends_with("1 passed, 1 failed, 1 skipped (test)"), "{summary}");
+    }
+
+    #[test]
+    fn outcomes_from_the_users_process_read_back() {
+        let text = "PASS one\nFAIL two: expected EPERM, got Ok(())\nnoise\n";
+        let got = permissions::parse_outcomes(text);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got["one"], Ok(()));
+        assert_eq!(got["two"], Err("expected EPERM, got Ok(())".to_string()));
+    }
+
+    #[test]
+    fn check_names_are_unique() {
+        let mut names: Vec<&str> = checks::all().iter().map(|c| c.name).collect();
+        names.extend(permissions::all().iter().map(|c| c.name));
+        let count = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), count);
+    }
+}
