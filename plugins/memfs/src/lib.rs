@@ -503,6 +503,10 @@ impl MemFs {
 
 impl FileSystem for MemFs {
     fn lookup(&self, _req: &Request, parent: NodeId, name: &OsStr) -> Result<Entry> {
+        // As Linux filesystems do: a name no entry can have is too long, not missing.
+        if name.len() > MAX_NAME_LEN {
+            return Err(err(Errno::ENAMETOOLONG));
+        }
         let mut tree = self.tree_mut()?;
         let id = tree.child(parent, name)?.ok_or(err(Errno::ENOENT))?;
         tree.entry(id)
@@ -1221,6 +1225,7 @@ mod tests {
         assert_eq!(errno(fs.mkdir(&REQ, ROOT_ID, n("a/b"), 0o755)), Errno::EINVAL);
         assert_eq!(errno(fs.mkdir(&REQ, ROOT_ID, n(".."), 0o755)), Errno::EINVAL);
         assert_eq!(errno(fs.mkdir(&REQ, ROOT_ID, n(&"x".repeat(256)), 0o755)), Errno::ENAMETOOLONG);
+        assert_eq!(errno(fs.lookup(&REQ, ROOT_ID, n(&"x".repeat(256)))), Errno::ENAMETOOLONG);
     }
 
     #[test]

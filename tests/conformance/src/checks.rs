@@ -3,9 +3,10 @@
 
 use plugfs_plugin_api::{Capabilities, Errno, FileKind, Timestamp, Whence, fallocate_mode, xattr_flags};
 
-use crate::client::{Client, R};
+use crate::client::{Client, R, TimeArg};
 
-/// A failed expectation, for the report.
+/// A failed expectation, for the report (or, made by [`skip`], a reason to leave the check
+/// out that only shows when it runs).
 pub type Outcome = Result<(), String>;
 
 /// One check.
@@ -14,8 +15,29 @@ pub struct Check {
     pub name: &'static str,
     /// Whether a plugin with these capabilities must pass it.
     pub applies: fn(&Capabilities) -> bool,
+    /// What else it needs beyond the capabilities.
+    pub needs: Needs,
     /// The check, given its own empty directory.
     pub run: fn(&dyn Client, &str, &Capabilities) -> Outcome,
+}
+
+/// What a check needs from the way the filesystem is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Any client will do.
+    Nothing,
+    /// The kernel in the loop (a mount): the check is of what the kernel does on the
+    /// plugin's behalf, such as resolving symlinks or clearing set-id bits on chown.
+    Kernel,
+}
+
+/// What a skipped outcome starts with; see [`skip`].
+pub(crate) const SKIP_MARK: &str = "\0skipped: ";
+
+/// The outcome of a check that finds, when it runs, that it cannot apply: reported as
+/// skipped with `reason`, not as passed.
+pub fn skip(reason: &str) -> Outcome {
+    Err(format!("{SKIP_MARK}{reason}"))
 }
 
 const O_RDONLY: i32 = 0;
@@ -81,7 +103,10 @@ fn writable(c: &Capabilities) -> bool {
 pub fn all() -> Vec<Check> {
     macro_rules! check {
         ($name:ident, $applies:expr) => {
-            Check { name: stringify!($name), applies: $applies, run: $name }
+            Check { name: stringify!($name), applies: $applies, needs: Needs::Nothing, run: $name }
+        };
+        ($name:ident, $applies:expr, $needs:expr) => {
+            Check { name: stringify!($name), applies: $applies, needs: $needs, run: $name }
         };
     }
     vec![
@@ -129,6 +154,18 @@ pub fn all() -> Vec<Check> {
         check!(punched_holes_read_as_zeroes, |c| c.writable && c.punch_hole),
         check!(seek_hole_and_seek_data_find_holes, |c| c.writable && c.sparse_files && c.punch_hole),
         check!(seek_data_treats_a_dense_file_as_all_data, writable),
+        check!(utime_now_and_utime_omit, writable),
+        check!(renaming_a_link_onto_another_link_of_the_same_file_does_nothing, |c| c.writable && c.hard_links),
+        check!(directory_link_counts_follow_subdirectories, writable),
+        check!(a_file_used_as_a_directory_is_enotdir, writable),
+        check!(a_directory_opened_for_writing_or_truncated_is_eisdir, writable),
+        check!(symlink_loops_and_o_nofollow_are_eloop, |c| c.writable && c.symlinks, Needs::Kernel),
+        check!(every_creating_call_refuses_an_existing_name_with_eexist, writable),
+        check!(truncating_a_file_open_elsewhere_shows_the_new_size_there, writable),
+        check!(offsets_near_2_pow_63_follow_linux, writable),
+        check!(two_handles_writing_disjoint_ranges_both_land, writable),
+        check!(setgid_directories_pass_on_their_group, |c| c.writable && c.permissions),
+        check!(chown_clears_suid_and_sgid, |c| c.writable && c.permissions, Needs::Kernel),
     ]
 }
 
@@ -395,12 +432,24 @@ fn rename_exchange_swaps_two_names(c: &dyn Client, d: &str, _: &Capabilities) ->
 fn names_longer_than_the_limit_are_enametoolong(c: &dyn Client, d: &str, caps: &Capabilities) -> Outcome {
     let fits = "n".repeat(caps.max_name_len as usize);
     write_file(c, &format!("{d}/{fits}"), b"x")?;
-    let long = "n".repeat(caps.max_name_len as usize + 1);
-    expect_err(
-        "create with a name over the limit",
-        c.open(&format!("{d}/{long}"), O_WRONLY | O_CREAT, 0o644),
-        Errno::ENAMETOOLONG,
-    )
+    let long = format!("{d}/{}", "n".repeat(caps.max_name_len as usize + 1));
+    let fits = format!("{d}/{fits}");
+    let too_long =
+        |what: &str, r: R<()>| expect_err(&format!("{what} with a name over the limit"), r, Errno::ENAMETOOLONG);
+    too_long("create", c.open(&long, O_WRONLY | O_CREAT, 0o644).map(|_| ()))?;
+    too_long("lookup", c.stat(&long).map(|_| ()))?;
+    too_long("mkdir", c.mkdir(&long, 0o755))?;
+    too_long("rename", c.rename(&fits, &long, 0))?;
+    if caps.symlinks {
+        too_long("symlink", c.symlink("target", &long))?;
+    }
+    if caps.hard_links {
+        too_long("link", c.link(&fits, &long))?;
+    }
+    if caps.special_files {
+        too_long("mknod", c.mknod(&long, 0o010644, 0))?;
+    }
+    ensure(names(c, d)?.len() == 1, || "a refused name was created after all".into())
 }
 
 fn writing_updates_mtime_and_size(c: &dyn Client, d: &str, _: &Capabilities) -> Outcome {
@@ -515,7 +564,7 @@ fn hard_links_share_data_and_count_links(c: &dyn Client, d: &str, _: &Capabiliti
 fn chmod_changes_permission_bits(c: &dyn Client, d: &str, _: &Capabilities) -> Outcome {
     let path = format!("{d}/f");
     write_file(c, &path, b"x")?;
-    for mode in [0o600, 0o4755, 0o1777 & 0o777, 0o640] {
+    for mode in [0o600, 0o4755, 0o2755, 0o1777, 0o640] {
         step("chmod", c.chmod(&path, mode))?;
         let perm = step("stat", c.stat(&path))?.perm;
         ensure(perm == mode, || format!("chmod {mode:o} left {perm:o}"))?;
@@ -636,4 +685,308 @@ fn seek_data_treats_a_dense_file_as_all_data(c: &dyn Client, d: &str, _: &Capabi
     ensure(step("SEEK_DATA", data)? == 100, || "SEEK_DATA in data must return the offset".into())?;
     ensure(step("SEEK_HOLE", hole)? == 10_000, || "SEEK_HOLE in a dense file must find the end".into())?;
     expect_err("SEEK_DATA at the end", past, Errno::ENXIO)
+}
+
+fn utime_now_and_utime_omit(c: &dyn Client, d: &str, _: &Capabilities) -> Outcome {
+    let path = format!("{d}/t");
+    write_file(c, &path, b"x")?;
+    let (a, m) = (Timestamp::new(1_100_000_000, 0), Timestamp::new(1_200_000_000, 0));
+    step("utimens", c.utimens(&path, a, m))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_secs() as i64);
+    let recent = |t: Timestamp| (t.secs - now).abs() < 120;
+
+    step("UTIME_OMIT, UTIME_NOW", c.set_times(&path, TimeArg::Omit, TimeArg::Now))?;
+    let st = step("stat", c.stat(&path))?;
+    ensure(st.atime == a, || format!("UTIME_OMIT changed atime to {:?}", st.atime))?;
+    ensure(recent(st.mtime), || format!("UTIME_NOW set mtime to {:?}, not about now ({now})", st.mtime))?;
+    let m_now = st.mtime;
+
+    step("UTIME_NOW, UTIME_OMIT", c.set_times(&path, TimeArg::Now, TimeArg::Omit))?;
+    let st = step("stat", c.stat(&path))?;
+    ensure(recent(st.atime), || format!("UTIME_NOW set atime to {:?}, not about now ({now})", st.atime))?;
+    ensure(st.mtime == m_now, || format!("UTIME_OMIT changed mtime from {m_now:?} to {:?}", st.mtime))?;
+
+    step("exact atime, UTIME_OMIT", c.set_times(&path, TimeArg::At(a), TimeArg::Omit))?;
+    step("both UTIME_OMIT", c.set_times(&path, TimeArg::Omit, TimeArg::Omit))?;
+    let st = step("stat", c.stat(&path))?;
+    ensure(st.atime == a && st.mtime == m_now, || {
+        format!("after setting atime alone: atime {:?} (set {a:?}), mtime {:?} (was {m_now:?})", st.atime, st.mtime)
+    })
+}
+
+fn renaming_a_link_onto_another_link_of_the_same_file_does_nothing(
+    c: &dyn Client,
+    d: &str,
+    _: &Capabilities,
+) -> Outcome {
+    write_file(c, &format!("{d}/a"), b"one inode")?;
+    step("link", c.link(&format!("{d}/a"), &format!("{d}/b")))?;
+    // POSIX: if both names are links to the same file, rename does nothing and succeeds.
+    step("rename a onto b", c.rename(&format!("{d}/a"), &format!("{d}/b"), 0))?;
+    let listed = names(c, d)?;
+    ensure(listed == ["a", "b"], || format!("after renaming a link onto its twin, the directory lists {listed:?}"))?;
+    let (sa, sb) = (step("stat a", c.stat(&format!("{d}/a")))?, step("stat b", c.stat(&format!("{d}/b")))?);
+    ensure(sa.ino == sb.ino && sa.nlink == 2, || format!("ino {}/{}, nlink {}", sa.ino, sb.ino, sa.nlink))?;
+    ensure(read_file(c, &format!("{d}/b"))? == b"one inode", || "the data changed".into())
+}
+
+/// Only for plugins whose directories count their links the Unix way (2 + subdirectories):
+/// probed by the root reporting at least 2 links, since no capability says it and FAT-like
+/// or object-store plugins may report 1 for every directory, as btrfs does.
+fn directory_link_counts_follow_subdirectories(c: &dyn Client, d: &str, _: &Capabilities) -> Outcome {
+    let root = step("stat /", c.stat(""))?;
+    if root.nlink < 2 {
+        return skip(&format!("the root reports {} links, so directories do not count their links", root.nlink));
+    }
+    let nlink = |p: &str| step(&format!("stat {p}"), c.stat(p)).map(|s| s.nlink);
+    let (p1, p2) = (format!("{d}/p1"), format!("{d}/p2"));
+    let base = nlink(d)?;
+    ensure(base == 2, || format!("an empty directory has {base} links, not 2"))?;
+    step("mkdir", c.mkdir(&p1, 0o755))?;
+    step("mkdir", c.mkdir(&p2, 0o755))?;
+    write_file(c, &format!("{d}/file"), b"x")?;
+    ensure(nlink(d)? == 4, || "two subdirectories (and a file) must make 4 links".into())?;
+    step("mkdir", c.mkdir(&format!("{p1}/sub"), 0o755))?;
+    let counts = (nlink(&p1)?, nlink(&p2)?, nlink(&format!("{p1}/sub"))?);
+    ensure(counts == (3, 2, 2), || format!("after mkdir p1/sub: p1, p2, sub have {counts:?} links, want (3, 2, 2)"))?;
+    step("rename p1/sub to p2/sub", c.rename(&format!("{p1}/sub"), &format!("{p2}/sub"), 0))?;
+    let counts = (nlink(&p1)?, nlink(&p2)?, nlink(&format!("{p2}/sub"))?);
+    ensure(counts == (2, 3, 2), || {
+        format!("after moving sub to p2: p1, p2, sub have {counts:?} links, want (2, 3, 2)")
+    })?;
+    step("mkdir", c.mkdir(&format!("{p1}/empty"), 0o755))?;
+    step("rename p2/sub over p1/empty", c.rename(&format!("{p2}/sub"), &format!("{p1}/empty"), 0))?;
+    let counts = (nlink(&p1)?, nlink(&p2)?);
+    ensure(counts == (3, 2), || format!("after replacing p1/empty: p1, p2 have {counts:?} links, want (3, 2)"))?;
+    step("rmdir", c.rmdir(&format!("{p1}/empty")))?;
+    step("rmdir", c.rmdir(&p2))?;
+    let counts = (nlink(&p1)?, nlink(d)?);
+    ensure(counts == (2, 3), || format!("after the rmdirs: p1 and the parent have {counts:?} links, want (2, 3)"))
+}
+
+fn a_file_used_as_a_directory_is_enotdir(c: &dyn Client, d: &str, _: &Capabilities) -> Outcome {
+    let f = format!("{d}/f");
+    write_file(c, &f, b"x")?;
+    expect_err("stat f/x", c.stat(&format!("{f}/x")), Errno::ENOTDIR)?;
+    expect_err("open f/x", c.open(&format!("{f}/x"), O_RDONLY, 0), Errno::ENOTDIR)?;
+    expect_err("create f/x", c.open(&format!("{f}/x"), O_WRONLY | O_CREAT, 0o644), Errno::ENOTDIR)?;
+    expect_err("mkdir f/x", c.mkdir(&format!("{f}/x"), 0o755), Errno::ENOTDIR)?;
+    expect_err("rename to f/x", c.rename(&f, &format!("{f}/x"), 0), Errno::ENOTDIR)?;
+    expect_err("readdir of a file", c.readdir(&f), Errno::ENOTDIR)
+}
+
+fn a_directory_opened_for_writing_or_truncated_is_eisdir(c: &dyn Client, d: &str, _: &Capabilities) -> Outcome {
+    let dir = format!("{d}/dir");
+    step("mkdir", c.mkdir(&dir, 0o755))?;
+    expect_err("open of a directory O_WRONLY", c.open(&dir, O_WRONLY, 0), Errno::EISDIR)?;
+    expect_err("open of a directory O_RDWR", c.open(&dir, O_RDWR, 0), Errno::EISDIR)?;
+    expect_err("truncate of a directory", c.truncate(&dir, 0), Errno::EISDIR)?;
+    let fd = step("open of a directory O_RDONLY", c.open(&dir, O_RDONLY, 0))?;
+    step("close", c.close(fd))
+}
+
+fn symlink_loops_and_o_nofollow_are_eloop(c: &dyn Client, d: &str, _: &Capabilities) -> Outcome {
+    const O_NOFOLLOW: i32 = 0o400000;
+    step("symlink", c.symlink("b", &format!("{d}/a")))?;
+    step("symlink", c.symlink("a", &format!("{d}/b")))?;
+    step("symlink", c.symlink("self", &format!("{d}/self")))?;
+    expect_err("open of a two-link loop", c.open(&format!("{d}/a"), O_RDONLY, 0), Errno::ELOOP)?;
+    expect_err("open of a link to itself", c.open(&format!("{d}/self"), O_RDONLY, 0), Errno::ELOOP)?;
+    expect_err("stat through a loop", c.stat(&format!("{d}/a/x")), Errno::ELOOP)?;
+    write_file(c, &format!("{d}/file"), b"x")?;
+    step("symlink", c.symlink("file", &format!("{d}/to-file")))?;
+    expect_err(
+        "open O_NOFOLLOW of a symlink",
+        c.open(&format!("{d}/to-file"), O_RDONLY | O_NOFOLLOW, 0),
+        Errno::ELOOP,
+    )?;
+    let fd = step("open through a symlink", c.open(&format!("{d}/to-file"), O_RDONLY, 0))?;
+    step("close", c.close(fd))
+}
+
+fn every_creating_call_refuses_an_existing_name_with_eexist(c: &dyn Client, d: &str, caps: &Capabilities) -> Outcome {
+    write_file(c, &format!("{d}/file"), b"x")?;
+    step("mkdir", c.mkdir(&format!("{d}/dir"), 0o755))?;
+    let mut existing = vec!["file", "dir"];
+    if caps.symlinks {
+        step("symlink", c.symlink("nowhere", &format!("{d}/dangling")))?;
+        existing.push("dangling");
+    }
+    if caps.special_files {
+        step("mknod", c.mknod(&format!("{d}/fifo"), 0o010644, 0))?;
+        existing.push("fifo");
+    }
+    for name in existing {
+        let path = format!("{d}/{name}");
+        let exists = |what: &str, r: R<()>| expect_err(&format!("{what} over the {name}"), r, Errno::EEXIST);
+        exists("mkdir", c.mkdir(&path, 0o755))?;
+        exists("O_CREAT|O_EXCL", c.open(&path, O_WRONLY | O_CREAT | O_EXCL, 0o644).map(|_| ()))?;
+        if caps.special_files {
+            exists("mkfifo", c.mknod(&path, 0o010644, 0))?;
+        }
+        if caps.symlinks {
+            exists("symlink", c.symlink("target", &path))?;
+        }
+        if caps.hard_links {
+            exists("link", c.link(&format!("{d}/file"), &path))?;
+        }
+    }
+    if caps.symlinks {
+        // The dangling link is not followed: nothing was made where it points.
+        expect_err("stat of the dangling link's target", c.stat(&format!("{d}/nowhere")), Errno::ENOENT)?;
+    }
+    ensure(read_file(c, &format!("{d}/file"))? == b"x", || "the existing file changed".into())
+}
+
+fn truncating_a_file_open_elsewhere_shows_the_new_size_there(c: &dyn Client, d: &str, _: &Capabilities) -> Outcome {
+    let path = format!("{d}/f");
+    write_file(c, &path, &pattern(20_000, 8))?;
+    let reader = step("open for reading", c.open(&path, O_RDONLY, 0))?;
+    let writer = step("open for writing", c.open(&path, O_RDWR, 0))?;
+    // Read first, so anything cached for the handle is stale after the truncate.
+    let before = step("read", c.read(reader, 0, 30_000));
+    let truncated = c.truncate(&path, 100);
+    let head = c.read(reader, 0, 30_000);
+    let past = c.read(reader, 5_000, 100);
+    let through_writer = c.read(writer, 0, 30_000);
+    let extended = c.write(writer, 300, b"end");
+    let after = c.read(reader, 0, 30_000);
+    step("close", c.close(reader))?;
+    step("close", c.close(writer))?;
+    ensure(before?.len() == 20_000, || "the first read".into())?;
+    step("truncate to 100 while open", truncated)?;
+    let head = step("read after truncate", head)?;
+    ensure(head.len() == 100 && head == pattern(100, 8), || format!("the other handle reads {} bytes", head.len()))?;
+    let past = step("read past the new end", past)?;
+    ensure(past.is_empty(), || format!("a read past the new end returned {} bytes", past.len()))?;
+    ensure(step("read via the writer", through_writer)?.len() == 100, || {
+        "the writer's handle sees the old size".into()
+    })?;
+    step("write at 300", extended)?;
+    let after = step("read after extending", after)?;
+    ensure(after.len() == 303 && after[100..300].iter().all(|b| *b == 0) && &after[300..] == b"end", || {
+        format!("after truncating to 100 and writing at 300, the other handle reads {} bytes", after.len())
+    })
+}
+
+/// Linux local filesystems refuse what they cannot hold: a write at or past their largest
+/// size is EFBIG (ext4, xfs), a write whose end overflows `loff_t` EINVAL; tmpfs, whose
+/// limit is 2^63 - 1, takes a byte at 2^63 - 2 as a sparse file. Reads there return 0.
+/// A store that cannot keep sparse files may also answer ENOSPC.
+fn offsets_near_2_pow_63_follow_linux(c: &dyn Client, d: &str, caps: &Capabilities) -> Outcome {
+    let path = format!("{d}/far");
+    write_file(c, &path, b"small")?;
+    let max = caps.max_file_size.min(i64::MAX as u64);
+    let fd = step("open", c.open(&path, O_RDWR, 0))?;
+    let near = (i64::MAX - 1) as u64;
+    let read_far = c.read(fd, near, 1);
+    // Only the kernel answers SEEK_SET; a plugin is asked for SEEK_DATA and SEEK_HOLE.
+    let seek_set = if c.through_kernel() { c.lseek(fd, near as i64, Whence::Set) } else { Ok(near) };
+    let seek_data = c.lseek(fd, near as i64, Whence::Data);
+    let write_near = c.write(fd, near, b"z");
+    let write_at_max = c.write(fd, max, b"z");
+    let size = c.stat(&path).map(|s| s.size);
+    step("close", c.close(fd))?;
+
+    let far = step("pread at 2^63 - 2 of a small file", read_far)?;
+    ensure(far.is_empty(), || format!("pread at 2^63 - 2 of a 5-byte file returned {} bytes", far.len()))?;
+    ensure(step("SEEK_SET to 2^63 - 2", seek_set)? == near, || "SEEK_SET to 2^63 - 2 landed elsewhere".into())?;
+    expect_err("SEEK_DATA at 2^63 - 2 of a small file", seek_data, Errno::ENXIO)?;
+    match write_near {
+        Ok(1) if near < max => {}
+        Ok(n) => return Err(format!("pwrite of a byte at 2^63 - 2 wrote {n} bytes, the limit being {max}")),
+        Err(Errno::EFBIG) | Err(Errno::EINVAL) => {}
+        Err(Errno::ENOSPC) if !caps.sparse_files => {}
+        Err(e) => return Err(format!("pwrite of a byte at 2^63 - 2: expected EFBIG (or success as tmpfs), got {e:?}")),
+    }
+    match write_at_max {
+        Err(Errno::EFBIG) | Err(Errno::EINVAL) => {}
+        other => return Err(format!("pwrite at the largest file size {max}: expected EFBIG, got {other:?}")),
+    }
+    let size = step("stat", size)?;
+    let want = if matches!(write_near, Ok(1)) { near + 1 } else { 5 };
+    ensure(size == want, || format!("size {size} after writing near 2^63, want {want}"))
+}
+
+fn two_handles_writing_disjoint_ranges_both_land(c: &dyn Client, d: &str, _: &Capabilities) -> Outcome {
+    let path = format!("{d}/shared");
+    let block = 64 * 1024;
+    let (a_data, b_data) = (pattern(block, 11), pattern(block, 12));
+    let a = step("create", c.open(&path, O_WRONLY | O_CREAT, 0o644))?;
+    let b = step("open a second writer", c.open(&path, O_RDWR, 0))?;
+    // Interleaved, each past the other's end, and closed in the other order: a handle
+    // that writes back a whole cached copy of the file on close loses the other's data.
+    let writes = [
+        c.write(a, 0, &a_data),
+        c.write(b, block as u64, &b_data),
+        c.write(a, 2 * block as u64, &a_data),
+        c.write(b, 3 * block as u64, &b_data),
+    ];
+    let closed = (c.close(b), c.close(a));
+    for (i, w) in writes.into_iter().enumerate() {
+        ensure(step(&format!("write {i}"), w)? == block, || format!("write {i} was short"))?;
+    }
+    step("close the second writer", closed.0)?;
+    step("close the first writer", closed.1)?;
+    let back = read_file(c, &path)?;
+    let want = [&a_data[..], &b_data, &a_data, &b_data].concat();
+    ensure(back.len() == want.len(), || format!("the file is {} bytes, want {}", back.len(), want.len()))?;
+    for (i, (got, w)) in back.chunks(block).zip(want.chunks(block)).enumerate() {
+        ensure(got == w, || format!("block {i} (written through the {} handle) was lost", ["first", "second"][i % 2]))?;
+    }
+    Ok(())
+}
+
+/// As root (gid 0), so the group the new entries get can only come from the directory.
+fn setgid_directories_pass_on_their_group(c: &dyn Client, d: &str, caps: &Capabilities) -> Outcome {
+    const GROUP: u32 = 4242;
+    let sg = format!("{d}/sg");
+    step("mkdir", c.mkdir(&sg, 0o755))?;
+    step("chown", c.chown(&sg, 0, GROUP))?;
+    step("chmod 2777", c.chmod(&sg, 0o2777))?;
+    let perm = step("stat", c.stat(&sg))?.perm;
+    ensure(perm == 0o2777, || format!("chmod 2777 left {perm:o}"))?;
+    write_file(c, &format!("{sg}/file"), b"x")?;
+    step("mkdir", c.mkdir(&format!("{sg}/sub"), 0o755))?;
+    let mut made = vec!["file", "sub"];
+    if caps.symlinks {
+        step("symlink", c.symlink("file", &format!("{sg}/link")))?;
+        made.push("link");
+    }
+    if caps.special_files {
+        step("mknod", c.mknod(&format!("{sg}/fifo"), 0o010644, 0))?;
+        made.push("fifo");
+    }
+    for name in made {
+        let st = step(&format!("stat {name}"), c.stat(&format!("{sg}/{name}")))?;
+        ensure(st.gid == GROUP, || format!("{name} made in a setgid directory of group {GROUP} has group {}", st.gid))?;
+        let setgid = st.perm & 0o2000 != 0;
+        let want = st.kind == FileKind::Directory;
+        ensure(setgid == want, || format!("{name} ({:?}) made in a setgid directory has mode {:o}", st.kind, st.perm))?;
+    }
+    step("mkdir", c.mkdir(&format!("{sg}/sub/deeper"), 0o755))?;
+    let st = step("stat", c.stat(&format!("{sg}/sub/deeper")))?;
+    ensure(st.gid == GROUP && st.perm & 0o2000 != 0, || {
+        format!("a directory two levels down has group {} and mode {:o}", st.gid, st.perm)
+    })?;
+    // Without the bit, the creator's group.
+    step("chmod 777", c.chmod(&sg, 0o777))?;
+    write_file(c, &format!("{sg}/plain"), b"x")?;
+    let gid = step("stat", c.stat(&format!("{sg}/plain")))?.gid;
+    ensure(gid == 0, || format!("a file root made in a plain directory of group {GROUP} has group {gid}, not 0"))
+}
+
+/// Linux clears the set-user-ID bit, and the set-group-ID bit of a group-executable file,
+/// when the owner or group changes, even when root changes it. Through FUSE the kernel
+/// asks the plugin for the new mode.
+fn chown_clears_suid_and_sgid(c: &dyn Client, d: &str, _: &Capabilities) -> Outcome {
+    let path = format!("{d}/f");
+    write_file(c, &path, b"#!/bin/sh\n")?;
+    for (mode, after) in [(0o6755, 0o755), (0o4700, 0o700), (0o2750, 0o750)] {
+        step("chmod", c.chmod(&path, mode))?;
+        step("chown", c.chown(&path, 1234, 5678))?;
+        let perm = step("stat", c.stat(&path))?.perm;
+        ensure(perm == after, || format!("chown of a {mode:o} file left mode {perm:o}, want {after:o}"))?;
+    }
+    Ok(())
 }

@@ -45,6 +45,17 @@ pub struct Stat {
 /// An open file, as a client-specific number.
 pub type Fd = u64;
 
+/// One time argument of `utimensat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeArg {
+    /// This exact time.
+    At(Timestamp),
+    /// `UTIME_NOW`: the filesystem's current time.
+    Now,
+    /// `UTIME_OMIT`: leave it as it is.
+    Omit,
+}
+
 /// POSIX calls on paths relative to the filesystem's root (`"a/b"`, no leading `/`).
 pub trait Client: Sync {
     /// `lstat`.
@@ -72,7 +83,11 @@ pub trait Client: Sync {
     /// `truncate`.
     fn truncate(&self, path: &str, size: u64) -> R<()>;
     /// `utimensat` with nanoseconds.
-    fn utimens(&self, path: &str, atime: Timestamp, mtime: Timestamp) -> R<()>;
+    fn utimens(&self, path: &str, atime: Timestamp, mtime: Timestamp) -> R<()> {
+        self.set_times(path, TimeArg::At(atime), TimeArg::At(mtime))
+    }
+    /// `utimensat` with `UTIME_NOW` and `UTIME_OMIT` as well as exact times.
+    fn set_times(&self, path: &str, atime: TimeArg, mtime: TimeArg) -> R<()>;
     /// `open` with Linux flags; `mode` is used with `O_CREAT` (0o100).
     fn open(&self, path: &str, flags: i32, mode: u32) -> R<Fd>;
     /// `pread`.
@@ -103,6 +118,9 @@ pub trait Client: Sync {
     fn statfs(&self) -> R<(u32, u32)>;
     /// How this client reaches the filesystem, for reports.
     fn describe(&self) -> String;
+    /// Whether a kernel is in the loop (a mount): checks of what the kernel does on the
+    /// plugin's behalf (symlink resolution, clearing set-id bits) need one.
+    fn through_kernel(&self) -> bool;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -196,11 +214,13 @@ impl Client for MountClient {
     fn truncate(&self, path: &str, size: u64) -> R<()> {
         ok(unsafe { libc::truncate(self.c(path).as_ptr(), size as libc::off_t) })
     }
-    fn utimens(&self, path: &str, atime: Timestamp, mtime: Timestamp) -> R<()> {
-        let t = [
-            libc::timespec { tv_sec: atime.secs, tv_nsec: atime.nanos as i64 },
-            libc::timespec { tv_sec: mtime.secs, tv_nsec: mtime.nanos as i64 },
-        ];
+    fn set_times(&self, path: &str, atime: TimeArg, mtime: TimeArg) -> R<()> {
+        let spec = |t: TimeArg| match t {
+            TimeArg::At(t) => libc::timespec { tv_sec: t.secs, tv_nsec: t.nanos as i64 },
+            TimeArg::Now => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+            TimeArg::Omit => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        };
+        let t = [spec(atime), spec(mtime)];
         ok(unsafe { libc::utimensat(libc::AT_FDCWD, self.c(path).as_ptr(), t.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
     }
     fn open(&self, path: &str, flags: i32, mode: u32) -> R<Fd> {
@@ -321,6 +341,9 @@ impl Client for MountClient {
     fn describe(&self) -> String {
         format!("through the mount at {}", self.root.display())
     }
+    fn through_kernel(&self) -> bool {
+        true
+    }
 }
 
 fn split_names(buf: &[u8]) -> Vec<String> {
@@ -343,6 +366,8 @@ struct OpenFile {
     node: NodeId,
     handle: Handle,
     flags: i32,
+    /// Opened with `opendir`: closed with `releasedir`, and not a file for reads and writes.
+    dir: bool,
 }
 
 impl DirectClient {
@@ -405,7 +430,11 @@ impl DirectClient {
     }
 
     fn file(&self, fd: Fd) -> R<OpenFile> {
-        self.files.lock().expect("fd table").get(&fd).copied().ok_or(Errno::EBADF)
+        match self.files.lock().expect("fd table").get(&fd).copied() {
+            Some(f) if f.dir => Err(Errno::EISDIR),
+            Some(f) => Ok(f),
+            None => Err(Errno::EBADF),
+        }
     }
 
     fn setattr(&self, path: &str, set: SetAttr) -> R<()> {
@@ -502,9 +531,17 @@ impl Client for DirectClient {
     fn truncate(&self, path: &str, size: u64) -> R<()> {
         self.setattr(path, SetAttr { size: Some(size), ..SetAttr::default() })
     }
-    fn utimens(&self, path: &str, atime: Timestamp, mtime: Timestamp) -> R<()> {
-        let set = SetAttr { atime: Some(SetTime::At(atime)), mtime: Some(SetTime::At(mtime)), ..SetAttr::default() };
-        self.setattr(path, set)
+    fn set_times(&self, path: &str, atime: TimeArg, mtime: TimeArg) -> R<()> {
+        let arg = |t: TimeArg| match t {
+            TimeArg::At(t) => Some(SetTime::At(t)),
+            TimeArg::Now => Some(SetTime::Now),
+            TimeArg::Omit => None,
+        };
+        let (atime, mtime) = (arg(atime), arg(mtime));
+        if atime.is_none() && mtime.is_none() {
+            return self.stat(path).map(|_| ()); // as utimensat: nothing to change
+        }
+        self.setattr(path, SetAttr { atime, mtime, ..SetAttr::default() })
     }
     fn open(&self, path: &str, flags: i32, mode: u32) -> R<Fd> {
         const O_CREAT: i32 = 0o100;
@@ -520,7 +557,13 @@ impl Client for DirectClient {
                     self.release_ref(node);
                     return Err(Errno::EISDIR);
                 }
-                match self.fs.open(&self.req, node, flags & !(O_CREAT | open_flags::O_EXCL)) {
+                // The kernel opens a directory with opendir.
+                let opened = if attr.kind == FileKind::Directory {
+                    self.fs.opendir(&self.req, node, flags & !(O_CREAT | open_flags::O_EXCL))
+                } else {
+                    self.fs.open(&self.req, node, flags & !(O_CREAT | open_flags::O_EXCL))
+                };
+                match opened {
                     Ok(o) => (node, o),
                     Err(e) => {
                         self.release_ref(node);
@@ -539,7 +582,8 @@ impl Client for DirectClient {
         let fd = *next;
         *next += 1;
         // The reference from the walk or create is held while the file is open.
-        self.files.lock().expect("fd table").insert(fd, OpenFile { node, handle: opened.handle, flags });
+        let dir = matches!(existing, Ok((_, attr)) if attr.kind == FileKind::Directory);
+        self.files.lock().expect("fd table").insert(fd, OpenFile { node, handle: opened.handle, flags, dir });
         Ok(fd)
     }
     fn read(&self, fd: Fd, offset: u64, len: usize) -> R<Vec<u8>> {
@@ -586,6 +630,11 @@ impl Client for DirectClient {
     }
     fn close(&self, fd: Fd) -> R<()> {
         let f = self.files.lock().expect("fd table").remove(&fd).ok_or(Errno::EBADF)?;
+        if f.dir {
+            let released = self.fs.releasedir(&self.req, f.node, f.handle);
+            self.release_ref(f.node);
+            return released.map_err(|e| e.errno());
+        }
         let flushed = self.fs.flush(&self.req, f.node, f.handle, 0);
         let released = self.fs.release(&self.req, f.node, f.handle, f.flags, true);
         self.release_ref(f.node);
@@ -647,5 +696,8 @@ impl Client for DirectClient {
     }
     fn describe(&self) -> String {
         "directly through the plugin API".into()
+    }
+    fn through_kernel(&self) -> bool {
+        false
     }
 }

@@ -55,7 +55,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(dir) = &cli.permission_checks_as_user {
         return match plugfs_conformance::permissions::run_as_user(dir) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(outcomes) => {
+                print!("{outcomes}");
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 println!("{e}");
                 ExitCode::FAILURE
