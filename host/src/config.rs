@@ -450,7 +450,11 @@ durability = "always"
         let e = parse(&twice).unwrap_err();
         assert_eq!((e.key.as_str(), e.line), ("mount[1].name", 15), "{e}");
         let twice = format!("{GOOD}\n[[mount]]\nname = \"two\"\nplugin = \"x\"\nmountpoint = \"./mnt/../mnt\"\n");
-        let _ = parse(&twice); // Differently spelled paths are caught at mount time by the kernel.
+        // The same directory spelled differently is the same mountpoint: paths are folded
+        // before they are compared.
+        let e = parse(&twice).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("mount[1].mountpoint", 17), "{e}");
+        assert!(e.message.contains("mount[0] already mounts there"), "{e}");
     }
 
     #[test]
