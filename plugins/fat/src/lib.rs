@@ -5,3 +5,8 @@
 //! describes images with the same engine.
 
 pub mod engine;
+pub mod plugin;
+
+pub use plugin::{FatFs, FatPlugin};
+
+plugfs_plugin_api::export_plugin!(FatPlugin);
