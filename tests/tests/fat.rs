@@ -268,3 +268,67 @@ fn a_second_host_cannot_mount_the_same_image_read_write() {
     assert!(err.to_string().contains("in use"), "{err}");
     stop(host);
 }
+
+fn plugfs_fat(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(plugfs_tests::binary("plugfs-fat")).args(args).output().expect("run plugfs-fat");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn plugfs_fat_mkfs_makes_images_that_fsck_and_mtools_accept_and_info_describes() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--size", "1440K"], "FAT12"),
+        (&["--size", "64M"], "FAT16"),
+        (&["--size", "600M"], "FAT32"),
+        (&["--size", "64M", "--fat", "32", "--cluster-size", "512", "--label", "Backup"], "FAT32"),
+        (&["--size", "64M", "--fat", "16", "--sector-size", "4096"], "FAT16"),
+    ];
+    for (args, want) in cases {
+        let s = Setup::new();
+        // A directory that does not exist yet is created, as the README's command needs.
+        let img = s.path("demo/fat.img");
+        let mut all = vec!["mkfs", img.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let (code, out, err) = plugfs_fat(&all);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        assert!(out.contains(want), "{args:?}: {out}");
+        run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+        run_ok("mdir", &["-i", img.to_str().unwrap(), "::/"]);
+        let (code, info, err) = plugfs_fat(&["info", img.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(info.contains(&format!("type:                {want}")), "{info}");
+        if args.contains(&"Backup") {
+            assert!(info.contains("label:               BACKUP"), "{info}");
+        }
+    }
+}
+
+#[test]
+fn plugfs_fat_mkfs_refuses_impossible_layouts_with_the_reason() {
+    let s = Setup::new();
+    let img = s.path("x.img");
+    let (code, _, err) = plugfs_fat(&["mkfs", img.to_str().unwrap(), "--size", "1M", "--fat", "32"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("too few"), "{err}");
+    assert!(!img.exists(), "nothing is created for a layout that cannot be made");
+    let (code, _, err) = plugfs_fat(&["info", s.path("missing.img").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.img"), "{err}");
+}
+
+#[test]
+fn an_image_made_by_plugfs_fat_mounts_and_round_trips() {
+    let s = Setup::new();
+    let img = s.path("fat.img");
+    let (code, out, err) = plugfs_fat(&["mkfs", img.to_str().unwrap(), "--size", "32M"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (host, mnt) = s.mount(&img, "");
+    std::fs::write(mnt.join("Hello World.txt"), b"hi").unwrap();
+    stop(host);
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+    assert_eq!(run_ok("mcopy", &["-n", "-i", img.to_str().unwrap(), "::/Hello World.txt", "-"]), b"hi");
+}

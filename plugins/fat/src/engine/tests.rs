@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::mkfs;
 use super::*;
 
 /// Runs a dosfstools/mtools command; a missing tool fails with what to install.
@@ -419,4 +420,50 @@ fn a_malformed_boot_sector_is_a_clear_error_at_open() {
     std::fs::write(&img, &bytes).unwrap();
     let err = Volume::open(&img, OpenOptions::default()).err().expect("must fail");
     assert!(err.to_string().contains("sectors per cluster"), "{err}");
+}
+
+fn formatted(size: u64, fat_type: Option<FatType>, sector_size: u32, cluster_size: Option<u32>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("fat.img");
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&img).unwrap();
+    file.set_len(size).unwrap();
+    let f = mkfs::Format { size, fat_type, sector_size, cluster_size, label: Some("Made Here".into()), volume_id: 7 };
+    mkfs::format(&file, &f, |_, _| {}).unwrap();
+    dir
+}
+
+#[test]
+fn images_made_by_format_pass_fsck_and_mtools_reads_them() {
+    let cases = [
+        (1440 * 1024, None, 512, None, FatType::Fat12),
+        (64 << 20, None, 512, None, FatType::Fat16),
+        (64 << 20, Some(FatType::Fat32), 512, Some(512), FatType::Fat32),
+        (600 << 20, None, 512, None, FatType::Fat32),
+        (64 << 20, Some(FatType::Fat16), 4096, None, FatType::Fat16),
+        (512 << 20, Some(FatType::Fat32), 4096, Some(4096), FatType::Fat32),
+        (4 << 20, Some(FatType::Fat12), 2048, None, FatType::Fat12),
+    ];
+    for (size, t, ss, cs, want) in cases {
+        let dir = formatted(size, t, ss, cs);
+        let img = dir.path().join("fat.img");
+        let i = img.to_str().unwrap();
+        fsck(&img);
+        run_ok("mdir", &["-i", i, "::/"]);
+        let label = run_ok("mlabel", &["-s", "-i", i, "::"]);
+        assert!(String::from_utf8_lossy(&label).contains("MADE HERE"), "{}", String::from_utf8_lossy(&label));
+        // mtools writes into it, the engine reads it back, and the other way round.
+        let src = dir.path().join("src");
+        std::fs::write(&src, pattern(100_000, 9)).unwrap();
+        run_ok("mcopy", &["-i", i, src.to_str().unwrap(), "::/from mtools.bin"]);
+        {
+            let mut vol = open_rw(&img);
+            assert_eq!(vol.bpb().fat_type, want, "{size} {t:?} {ss}");
+            let f = vol.lookup(ROOT, "from mtools.bin").unwrap();
+            assert_eq!(read_all(&mut vol, f), pattern(100_000, 9));
+            let g = vol.create(ROOT, "from plugfs.bin", false).unwrap();
+            vol.write(g, 0, &pattern(50_000, 10)).unwrap();
+        }
+        fsck(&img);
+        assert!(mcopy_out(&img, "from plugfs.bin") == pattern(50_000, 10));
+    }
 }
