@@ -332,3 +332,137 @@ fn an_image_made_by_plugfs_fat_mounts_and_round_trips() {
     run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
     assert_eq!(run_ok("mcopy", &["-n", "-i", img.to_str().unwrap(), "::/Hello World.txt", "-"]), b"hi");
 }
+
+/// A small deterministic generator, so a failing run can be repeated from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+/// The outcome of one operation, comparable between the two sides.
+fn outcome<T>(r: std::io::Result<T>) -> Result<(), i32> {
+    r.map(|_| ()).map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+fn write_at(path: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+    f.write_all_at(data, offset)
+}
+
+fn truncate(path: &Path, size: u64) -> std::io::Result<()> {
+    std::fs::OpenOptions::new().write(true).open(path)?.set_len(size)
+}
+
+/// Relative paths of every directory (with "" for the root) and file under `root`.
+fn dirs_and_files(root: &Path) -> (Vec<String>, Vec<String>) {
+    let mut dirs = vec![String::new()];
+    let mut files = Vec::new();
+    for (path, content) in tree(root) {
+        if content.is_some() { files.push(path) } else { dirs.push(path) }
+    }
+    (dirs, files)
+}
+
+#[test]
+fn a_randomized_workload_matches_a_native_directory_and_fsck_passes() {
+    let s = Setup::new();
+    let img = s.mkfs(&["-F", "16"], 64 * 1024);
+    let native = s.path("native");
+    std::fs::create_dir(&native).unwrap();
+    let (host, mnt) = s.mount(&img, "");
+    // Names that differ case-insensitively, so the case-sensitive native side agrees.
+    let names = [
+        "a",
+        "B.TXT",
+        "readme.md",
+        "Long File Name One.data",
+        "long file name two.data",
+        "Ünïcødé",
+        "日本語",
+        "x.y.z",
+        "spaces in name",
+        "UPPER CASE DIR",
+        "lower.c",
+        "Mixed.Case.Ext",
+    ];
+    let seed = 0x5EED_F00D_u64;
+    let mut rng = Rng(seed);
+    let mut succeeded: BTreeMap<&str, usize> = BTreeMap::new();
+    for step in 0..3000 {
+        let (dirs, files) = dirs_and_files(&native);
+        let dir = rng.pick(&dirs).clone();
+        let new_path = |rng: &mut Rng| {
+            let n = rng.pick(&names);
+            if dir.is_empty() { n.to_string() } else { format!("{dir}/{n}") }
+        };
+        let existing_file = |rng: &mut Rng| if files.is_empty() { new_path(rng) } else { rng.pick(&files).clone() };
+        let (what, a, b): (&str, String, String) = match rng.below(100) {
+            0..=34 => ("write", existing_file(&mut rng), String::new()),
+            35..=44 => ("truncate", existing_file(&mut rng), String::new()),
+            45..=54 => ("unlink", existing_file(&mut rng), String::new()),
+            55..=64 => ("mkdir", new_path(&mut rng), String::new()),
+            65..=72 => ("rmdir", rng.pick(&dirs).clone(), String::new()),
+            73..=89 => {
+                let from = if rng.below(3) == 0 { rng.pick(&dirs).clone() } else { existing_file(&mut rng) };
+                let to_dir = rng.pick(&dirs).clone();
+                let n = rng.pick(&names);
+                ("rename", from, if to_dir.is_empty() { n.to_string() } else { format!("{to_dir}/{n}") })
+            }
+            _ => ("read", existing_file(&mut rng), String::new()),
+        };
+        let offset = rng.below(40_000);
+        let len = rng.below(20_000) as usize;
+        let data = pattern(len, rng.next() as u32);
+        let size = rng.below(60_000);
+        let on = |root: &Path| -> Result<(), i32> {
+            let (pa, pb) = (root.join(&a), root.join(&b));
+            match what {
+                "write" => outcome(write_at(&pa, offset, &data)),
+                "truncate" => outcome(truncate(&pa, size)),
+                "unlink" => outcome(std::fs::remove_file(&pa)),
+                "mkdir" => outcome(std::fs::create_dir(&pa)),
+                "rmdir" if a.is_empty() => Ok(()),
+                "rmdir" => outcome(std::fs::remove_dir(&pa)),
+                "rename" if a.is_empty() => Ok(()),
+                "rename" => outcome(std::fs::rename(&pa, &pb)),
+                _ => outcome(std::fs::read(&pa)),
+            }
+        };
+        let want = on(&native);
+        let got = on(&mnt);
+        assert_eq!(got, want, "step {step} (seed {seed:#x}): {what} {a:?} {b:?}");
+        if want.is_ok() {
+            *succeeded.entry(what).or_default() += 1;
+        }
+        if what == "read" && want.is_ok() {
+            assert!(std::fs::read(mnt.join(&a)).unwrap() == std::fs::read(native.join(&a)).unwrap(), "step {step}");
+        }
+    }
+    // The workload must really exercise every operation, not mostly fail.
+    for op in ["write", "truncate", "unlink", "mkdir", "rmdir", "rename", "read"] {
+        assert!(succeeded.get(op).copied().unwrap_or(0) >= 20, "too few successful {op}s: {succeeded:?}");
+    }
+    eprintln!("operations that succeeded: {succeeded:?}");
+    assert!(tree(&mnt) == tree(&native), "the trees differ after the workload");
+    stop(host);
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+    let out = s.path("out");
+    std::fs::create_dir(&out).unwrap();
+    if std::fs::read_dir(&native).unwrap().next().is_some() {
+        run_ok("mcopy", &["-s", "-n", "-i", img.to_str().unwrap(), "::/*", out.to_str().unwrap()]);
+    }
+    assert!(tree(&out) == tree(&native), "mtools reads the image differently from the native directory");
+}
