@@ -308,6 +308,47 @@ fn plugfs_fat_mkfs_makes_images_that_fsck_and_mtools_accept_and_info_describes()
 }
 
 #[test]
+fn plugfs_fat_label_reads_and_sets_the_label_that_mtools_sees() {
+    let s = Setup::new();
+    let img = s.mkfs(&["-F", "32", "-s", "1", "-n", "OLDNAME"], 128 * 1024);
+    let i = img.to_str().unwrap();
+    assert_eq!(plugfs_fat(&["label", i]).1.trim(), "OLDNAME");
+    let (code, out, err) = plugfs_fat(&["label", i, "New Label"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(plugfs_fat(&["label", i]).1.trim(), "NEW LABEL");
+    let shown = run_ok("mlabel", &["-s", "-i", i, "::"]);
+    assert!(String::from_utf8_lossy(&shown).contains("NEW LABEL"), "{}", String::from_utf8_lossy(&shown));
+    run_ok("fsck.fat", &["-n", i]);
+    let (code, _, err) = plugfs_fat(&["label", i, "far too long a label"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("label"), "{err}");
+}
+
+#[test]
+fn the_readme_commands_make_and_mount_the_example_image_of_config_fat_toml() {
+    // A checkout-like layout: config/fat.toml with its relative image and mount point.
+    let s = Setup::new();
+    std::fs::create_dir(s.path("config")).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fat.toml");
+    let config = s.path("config/fat.toml");
+    std::fs::copy(&example, &config).unwrap();
+    let img = s.path("demo/fat.img");
+    let (code, out, err) = plugfs_fat(&["mkfs", img.to_str().unwrap(), "--size", "64M"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mnt = s.path("demo/fat-mnt");
+    let host = Host::start(&config, &[&mnt]);
+    std::fs::write(mnt.join("Written Through plugfs.txt"), b"hello").unwrap();
+    stop(host);
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+    let names = run_ok("mdir", &["-b", "-i", img.to_str().unwrap(), "::/"]);
+    assert!(
+        String::from_utf8_lossy(&names).contains("Written Through plugfs.txt"),
+        "{}",
+        String::from_utf8_lossy(&names)
+    );
+}
+
+#[test]
 fn plugfs_fat_mkfs_refuses_impossible_layouts_with_the_reason() {
     let s = Setup::new();
     let img = s.path("x.img");

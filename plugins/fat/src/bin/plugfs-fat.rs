@@ -3,6 +3,7 @@
 //! ```text
 //! plugfs-fat mkfs IMAGE --size SIZE [--fat 12|16|32] [--sector-size N] [--cluster-size N] [--label L]
 //! plugfs-fat info IMAGE
+//! plugfs-fat label IMAGE [NEW-LABEL]
 //! ```
 
 use std::path::PathBuf;
@@ -45,6 +46,13 @@ enum Command {
     Info {
         /// The image file or block device.
         image: PathBuf,
+    },
+    /// Print the volume label, or set it (in the root directory and the boot sector).
+    Label {
+        /// The image file or block device.
+        image: PathBuf,
+        /// The new label: up to 11 characters, stored in upper case.
+        new_label: Option<String>,
     },
 }
 
@@ -159,6 +167,19 @@ fn info(image: PathBuf) -> Result<(), String> {
     Ok(())
 }
 
+fn label(image: PathBuf, new_label: Option<String>) -> Result<(), String> {
+    let read_only = new_label.is_none();
+    let mut vol = Volume::open(&image, OpenOptions { read_only, tz_offset: plugfs_fat::engine::time::local_offset() })
+        .map_err(|e| format!("{}: {e}", image.display()))?;
+    match new_label {
+        Some(l) => vol.set_label(&l).and_then(|()| vol.unmount()).map_err(|e| format!("{}: {e}", image.display())),
+        None => {
+            println!("{}", vol.label().unwrap_or_default());
+            Ok(())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -166,6 +187,7 @@ fn main() -> ExitCode {
             mkfs(image, size, fat, sector_size, cluster_size, label)
         }
         Command::Info { image } => info(image),
+        Command::Label { image, new_label } => label(image, new_label),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

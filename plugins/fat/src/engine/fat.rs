@@ -28,6 +28,9 @@ pub struct Fat {
     /// Where the next search for a free cluster starts.
     next_free: u32,
     dirty_sectors: BTreeSet<usize>,
+    /// One bit per cluster: claimed by a chain the volume has loaded or allocated. A
+    /// second chain reaching a claimed cluster is a cross-link.
+    owned: Vec<u64>,
 }
 
 impl Fat {
@@ -41,6 +44,7 @@ impl Fat {
             free: 0,
             next_free: 2,
             dirty_sectors: BTreeSet::new(),
+            owned: vec![0; (bpb.cluster_count as usize + 2).div_ceil(64)],
         };
         fat.free = (2..=fat.max_cluster).filter(|&c| fat.raw(c) == 0).count() as u32;
         fat
@@ -156,6 +160,31 @@ impl Fat {
         }
     }
 
+    fn owned(&self, c: u32) -> bool {
+        self.owned[c as usize / 64] & (1 << (c % 64)) != 0
+    }
+
+    fn set_owned(&mut self, c: u32, on: bool) {
+        let (word, bit) = (c as usize / 64, 1u64 << (c % 64));
+        if on {
+            self.owned[word] |= bit;
+        } else {
+            self.owned[word] &= !bit;
+        }
+    }
+
+    /// Claims the clusters of a chain just loaded for one file or directory; refuses a
+    /// chain that shares a cluster with one claimed before (a cross-link), claiming none.
+    pub fn claim(&mut self, chain: &[u32]) -> Result<()> {
+        if let Some(&c) = chain.iter().find(|&&c| self.owned(c)) {
+            return Err(Error::Corrupt(format!("cluster {c} also belongs to another file (cross-linked)")));
+        }
+        for &c in chain {
+            self.set_owned(c, true);
+        }
+        Ok(())
+    }
+
     /// Whether `cluster` is a valid data cluster number.
     pub fn in_range(&self, cluster: u32) -> bool {
         (2..=self.max_cluster).contains(&cluster)
@@ -221,6 +250,9 @@ impl Fat {
         if got.len() < count as usize {
             return Err(Error::NoSpace);
         }
+        for &c in &got {
+            self.set_owned(c, true);
+        }
         for w in got.windows(2) {
             self.set(w[0], Entry::Next(w[1]));
         }
@@ -237,6 +269,7 @@ impl Fat {
     pub fn free_chain(&mut self, chain: &[u32]) {
         for &c in chain {
             self.set(c, Entry::Free);
+            self.set_owned(c, false);
         }
     }
 

@@ -467,3 +467,37 @@ fn images_made_by_format_pass_fsck_and_mtools_reads_them() {
         assert!(mcopy_out(&img, "from plugfs.bin") == pattern(50_000, 10));
     }
 }
+
+#[test]
+fn a_file_sharing_clusters_with_another_is_eio_and_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "16"], 64 * 1024);
+    let mut tree = BTreeMap::new();
+    tree.insert("A.BIN".to_string(), Some(pattern(10_000, 1)));
+    tree.insert("B.BIN".to_string(), Some(pattern(10_000, 2)));
+    fill_with_mtools(&img, &tree);
+    let (a_cluster, root_at) = {
+        let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+        let a = vol.lookup(ROOT, "A.BIN").unwrap();
+        (vol.first_cluster(a).unwrap(), vol.bpb().root_dir_offset as usize)
+    };
+    // Point B's directory entry at A's clusters.
+    let mut bytes = std::fs::read(&img).unwrap();
+    let slot = (0..512).find(|s| &bytes[root_at + s * 32..root_at + s * 32 + 11] == b"B       BIN").unwrap();
+    let at = root_at + slot * 32 + 26;
+    bytes[at..at + 2].copy_from_slice(&(a_cluster as u16).to_le_bytes());
+    std::fs::write(&img, &bytes).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    let mut vol = open_rw(&img);
+    let a = vol.lookup(ROOT, "A.BIN").unwrap();
+    assert_eq!(read_all(&mut vol, a), pattern(10_000, 1));
+    let b = vol.lookup(ROOT, "B.BIN").unwrap();
+    let err = vol.read(b, 0, &mut [0u8; 10]).unwrap_err();
+    assert!(err.to_string().contains("cross-linked"), "{err}");
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(vol.write(b, 0, b"spread").is_err());
+    assert!(vol.truncate(b, 0).is_err());
+    drop(vol);
+    // Nothing but the dirty bit's set-and-clear touched the image.
+    assert!(std::fs::read(&img).unwrap() == before);
+}

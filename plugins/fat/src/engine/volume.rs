@@ -306,7 +306,11 @@ impl Volume {
     fn chain(&mut self, ino: Ino) -> Result<&Vec<u32>> {
         let node = self.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
         if node.chain.is_none() {
-            let chain = self.fat.chain(node.entry.first_cluster).map_err(|e| corrupt_context(&node.name, e))?;
+            let chain = self
+                .fat
+                .chain(node.entry.first_cluster)
+                .and_then(|chain| self.fat.claim(&chain).map(|()| chain))
+                .map_err(|e| corrupt_context(&node.name, e))?;
             node.chain = Some(chain);
         }
         Ok(node.chain.as_ref().expect("just filled"))
