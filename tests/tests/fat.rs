@@ -507,3 +507,38 @@ fn a_randomized_workload_matches_a_native_directory_and_fsck_passes() {
     }
     assert!(tree(&out) == tree(&native), "mtools reads the image differently from the native directory");
 }
+
+#[test]
+fn many_readers_and_a_writer_at_once_all_see_the_right_bytes() {
+    let s = Setup::new();
+    let img = s.mkfs(&["-F", "32", "-s", "1"], 128 * 1024);
+    let (host, mnt) = s.mount(&img, "");
+    for i in 0..4 {
+        std::fs::write(mnt.join(format!("file {i}")), pattern(300_000 + i * 1000, i as u32)).unwrap();
+    }
+    std::thread::scope(|scope| {
+        for i in 0..4usize {
+            let mnt = &mnt;
+            scope.spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let want = pattern(300_000 + i * 1000, i as u32);
+                let f = std::fs::File::open(mnt.join(format!("file {i}"))).unwrap();
+                for round in 0..200usize {
+                    let off = (round * 7919) % want.len();
+                    let mut buf = vec![0u8; 10_000.min(want.len() - off)];
+                    f.read_exact_at(&mut buf, off as u64).unwrap();
+                    assert!(buf == want[off..off + buf.len()], "file {i} round {round}");
+                }
+            });
+        }
+        let mnt = &mnt;
+        scope.spawn(move || {
+            for round in 0..50u32 {
+                std::fs::write(mnt.join("written meanwhile"), pattern(50_000, round)).unwrap();
+            }
+        });
+    });
+    assert_eq!(std::fs::read(mnt.join("written meanwhile")).unwrap(), pattern(50_000, 49));
+    stop(host);
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+}

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use plugfs_plugin_api::open_flags::{O_ACCMODE, O_APPEND, O_RDONLY, O_TRUNC};
@@ -131,7 +131,8 @@ impl Plugin for FatPlugin {
             "mounted a FAT volume"
         );
         Ok(FatFs {
-            state: Mutex::new(State { vol, refs: HashMap::new(), handles: HashMap::new() }),
+            vol: RwLock::new(vol),
+            tracking: Mutex::new(Tracking::default()),
             presentation,
             next_handle: AtomicU64::new(1),
         })
@@ -144,28 +145,24 @@ struct Refs {
     opens: u64,
 }
 
-struct State {
-    vol: Volume,
+/// Who refers to which node: lookup references and open handles.
+#[derive(Default)]
+struct Tracking {
     refs: HashMap<Ino, Refs>,
     /// Open handle -> (node, open flags).
     handles: HashMap<Handle, (Ino, i32)>,
 }
 
-impl State {
-    /// Lets the engine free an unlinked node once nothing refers to it.
-    fn maybe_evict(&mut self, ino: Ino) -> Result<()> {
-        let unused = self.refs.get(&ino).is_none_or(|r| r.lookups == 0 && r.opens == 0);
-        if unused {
-            self.refs.remove(&ino);
-            self.vol.evict(ino).map_err(errno)?;
-        }
-        Ok(())
-    }
-}
-
 /// A mounted FAT volume.
+///
+/// **Locking.** The volume sits behind a read-write lock: reads of files whose cluster
+/// chain is cached, `getattr`, and lookups and listings of directories already read run
+/// under the shared lock, in parallel (the image is read with `pread`); everything that
+/// changes the volume or fills a cache takes it exclusively. Reference counts have their
+/// own small lock, always taken after the volume's.
 pub struct FatFs {
-    state: Mutex<State>,
+    vol: RwLock<Volume>,
+    tracking: Mutex<Tracking>,
     presentation: Presentation,
     next_handle: AtomicU64,
 }
@@ -183,9 +180,46 @@ fn timestamp((secs, nanos): (i64, u32)) -> Timestamp {
     Timestamp::new(secs, nanos)
 }
 
+fn poisoned() -> Error {
+    Error::with_message(Errno::EIO, "fat: a lock was poisoned by a panic")
+}
+
 impl FatFs {
-    fn lock(&self) -> Result<MutexGuard<'_, State>> {
-        self.state.lock().map_err(|_| Error::with_message(Errno::EIO, "fat: state lock poisoned"))
+    fn shared(&self) -> Result<RwLockReadGuard<'_, Volume>> {
+        self.vol.read().map_err(|_| poisoned())
+    }
+
+    fn exclusive(&self) -> Result<RwLockWriteGuard<'_, Volume>> {
+        self.vol.write().map_err(|_| poisoned())
+    }
+
+    fn tracking(&self) -> Result<MutexGuard<'_, Tracking>> {
+        self.tracking.lock().map_err(|_| poisoned())
+    }
+
+    /// Answers from the shared lock when `fast` can (it returns None when it needs a cache
+    /// filled), else from the exclusive lock with `slow`.
+    fn shared_or_exclusive<T>(
+        &self,
+        fast: impl FnOnce(&Volume) -> Option<engine::Result<T>>,
+        slow: impl FnOnce(&mut Volume) -> engine::Result<T>,
+    ) -> Result<T> {
+        if let Some(r) = fast(&*self.shared()?) {
+            return r.map_err(errno);
+        }
+        slow(&mut *self.exclusive()?).map_err(errno)
+    }
+
+    /// Lets the engine free an unlinked node once nothing refers to it.
+    fn maybe_evict(&self, vol: &mut Volume, ino: Ino) -> Result<()> {
+        let mut t = self.tracking()?;
+        let unused = t.refs.get(&ino).is_none_or(|r| r.lookups == 0 && r.opens == 0);
+        if unused {
+            t.refs.remove(&ino);
+            drop(t);
+            vol.evict(ino).map_err(errno)?;
+        }
+        Ok(())
     }
 
     fn attr(&self, vol: &Volume, m: &Meta) -> Attr {
@@ -216,32 +250,35 @@ impl FatFs {
     }
 
     /// The entry for `ino`, counting one lookup reference.
-    fn entry(&self, st: &mut State, ino: Ino) -> Result<Entry> {
-        let m = st.vol.stat(ino).map_err(errno)?;
-        let attr = self.attr(&st.vol, &m);
-        st.refs.entry(ino).or_default().lookups += 1;
+    fn entry(&self, vol: &Volume, ino: Ino) -> Result<Entry> {
+        let m = vol.stat(ino).map_err(errno)?;
+        let attr = self.attr(vol, &m);
+        self.tracking()?.refs.entry(ino).or_default().lookups += 1;
         Ok(Entry { node: ino, generation: 0, attr, entry_ttl: TTL, attr_ttl: TTL })
     }
 
-    fn attr_out(&self, st: &mut State, ino: Ino) -> Result<AttrOut> {
-        let m = st.vol.stat(ino).map_err(errno)?;
-        Ok(AttrOut { attr: self.attr(&st.vol, &m), ttl: TTL })
+    fn attr_out(&self, vol: &Volume, ino: Ino) -> Result<AttrOut> {
+        let m = vol.stat(ino).map_err(errno)?;
+        Ok(AttrOut { attr: self.attr(vol, &m), ttl: TTL })
     }
 
-    fn open_handle(&self, st: &mut State, ino: Ino, flags: i32) -> Opened {
+    fn open_handle(&self, ino: Ino, flags: i32) -> Result<Opened> {
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        st.handles.insert(handle, (ino, flags));
-        st.refs.entry(ino).or_default().opens += 1;
-        Opened { handle, ..Opened::default() }
+        let mut t = self.tracking()?;
+        t.handles.insert(handle, (ino, flags));
+        t.refs.entry(ino).or_default().opens += 1;
+        Ok(Opened { handle, ..Opened::default() })
     }
 
     fn close_handle(&self, handle: Handle) -> Result<()> {
-        let mut st = self.lock()?;
-        if let Some((ino, _)) = st.handles.remove(&handle) {
-            if let Some(r) = st.refs.get_mut(&ino) {
+        let mut vol = self.exclusive()?;
+        let mut t = self.tracking()?;
+        if let Some((ino, _)) = t.handles.remove(&handle) {
+            if let Some(r) = t.refs.get_mut(&ino) {
                 r.opens = r.opens.saturating_sub(1);
             }
-            st.maybe_evict(ino)?;
+            drop(t);
+            self.maybe_evict(&mut vol, ino)?;
         }
         Ok(())
     }
@@ -254,41 +291,58 @@ impl FatFs {
         }
     }
 
-    /// Creates a node and keeps the lock, so `create` opens it before anyone else sees it.
-    fn create_node(&self, parent: NodeId, name: &OsStr, is_dir: bool) -> Result<(MutexGuard<'_, State>, Entry)> {
-        let mut st = self.lock()?;
-        let ino = st.vol.create(parent, name_str(name)?, is_dir).map_err(errno)?;
-        let entry = self.entry(&mut st, ino)?;
-        Ok((st, entry))
+    /// Creates a node; with `open_flags`, opens it before anyone else can remove it.
+    fn create_node(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        is_dir: bool,
+        open_flags: Option<i32>,
+    ) -> Result<(Entry, Option<Opened>)> {
+        let mut vol = self.exclusive()?;
+        let ino = vol.create(parent, name_str(name)?, is_dir).map_err(errno)?;
+        let entry = self.entry(&vol, ino)?;
+        let opened = open_flags.map(|f| self.open_handle(ino, f)).transpose()?;
+        Ok((entry, opened))
     }
 }
 
 impl FileSystem for FatFs {
     fn lookup(&self, _req: &Request, parent: NodeId, name: &OsStr) -> Result<Entry> {
-        let mut st = self.lock()?;
-        let ino = st.vol.lookup(parent, name_str(name)?).map_err(errno)?;
-        self.entry(&mut st, ino)
+        let name = name_str(name)?;
+        {
+            let vol = self.shared()?;
+            if let Some(r) = vol.lookup_loaded(parent, name) {
+                let ino = r.map_err(errno)?;
+                return self.entry(&vol, ino);
+            }
+        }
+        let mut vol = self.exclusive()?;
+        let ino = vol.lookup(parent, name).map_err(errno)?;
+        self.entry(&vol, ino)
     }
 
     fn forget(&self, node: NodeId, nlookup: u64) {
-        let Ok(mut st) = self.lock() else { return };
-        if let Some(r) = st.refs.get_mut(&node) {
+        let Ok(mut vol) = self.exclusive() else { return };
+        if let Ok(mut t) = self.tracking()
+            && let Some(r) = t.refs.get_mut(&node)
+        {
             r.lookups = r.lookups.saturating_sub(nlookup);
         }
-        if let Err(e) = st.maybe_evict(node) {
+        if let Err(e) = self.maybe_evict(&mut vol, node) {
             tracing::error!(node, "freeing an unlinked file failed: {e}");
         }
     }
 
     fn getattr(&self, _req: &Request, node: NodeId, _handle: Option<Handle>) -> Result<AttrOut> {
-        let mut st = self.lock()?;
-        self.attr_out(&mut st, node)
+        let vol = self.shared()?;
+        self.attr_out(&vol, node)
     }
 
     fn setattr(&self, _req: &Request, node: NodeId, set: &SetAttr) -> Result<AttrOut> {
-        let mut st = self.lock()?;
+        let mut vol = self.exclusive()?;
         let p = self.presentation;
-        let cur = self.attr_out(&mut st, node)?.attr;
+        let cur = self.attr_out(&vol, node)?.attr;
         if set.uid.is_some_and(|u| u != cur.uid) || set.gid.is_some_and(|g| g != cur.gid) {
             self.refuse("an owner or group")?;
         }
@@ -302,15 +356,15 @@ impl FileSystem for FatFs {
             if mode & !0o222 != allowed & !0o222 || (write != 0 && write != allowed & 0o222) {
                 self.refuse("these permission bits")?;
             } else if !is_dir {
-                let m = st.vol.stat(node).map_err(errno)?;
+                let m = vol.stat(node).map_err(errno)?;
                 let attr = if write == 0 { m.attr | ATTR_READ_ONLY } else { m.attr & !ATTR_READ_ONLY };
                 if attr != m.attr {
-                    st.vol.set_attributes(node, attr).map_err(errno)?;
+                    vol.set_attributes(node, attr).map_err(errno)?;
                 }
             }
         }
         if let Some(size) = set.size {
-            st.vol.truncate(node, size).map_err(errno)?;
+            vol.truncate(node, size).map_err(errno)?;
         }
         let tz = self.presentation.tz_offset;
         let to_fat = |t: SetTime| match t {
@@ -318,32 +372,32 @@ impl FileSystem for FatFs {
             SetTime::At(ts) => FatTime::from_unix(ts.secs, ts.nanos, tz),
         };
         if set.mtime.is_some() || set.atime.is_some() {
-            st.vol.set_times(node, set.mtime.map(to_fat), set.atime.map(to_fat)).map_err(errno)?;
+            vol.set_times(node, set.mtime.map(to_fat), set.atime.map(to_fat)).map_err(errno)?;
         }
-        self.attr_out(&mut st, node)
+        self.attr_out(&vol, node)
     }
 
     fn mknod(&self, _req: &Request, parent: NodeId, name: &OsStr, mode: u32, _rdev: u32) -> Result<Entry> {
         if FileKind::from_mode(mode) != Some(FileKind::File) {
             return Err(Error::with_message(Errno::EPERM, "FAT holds only files and directories"));
         }
-        Ok(self.create_node(parent, name, false)?.1)
+        Ok(self.create_node(parent, name, false, None)?.0)
     }
 
     fn mkdir(&self, _req: &Request, parent: NodeId, name: &OsStr, _mode: u32) -> Result<Entry> {
-        Ok(self.create_node(parent, name, true)?.1)
+        Ok(self.create_node(parent, name, true, None)?.0)
     }
 
     fn unlink(&self, _req: &Request, parent: NodeId, name: &OsStr) -> Result<()> {
-        let mut st = self.lock()?;
-        let ino = st.vol.unlink(parent, name_str(name)?).map_err(errno)?;
-        st.maybe_evict(ino)
+        let mut vol = self.exclusive()?;
+        let ino = vol.unlink(parent, name_str(name)?).map_err(errno)?;
+        self.maybe_evict(&mut vol, ino)
     }
 
     fn rmdir(&self, _req: &Request, parent: NodeId, name: &OsStr) -> Result<()> {
-        let mut st = self.lock()?;
-        let ino = st.vol.rmdir(parent, name_str(name)?).map_err(errno)?;
-        st.maybe_evict(ino)
+        let mut vol = self.exclusive()?;
+        let ino = vol.rmdir(parent, name_str(name)?).map_err(errno)?;
+        self.maybe_evict(&mut vol, ino)
     }
 
     fn rename(
@@ -358,36 +412,39 @@ impl FileSystem for FatFs {
         if flags.0 & !RenameFlags::NOREPLACE != 0 {
             return Err(Error::with_message(Errno::EINVAL, "FAT supports only RENAME_NOREPLACE"));
         }
-        let mut st = self.lock()?;
-        let replaced = st
-            .vol
-            .rename(parent, name_str(name)?, new_parent, name_str(new_name)?, flags.noreplace())
-            .map_err(errno)?;
+        let mut vol = self.exclusive()?;
+        let replaced =
+            vol.rename(parent, name_str(name)?, new_parent, name_str(new_name)?, flags.noreplace()).map_err(errno)?;
         match replaced {
-            Some(ino) => st.maybe_evict(ino),
+            Some(ino) => self.maybe_evict(&mut vol, ino),
             None => Ok(()),
         }
     }
 
     fn open(&self, _req: &Request, node: NodeId, flags: i32) -> Result<Opened> {
-        let mut st = self.lock()?;
-        if st.vol.stat(node).map_err(errno)?.is_dir {
+        let mut vol = self.exclusive()?;
+        if vol.stat(node).map_err(errno)?.is_dir {
             return Err(Errno::EISDIR.into());
         }
         if flags & O_TRUNC != 0 && flags & O_ACCMODE != O_RDONLY {
-            st.vol.truncate(node, 0).map_err(errno)?;
+            vol.truncate(node, 0).map_err(errno)?;
         }
-        Ok(self.open_handle(&mut st, node, flags))
+        self.open_handle(node, flags)
     }
 
     fn create(&self, _req: &Request, parent: NodeId, name: &OsStr, _mode: u32, flags: i32) -> Result<(Entry, Opened)> {
-        let (mut st, entry) = self.create_node(parent, name, false)?;
-        let opened = self.open_handle(&mut st, entry.node, flags);
-        Ok((entry, opened))
+        let (entry, opened) = self.create_node(parent, name, false, Some(flags))?;
+        Ok((entry, opened.unwrap_or_default()))
     }
 
     fn read(&self, _req: &Request, node: NodeId, _handle: Handle, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        self.lock()?.vol.read(node, offset, buf).map_err(errno)
+        {
+            let vol = self.shared()?;
+            if let Some(r) = vol.read_cached(node, offset, buf) {
+                return r.map_err(errno);
+            }
+        }
+        self.exclusive()?.read(node, offset, buf).map_err(errno)
     }
 
     fn write(
@@ -399,10 +456,10 @@ impl FileSystem for FatFs {
         data: &[u8],
         _flags: i32,
     ) -> Result<usize> {
-        let mut st = self.lock()?;
-        let append = st.handles.get(&handle).is_some_and(|&(_, f)| f & O_APPEND != 0);
-        let offset = if append { st.vol.stat(node).map_err(errno)?.size } else { offset };
-        st.vol.write(node, offset, data).map_err(errno)
+        let mut vol = self.exclusive()?;
+        let append = self.tracking()?.handles.get(&handle).is_some_and(|&(_, f)| f & O_APPEND != 0);
+        let offset = if append { vol.stat(node).map_err(errno)?.size } else { offset };
+        vol.write(node, offset, data).map_err(errno)
     }
 
     fn release(&self, _req: &Request, _node: NodeId, handle: Handle, _flags: i32, _flush: bool) -> Result<()> {
@@ -410,12 +467,11 @@ impl FileSystem for FatFs {
     }
 
     fn fsync(&self, _req: &Request, _node: NodeId, _handle: Handle, _datasync: bool) -> Result<()> {
-        self.lock()?.vol.sync().map_err(errno)
+        self.exclusive()?.sync().map_err(errno)
     }
 
     fn opendir(&self, _req: &Request, node: NodeId, _flags: i32) -> Result<Opened> {
-        let mut st = self.lock()?;
-        if !st.vol.stat(node).map_err(errno)?.is_dir {
+        if !self.shared()?.stat(node).map_err(errno)?.is_dir {
             return Err(Errno::ENOTDIR.into());
         }
         Ok(Opened::default())
@@ -429,18 +485,18 @@ impl FileSystem for FatFs {
         cookie: u64,
         sink: &mut dyn DirSink,
     ) -> Result<()> {
-        let mut st = self.lock()?;
         let dot = |name: &'static [u8], ino, cookie| DirEntry { ino, kind: FileKind::Directory, name, cookie };
         if cookie < 1 && !sink.add(&dot(b".", node, 1)) {
             return Ok(());
         }
-        let parent = st.vol.parent(node).map_err(errno)?;
+        let parent = self.shared()?.parent(node).map_err(errno)?;
         if cookie < 2 && !sink.add(&dot(b"..", parent, 2)) {
             return Ok(());
         }
         let mut after = cookie.checked_sub(FIRST_ENTRY_COOKIE).map(|s| s as u32);
         loop {
-            let page = st.vol.list(node, after, 128).map_err(errno)?;
+            let page =
+                self.shared_or_exclusive(|vol| vol.list_loaded(node, after, 128), |vol| vol.list(node, after, 128))?;
             if page.is_empty() {
                 return Ok(());
             }
@@ -456,12 +512,11 @@ impl FileSystem for FatFs {
     }
 
     fn fsyncdir(&self, _req: &Request, _node: NodeId, _handle: Handle, _datasync: bool) -> Result<()> {
-        self.lock()?.vol.sync().map_err(errno)
+        self.exclusive()?.sync().map_err(errno)
     }
 
     fn statfs(&self, _req: &Request, _node: NodeId) -> Result<StatFs> {
-        let st = self.lock()?;
-        let space = st.vol.space();
+        let space = self.shared()?.space();
         Ok(StatFs {
             blocks: space.clusters as u64,
             bfree: space.free_clusters as u64,
@@ -475,15 +530,15 @@ impl FileSystem for FatFs {
     }
 
     fn capabilities(&self) -> Option<Capabilities> {
-        let ro = self.state.lock().map(|st| st.vol.is_read_only()).unwrap_or(true);
+        let ro = self.vol.read().map(|vol| vol.is_read_only()).unwrap_or(true);
         Some(Capabilities { writable: !ro, ..CAPABILITIES })
     }
 }
 
 impl Drop for FatFs {
     fn drop(&mut self) {
-        if let Ok(mut st) = self.state.lock()
-            && let Err(e) = st.vol.unmount()
+        if let Ok(mut vol) = self.vol.write()
+            && let Err(e) = vol.unmount()
         {
             tracing::error!("unmounting the FAT volume: {e}");
         }

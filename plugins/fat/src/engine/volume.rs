@@ -525,8 +525,19 @@ impl Volume {
     /// Looks `name` up in directory `dir`, case-insensitively.
     pub fn lookup(&mut self, dir: Ino, name: &str) -> Result<Ino> {
         self.load_dir(dir)?;
+        self.lookup_loaded(dir, name).unwrap_or(Err(Error::NotDir))
+    }
+
+    /// [`Volume::lookup`] without changing anything: None when `dir` has not been read
+    /// yet (then call `lookup`).
+    pub fn lookup_loaded(&self, dir: Ino, name: &str) -> Option<Result<Ino>> {
+        let state = match self.node(dir) {
+            Err(e) => return Some(Err(e)),
+            Ok(n) if !n.entry.is_dir() => return Some(Err(Error::NotDir)),
+            Ok(n) => n.dir.as_ref()?,
+        };
         let name = name.trim_end_matches(['.', ' ']);
-        self.dir_state(dir)?.index.get(&fold(name)).copied().ok_or(Error::NotFound)
+        Some(state.index.get(&fold(name)).copied().ok_or(Error::NotFound))
     }
 
     /// The directory holding `ino` (the root's is the root).
@@ -545,12 +556,15 @@ impl Volume {
     }
 
     /// A node's metadata.
-    pub fn stat(&mut self, ino: Ino) -> Result<Meta> {
+    pub fn stat(&self, ino: Ino) -> Result<Meta> {
         let cs = self.bpb.cluster_size() as u64;
         let node = self.node(ino)?;
         let e = node.entry;
         let allocated = if e.is_dir() {
-            let len = self.chain(ino).map(|c| c.len() as u64).unwrap_or(0);
+            let len = match &node.chain {
+                Some(c) => c.len(),
+                None => self.fat.chain(e.first_cluster).map(|c| c.len()).unwrap_or(0),
+            } as u64;
             if ino == ROOT && self.bpb.fat_type != FatType::Fat32 {
                 self.bpb.root_entries as u64 * ENTRY_SIZE as u64
             } else {
@@ -576,43 +590,60 @@ impl Volume {
     /// entries.
     pub fn list(&mut self, dir: Ino, after: Option<u32>, max: usize) -> Result<Vec<Listed>> {
         self.load_dir(dir)?;
-        let state = self.dir_state(dir)?;
+        self.list_loaded(dir, after, max).unwrap_or(Err(Error::NotDir))
+    }
+
+    /// [`Volume::list`] without changing anything: None when `dir` has not been read yet.
+    pub fn list_loaded(&self, dir: Ino, after: Option<u32>, max: usize) -> Option<Result<Vec<Listed>>> {
+        let state = match self.node(dir) {
+            Err(e) => return Some(Err(e)),
+            Ok(n) if !n.entry.is_dir() => return Some(Err(Error::NotDir)),
+            Ok(n) => n.dir.as_ref()?,
+        };
         let range = match after {
-            Some(a) => state.by_slot.range(a + 1..),
+            Some(a) => state.by_slot.range(a.saturating_add(1)..),
             None => state.by_slot.range(0..),
         };
-        let picked: Vec<(u32, Ino)> = range.take(max).map(|(&s, &i)| (s, i)).collect();
-        picked
-            .into_iter()
-            .map(|(slot, ino)| {
-                let n = self.node(ino)?;
-                Ok(Listed { slot, name: n.name.clone(), ino, is_dir: n.entry.is_dir() })
-            })
-            .collect()
+        Some(
+            range
+                .take(max)
+                .map(|(&slot, &ino)| {
+                    let n = self.node(ino)?;
+                    Ok(Listed { slot, name: n.name.clone(), ino, is_dir: n.entry.is_dir() })
+                })
+                .collect(),
+        )
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; fewer at the end of the file.
     pub fn read(&mut self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let node = self.node(ino)?;
-        if node.entry.is_dir() {
+        if self.node(ino)?.entry.is_dir() {
             return Err(Error::IsDir);
         }
+        self.chain(ino)?;
+        self.read_cached(ino, offset, buf).unwrap_or(Err(Error::Corrupt("chain not cached".into())))
+    }
+
+    /// [`Volume::read`] without changing anything, so many readers can share the volume:
+    /// None when the file's cluster chain is not cached yet (then call `read`).
+    pub fn read_cached(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Option<Result<usize>> {
+        let node = match self.node(ino) {
+            Err(e) => return Some(Err(e)),
+            Ok(n) if n.entry.is_dir() => return Some(Err(Error::IsDir)),
+            Ok(n) => n,
+        };
         let size = node.entry.size as u64;
         if offset >= size || buf.is_empty() {
-            return Ok(0);
+            return Some(Ok(0));
         }
+        let chain = node.chain.as_ref()?;
         let n = (size - offset).min(buf.len() as u64) as usize;
         let cs = self.bpb.cluster_size() as u64;
-        let name = node.name.clone();
-        let chain = self.chain(ino)?.clone();
         if (chain.len() as u64) * cs < size {
-            return Err(corrupt_context(
-                &name,
-                Error::Corrupt(format!("size {size} is larger than its {} clusters", chain.len())),
-            ));
+            let why = format!("size {size} is larger than its {} clusters", chain.len());
+            return Some(Err(corrupt_context(&node.name, Error::Corrupt(why))));
         }
-        self.span_io(&chain, offset, &mut Span::Read(&mut buf[..n]))?;
-        Ok(n)
+        Some(self.span_io(chain, offset, &mut Span::Read(&mut buf[..n])).map(|()| n))
     }
 
     /// Reads or writes bytes at `offset` of a file with `chain`, one IO per run of
