@@ -501,3 +501,35 @@ fn a_file_sharing_clusters_with_another_is_eio_and_never_written() {
     // Nothing but the dirty bit's set-and-clear touched the image.
     assert!(std::fs::read(&img).unwrap() == before);
 }
+
+#[test]
+fn a_full_volume_is_enospc_and_the_image_stays_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &[], 1440);
+    {
+        let mut vol = open_rw(&img);
+        let f = vol.create(ROOT, "filler", false).unwrap();
+        let chunk = pattern(64 * 1024, 3);
+        let mut written = 0u64;
+        let err = loop {
+            match vol.write(f, written, &chunk) {
+                Ok(n) => written += n as u64,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, Error::NoSpace), "{err}");
+        assert_eq!(err.errno(), libc::ENOSPC);
+        assert!(written > 1_300_000, "{written}");
+        // What was written before stays intact, and the space left is still usable.
+        assert_eq!(vol.stat(f).unwrap().size, written);
+        let free = vol.space().free_clusters as usize * vol.space().cluster_size as usize;
+        vol.write(f, written, &chunk[..free]).unwrap();
+        assert_eq!(vol.space().free_clusters, 0);
+        assert!(matches!(vol.create(ROOT, "a dir", true), Err(Error::NoSpace)));
+        // Too big for FAT at all.
+        let g = vol.create(ROOT, "g", false).unwrap();
+        assert!(matches!(vol.write(g, MAX_FILE_SIZE, b"x"), Err(Error::FileTooBig)));
+        assert!(matches!(vol.truncate(g, MAX_FILE_SIZE + 1), Err(Error::FileTooBig)));
+    }
+    fsck(&img);
+}

@@ -713,11 +713,13 @@ impl Volume {
         }
         let size = self.node(ino)?.entry.size as u64;
         self.grow(ino, size, end.max(size))?;
-        let chain = self.chain(ino)?.clone();
+        // Borrowed, not cloned: a large file's chain is long and writes come in small pieces.
+        self.chain(ino)?;
+        let chain = self.node(ino)?.chain.as_deref().unwrap_or(&[]);
         if offset > size {
-            self.span_io(&chain, size, &mut Span::Zero(offset - size))?;
+            self.span_io(chain, size, &mut Span::Zero(offset - size))?;
         }
-        self.span_io(&chain, offset, &mut Span::Write(data))?;
+        self.span_io(chain, offset, &mut Span::Write(data))?;
         self.flush_fat()?;
         let now = self.now();
         let node = self.node_mut(ino)?;
