@@ -74,6 +74,9 @@ pub struct Bpb {
     pub root_dir_offset: u64,
     /// Whether the boot sector carries the 0x55AA signature.
     pub has_signature: bool,
+    /// The FAT copy to read: 0, unless a FAT32 volume has mirroring turned off and names
+    /// another active FAT in its extended flags.
+    pub active_fat: u32,
 }
 
 fn u16_at(b: &[u8], at: usize) -> u32 {
@@ -161,6 +164,11 @@ impl Bpb {
             }
             (0, 0, 0, 36)
         };
+        let ext_flags = if fat_type == FatType::Fat32 { u16_at(b, 40) } else { 0 };
+        let active_fat = if ext_flags & 0x80 != 0 { ext_flags & 0x0F } else { 0 };
+        if active_fat >= num_fats {
+            return Err(bad(format!("active FAT {active_fat} of {num_fats}")));
+        }
         let has_ext = b[ext + 2] == 0x29;
         let volume_id = if has_ext { u32_at(b, ext + 3) } else { 0 };
         let mut label = *b"NO NAME    ";
@@ -191,6 +199,7 @@ impl Bpb {
             data_offset: meta_sectors * bps,
             root_dir_offset,
             has_signature: b[510] == 0x55 && b[511] == 0xAA,
+            active_fat,
         })
     }
 

@@ -533,3 +533,23 @@ fn a_full_volume_is_enospc_and_the_image_stays_consistent() {
     }
     fsck(&img);
 }
+
+#[test]
+fn a_fat32_volume_with_mirroring_off_is_read_from_its_active_fat() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "32", "-s", "1"], 128 * 1024);
+    let mut tree = BTreeMap::new();
+    tree.insert("data.bin".to_string(), Some(pattern(50_000, 4)));
+    fill_with_mtools(&img, &tree);
+    let bpb = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap().bpb().clone();
+    let mut bytes = std::fs::read(&img).unwrap();
+    // Active FAT 1, mirroring off; FAT 0 wiped past its reserved entries.
+    bytes[40..42].copy_from_slice(&0x81u16.to_le_bytes());
+    let fat0 = bpb.fat_offset(0) as usize;
+    bytes[fat0 + 12..fat0 + bpb.fat_bytes() as usize].fill(0);
+    std::fs::write(&img, &bytes).unwrap();
+    let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    assert_eq!(vol.bpb().active_fat, 1);
+    let f = vol.lookup(ROOT, "data.bin").unwrap();
+    assert_eq!(read_all(&mut vol, f), pattern(50_000, 4));
+}

@@ -174,7 +174,7 @@ impl Volume {
             );
         }
         let mut fat_bytes = vec![0u8; bpb.fat_bytes() as usize];
-        file.read_exact_at(&mut fat_bytes, bpb.fat_offset(0))?;
+        file.read_exact_at(&mut fat_bytes, bpb.fat_offset(bpb.active_fat))?;
         let fat = Fat::new(&bpb, fat_bytes);
         let mut fsinfo_ok = false;
         if bpb.fat_type == FatType::Fat32 && bpb.fsinfo_sector != 0 {
@@ -208,6 +208,11 @@ impl Volume {
         };
         vol.load_dir(ROOT)?;
         if !vol.read_only {
+            let mut state = [0u8];
+            vol.file.read_exact_at(&mut state, vol.bpb.state_byte_offset())?;
+            if state[0] & 1 != 0 {
+                tracing::warn!("the volume was not unmounted cleanly: `fsck.fat` can check and repair it");
+            }
             vol.set_dirty(true)?;
         }
         Ok(vol)
