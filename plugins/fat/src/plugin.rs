@@ -544,3 +544,83 @@ impl Drop for FatFs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    fn image(dir: &std::path::Path) -> PathBuf {
+        let img = dir.join("fat.img");
+        let out = std::process::Command::new("mkfs.fat")
+            .args(["-C", img.to_str().unwrap(), "1440"])
+            .output()
+            .expect("mkfs.fat is missing: install dosfstools");
+        assert!(out.status.success());
+        img
+    }
+
+    fn open(config: &str) -> Result<FatFs, OpenError> {
+        FatPlugin::open(&ConfigTable::from_toml(config), &MountOptions::default())
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path());
+        let base = format!("image = {:?}\n", img.to_str().unwrap());
+        for (extra, key) in [("umask = 0o1777", "umask"), ("tz = \"Mars\"", "tz"), ("colour = 1", "colour")] {
+            let e = open(&format!("{base}{extra}\n")).err().expect("refused");
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+        }
+        let e = open("image = \"/nonexistent/fat.img\"\n").err().expect("refused");
+        assert!(e.message.contains("/nonexistent/fat.img"), "{e}");
+        assert!(open("").err().expect("refused").message.contains("image"));
+    }
+
+    #[test]
+    fn an_image_without_write_permission_mounts_read_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let fs = open(&format!("image = {:?}\n", img.to_str().unwrap())).unwrap();
+        assert!(!fs.capabilities().unwrap().writable);
+        let req = Request::default();
+        let e = fs.mkdir(&req, plugfs_plugin_api::ROOT_ID, OsStr::new("d"), 0o755).unwrap_err();
+        assert_eq!(e.errno(), Errno::EROFS);
+        let fs = open(&format!("image = {:?}\nread_only = true\n", img.to_str().unwrap())).unwrap();
+        assert!(!fs.capabilities().unwrap().writable);
+    }
+
+    #[test]
+    fn masks_owner_and_the_read_only_attribute_make_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path());
+        let fs =
+            open(&format!("image = {:?}\nuid = 42\ngid = 43\nfmask = 0o137\ndmask = 0o027\n", img.to_str().unwrap()))
+                .unwrap();
+        let req = Request::default();
+        let root = plugfs_plugin_api::ROOT_ID;
+        let d = fs.mkdir(&req, root, OsStr::new("d"), 0o777).unwrap();
+        assert_eq!((d.attr.perm, d.attr.uid, d.attr.gid), (0o750, 42, 43));
+        let (f, h) = fs.create(&req, root, OsStr::new("f"), 0o644, 0o2).unwrap();
+        assert_eq!(f.attr.perm, 0o640);
+        fs.release(&req, f.node, h.handle, 0, false).unwrap();
+        let set = SetAttr { mode: Some(0o440), ..SetAttr::default() };
+        assert_eq!(fs.setattr(&req, f.node, &set).unwrap().attr.perm, 0o440);
+        let set = SetAttr { mode: Some(0o640), ..SetAttr::default() };
+        assert_eq!(fs.setattr(&req, f.node, &set).unwrap().attr.perm, 0o640);
+        let set = SetAttr { mode: Some(0o600), ..SetAttr::default() };
+        assert_eq!(fs.setattr(&req, f.node, &set).unwrap_err().errno(), Errno::EPERM);
+        let set = SetAttr { uid: Some(42), gid: Some(43), ..SetAttr::default() };
+        assert!(fs.setattr(&req, f.node, &set).is_ok(), "the owner it already has is fine");
+        let bad = OsStr::from_bytes(b"\xff\xfe");
+        assert_eq!(fs.mknod(&req, root, bad, 0o100644, 0).unwrap_err().errno(), Errno::EINVAL);
+        assert_eq!(fs.mknod(&req, root, OsStr::new("fifo"), 0o010644, 0).unwrap_err().errno(), Errno::EPERM);
+        let flags = RenameFlags(RenameFlags::EXCHANGE);
+        let e = fs.rename(&req, root, OsStr::new("f"), root, OsStr::new("d"), flags).unwrap_err();
+        assert_eq!(e.errno(), Errno::EINVAL);
+    }
+}
