@@ -553,3 +553,31 @@ fn a_fat32_volume_with_mirroring_off_is_read_from_its_active_fat() {
     let f = vol.lookup(ROOT, "data.bin").unwrap();
     assert_eq!(read_all(&mut vol, f), pattern(50_000, 4));
 }
+
+#[test]
+fn a_block_device_is_served_like_an_image_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "16"], 64 * 1024);
+    let mut tree = BTreeMap::new();
+    tree.insert("on a device.txt".to_string(), Some(pattern(5000, 8)));
+    fill_with_mtools(&img, &tree);
+    let out = run("losetup", &["-f", "--show", img.to_str().unwrap()]);
+    assert!(out.status.success(), "losetup (util-linux, as root) is needed: {}", String::from_utf8_lossy(&out.stderr));
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    {
+        let mut vol = open_rw(Path::new(&dev));
+        let f = vol.lookup(ROOT, "ON A DEVICE.TXT").unwrap();
+        assert_eq!(read_all(&mut vol, f), pattern(5000, 8));
+        let g = vol.create(ROOT, "written to the device", false).unwrap();
+        vol.write(g, 0, b"device").unwrap();
+    }
+    run_ok("fsck.fat", &["-n", &dev]);
+    assert_eq!(run_ok("mcopy", &["-n", "-i", &dev, "::/written to the device", "-"]), b"device");
+}

@@ -159,7 +159,8 @@ impl Volume {
         let mut boot = vec![0u8; 512];
         file.read_exact_at(&mut boot, 0).map_err(|e| Error::BadBootSector(format!("cannot read it: {e}")))?;
         let bpb = Bpb::parse(&boot)?;
-        let len = file.metadata()?.len();
+        // Seeking to the end sizes block devices too (their metadata says 0).
+        let len = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0))?;
         if len < bpb.data_offset {
             return Err(Error::BadBootSector(format!(
                 "the image is {len} bytes, shorter than its FATs and root directory ({} bytes)",
