@@ -1,0 +1,583 @@
+//! Engine tests on real images: made by `mkfs.fat`, filled by mtools, checked by
+//! `fsck.fat -n` and read back by mtools.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::mkfs;
+use super::*;
+
+/// Runs a dosfstools/mtools command; a missing tool fails with what to install.
+pub(crate) fn run(tool: &str, args: &[&str]) -> std::process::Output {
+    Command::new(tool).args(args).env("MTOOLS_SKIP_CHECK", "1").env("LC_ALL", "C.UTF-8").output().unwrap_or_else(|e| {
+        panic!("cannot run {tool} ({e}): install dosfstools (mkfs.fat, fsck.fat) and mtools (mcopy, mdir)")
+    })
+}
+
+fn run_ok(tool: &str, args: &[&str]) -> Vec<u8> {
+    let out = run(tool, args);
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A fresh image made by mkfs.fat with `args` and `kib` KiB.
+fn mkfs(dir: &Path, args: &[&str], kib: u64) -> PathBuf {
+    let img = dir.join("fat.img");
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(["-C".to_string(), img.to_str().unwrap().to_string(), kib.to_string()]);
+    let all: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+    run_ok("mkfs.fat", &all);
+    img
+}
+
+fn fsck(img: &Path) {
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// The tree the read tests copy in with mtools: path -> contents (None: directory).
+fn sample_tree() -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut t = BTreeMap::new();
+    t.insert("readme.txt".into(), Some(b"hello from mtools\n".to_vec()));
+    t.insert("UPPER.TXT".into(), Some(pattern(511, 1)));
+    t.insert("MiXeD Case Name.Data".into(), Some(pattern(4096, 2)));
+    t.insert("empty".into(), Some(Vec::new()));
+    t.insert("Ünïcødé straße.txt".into(), Some(pattern(1000, 3)));
+    t.insert("日本語のファイル名.bin".into(), Some(pattern(70_000, 4)));
+    t.insert(
+        "a name that is much longer than thirteen characters and spans several entries.dat".into(),
+        Some(pattern(3, 5)),
+    );
+    t.insert("Sub Dir".into(), None);
+    t.insert("Sub Dir/deeper".into(), None);
+    t.insert("Sub Dir/deeper/big.bin".into(), Some(pattern(300_000, 6)));
+    t.insert("Sub Dir/x".into(), Some(pattern(10, 7)));
+    t
+}
+
+/// Fills `img` with `tree` using mmd and mcopy.
+fn fill_with_mtools(img: &Path, tree: &BTreeMap<String, Option<Vec<u8>>>) {
+    let src = tempfile::tempdir().unwrap();
+    let i = img.to_str().unwrap();
+    for (path, content) in tree {
+        match content {
+            None => {
+                run_ok("mmd", &["-i", i, &format!("::/{path}")]);
+            }
+            Some(data) => {
+                let f = src.path().join("f");
+                std::fs::write(&f, data).unwrap();
+                run_ok("mcopy", &["-i", i, f.to_str().unwrap(), &format!("::/{path}")]);
+            }
+        }
+    }
+}
+
+fn read_all(vol: &mut Volume, ino: Ino) -> Vec<u8> {
+    let size = vol.stat(ino).unwrap().size as usize;
+    let mut buf = vec![0u8; size + 10];
+    let mut got = 0;
+    // Odd-sized reads at odd offsets, to cross cluster boundaries.
+    while got < size {
+        let n = vol.read(ino, got as u64, &mut buf[got..(got + 7777).min(size + 10)]).unwrap();
+        assert!(n > 0);
+        got += n;
+    }
+    buf.truncate(got);
+    buf
+}
+
+/// Walks the volume: path -> contents (None: directory).
+fn walk(vol: &mut Volume) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(ROOT, String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        for e in vol.list(dir, None, usize::MAX).unwrap() {
+            let path = if prefix.is_empty() { e.name.clone() } else { format!("{prefix}/{}", e.name) };
+            if e.is_dir {
+                out.insert(path.clone(), None);
+                stack.push((e.ino, path));
+            } else {
+                out.insert(path, Some(read_all(vol, e.ino)));
+            }
+        }
+    }
+    out
+}
+
+fn check_reads_mtools_tree(mkfs_args: &[&str], kib: u64, want: FatType) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), mkfs_args, kib);
+    let tree = sample_tree();
+    fill_with_mtools(&img, &tree);
+    let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    assert_eq!(vol.bpb().fat_type, want);
+    let got = walk(&mut vol);
+    assert_eq!(got.keys().collect::<Vec<_>>(), tree.keys().collect::<Vec<_>>());
+    for (k, v) in &tree {
+        assert!(got[k] == *v, "{k} differs");
+    }
+    // Lookups are case-insensitive and keep the stored case.
+    let sub = vol.lookup(ROOT, "sub dir").unwrap();
+    assert_eq!(vol.name(sub).unwrap(), "Sub Dir");
+    let deeper = vol.lookup(sub, "DEEPER").unwrap();
+    assert!(vol.lookup(deeper, "BIG.BIN").is_ok());
+    assert!(matches!(vol.lookup(ROOT, "missing"), Err(Error::NotFound)));
+}
+
+#[test]
+fn reads_a_fat12_floppy_filled_by_mtools() {
+    check_reads_mtools_tree(&[], 1440, FatType::Fat12);
+}
+
+#[test]
+fn reads_a_fat16_volume_filled_by_mtools() {
+    check_reads_mtools_tree(&["-F", "16"], 64 * 1024, FatType::Fat16);
+}
+
+#[test]
+fn reads_a_fat32_volume_filled_by_mtools() {
+    check_reads_mtools_tree(&["-F", "32"], 512 * 1024, FatType::Fat32);
+}
+
+#[test]
+fn reads_4096_byte_sector_volumes_filled_by_mtools() {
+    check_reads_mtools_tree(&["-S", "4096", "-F", "16"], 64 * 1024, FatType::Fat16);
+    check_reads_mtools_tree(&["-S", "4096", "-F", "32", "-s", "1"], 512 * 1024, FatType::Fat32);
+}
+
+#[test]
+fn reads_with_small_and_large_clusters() {
+    check_reads_mtools_tree(&["-F", "16", "-s", "64"], 512 * 1024, FatType::Fat16);
+    check_reads_mtools_tree(&["-F", "12", "-s", "1"], 1024, FatType::Fat12);
+}
+
+/// mcopy's view of a file on the image.
+fn mcopy_out(img: &Path, path: &str) -> Vec<u8> {
+    run_ok("mcopy", &["-n", "-i", img.to_str().unwrap(), &format!("::/{path}"), "-"])
+}
+
+/// mdir's list of long names in a directory (bare format, `.`/`..` left out).
+fn mdir_names(img: &Path, path: &str) -> Vec<String> {
+    let out = run_ok("mdir", &["-b", "-i", img.to_str().unwrap(), &format!("::/{path}")]);
+    let mut names: Vec<String> = String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| l.trim_end_matches('/').rsplit('/').next().map(str::to_string))
+        .filter(|n| !n.is_empty() && n != "." && n != "..")
+        .collect();
+    names.sort();
+    names
+}
+
+fn open_rw(img: &Path) -> Volume {
+    Volume::open(img, OpenOptions { read_only: false, tz_offset: 0 }).unwrap()
+}
+
+fn check_engine_writes(mkfs_args: &[&str], kib: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), mkfs_args, kib);
+    let mut want: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+    {
+        let mut vol = open_rw(&img);
+        let docs = vol.create(ROOT, "Documents and Settings", true).unwrap();
+        want.insert("Documents and Settings".into(), None);
+        // Two files written in turns, so their clusters interleave.
+        let a = vol.create(docs, "first file.bin", false).unwrap();
+        let b = vol.create(docs, "second.BIN", false).unwrap();
+        let (da, db) = (pattern(40_000, 10), pattern(33_333, 11));
+        for i in (0..40_000).step_by(5000) {
+            vol.write(a, i as u64, &da[i..(i + 5000).min(40_000)]).unwrap();
+            if i < 33_333 {
+                vol.write(b, i as u64, &db[i..(i + 5000).min(33_333)]).unwrap();
+            }
+        }
+        want.insert("Documents and Settings/first file.bin".into(), Some(da.clone()));
+        want.insert("Documents and Settings/second.BIN".into(), Some(db.clone()));
+        // Writing past the end fills with zeroes; truncate shrinks and extends.
+        let c = vol.create(ROOT, "sparse.txt", false).unwrap();
+        vol.write(c, 10_000, b"tail").unwrap();
+        let mut dc = vec![0u8; 10_000];
+        dc.extend_from_slice(b"tail");
+        want.insert("sparse.txt".into(), Some(dc));
+        let d = vol.create(ROOT, "shrink.dat", false).unwrap();
+        vol.write(d, 0, &pattern(20_000, 12)).unwrap();
+        vol.truncate(d, 700).unwrap();
+        vol.truncate(d, 900).unwrap();
+        let mut dd = pattern(20_000, 12)[..700].to_vec();
+        dd.resize(900, 0);
+        want.insert("shrink.dat".into(), Some(dd));
+        let e = vol.create(ROOT, "zero.len", false).unwrap();
+        vol.write(e, 0, b"gone").unwrap();
+        vol.truncate(e, 0).unwrap();
+        want.insert("zero.len".into(), Some(Vec::new()));
+        // Short-name collisions: numeric tails, then the hashed form.
+        for i in 0..8 {
+            let n = format!("Long File Name {i}.txt");
+            let f = vol.create(ROOT, &n, false).unwrap();
+            vol.write(f, 0, n.as_bytes()).unwrap();
+            want.insert(n.clone(), Some(n.into_bytes()));
+        }
+        // Names: lower case 8.3, non-ASCII, characters a short name cannot hold.
+        for n in ["lower.txt", "Ünïcødé.txt", "a+b=c;d,e.g h", ".hidden"] {
+            let f = vol.create(ROOT, n, false).unwrap();
+            vol.write(f, 0, n.as_bytes()).unwrap();
+            want.insert(n.to_string(), Some(n.as_bytes().to_vec()));
+        }
+        // Unlink, mkdir + rmdir.
+        let g = vol.create(ROOT, "doomed", false).unwrap();
+        vol.write(g, 0, &pattern(9000, 13)).unwrap();
+        assert_eq!(vol.unlink(ROOT, "DOOMED").unwrap(), g);
+        vol.evict(g).unwrap();
+        let t = vol.create(ROOT, "temp dir", true).unwrap();
+        assert!(matches!(vol.create(ROOT, "TEMP DIR", false), Err(Error::Exists)));
+        let inner = vol.create(t, "inner", false).unwrap();
+        assert!(matches!(vol.rmdir(ROOT, "temp dir"), Err(Error::NotEmpty)));
+        vol.unlink(t, "inner").unwrap();
+        vol.evict(inner).unwrap();
+        vol.rmdir(ROOT, "temp dir").unwrap();
+        // Renames: a file across directories, a directory across directories (its `..`
+        // must follow), a case-only rename, a rename over an existing file.
+        let moved = vol.create(ROOT, "Moved Dir", true).unwrap();
+        let inside = vol.create(moved, "inside.txt", false).unwrap();
+        vol.write(inside, 0, b"inside").unwrap();
+        vol.rename(ROOT, "Moved Dir", docs, "Moved Dir Renamed", false).unwrap();
+        want.insert("Documents and Settings/Moved Dir Renamed".into(), None);
+        want.insert("Documents and Settings/Moved Dir Renamed/inside.txt".into(), Some(b"inside".to_vec()));
+        vol.rename(docs, "second.bin", ROOT, "Second Moved.bin", false).unwrap();
+        want.remove("Documents and Settings/second.BIN");
+        want.insert("Second Moved.bin".into(), Some(db.clone()));
+        vol.rename(ROOT, "lower.txt", ROOT, "LOWER.TXT", false).unwrap();
+        want.remove("lower.txt");
+        want.insert("LOWER.TXT".into(), Some(b"lower.txt".to_vec()));
+        let replaced = vol.rename(ROOT, "sparse.txt", ROOT, "zero.len", false).unwrap();
+        vol.evict(replaced.unwrap()).unwrap();
+        let sparse = want.remove("sparse.txt").unwrap();
+        want.insert("zero.len".into(), sparse);
+        assert!(matches!(vol.rename(ROOT, "Documents and Settings", docs, "x", false), Err(Error::Invalid(_))));
+        assert!(matches!(vol.rename(ROOT, "LOWER.TXT", ROOT, "zero.len", true), Err(Error::Exists)));
+        // What the engine reads back is what was written.
+        assert_eq!(walk(&mut vol), want);
+        vol.set_label("PLUGFS").unwrap();
+        assert_eq!(vol.label().as_deref(), Some("PLUGFS"));
+    }
+    fsck(&img);
+    for (path, content) in &want {
+        match content {
+            Some(data) => assert!(mcopy_out(&img, path) == *data, "mcopy reads {path} differently"),
+            None => {
+                let mut names: Vec<String> = want
+                    .keys()
+                    .filter_map(|k| k.strip_prefix(&format!("{path}/")))
+                    .filter(|rest| !rest.contains('/'))
+                    .map(str::to_string)
+                    .collect();
+                names.sort();
+                assert_eq!(mdir_names(&img, path), names, "mdir lists {path} differently");
+            }
+        }
+    }
+    let mut top: Vec<String> = want.keys().filter(|k| !k.contains('/')).cloned().collect();
+    top.sort();
+    assert_eq!(mdir_names(&img, ""), top);
+    let label = run_ok("mlabel", &["-s", "-i", img.to_str().unwrap(), "::"]);
+    assert!(String::from_utf8_lossy(&label).contains("PLUGFS"), "{}", String::from_utf8_lossy(&label));
+    // And a second mount sees it all too.
+    let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    assert_eq!(walk(&mut vol), want);
+}
+
+#[test]
+fn fat12_writes_pass_fsck_and_read_back_with_mtools() {
+    check_engine_writes(&[], 1440);
+}
+
+#[test]
+fn fat16_writes_pass_fsck_and_read_back_with_mtools() {
+    check_engine_writes(&["-F", "16"], 64 * 1024);
+}
+
+#[test]
+fn fat32_writes_pass_fsck_and_read_back_with_mtools() {
+    check_engine_writes(&["-F", "32", "-s", "1"], 128 * 1024);
+}
+
+#[test]
+fn fat32_4096_byte_sector_writes_pass_fsck() {
+    check_engine_writes(&["-S", "4096", "-F", "32", "-s", "1"], 512 * 1024);
+}
+
+#[test]
+fn the_dirty_bit_is_set_while_mounted_and_cleared_on_unmount() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "32", "-s", "1"], 128 * 1024);
+    let state = |img: &Path| std::fs::read(img).unwrap()[65];
+    assert_eq!(state(&img) & 1, 0);
+    let mut vol = open_rw(&img);
+    assert_eq!(state(&img) & 1, 1);
+    let f = vol.create(ROOT, "f", false).unwrap();
+    vol.write(f, 0, &pattern(100_000, 1)).unwrap();
+    drop(vol);
+    assert_eq!(state(&img) & 1, 0);
+    // fsck.fat checks FSInfo's free count against the FAT.
+    fsck(&img);
+    let out = run_ok("fsck.fat", &["-n", "-v", img.to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&out).contains("Free cluster summary wrong"));
+}
+
+#[test]
+fn a_second_read_write_open_of_the_same_image_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &[], 1440);
+    let _vol = open_rw(&img);
+    assert!(matches!(Volume::open(&img, OpenOptions::default()), Err(Error::Busy(_))));
+}
+
+#[test]
+fn read_only_volumes_refuse_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &[], 1440);
+    let before = std::fs::read(&img).unwrap();
+    let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    assert!(matches!(vol.create(ROOT, "x", false), Err(Error::ReadOnly)));
+    drop(vol);
+    assert!(std::fs::read(&img).unwrap() == before);
+}
+
+#[test]
+fn a_directory_of_thousands_of_entries_is_created_and_looked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "32", "-s", "1"], 128 * 1024);
+    {
+        let mut vol = open_rw(&img);
+        let d = vol.create(ROOT, "many", true).unwrap();
+        for i in 0..3000 {
+            vol.create(d, &format!("a long file name number {i}.txt"), false).unwrap();
+        }
+        for i in (0..3000).step_by(97) {
+            vol.lookup(d, &format!("A LONG FILE NAME NUMBER {i}.TXT")).unwrap();
+        }
+        assert_eq!(vol.list(d, None, usize::MAX).unwrap().len(), 3000);
+    }
+    fsck(&img);
+    assert_eq!(mdir_names(&img, "many").len(), 3000);
+}
+
+#[test]
+fn a_looping_chain_is_eio_on_that_file_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "16"], 64 * 1024);
+    let mut tree = BTreeMap::new();
+    tree.insert("loop.bin".to_string(), Some(pattern(10_000, 1)));
+    tree.insert("fine.bin".to_string(), Some(pattern(10_000, 2)));
+    fill_with_mtools(&img, &tree);
+    let (cluster, fat_at) = {
+        let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+        let ino = vol.lookup(ROOT, "loop.bin").unwrap();
+        let first = vol.first_cluster(ino).unwrap();
+        (first, vol.bpb().fat_offset(0))
+    };
+    // Point the file's second cluster back at its first.
+    let mut bytes = std::fs::read(&img).unwrap();
+    let second = u16::from_le_bytes([
+        bytes[fat_at as usize + 2 * cluster as usize],
+        bytes[fat_at as usize + 2 * cluster as usize + 1],
+    ]);
+    let at = fat_at as usize + 2 * second as usize;
+    bytes[at..at + 2].copy_from_slice(&(cluster as u16).to_le_bytes());
+    std::fs::write(&img, &bytes).unwrap();
+    let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    let bad = vol.lookup(ROOT, "loop.bin").unwrap();
+    let err = vol.read(bad, 0, &mut [0u8; 100]).unwrap_err();
+    assert!(matches!(err, Error::Corrupt(ref m) if m.contains("loops")), "{err}");
+    assert_eq!(err.errno(), libc::EIO);
+    let fine = vol.lookup(ROOT, "fine.bin").unwrap();
+    assert_eq!(read_all(&mut vol, fine), pattern(10_000, 2));
+}
+
+#[test]
+fn a_malformed_boot_sector_is_a_clear_error_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &[], 1440);
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[13] = 3;
+    std::fs::write(&img, &bytes).unwrap();
+    let err = Volume::open(&img, OpenOptions::default()).err().expect("must fail");
+    assert!(err.to_string().contains("sectors per cluster"), "{err}");
+}
+
+fn formatted(size: u64, fat_type: Option<FatType>, sector_size: u32, cluster_size: Option<u32>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("fat.img");
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&img).unwrap();
+    file.set_len(size).unwrap();
+    let f = mkfs::Format { size, fat_type, sector_size, cluster_size, label: Some("Made Here".into()), volume_id: 7 };
+    mkfs::format(&file, &f, |_, _| {}).unwrap();
+    dir
+}
+
+#[test]
+fn images_made_by_format_pass_fsck_and_mtools_reads_them() {
+    let cases = [
+        (1440 * 1024, None, 512, None, FatType::Fat12),
+        (64 << 20, None, 512, None, FatType::Fat16),
+        (64 << 20, Some(FatType::Fat32), 512, Some(512), FatType::Fat32),
+        (600 << 20, None, 512, None, FatType::Fat32),
+        (64 << 20, Some(FatType::Fat16), 4096, None, FatType::Fat16),
+        (512 << 20, Some(FatType::Fat32), 4096, Some(4096), FatType::Fat32),
+        (4 << 20, Some(FatType::Fat12), 2048, None, FatType::Fat12),
+    ];
+    for (size, t, ss, cs, want) in cases {
+        let dir = formatted(size, t, ss, cs);
+        let img = dir.path().join("fat.img");
+        let i = img.to_str().unwrap();
+        fsck(&img);
+        run_ok("mdir", &["-i", i, "::/"]);
+        let label = run_ok("mlabel", &["-s", "-i", i, "::"]);
+        assert!(String::from_utf8_lossy(&label).contains("MADE HERE"), "{}", String::from_utf8_lossy(&label));
+        // mtools writes into it, the engine reads it back, and the other way round.
+        let src = dir.path().join("src");
+        std::fs::write(&src, pattern(100_000, 9)).unwrap();
+        run_ok("mcopy", &["-i", i, src.to_str().unwrap(), "::/from mtools.bin"]);
+        {
+            let mut vol = open_rw(&img);
+            assert_eq!(vol.bpb().fat_type, want, "{size} {t:?} {ss}");
+            let f = vol.lookup(ROOT, "from mtools.bin").unwrap();
+            assert_eq!(read_all(&mut vol, f), pattern(100_000, 9));
+            let g = vol.create(ROOT, "from plugfs.bin", false).unwrap();
+            vol.write(g, 0, &pattern(50_000, 10)).unwrap();
+        }
+        fsck(&img);
+        assert!(mcopy_out(&img, "from plugfs.bin") == pattern(50_000, 10));
+    }
+}
+
+#[test]
+fn a_file_sharing_clusters_with_another_is_eio_and_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "16"], 64 * 1024);
+    let mut tree = BTreeMap::new();
+    tree.insert("A.BIN".to_string(), Some(pattern(10_000, 1)));
+    tree.insert("B.BIN".to_string(), Some(pattern(10_000, 2)));
+    fill_with_mtools(&img, &tree);
+    let (a_cluster, root_at) = {
+        let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+        let a = vol.lookup(ROOT, "A.BIN").unwrap();
+        (vol.first_cluster(a).unwrap(), vol.bpb().root_dir_offset as usize)
+    };
+    // Point B's directory entry at A's clusters.
+    let mut bytes = std::fs::read(&img).unwrap();
+    let slot = (0..512).find(|s| &bytes[root_at + s * 32..root_at + s * 32 + 11] == b"B       BIN").unwrap();
+    let at = root_at + slot * 32 + 26;
+    bytes[at..at + 2].copy_from_slice(&(a_cluster as u16).to_le_bytes());
+    std::fs::write(&img, &bytes).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    let mut vol = open_rw(&img);
+    let a = vol.lookup(ROOT, "A.BIN").unwrap();
+    assert_eq!(read_all(&mut vol, a), pattern(10_000, 1));
+    let b = vol.lookup(ROOT, "B.BIN").unwrap();
+    let err = vol.read(b, 0, &mut [0u8; 10]).unwrap_err();
+    assert!(err.to_string().contains("cross-linked"), "{err}");
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(vol.write(b, 0, b"spread").is_err());
+    assert!(vol.truncate(b, 0).is_err());
+    drop(vol);
+    // Nothing but the dirty bit's set-and-clear touched the image.
+    assert!(std::fs::read(&img).unwrap() == before);
+}
+
+#[test]
+fn a_full_volume_is_enospc_and_the_image_stays_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &[], 1440);
+    {
+        let mut vol = open_rw(&img);
+        let f = vol.create(ROOT, "filler", false).unwrap();
+        let chunk = pattern(64 * 1024, 3);
+        let mut written = 0u64;
+        let err = loop {
+            match vol.write(f, written, &chunk) {
+                Ok(n) => written += n as u64,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, Error::NoSpace), "{err}");
+        assert_eq!(err.errno(), libc::ENOSPC);
+        assert!(written > 1_300_000, "{written}");
+        // What was written before stays intact, and the space left is still usable.
+        assert_eq!(vol.stat(f).unwrap().size, written);
+        let free = vol.space().free_clusters as usize * vol.space().cluster_size as usize;
+        vol.write(f, written, &chunk[..free]).unwrap();
+        assert_eq!(vol.space().free_clusters, 0);
+        assert!(matches!(vol.create(ROOT, "a dir", true), Err(Error::NoSpace)));
+        // Too big for FAT at all.
+        let g = vol.create(ROOT, "g", false).unwrap();
+        assert!(matches!(vol.write(g, MAX_FILE_SIZE, b"x"), Err(Error::FileTooBig)));
+        assert!(matches!(vol.truncate(g, MAX_FILE_SIZE + 1), Err(Error::FileTooBig)));
+    }
+    fsck(&img);
+}
+
+#[test]
+fn a_fat32_volume_with_mirroring_off_is_read_from_its_active_fat() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "32", "-s", "1"], 128 * 1024);
+    let mut tree = BTreeMap::new();
+    tree.insert("data.bin".to_string(), Some(pattern(50_000, 4)));
+    fill_with_mtools(&img, &tree);
+    let bpb = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap().bpb().clone();
+    let mut bytes = std::fs::read(&img).unwrap();
+    // Active FAT 1, mirroring off; FAT 0 wiped past its reserved entries.
+    bytes[40..42].copy_from_slice(&0x81u16.to_le_bytes());
+    let fat0 = bpb.fat_offset(0) as usize;
+    bytes[fat0 + 12..fat0 + bpb.fat_bytes() as usize].fill(0);
+    std::fs::write(&img, &bytes).unwrap();
+    let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    assert_eq!(vol.bpb().active_fat, 1);
+    let f = vol.lookup(ROOT, "data.bin").unwrap();
+    assert_eq!(read_all(&mut vol, f), pattern(50_000, 4));
+}
+
+#[test]
+fn a_block_device_is_served_like_an_image_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "16"], 64 * 1024);
+    let mut tree = BTreeMap::new();
+    tree.insert("on a device.txt".to_string(), Some(pattern(5000, 8)));
+    fill_with_mtools(&img, &tree);
+    let out = run("losetup", &["-f", "--show", img.to_str().unwrap()]);
+    assert!(out.status.success(), "losetup (util-linux, as root) is needed: {}", String::from_utf8_lossy(&out.stderr));
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    {
+        let mut vol = open_rw(Path::new(&dev));
+        let f = vol.lookup(ROOT, "ON A DEVICE.TXT").unwrap();
+        assert_eq!(read_all(&mut vol, f), pattern(5000, 8));
+        let g = vol.create(ROOT, "written to the device", false).unwrap();
+        vol.write(g, 0, b"device").unwrap();
+    }
+    run_ok("fsck.fat", &["-n", &dev]);
+    assert_eq!(run_ok("mcopy", &["-n", "-i", &dev, "::/written to the device", "-"]), b"device");
+}

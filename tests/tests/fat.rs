@@ -1,0 +1,544 @@
+//! The fat plugin end to end: images made by mkfs.fat and filled by mtools read through a
+//! real FUSE mount, what is written through the mount reads back with mtools and passes
+//! `fsck.fat -n`, and the conformance suite passes for what FAT can represent.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use plugfs_plugin_api::Capabilities;
+use plugfs_tests::{Host, plugin_library, target_dir};
+
+fn run_ok(tool: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(tool)
+        .args(args)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("LC_ALL", "C.UTF-8")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool} ({e}): install dosfstools and mtools"));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup { dir: tempfile::tempdir().unwrap() }
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    /// An image made by mkfs.fat with `args`, `kib` KiB.
+    fn mkfs(&self, args: &[&str], kib: u64) -> PathBuf {
+        let img = self.path("fat.img");
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(["-C".into(), img.to_str().unwrap().into(), kib.to_string()]);
+        run_ok("mkfs.fat", &all.iter().map(String::as_str).collect::<Vec<_>>());
+        img
+    }
+    /// Mounts `img` with extra config lines.
+    fn mount(&self, img: &Path, extra: &str) -> (Host, PathBuf) {
+        let mnt = self.path("mnt");
+        let config = self.path("plugfs.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[host]\nplugin_dirs = [{:?}]\n\n[[mount]]\nname = \"fat\"\nplugin = \"fat\"\nmountpoint = \"mnt\"\n\
+                 create_mountpoint = true\n[mount.config]\nimage = {:?}\ntz = \"UTC\"\n{extra}\n",
+                target_dir().to_str().unwrap(),
+                img.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        (Host::start(&config, &[&mnt]), mnt)
+    }
+}
+
+fn stop(mut host: Host) {
+    let status = host.signal_and_wait(libc::SIGTERM).expect("plugfs exits on SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", host.stderr());
+}
+
+/// Every file and directory under `root`: relative path -> contents (None: directory).
+fn tree(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().to_str().unwrap().to_string();
+            if e.file_type().unwrap().is_dir() {
+                out.insert(rel, None);
+                stack.push(e.path());
+            } else {
+                out.insert(rel, Some(std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn sample(dir: &Path) {
+    std::fs::create_dir_all(dir.join("Sub Dir/deeper")).unwrap();
+    std::fs::write(dir.join("readme.txt"), b"hello\n").unwrap();
+    std::fs::write(dir.join("MiXeD Case Name.Data"), pattern(70_000, 1)).unwrap();
+    std::fs::write(dir.join("Ünïcødé straße.txt"), pattern(1234, 2)).unwrap();
+    std::fs::write(dir.join("日本語のファイル名.bin"), pattern(5000, 3)).unwrap();
+    std::fs::write(dir.join("empty"), b"").unwrap();
+    std::fs::write(dir.join("Sub Dir/deeper/big.bin"), pattern(1_000_000, 4)).unwrap();
+    std::fs::write(dir.join("Sub Dir/x"), pattern(10, 5)).unwrap();
+}
+
+#[test]
+fn an_mtools_filled_image_reads_identical_through_the_mount() {
+    for (args, kib) in
+        [(&[][..], 1440), (&["-F", "16"][..], 64 * 1024), (&["-F", "32", "-S", "4096", "-s", "1"][..], 512 * 1024)]
+    {
+        let s = Setup::new();
+        let img = s.mkfs(args, kib);
+        let src = s.path("src");
+        sample(&src);
+        let entries: Vec<String> =
+            std::fs::read_dir(&src).unwrap().map(|e| e.unwrap().path().to_str().unwrap().to_string()).collect();
+        let mut mcopy = vec!["-s", "-i", img.to_str().unwrap()];
+        mcopy.extend(entries.iter().map(String::as_str));
+        mcopy.push("::/");
+        run_ok("mcopy", &mcopy);
+        let (host, mnt) = s.mount(&img, "read_only = true");
+        assert_eq!(tree(&mnt), tree(&src), "mkfs.fat {args:?}");
+        // Case-insensitive, case-preserving lookups.
+        assert_eq!(std::fs::read(mnt.join("README.TXT")).unwrap(), b"hello\n");
+        assert!(std::fs::write(mnt.join("new"), b"x").is_err(), "a read-only mount refuses writes");
+        stop(host);
+    }
+}
+
+#[test]
+fn files_written_through_the_mount_read_identical_with_mtools_and_pass_fsck() {
+    for (args, kib) in [(&[][..], 1440), (&["-F", "16"][..], 64 * 1024), (&["-F", "32", "-s", "1"][..], 128 * 1024)] {
+        let s = Setup::new();
+        let img = s.mkfs(args, kib);
+        let src = s.path("src");
+        sample(&src);
+        if kib == 1440 {
+            std::fs::remove_file(src.join("Sub Dir/deeper/big.bin")).unwrap();
+        }
+        let (host, mnt) = s.mount(&img, "");
+        let status = Command::new("cp").arg("-r").arg(format!("{}/.", src.display())).arg(&mnt).status().unwrap();
+        assert!(status.success());
+        std::fs::rename(mnt.join("Sub Dir/x"), mnt.join("moved x")).unwrap();
+        std::fs::rename(src.join("Sub Dir/x"), src.join("moved x")).unwrap();
+        assert_eq!(tree(&mnt), tree(&src));
+        // The dirty bit (bit 0 of the boot sector's state byte) is set while mounted and
+        // cleared by a clean unmount.
+        let state_at = if args.contains(&"32") { 65 } else { 37 };
+        assert_eq!(std::fs::read(&img).unwrap()[state_at] & 1, 1, "dirty while mounted");
+        stop(host);
+        assert_eq!(std::fs::read(&img).unwrap()[state_at] & 1, 0, "clean after unmount");
+        run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+        let out = s.path("out");
+        std::fs::create_dir(&out).unwrap();
+        run_ok("mcopy", &["-s", "-n", "-i", img.to_str().unwrap(), "::/*", out.to_str().unwrap()]);
+        assert_eq!(tree(&out), tree(&src), "mkfs.fat {args:?}");
+    }
+}
+
+/// Every check that runs passes, except that FAT keeps access times to the day only: the
+/// atime set by utimens reads back as midnight of its day (documented in docs/fat.md).
+fn assert_conformant_but_for_atime_resolution(report: &plugfs_conformance::Report) {
+    assert!(!report.passed.is_empty(), "{}", report.summary());
+    match &report.failed[..] {
+        [] => {}
+        [(name, why)] => {
+            assert_eq!(*name, "utimens_sets_times", "{}", report.summary());
+            assert!(why.starts_with("atime Timestamp { secs: 1499990400, nanos: 0 }"), "{}", report.summary());
+        }
+        _ => panic!("{}", report.summary()),
+    }
+}
+
+fn fat_capabilities() -> Capabilities {
+    let lib = plugfs_plugin_api::host::PluginLibrary::load(&plugin_library("plugfs-fat")).unwrap();
+    lib.info().capabilities
+}
+
+#[test]
+fn the_conformance_suite_passes_through_a_mount_for_what_fat_can_represent() {
+    let s = Setup::new();
+    let img = s.mkfs(&["-F", "32", "-s", "1"], 128 * 1024);
+    let (host, mnt) = s.mount(&img, "");
+    let caps = fat_capabilities();
+    let report = plugfs_conformance::run_mounted(&mnt, &caps, None);
+    assert_conformant_but_for_atime_resolution(&report);
+    for skipped in [
+        "symlinks_store_their_target_verbatim",
+        "hard_links_share_data_and_count_links",
+        "chmod_changes_permission_bits",
+    ] {
+        assert!(report.skipped.contains(&skipped), "{}", report.summary());
+    }
+    stop(host);
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+}
+
+#[test]
+fn the_conformance_suite_passes_directly() {
+    let s = Setup::new();
+    let img = s.mkfs(&["-F", "16"], 64 * 1024);
+    let config = format!("image = {:?}\ntz = \"UTC\"\n", img.to_str().unwrap());
+    let report = plugfs_conformance::run_direct(&plugin_library("plugfs-fat"), &config).unwrap();
+    assert_conformant_but_for_atime_resolution(&report);
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+}
+
+#[test]
+fn what_fat_cannot_store_is_refused_with_vfat_errnos() {
+    let s = Setup::new();
+    let img = s.mkfs(&[], 1440);
+    let (host, mnt) = s.mount(&img, "");
+    let errno = |r: std::io::Result<()>| r.unwrap_err().raw_os_error().unwrap();
+    std::fs::write(mnt.join("file"), b"x").unwrap();
+    assert_eq!(errno(std::os::unix::fs::symlink("file", mnt.join("link"))), libc::EPERM);
+    assert_eq!(errno(std::fs::hard_link(mnt.join("file"), mnt.join("hard"))), libc::EPERM);
+    assert_eq!(errno(std::fs::write(mnt.join("a:b"), b"x")), libc::EINVAL);
+    assert_eq!(errno(std::fs::write(mnt.join("x".repeat(255) + "é"), b"x")), libc::ENAMETOOLONG);
+    let chown = std::os::unix::fs::chown(mnt.join("file"), Some(12345), None);
+    assert_eq!(errno(chown), libc::EPERM);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(errno(std::fs::set_permissions(mnt.join("file"), std::fs::Permissions::from_mode(0o4755))), libc::EPERM);
+    // Clearing the write bits sets the read-only attribute, which mtools shows.
+    std::fs::set_permissions(mnt.join("file"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    assert_eq!(std::fs::metadata(mnt.join("file")).unwrap().permissions().mode() & 0o777, 0o555);
+    // Case-insensitive: a second name differing only in case is the same file.
+    assert_eq!(std::fs::read(mnt.join("FILE")).unwrap(), b"x");
+    let st = nix_statfs(&mnt);
+    assert_eq!(st.0, 255);
+    stop(host);
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+    let attrs = run_ok("mattrib", &["-i", img.to_str().unwrap(), "::/file"]);
+    assert!(String::from_utf8_lossy(&attrs).contains('R'), "{}", String::from_utf8_lossy(&attrs));
+}
+
+fn nix_statfs(p: &Path) -> (u64,) {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    (st.f_namemax as u64,)
+}
+
+#[test]
+fn quiet_makes_chmod_and_chown_succeed_silently() {
+    let s = Setup::new();
+    let img = s.mkfs(&[], 1440);
+    let (host, mnt) = s.mount(&img, "quiet = true");
+    std::fs::write(mnt.join("file"), b"x").unwrap();
+    std::os::unix::fs::chown(mnt.join("file"), Some(12345), None).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(mnt.join("file"), std::fs::Permissions::from_mode(0o4700)).unwrap();
+    stop(host);
+}
+
+#[test]
+fn a_second_host_cannot_mount_the_same_image_read_write() {
+    let s = Setup::new();
+    let img = s.mkfs(&[], 1440);
+    let (host, _mnt) = s.mount(&img, "");
+    let lib = plugfs_plugin_api::host::PluginLibrary::load(&plugin_library("plugfs-fat")).unwrap();
+    let err = lib.open(&format!("image = {:?}\n", img.to_str().unwrap()), &Default::default()).err().expect("locked");
+    assert!(err.to_string().contains("in use"), "{err}");
+    stop(host);
+}
+
+fn plugfs_fat(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(plugfs_tests::binary("plugfs-fat")).args(args).output().expect("run plugfs-fat");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn plugfs_fat_mkfs_makes_images_that_fsck_and_mtools_accept_and_info_describes() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--size", "1440K"], "FAT12"),
+        (&["--size", "64M"], "FAT16"),
+        (&["--size", "600M"], "FAT32"),
+        (&["--size", "64M", "--fat", "32", "--cluster-size", "512", "--label", "Backup"], "FAT32"),
+        (&["--size", "64M", "--fat", "16", "--sector-size", "4096"], "FAT16"),
+    ];
+    for (args, want) in cases {
+        let s = Setup::new();
+        // A directory that does not exist yet is created, as the README's command needs.
+        let img = s.path("demo/fat.img");
+        let mut all = vec!["mkfs", img.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let (code, out, err) = plugfs_fat(&all);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        assert!(out.contains(want), "{args:?}: {out}");
+        run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+        run_ok("mdir", &["-i", img.to_str().unwrap(), "::/"]);
+        let (code, info, err) = plugfs_fat(&["info", img.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(info.contains(&format!("type:                {want}")), "{info}");
+        if args.contains(&"Backup") {
+            assert!(info.contains("label:               BACKUP"), "{info}");
+        }
+    }
+}
+
+#[test]
+fn plugfs_fat_label_reads_and_sets_the_label_that_mtools_sees() {
+    let s = Setup::new();
+    let img = s.mkfs(&["-F", "32", "-s", "1", "-n", "OLDNAME"], 128 * 1024);
+    let i = img.to_str().unwrap();
+    assert_eq!(plugfs_fat(&["label", i]).1.trim(), "OLDNAME");
+    let (code, out, err) = plugfs_fat(&["label", i, "New Label"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(plugfs_fat(&["label", i]).1.trim(), "NEW LABEL");
+    let shown = run_ok("mlabel", &["-s", "-i", i, "::"]);
+    assert!(String::from_utf8_lossy(&shown).contains("NEW LABEL"), "{}", String::from_utf8_lossy(&shown));
+    run_ok("fsck.fat", &["-n", i]);
+    let (code, _, err) = plugfs_fat(&["label", i, "far too long a label"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("label"), "{err}");
+}
+
+#[test]
+fn the_readme_commands_make_and_mount_the_example_image_of_config_fat_toml() {
+    // A checkout-like layout: config/fat.toml with its relative image and mount point.
+    let s = Setup::new();
+    std::fs::create_dir(s.path("config")).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/fat.toml");
+    let config = s.path("config/fat.toml");
+    std::fs::copy(&example, &config).unwrap();
+    let img = s.path("demo/fat.img");
+    let (code, out, err) = plugfs_fat(&["mkfs", img.to_str().unwrap(), "--size", "64M"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mnt = s.path("demo/fat-mnt");
+    let host = Host::start(&config, &[&mnt]);
+    std::fs::write(mnt.join("Written Through plugfs.txt"), b"hello").unwrap();
+    stop(host);
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+    let names = run_ok("mdir", &["-b", "-i", img.to_str().unwrap(), "::/"]);
+    assert!(
+        String::from_utf8_lossy(&names).contains("Written Through plugfs.txt"),
+        "{}",
+        String::from_utf8_lossy(&names)
+    );
+}
+
+#[test]
+fn plugfs_fat_mkfs_refuses_impossible_layouts_with_the_reason() {
+    let s = Setup::new();
+    let img = s.path("x.img");
+    let (code, _, err) = plugfs_fat(&["mkfs", img.to_str().unwrap(), "--size", "1M", "--fat", "32"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("too few"), "{err}");
+    assert!(!img.exists(), "nothing is created for a layout that cannot be made");
+    let (code, _, err) = plugfs_fat(&["info", s.path("missing.img").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.img"), "{err}");
+}
+
+#[test]
+fn an_image_made_by_plugfs_fat_mounts_and_round_trips() {
+    let s = Setup::new();
+    let img = s.path("fat.img");
+    let (code, out, err) = plugfs_fat(&["mkfs", img.to_str().unwrap(), "--size", "32M"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (host, mnt) = s.mount(&img, "");
+    std::fs::write(mnt.join("Hello World.txt"), b"hi").unwrap();
+    stop(host);
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+    assert_eq!(run_ok("mcopy", &["-n", "-i", img.to_str().unwrap(), "::/Hello World.txt", "-"]), b"hi");
+}
+
+/// A small deterministic generator, so a failing run can be repeated from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+/// The outcome of one operation, comparable between the two sides.
+fn outcome<T>(r: std::io::Result<T>) -> Result<(), i32> {
+    r.map(|_| ()).map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+fn write_at(path: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+    f.write_all_at(data, offset)
+}
+
+fn truncate(path: &Path, size: u64) -> std::io::Result<()> {
+    std::fs::OpenOptions::new().write(true).open(path)?.set_len(size)
+}
+
+/// Relative paths of every directory (with "" for the root) and file under `root`.
+fn dirs_and_files(root: &Path) -> (Vec<String>, Vec<String>) {
+    let mut dirs = vec![String::new()];
+    let mut files = Vec::new();
+    for (path, content) in tree(root) {
+        if content.is_some() { files.push(path) } else { dirs.push(path) }
+    }
+    (dirs, files)
+}
+
+#[test]
+fn a_randomized_workload_matches_a_native_directory_and_fsck_passes() {
+    let s = Setup::new();
+    let img = s.mkfs(&["-F", "16"], 64 * 1024);
+    let native = s.path("native");
+    std::fs::create_dir(&native).unwrap();
+    let (host, mnt) = s.mount(&img, "");
+    // Names that differ case-insensitively, so the case-sensitive native side agrees.
+    let names = [
+        "a",
+        "B.TXT",
+        "readme.md",
+        "Long File Name One.data",
+        "long file name two.data",
+        "Ünïcødé",
+        "日本語",
+        "x.y.z",
+        "spaces in name",
+        "UPPER CASE DIR",
+        "lower.c",
+        "Mixed.Case.Ext",
+    ];
+    let seed = 0x5EED_F00D_u64;
+    let mut rng = Rng(seed);
+    let mut succeeded: BTreeMap<&str, usize> = BTreeMap::new();
+    for step in 0..3000 {
+        let (dirs, files) = dirs_and_files(&native);
+        let dir = rng.pick(&dirs).clone();
+        let new_path = |rng: &mut Rng| {
+            let n = rng.pick(&names);
+            if dir.is_empty() { n.to_string() } else { format!("{dir}/{n}") }
+        };
+        let existing_file = |rng: &mut Rng| if files.is_empty() { new_path(rng) } else { rng.pick(&files).clone() };
+        let (what, a, b): (&str, String, String) = match rng.below(100) {
+            0..=34 => ("write", existing_file(&mut rng), String::new()),
+            35..=44 => ("truncate", existing_file(&mut rng), String::new()),
+            45..=54 => ("unlink", existing_file(&mut rng), String::new()),
+            55..=64 => ("mkdir", new_path(&mut rng), String::new()),
+            65..=72 => ("rmdir", rng.pick(&dirs).clone(), String::new()),
+            73..=89 => {
+                let from = if rng.below(3) == 0 { rng.pick(&dirs).clone() } else { existing_file(&mut rng) };
+                let to_dir = rng.pick(&dirs).clone();
+                let n = rng.pick(&names);
+                ("rename", from, if to_dir.is_empty() { n.to_string() } else { format!("{to_dir}/{n}") })
+            }
+            _ => ("read", existing_file(&mut rng), String::new()),
+        };
+        let offset = rng.below(40_000);
+        let len = rng.below(20_000) as usize;
+        let data = pattern(len, rng.next() as u32);
+        let size = rng.below(60_000);
+        let on = |root: &Path| -> Result<(), i32> {
+            let (pa, pb) = (root.join(&a), root.join(&b));
+            match what {
+                "write" => outcome(write_at(&pa, offset, &data)),
+                "truncate" => outcome(truncate(&pa, size)),
+                "unlink" => outcome(std::fs::remove_file(&pa)),
+                "mkdir" => outcome(std::fs::create_dir(&pa)),
+                "rmdir" if a.is_empty() => Ok(()),
+                "rmdir" => outcome(std::fs::remove_dir(&pa)),
+                "rename" if a.is_empty() => Ok(()),
+                "rename" => outcome(std::fs::rename(&pa, &pb)),
+                _ => outcome(std::fs::read(&pa)),
+            }
+        };
+        let want = on(&native);
+        let got = on(&mnt);
+        assert_eq!(got, want, "step {step} (seed {seed:#x}): {what} {a:?} {b:?}");
+        if want.is_ok() {
+            *succeeded.entry(what).or_default() += 1;
+        }
+        if what == "read" && want.is_ok() {
+            assert!(std::fs::read(mnt.join(&a)).unwrap() == std::fs::read(native.join(&a)).unwrap(), "step {step}");
+        }
+    }
+    // The workload must really exercise every operation, not mostly fail.
+    for op in ["write", "truncate", "unlink", "mkdir", "rmdir", "rename", "read"] {
+        assert!(succeeded.get(op).copied().unwrap_or(0) >= 20, "too few successful {op}s: {succeeded:?}");
+    }
+    eprintln!("operations that succeeded: {succeeded:?}");
+    assert!(tree(&mnt) == tree(&native), "the trees differ after the workload");
+    stop(host);
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+    let out = s.path("out");
+    std::fs::create_dir(&out).unwrap();
+    if std::fs::read_dir(&native).unwrap().next().is_some() {
+        run_ok("mcopy", &["-s", "-n", "-i", img.to_str().unwrap(), "::/*", out.to_str().unwrap()]);
+    }
+    assert!(tree(&out) == tree(&native), "mtools reads the image differently from the native directory");
+}
+
+#[test]
+fn many_readers_and_a_writer_at_once_all_see_the_right_bytes() {
+    let s = Setup::new();
+    let img = s.mkfs(&["-F", "32", "-s", "1"], 128 * 1024);
+    let (host, mnt) = s.mount(&img, "");
+    for i in 0..4 {
+        std::fs::write(mnt.join(format!("file {i}")), pattern(300_000 + i * 1000, i as u32)).unwrap();
+    }
+    std::thread::scope(|scope| {
+        for i in 0..4usize {
+            let mnt = &mnt;
+            scope.spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let want = pattern(300_000 + i * 1000, i as u32);
+                let f = std::fs::File::open(mnt.join(format!("file {i}"))).unwrap();
+                for round in 0..200usize {
+                    let off = (round * 7919) % want.len();
+                    let mut buf = vec![0u8; 10_000.min(want.len() - off)];
+                    f.read_exact_at(&mut buf, off as u64).unwrap();
+                    assert!(buf == want[off..off + buf.len()], "file {i} round {round}");
+                }
+            });
+        }
+        let mnt = &mnt;
+        scope.spawn(move || {
+            for round in 0..50u32 {
+                std::fs::write(mnt.join("written meanwhile"), pattern(50_000, round)).unwrap();
+            }
+        });
+    });
+    assert_eq!(std::fs::read(mnt.join("written meanwhile")).unwrap(), pattern(50_000, 49));
+    stop(host);
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+}
