@@ -25,9 +25,11 @@ fn without_default_permissions_durable_io_still_refuses_an_unprivileged_user() {
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mnt = dir.path().join("mnt");
     let mut host = Host::start(&config(dir.path()), &[&mnt]);
-    let checked = plugfs_conformance::permission_checks(&mnt, 65534, 65534);
+    let caps = plugfs_plugin_api::Capabilities::POSIX;
+    let mut report = plugfs_conformance::Report::default();
+    plugfs_conformance::user_checks(&mnt, &caps, 65534, 65534, &mut report);
     host.signal_and_wait(libc::SIGTERM);
-    checked.unwrap_or_else(|why| panic!("{why}\n{}", host.stderr()));
+    assert!(report.ok() && !report.passed.is_empty(), "{}\n{}", report.summary(), host.stderr());
 }
 
 /// Runs `sh -c script` in `cwd` as 65534:65534 with the supplementary `groups`.

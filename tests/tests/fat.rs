@@ -166,15 +166,9 @@ fn files_written_through_the_mount_read_identical_with_mtools_and_pass_fsck() {
 /// Every check that runs passes, except that FAT keeps access times to the day only: the
 /// atime set by utimens reads back as midnight of its day (documented in docs/fat.md).
 fn assert_conformant_but_for_atime_resolution(report: &plugfs_conformance::Report) {
-    assert!(!report.passed.is_empty(), "{}", report.summary());
-    match &report.failed[..] {
-        [] => {}
-        [(name, why)] => {
-            assert_eq!(*name, "utimens_sets_times", "{}", report.summary());
-            assert!(why.starts_with("atime Timestamp { secs: 1499990400, nanos: 0 }"), "{}", report.summary());
-        }
-        _ => panic!("{}", report.summary()),
-    }
+    // FAT's coarse times (mtime to 2 s, atime a date) are what `nanosecond_times = false`
+    // tells the suite to expect.
+    assert!(report.ok() && !report.passed.is_empty(), "{}", report.summary());
 }
 
 fn fat_capabilities() -> Capabilities {
@@ -195,7 +189,7 @@ fn the_conformance_suite_passes_through_a_mount_for_what_fat_can_represent() {
         "hard_links_share_data_and_count_links",
         "chmod_changes_permission_bits",
     ] {
-        assert!(report.skipped.contains(&skipped), "{}", report.summary());
+        assert!(report.skipped.iter().any(|(name, _)| *name == skipped), "{}", report.summary());
     }
     stop(host);
     run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);

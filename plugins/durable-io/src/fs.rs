@@ -121,6 +121,34 @@ impl DurableIo {
         self.caps
     }
 
+    /// Whether `set` is the mode change the kernel sends after a write by a caller other
+    /// than the owner (FUSE without `handle_killpriv`): nothing but the set-user-ID and
+    /// set-group-ID bits removed from a regular file's current mode, by a caller with write
+    /// permission on it.
+    fn clears_set_id_bits_for_a_writer(&self, req: &Request, n: &NodeRef, set: &SetAttr) -> Result<bool> {
+        let only_mode =
+            set.uid.is_none() && set.gid.is_none() && set.size.is_none() && set.atime.is_none() && set.mtime.is_none();
+        let Some(mode) = set.mode else { return Ok(false) };
+        if !only_mode || n.kind != FileKind::File || !self.as_caller {
+            return Ok(false);
+        }
+        let current = stat_fd(n.fd.as_fd())?.stx_mode as u32 & 0o7777;
+        let set_id = current & 0o6000;
+        if set_id == 0 || mode & 0o7777 != current & !0o6000 {
+            return Ok(false);
+        }
+        let _caller = self.as_caller(req)?;
+        // Through /proc/self/fd: faccessat does not take AT_EMPTY_PATH. AT_EACCESS checks
+        // with the current (the caller's) filesystem identity.
+        let writable = rustix::fs::accessat(
+            self.proc.dir(),
+            ProcFd::name(n.fd.as_fd()),
+            rustix::fs::Access::WRITE_OK,
+            rustix::fs::AtFlags::EACCESS,
+        );
+        Ok(writable.is_ok())
+    }
+
     /// Whether the backing filesystem can share blocks between files (`FICLONE`), so
     /// `copy_file_range` there is a cheap clone.
     pub fn supports_reflink(&self) -> bool {
@@ -511,7 +539,12 @@ impl FileSystem for DurableIo {
         if changes {
             self.check_writable()?;
         }
-        if changes {
+        if changes && self.clears_set_id_bits_for_a_writer(req, &n, set)? {
+            // The kernel's "kill priv" after a write by someone else: on a local filesystem
+            // the write itself clears the bits, with no chmod right needed, so do it as the
+            // host (only ever removing bits, only for a caller who may write the file).
+            self.change_attrs(&n, set)?;
+        } else if changes {
             // Every change as the caller: the kernel then applies its own rules (only the
             // owner may chmod or set times, only root may give a file away, chgrp only to
             // one of the caller's groups, truncation needs write permission).

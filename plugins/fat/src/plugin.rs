@@ -310,6 +310,10 @@ impl FatFs {
 impl FileSystem for FatFs {
     fn lookup(&self, _req: &Request, parent: NodeId, name: &OsStr) -> Result<Entry> {
         let name = name_str(name)?;
+        // A name no directory can hold is ENAMETOOLONG, as on vfat, not "not found".
+        if name.encode_utf16().count() > 255 {
+            return Err(Errno::ENAMETOOLONG.into());
+        }
         {
             let vol = self.shared()?;
             if let Some(r) = vol.lookup_loaded(parent, name) {

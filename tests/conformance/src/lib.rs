@@ -7,7 +7,7 @@
 //!   loaded as `plugfs` loads it and called without a kernel in the loop;
 //! - **through a mount** ([`run_mounted`]): real system calls on a directory where the
 //!   plugin is mounted (by [`mount_and_run`], or by a running `plugfs mount`), followed by
-//!   permission checks made as an unprivileged user ([`permission_checks`]).
+//!   checks made as an unprivileged user ([`user_checks`]).
 //!
 //! Pointing it at a new plugin takes one call, or one command:
 //!
