@@ -102,6 +102,10 @@ enum Command {
         /// The mount point.
         mountpoint: PathBuf,
     },
+    /// Internal: the watchdog `plugfs mount` starts, which unmounts what the host told it
+    /// about if the host dies without doing so. Reads the host's messages on stdin.
+    #[command(hide = true)]
+    Watchdog,
 }
 
 fn main() -> ExitCode {
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         Command::Mount { config } => load_config(&config).and_then(supervisor::run),
         Command::Check { config } => load_config(&config).and_then(supervisor::check),
         Command::Plugins { dir, config, verbose } => list_plugins(dir, config, verbose),
+        Command::Watchdog => run_watchdog(),
         Command::Unmount { mountpoint } => {
             init_logging(None);
             frontend::force_unmount(&mountpoint)
@@ -127,6 +132,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_watchdog() -> anyhow::Result<ExitCode> {
+    init_logging(None);
+    #[cfg(unix)]
+    {
+        plugfs_fuse::watchdog::serve(std::io::stdin().lock())?;
+        Ok(ExitCode::SUCCESS)
+    }
+    #[cfg(not(unix))]
+    anyhow::bail!("the watchdog is only needed for FUSE mounts")
 }
 
 /// Loads the config and sets up logging from it. A config error exits with status 2.
