@@ -166,7 +166,14 @@ impl FuseMount {
     pub fn finish_shutdown(mut self) -> (Released, io::Result<()>) {
         self.state.gate.close();
         let released = self.state.handles.release_all(self.fs.as_ref());
+        let stuck = self.state.gate.in_flight();
         let unmounted = match self.session.take() {
+            // A worker still inside the plugin would never let the session be joined:
+            // detach the mount and leave the workers to the end of the process.
+            Some(session) if stuck > 0 => crate::unmount::kernel_unmount(&self.mountpoint, true).and_then(|()| {
+                drop(session);
+                Err(io::Error::other(format!("{stuck} request(s) still in flight; detached it lazily")))
+            }),
             Some(session) => stop_session(session, &self.mountpoint),
             None => Ok(()),
         };

@@ -141,6 +141,10 @@ pub fn serve(input: impl Read) -> io::Result<()> {
         }
         match kernel_unmount(mountpoint, true) {
             Ok(()) => info!("watchdog: plugfs ended without unmounting; detached {}", mountpoint.display()),
+            // fusermount3's own auto_unmount watcher got there first.
+            Err(_) if !is_fuse_mount(mountpoint) => {
+                debug!("watchdog: {} was unmounted meanwhile", mountpoint.display())
+            }
             Err(e) => {
                 failed += 1;
                 warn!("watchdog: plugfs ended without unmounting, and {e}");
