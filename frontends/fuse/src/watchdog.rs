@@ -158,9 +158,19 @@ pub fn serve(input: impl Read) -> io::Result<()> {
 }
 
 /// Whether a FUSE filesystem is mounted at `path`, served or dead.
+///
+/// The mount table answers without asking the filesystem. `statfs` is the fallback for a
+/// path the table spells differently (through a symlink): it asks the filesystem, and a
+/// dying one answers `ECONNABORTED` (the request was queued when the connection was torn
+/// down: the host's end of our pipe closes before its `/dev/fuse`) or `ENOTCONN` (after).
 fn is_fuse_mount(path: &Path) -> bool {
     #[cfg(target_os = "linux")]
     {
+        if let Ok(table) = std::fs::read("/proc/self/mountinfo")
+            && mountinfo_has_fuse_mount(&table, path.as_os_str().as_bytes())
+        {
+            return true;
+        }
         const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
         let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
         // SAFETY: an all-zero statfs is a valid value to be overwritten.
@@ -170,8 +180,7 @@ fn is_fuse_mount(path: &Path) -> bool {
             #[allow(clippy::unnecessary_cast)] // f_type's type differs between libcs
             return st.f_type as i64 == FUSE_SUPER_MAGIC;
         }
-        // A dead FUSE mount: nobody answers the kernel.
-        io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
+        matches!(io::Error::last_os_error().raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -179,6 +188,39 @@ fn is_fuse_mount(path: &Path) -> bool {
         let _ = path;
         true
     }
+}
+
+/// Whether `/proc/self/mountinfo` text lists a `fuse` or `fuse.*` mount at `path`.
+#[cfg(any(target_os = "linux", test))]
+fn mountinfo_has_fuse_mount(table: &[u8], path: &[u8]) -> bool {
+    table.split(|&b| b == b'\n').any(|line| {
+        // "id parent major:minor root mountpoint options... - fstype source superoptions"
+        let mut fields = line.split(|&b| b == b' ');
+        let Some(mountpoint) = fields.nth(4) else { return false };
+        let Some(fstype) = fields.skip_while(|f| *f != b"-").nth(1) else { return false };
+        (fstype == b"fuse" || fstype.starts_with(b"fuse.")) && unescape_octal(mountpoint) == path
+    })
+}
+
+/// Undoes mountinfo's `\NNN` escapes (space, tab, newline, backslash).
+#[cfg(any(target_os = "linux", test))]
+fn unescape_octal(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let code = field.get(i + 1..i + 4).filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match code {
+            Some(d) => {
+                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -206,6 +248,15 @@ mod tests {
         assert_eq!(unhex(hex(path.as_os_str().as_bytes()).as_bytes()).as_deref(), Some(path));
         assert_eq!(unhex(b"zz"), None);
         assert_eq!(unhex(b"abc"), None);
+    }
+
+    #[test]
+    fn the_mount_table_is_read_with_its_escapes() {
+        let table = b"36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - fuse.plugfs plugfs:x rw,user_id=0\n\
+                      37 35 98:1 / /mnt/c rw - ext4 /dev/sda rw\n";
+        assert!(mountinfo_has_fuse_mount(table, b"/mnt/a b"));
+        assert!(!mountinfo_has_fuse_mount(table, b"/mnt/c"), "not FUSE");
+        assert!(!mountinfo_has_fuse_mount(table, b"/mnt/a"));
     }
 
     #[test]
