@@ -25,6 +25,7 @@ A config file has an optional [host] table and one [[mount]] table per mount:
   [host]
   plugin_dirs = [\"/usr/lib/plugfs\"]   # searched by plugin name, then plugfs's own directory
   log = \"info\"                        # used when RUST_LOG is not set
+  shutdown_timeout = 10               # seconds to wait for requests in flight on SIGTERM
 
   [[mount]]
   name = \"data\"
@@ -61,8 +62,11 @@ enum Command {
     /// Mount every [[mount]] of a config file and serve them in the foreground.
     ///
     /// Stays in the foreground, logging to stderr. On SIGINT (Ctrl-C) or SIGTERM it
-    /// unmounts everything and exits 0. If any mount fails to start, the ones already
-    /// started are unmounted and plugfs exits 1.
+    /// refuses new requests, waits up to [host] shutdown_timeout seconds for those in
+    /// flight, releases through the plugin every file still open (so the plugin syncs it
+    /// as on close), unmounts everything and exits 0; a second signal exits 1 at once. If
+    /// any mount fails to start, the ones already started are unmounted and plugfs exits
+    /// 1. With auto_unmount, a watchdog process unmounts if plugfs is killed.
     Mount {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
