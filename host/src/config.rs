@@ -40,6 +40,17 @@ pub struct HostSection {
     /// Log filter used when `RUST_LOG` is not set (e.g. `"info"`, `"plugfs=debug"`).
     #[serde(default)]
     pub log: Option<String>,
+    /// Seconds a shutdown waits for the requests in flight before it releases the open
+    /// files anyway and unmounts (default 10).
+    #[serde(default)]
+    pub shutdown_timeout: Option<u64>,
+}
+
+impl HostSection {
+    /// How long a shutdown waits for the requests in flight.
+    pub fn shutdown_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.shutdown_timeout.unwrap_or(10))
+    }
 }
 
 /// Which frontend presents a mount to the operating system.

@@ -32,6 +32,15 @@ pub fn resolve(frontend: Frontend) -> Frontend {
     }
 }
 
+/// What a shutdown released through the plugin.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Released {
+    /// Open files and directories released.
+    pub released: usize,
+    /// Of those, the releases the plugin failed (logged by the frontend).
+    pub failed: usize,
+}
+
 /// A live mount, whichever frontend serves it.
 pub enum Mounted {
     /// Served through FUSE.
@@ -71,11 +80,38 @@ impl Mounted {
         }
     }
 
-    /// Unmounts and waits for the workers to end.
-    pub fn unmount(self) -> std::io::Result<()> {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
         match self {
             #[cfg(unix)]
-            Mounted::Fuse(m) => m.unmount(),
+            Mounted::Fuse(m) => m.mountpoint(),
+        }
+    }
+
+    /// Refuses new requests from now on, but those that release what callers hold.
+    pub fn begin_shutdown(&self) {
+        match self {
+            #[cfg(unix)]
+            Mounted::Fuse(m) => m.begin_shutdown(),
+        }
+    }
+
+    /// Requests being served right now.
+    pub fn in_flight(&self) -> usize {
+        match self {
+            #[cfg(unix)]
+            Mounted::Fuse(m) => m.in_flight(),
+        }
+    }
+
+    /// Releases every handle still open through the plugin, then unmounts (lazily if busy).
+    pub fn finish_shutdown(self) -> (Released, std::io::Result<()>) {
+        match self {
+            #[cfg(unix)]
+            Mounted::Fuse(m) => {
+                let (r, unmounted) = m.finish_shutdown();
+                (Released { released: r.released, failed: r.failed }, unmounted)
+            }
         }
     }
 }

@@ -25,6 +25,7 @@ A config file has an optional [host] table and one [[mount]] table per mount:
   [host]
   plugin_dirs = [\"/usr/lib/plugfs\"]   # searched by plugin name, then plugfs's own directory
   log = \"info\"                        # used when RUST_LOG is not set
+  shutdown_timeout = 10               # seconds to wait for requests in flight on SIGTERM
 
   [[mount]]
   name = \"data\"
@@ -61,8 +62,11 @@ enum Command {
     /// Mount every [[mount]] of a config file and serve them in the foreground.
     ///
     /// Stays in the foreground, logging to stderr. On SIGINT (Ctrl-C) or SIGTERM it
-    /// unmounts everything and exits 0. If any mount fails to start, the ones already
-    /// started are unmounted and plugfs exits 1.
+    /// refuses new requests, waits up to [host] shutdown_timeout seconds for those in
+    /// flight, releases through the plugin every file still open (so the plugin syncs it
+    /// as on close), unmounts everything and exits 0; a second signal exits 1 at once. If
+    /// any mount fails to start, the ones already started are unmounted and plugfs exits
+    /// 1. With auto_unmount, a watchdog process unmounts if plugfs is killed.
     Mount {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
@@ -102,6 +106,10 @@ enum Command {
         /// The mount point.
         mountpoint: PathBuf,
     },
+    /// Internal: the watchdog `plugfs mount` starts, which unmounts what the host told it
+    /// about if the host dies without doing so. Reads the host's messages on stdin.
+    #[command(hide = true)]
+    Watchdog,
 }
 
 fn main() -> ExitCode {
@@ -110,6 +118,7 @@ fn main() -> ExitCode {
         Command::Mount { config } => load_config(&config).and_then(supervisor::run),
         Command::Check { config } => load_config(&config).and_then(supervisor::check),
         Command::Plugins { dir, config, verbose } => list_plugins(dir, config, verbose),
+        Command::Watchdog => run_watchdog(),
         Command::Unmount { mountpoint } => {
             init_logging(None);
             frontend::force_unmount(&mountpoint)
@@ -127,6 +136,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_watchdog() -> anyhow::Result<ExitCode> {
+    init_logging(None);
+    #[cfg(unix)]
+    {
+        plugfs_fuse::watchdog::serve(std::io::stdin().lock())?;
+        Ok(ExitCode::SUCCESS)
+    }
+    #[cfg(not(unix))]
+    anyhow::bail!("the watchdog is only needed for FUSE mounts")
 }
 
 /// Loads the config and sets up logging from it. A config error exits with status 2.

@@ -52,15 +52,22 @@ impl Host {
     /// Starts `plugfs mount --config config` with stderr going to a file, and waits until
     /// every mountpoint in `mountpoints` is a FUSE mount.
     pub fn start(config: &Path, mountpoints: &[&Path]) -> Host {
+        Host::start_with(config, mountpoints, |_| {})
+    }
+
+    /// [`Host::start`], with `customize` applied to the command first (environment,
+    /// resource limits through `pre_exec`, ...).
+    pub fn start_with(
+        config: &Path,
+        mountpoints: &[&Path],
+        customize: impl FnOnce(&mut std::process::Command),
+    ) -> Host {
         let stderr_path = config.with_extension("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr log file");
-        let child = std::process::Command::new(binary("plugfs"))
-            .args(["mount", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stderr(stderr)
-            .spawn()
-            .expect("start plugfs");
+        let mut command = std::process::Command::new(binary("plugfs"));
+        command.args(["mount", "--config"]).arg(config).env("RUST_LOG", "info").stderr(stderr);
+        customize(&mut command);
+        let child = command.spawn().expect("start plugfs");
         let host = Host {
             child: Some(child),
             mountpoints: mountpoints.iter().map(|p| p.to_path_buf()).collect(),
@@ -97,6 +104,21 @@ impl Host {
         }
         let _ = child.kill();
         let _ = child.wait();
+        None
+    }
+
+    /// Waits up to `timeout` for the host to exit, without signalling it, and returns its
+    /// exit status (None if it is still running).
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         None
     }
 

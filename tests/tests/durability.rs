@@ -176,3 +176,23 @@ fn with_durability_close_a_closed_file_keeps_its_data() {
     let (recovered, _scratch) = s.crash();
     assert_eq!(std::fs::read(recovered.dir.join("data/doc")).unwrap(), b"final draft");
 }
+
+#[test]
+fn with_durability_close_a_file_still_open_when_plugfs_is_stopped_keeps_its_data() {
+    let mut s = mount_durable_io("close");
+    let path = s.mnt.join("doc");
+    std::fs::write(&path, b"first draft").unwrap();
+    sync_path(&path);
+    sync_path(&s.mnt);
+    // Rewritten in place and never closed: plugfs is stopped under the open file, so it
+    // must release the file through the plugin, which syncs it as a close would.
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all(b"final draft").unwrap();
+    let status = s.host.signal_and_wait(libc::SIGTERM).expect("plugfs exits on SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", s.host.stderr());
+    assert!(s.host.stderr().contains("released 1 file(s)"), "{}", s.host.stderr());
+
+    let (recovered, _scratch) = s.crash();
+    drop(f);
+    assert_eq!(std::fs::read(recovered.dir.join("data/doc")).unwrap(), b"final draft");
+}

@@ -27,11 +27,14 @@
 
 #![warn(missing_docs)]
 
+mod shutdown;
+mod unmount;
+pub mod watchdog;
+
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,6 +49,11 @@ use plugfs_plugin_api::{
     Request, SetAttr, SetTime, Timestamp, Whence,
 };
 use tracing::{debug, error, warn};
+
+pub use crate::shutdown::Released;
+use crate::shutdown::{Gate, Kind, OpenHandles};
+pub use crate::unmount::force_unmount;
+use crate::unmount::stop_session;
 
 /// How a filesystem is mounted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,10 +99,17 @@ impl Default for FuseOptions {
 
 /// A mounted filesystem being served by background threads. Dropping it unmounts (see
 /// [`FuseMount::unmount`]), logging any error.
-#[derive(Debug)]
 pub struct FuseMount {
     session: Option<BackgroundSession>,
     mountpoint: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    state: Arc<MountState>,
+}
+
+impl std::fmt::Debug for FuseMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FuseMount").field("mountpoint", &self.mountpoint).field("state", &self.state).finish()
+    }
 }
 
 impl FuseMount {
@@ -120,6 +135,51 @@ impl FuseMount {
         stop_session(session, &self.mountpoint)
     }
 
+    /// Begins a shutdown that loses nothing: from now on every new request is refused
+    /// with `EIO`, except those that give something back (`release`, `releasedir`,
+    /// `flush`, `forget`), which still reach the plugin. Requests already being served
+    /// go on; [`in_flight`](Self::in_flight) counts them. Finish with
+    /// [`finish_shutdown`](Self::finish_shutdown).
+    pub fn begin_shutdown(&self) {
+        self.state.gate.close();
+    }
+
+    /// Requests being served right now.
+    pub fn in_flight(&self) -> usize {
+        self.state.gate.in_flight()
+    }
+
+    /// Files and directories the kernel holds open (handed out and not yet released).
+    pub fn open_handles(&self) -> usize {
+        self.state.handles.len()
+    }
+
+    /// Ends a shutdown begun with [`begin_shutdown`](Self::begin_shutdown): releases every
+    /// handle the kernel still holds through the plugin (`release` with a flush, or
+    /// `releasedir`), as the last `close` of each would, then unmounts as
+    /// [`unmount`](Self::unmount) does. Call it once the requests in flight have ended,
+    /// or when waiting longer is pointless; a handle still in use by a request is released
+    /// all the same.
+    ///
+    /// Returns what was released and how the unmount went: a busy mount (files still
+    /// open) is detached lazily, and its later requests are refused.
+    pub fn finish_shutdown(mut self) -> (Released, io::Result<()>) {
+        self.state.gate.close();
+        let released = self.state.handles.release_all(self.fs.as_ref());
+        let stuck = self.state.gate.in_flight();
+        let unmounted = match self.session.take() {
+            // A worker still inside the plugin would never let the session be joined:
+            // detach the mount and leave the workers to the end of the process.
+            Some(session) if stuck > 0 => crate::unmount::kernel_unmount(&self.mountpoint, true).and_then(|()| {
+                drop(session);
+                Err(io::Error::other(format!("{stuck} request(s) still in flight; detached it lazily")))
+            }),
+            Some(session) => stop_session(session, &self.mountpoint),
+            None => Ok(()),
+        };
+        (released, unmounted)
+    }
+
     /// Waits until the session ends on its own, i.e. until someone unmounts the
     /// filesystem from outside, and returns how the session ended.
     pub fn join(mut self) -> io::Result<()> {
@@ -138,25 +198,6 @@ impl Drop for FuseMount {
             warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount on drop failed");
         }
     }
-}
-
-/// Ends a session by unmounting at the kernel, then joins its workers.
-///
-/// fuser's own unmount does not do here: with `auto_unmount` it only closes its socket to
-/// the `fusermount3` watcher and expects that to unmount, which was seen to leave the
-/// mount in place with every worker blocked reading `/dev/fuse`, so the join never ended.
-/// Unmounting first makes the kernel end the session; fuser then finds nothing mounted.
-fn stop_session(session: BackgroundSession, mountpoint: &Path) -> io::Result<()> {
-    if session.guard.is_finished() {
-        return session.join();
-    }
-    if let Err(busy) = kernel_unmount(mountpoint, false) {
-        kernel_unmount(mountpoint, true)?;
-        // Dropping the session detaches its thread, which serves the still-open files.
-        drop(session);
-        return Err(io::Error::other(format!("{busy}; detached it lazily instead")));
-    }
-    session.join()
 }
 
 /// Mounts `fs` at `mountpoint` and serves it from background threads until the returned
@@ -193,58 +234,11 @@ pub fn mount(fs: Arc<dyn FileSystem>, mountpoint: &Path, options: &FuseOptions) 
     config.n_threads = Some(if linux { options.threads.max(1) } else { 1 });
     config.clone_fd = linux;
 
-    let adapter = FuseAdapter { fs };
+    let state = Arc::new(MountState::default());
+    let adapter = FuseAdapter { fs: Arc::clone(&fs), state: Arc::clone(&state) };
     let session = fuser::Session::new(adapter, mountpoint, &config)?;
     let session = session.spawn()?;
-    Ok(FuseMount { session: Some(session), mountpoint: mountpoint.to_path_buf() })
-}
-
-/// Detaches the FUSE mount at `mountpoint` even when nothing serves it any more (its
-/// process was killed; the mount point then answers `ENOTCONN`), so the directory can be
-/// used again. Tries `fusermount3 -u -z` (and `fusermount -u -z`), then, as root,
-/// `umount2(MNT_DETACH)` and `umount -l`. Open files keep the old mount alive, detached,
-/// until they are closed. Also detaches a live mount, under the process serving it.
-pub fn force_unmount(mountpoint: &Path) -> io::Result<()> {
-    kernel_unmount(mountpoint, true)
-}
-
-/// Unmounts at the kernel: through `fusermount3`/`fusermount` (which also works for a
-/// non-root mounter), then, as root, `umount2` and `umount`. `lazy` detaches even a busy
-/// or dead mount; otherwise a busy mount fails with the helper's message.
-fn kernel_unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
-    let mut failures = Vec::new();
-    let args: &[&str] = if lazy { &["-u", "-z", "--"] } else { &["-u", "--"] };
-    for helper in ["fusermount3", "fusermount"] {
-        match Command::new(helper).args(args).arg(mountpoint).output() {
-            Ok(out) if out.status.success() => return Ok(()),
-            Ok(out) => failures.push(format!("{helper}: {}", String::from_utf8_lossy(&out.stderr).trim())),
-            Err(e) => failures.push(format!("{helper}: {e}")),
-        }
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        #[cfg(target_os = "linux")]
-        {
-            let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount point contains a NUL byte"))?;
-            let flags = if lazy { libc::MNT_DETACH } else { 0 };
-            // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
-            if unsafe { libc::umount2(path.as_ptr(), flags) } == 0 {
-                return Ok(());
-            }
-            failures.push(format!("umount2: {}", io::Error::last_os_error()));
-        }
-        if lazy {
-            // `-l` (lazy) on Linux; elsewhere `-f` is the closest there is.
-            let flag = if cfg!(target_os = "linux") { "-l" } else { "-f" };
-            match Command::new("umount").arg(flag).arg(mountpoint).output() {
-                Ok(out) if out.status.success() => return Ok(()),
-                Ok(out) => failures.push(format!("umount {flag}: {}", String::from_utf8_lossy(&out.stderr).trim())),
-                Err(e) => failures.push(format!("umount {flag}: {e}")),
-            }
-        }
-    }
-    Err(io::Error::other(format!("could not unmount {}: {}", mountpoint.display(), failures.join("; "))))
+    Ok(FuseMount { session: Some(session), mountpoint: mountpoint.to_path_buf(), fs, state })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -258,6 +252,20 @@ std::thread_local! {
 
 struct FuseAdapter {
     fs: Arc<dyn FileSystem>,
+    state: Arc<MountState>,
+}
+
+/// What the adapter and the [`FuseMount`] share for shutting down.
+#[derive(Debug, Default)]
+struct MountState {
+    gate: Gate,
+    handles: OpenHandles,
+}
+
+/// The answer to requests that arrive after shutdown began.
+fn shutting_down(op: &'static str) -> fuser::Errno {
+    debug!(op, "refused: the mount is shutting down");
+    fuser::Errno::from_i32(libc::EIO)
 }
 
 fn request(req: &fuser::Request) -> Request {
@@ -426,6 +434,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("lookup")) };
         if let Err(e) = check_name("lookup", parent.0, name) {
             return reply.error(e);
         }
@@ -436,10 +445,12 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn forget(&self, _req: &fuser::Request, ino: INodeNo, nlookup: u64) {
+        let _in_flight = self.state.gate.enter_always();
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, req: &fuser::Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("getattr")) };
         match self.fs.getattr(&request(req), ino.0, fh.map(|fh| fh.0)) {
             Ok(out) => reply.attr(&out.ttl, &file_attr(ino.0, &out.attr)),
             Err(e) => reply.error(fail("getattr", ino.0, &e)),
@@ -464,6 +475,7 @@ impl fuser::Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("setattr")) };
         let set = SetAttr {
             mode: mode.map(|m| m & 0o7777),
             uid,
@@ -481,6 +493,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, req: &fuser::Request, ino: INodeNo, reply: ReplyData) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("readlink")) };
         let mut buf = vec![0u8; 4096];
         match self.fs.readlink(&request(req), ino.0, &mut buf) {
             Ok(n) => match buf.get(..n) {
@@ -501,6 +514,7 @@ impl fuser::Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("mknod")) };
         // The kernel has applied the umask to `mode` already (we do not ask for
         // FUSE_DONT_MASK).
         if let Err(e) = check_name("mknod", parent.0, name) {
@@ -513,6 +527,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn mkdir(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("mkdir")) };
         if let Err(e) = check_name("mkdir", parent.0, name) {
             return reply.error(e);
         }
@@ -523,6 +538,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("unlink")) };
         if let Err(e) = check_name("unlink", parent.0, name) {
             return reply.error(e);
         }
@@ -533,6 +549,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("rmdir")) };
         if let Err(e) = check_name("rmdir", parent.0, name) {
             return reply.error(e);
         }
@@ -543,6 +560,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn symlink(&self, req: &fuser::Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("symlink")) };
         if let Err(e) = check_name("symlink", parent.0, link_name) {
             return reply.error(e);
         }
@@ -562,6 +580,7 @@ impl fuser::Filesystem for FuseAdapter {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("rename")) };
         if let Err(e) = check_name("rename", parent.0, name).and(check_name("rename", newparent.0, newname)) {
             return reply.error(e);
         }
@@ -572,6 +591,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn link(&self, req: &fuser::Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("link")) };
         if let Err(e) = check_name("link", newparent.0, newname) {
             return reply.error(e);
         }
@@ -582,8 +602,12 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &fuser::Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("open")) };
         match self.fs.open(&request(req), ino.0, flags.0) {
-            Ok(o) => reply.opened(FileHandle(o.handle), fopen_flags(&o)),
+            Ok(o) => {
+                self.state.handles.insert(Kind::File, o.handle, ino.0, flags.0);
+                reply.opened(FileHandle(o.handle), fopen_flags(&o))
+            }
             Err(e) => reply.error(fail("open", ino.0, &e)),
         }
     }
@@ -599,6 +623,7 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("read")) };
         // The plugin fills a buffer we own and we send only what it says it filled. Each
         // worker thread keeps one buffer for its whole life, so a read costs neither an
         // allocation nor zeroing up to 1 MiB.
@@ -629,6 +654,7 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("write")) };
         match self.fs.write(&request(req), ino.0, fh.0, offset, data, flags.0) {
             // `data` is at most max_write (1 MiB) long, so the count fits in u32.
             Ok(n) => reply.written(n.min(data.len()) as u32),
@@ -637,6 +663,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn flush(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        let _in_flight = self.state.gate.enter_always();
         match self.fs.flush(&request(req), ino.0, fh.0, lock_owner.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("flush", ino.0, &e)),
@@ -653,6 +680,11 @@ impl fuser::Filesystem for FuseAdapter {
         flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _in_flight = self.state.gate.enter_always();
+        if !self.state.handles.take(Kind::File, fh.0) {
+            // Released through the plugin at shutdown already.
+            return reply.ok();
+        }
         match self.fs.release(&request(req), ino.0, fh.0, flags.0, flush) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("release", ino.0, &e)),
@@ -660,6 +692,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn fsync(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("fsync")) };
         match self.fs.fsync(&request(req), ino.0, fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("fsync", ino.0, &e)),
@@ -667,13 +700,18 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, req: &fuser::Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("opendir")) };
         match self.fs.opendir(&request(req), ino.0, flags.0) {
-            Ok(o) => reply.opened(FileHandle(o.handle), fopen_flags(&o)),
+            Ok(o) => {
+                self.state.handles.insert(Kind::Dir, o.handle, ino.0, flags.0);
+                reply.opened(FileHandle(o.handle), fopen_flags(&o))
+            }
             Err(e) => reply.error(fail("opendir", ino.0, &e)),
         }
     }
 
     fn readdir(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("readdir")) };
         let result = self.fs.readdir(&request(req), ino.0, fh.0, offset, &mut DirectorySink { reply: &mut reply });
         match result {
             Ok(()) => reply.ok(),
@@ -689,6 +727,7 @@ impl fuser::Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("readdirplus")) };
         let result =
             self.fs.readdirplus(&request(req), ino.0, fh.0, offset, &mut DirectoryPlusSink { reply: &mut reply });
         match result {
@@ -698,6 +737,10 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn releasedir(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        let _in_flight = self.state.gate.enter_always();
+        if !self.state.handles.take(Kind::Dir, fh.0) {
+            return reply.ok();
+        }
         match self.fs.releasedir(&request(req), ino.0, fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("releasedir", ino.0, &e)),
@@ -705,6 +748,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn fsyncdir(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("fsyncdir")) };
         match self.fs.fsyncdir(&request(req), ino.0, fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("fsyncdir", ino.0, &e)),
@@ -712,6 +756,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, req: &fuser::Request, ino: INodeNo, reply: ReplyStatfs) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("statfs")) };
         match self.fs.statfs(&request(req), ino.0) {
             Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
             Err(e) => reply.error(fail("statfs", ino.0, &e)),
@@ -728,6 +773,7 @@ impl fuser::Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("setxattr")) };
         match self.fs.setxattr(&request(req), ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("setxattr", ino.0, &e)),
@@ -735,6 +781,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, req: &fuser::Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("getxattr")) };
         // size 0 asks for the value's size; otherwise the plugin fills a buffer of `size`.
         let mut buf = vec![0u8; size as usize];
         match self.fs.getxattr(&request(req), ino.0, name, &mut buf) {
@@ -744,6 +791,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, req: &fuser::Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("listxattr")) };
         let mut buf = vec![0u8; size as usize];
         match self.fs.listxattr(&request(req), ino.0, &mut buf) {
             Ok(n) => reply_xattr(reply, "listxattr", ino.0, &buf, n),
@@ -752,6 +800,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, req: &fuser::Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("removexattr")) };
         match self.fs.removexattr(&request(req), ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("removexattr", ino.0, &e)),
@@ -759,6 +808,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn access(&self, req: &fuser::Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("access")) };
         // Only called without default_permissions. plugfs has no permission model of its
         // own, so any existing node is accessible in any way.
         let _ = mask;
@@ -778,6 +828,7 @@ impl fuser::Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("create")) };
         if let Err(e) = check_name("create", parent.0, name) {
             return reply.error(e);
         }
@@ -786,6 +837,7 @@ impl fuser::Filesystem for FuseAdapter {
                 // fuser has one TTL for both: use the shorter so neither is cached too long.
                 let ttl = entry.entry_ttl.min(entry.attr_ttl);
                 let attr = file_attr(entry.node, &entry.attr);
+                self.state.handles.insert(Kind::File, o.handle, entry.node, flags);
                 reply.created(&ttl, &attr, Generation(entry.generation), FileHandle(o.handle), fopen_flags(&o));
             }
             Err(e) => reply.error(fail("create", parent.0, &e)),
@@ -802,6 +854,7 @@ impl fuser::Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("fallocate")) };
         match self.fs.fallocate(&request(req), ino.0, fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("fallocate", ino.0, &e)),
@@ -809,6 +862,7 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn lseek(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("lseek")) };
         let Some(whence) = u32::try_from(whence).ok().and_then(Whence::from_raw) else {
             return reply.error(fail("lseek", ino.0, &Error::with_message(Errno::EINVAL, "unknown whence")));
         };
@@ -834,6 +888,7 @@ impl fuser::Filesystem for FuseAdapter {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("copy_file_range")) };
         let Ok(flags) = u32::try_from(flags.bits()) else {
             return reply.error(fail("copy_file_range", ino_in.0, &Error::new(Errno::EINVAL)));
         };

@@ -1,0 +1,169 @@
+//! What a mount needs to shut down without losing anything: a gate that counts the
+//! requests in flight and, once closed, refuses new ones; and the table of the file and
+//! directory handles the kernel has not released yet, so they can be released through the
+//! plugin before the backend goes away.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use plugfs_plugin_api::{FileSystem, Handle, NodeId, Request};
+use tracing::{debug, warn};
+
+/// Counts requests in flight; once closed, admits only the ones that give something back.
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    closed: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+/// One request in flight; dropping it ends it.
+pub(crate) struct InFlight<'a>(&'a Gate);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Gate {
+    /// Admits a request, or refuses it (None) once the gate is closed.
+    pub(crate) fn enter(&self) -> Option<InFlight<'_>> {
+        // Counted before the check, so `close` followed by a zero count means nothing
+        // admitted is still running.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let admitted = InFlight(self);
+        if self.closed.load(Ordering::SeqCst) { None } else { Some(admitted) }
+    }
+
+    /// Admits a request even when closed: release, releasedir, flush and forget only give
+    /// back what a caller holds, and must reach the plugin while the mount drains.
+    pub(crate) fn enter_always(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self)
+    }
+
+    /// Refuses every later request but those of [`enter_always`](Self::enter_always).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Requests being served right now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// A file or a directory handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    File,
+    Dir,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct OpenHandle {
+    node: NodeId,
+    flags: i32,
+}
+
+/// The handles handed to the kernel and not yet released. Whoever takes a handle out of
+/// the table releases it through the plugin, so each is released exactly once: by the
+/// kernel's release, or by [`release_all`](Self::release_all) at shutdown.
+#[derive(Debug, Default)]
+pub(crate) struct OpenHandles {
+    open: Mutex<HashMap<(Kind, Handle), OpenHandle>>,
+}
+
+/// What [`OpenHandles::release_all`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Handles released through the plugin.
+    pub released: usize,
+    /// Of those, the ones whose release the plugin answered with an error (logged).
+    pub failed: usize,
+}
+
+impl OpenHandles {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Kind, Handle), OpenHandle>> {
+        // A panic while holding the lock leaves a consistent map: every update is one call.
+        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a handle about to be given to the kernel.
+    pub(crate) fn insert(&self, kind: Kind, handle: Handle, node: NodeId, flags: i32) {
+        self.lock().insert((kind, handle), OpenHandle { node, flags });
+    }
+
+    /// Takes a handle out for the kernel's release; false if shutdown released it already.
+    pub(crate) fn take(&self, kind: Kind, handle: Handle) -> bool {
+        self.lock().remove(&(kind, handle)).is_some()
+    }
+
+    /// How many handles are open.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Releases every handle the kernel still holds through the plugin, as the kernel
+    /// would on the last close: the plugin's `release` (with a flush) or `releasedir`.
+    pub(crate) fn release_all(&self, fs: &dyn FileSystem) -> Released {
+        let open: Vec<_> = self.lock().drain().collect();
+        // No caller: the host itself gives these back.
+        let (uid, gid) = own_ids();
+        let req = Request { uid, gid, pid: std::process::id() };
+        let mut done = Released::default();
+        for ((kind, handle), h) in open {
+            let result = match kind {
+                Kind::File => fs.release(&req, h.node, handle, h.flags, true),
+                Kind::Dir => fs.releasedir(&req, h.node, handle),
+            };
+            done.released += 1;
+            match result {
+                Ok(()) => debug!(node = h.node, handle, ?kind, "released at shutdown"),
+                Err(e) => {
+                    done.failed += 1;
+                    warn!(node = h.node, handle, ?kind, errno = ?e.errno(), message = e.message().unwrap_or(""),
+                        "release at shutdown failed");
+                }
+            }
+        }
+        done
+    }
+}
+
+/// The effective uid and gid of this process.
+fn own_ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_gate_refuses_but_still_counts_what_gives_back() {
+        let gate = Gate::default();
+        let a = gate.enter().expect("open gate admits");
+        assert_eq!(gate.in_flight(), 1);
+        gate.close();
+        assert!(gate.enter().is_none(), "closed gate refuses");
+        assert_eq!(gate.in_flight(), 1, "a refused request is not in flight");
+        let b = gate.enter_always();
+        assert_eq!(gate.in_flight(), 2);
+        drop((a, b));
+        assert_eq!(gate.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_handle_is_taken_once() {
+        let handles = OpenHandles::default();
+        handles.insert(Kind::File, 7, 2, 0);
+        handles.insert(Kind::Dir, 7, 1, 0);
+        assert_eq!(handles.len(), 2);
+        assert!(handles.take(Kind::File, 7));
+        assert!(!handles.take(Kind::File, 7), "released already");
+        assert!(handles.take(Kind::Dir, 7));
+    }
+}
