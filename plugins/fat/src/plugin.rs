@@ -241,7 +241,10 @@ impl FatFs {
             crtime: timestamp(m.created.to_unix(tz)),
             kind,
             perm: perm as u16,
-            nlink: if m.is_dir { 2 } else { 1 },
+            // FAT keeps no link count. A directory's would be 2 + its subdirectories, which
+            // means reading it whole on every stat; 1 is the documented "not counted" answer
+            // (btrfs gives it too), which tells find(1) not to use link counts as a shortcut.
+            nlink: 1,
             uid: p.uid,
             gid: p.gid,
             rdev: 0,
