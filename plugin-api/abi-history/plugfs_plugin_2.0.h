@@ -67,6 +67,10 @@
 // [`crate::Opened::nonseekable`].
 #define PLUGFS_OPENED_NONSEEKABLE 4
 
+// [`crate::Opened::backing_fd`]: `backing_fd` is a descriptor of a local file holding
+// exactly this file's bytes, which the plugin keeps open until the handle is released.
+#define PLUGFS_OPENED_BACKING_FD 8
+
 // Files can be created and changed.
 #define PLUGFS_CAP_WRITABLE (1 << 0)
 
@@ -112,6 +116,13 @@
 // The plugin checks permissions itself, as the caller, on every operation, so a mount may
 // run without the kernel's `default_permissions`.
 #define PLUGFS_CAP_CHECKS_PERMISSIONS (1 << 14)
+
+// `open` may hand over a backing file descriptor ([`OPENED_BACKING_FD`]) for the kernel's
+// FUSE passthrough.
+#define PLUGFS_CAP_BACKING_FILES (1 << 15)
+
+// The declaration's `format` creates new images.
+#define PLUGFS_CAP_FORMAT (1 << 16)
 
 // [`RawMountOptions::flags`]: the mount is read-only.
 #define PLUGFS_MOUNT_READ_ONLY 1
@@ -249,11 +260,12 @@ typedef struct PlugfsSetAttr {
 } PlugfsSetAttr;
 
 // [`crate::Opened`] on the wire (an out-struct); `flags` is a set of `OPENED_*` bits.
+// `backing_fd` counts only with [`OPENED_BACKING_FD`].
 typedef struct PlugfsOpened {
     size_t struct_size;
     uint64_t handle;
     uint32_t flags;
-    uint32_t reserved;
+    int32_t backing_fd;
 } PlugfsOpened;
 
 // [`crate::DirEntry`] on the wire (an in-struct: the plugin fills it and hands it to the
@@ -506,6 +518,13 @@ typedef struct PlugfsPluginDecl {
                     void **out_object);
     // The operations of every filesystem this plugin opens. Validated at load.
     const struct PlugfsFsVTable *ops;
+    // Creates a new, empty image of `size` bytes where the config text says (for plugins
+    // that own an image format, with [`CAP_FORMAT`]). Errors as for `open`.
+    int32_t (*format)(struct PlugfsCallCtx *ctx,
+                      struct PlugfsStr config_toml,
+                      uint64_t size,
+                      struct PlugfsBuf key,
+                      size_t *key_len);
 } PlugfsPluginDecl;
 
 // Hand-written in plugin-api/cbindgen.toml (tests/c_header.rs checks them): the two symbols

@@ -284,6 +284,7 @@ pub struct RawSetAttr {
 }
 
 /// [`crate::Opened`] on the wire (an out-struct); `flags` is a set of `OPENED_*` bits.
+/// `backing_fd` counts only with [`OPENED_BACKING_FD`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 #[allow(missing_docs)]
@@ -291,7 +292,7 @@ pub struct RawOpened {
     pub struct_size: usize,
     pub handle: u64,
     pub flags: u32,
-    pub reserved: u32,
+    pub backing_fd: i32,
 }
 
 /// [`crate::Opened::direct_io`].
@@ -300,6 +301,9 @@ pub const OPENED_DIRECT_IO: u32 = 1;
 pub const OPENED_KEEP_CACHE: u32 = 2;
 /// [`crate::Opened::nonseekable`].
 pub const OPENED_NONSEEKABLE: u32 = 4;
+/// [`crate::Opened::backing_fd`]: `backing_fd` is a descriptor of a local file holding
+/// exactly this file's bytes, which the plugin keeps open until the handle is released.
+pub const OPENED_BACKING_FD: u32 = 8;
 
 /// [`crate::StatFs`] on the wire (an out-struct).
 #[repr(C)]
@@ -389,6 +393,11 @@ pub const CAP_NANOSECOND_TIMES: u64 = 1 << 13;
 /// The plugin checks permissions itself, as the caller, on every operation, so a mount may
 /// run without the kernel's `default_permissions`.
 pub const CAP_CHECKS_PERMISSIONS: u64 = 1 << 14;
+/// `open` may hand over a backing file descriptor ([`OPENED_BACKING_FD`]) for the kernel's
+/// FUSE passthrough.
+pub const CAP_BACKING_FILES: u64 = 1 << 15;
+/// The declaration's `format` creates new images.
+pub const CAP_FORMAT: u64 = 1 << 16;
 
 /// [`crate::PluginInfo`] on the wire (an out-struct). The strings point into the plugin's
 /// static data, which lives as long as the process (libraries are never unloaded).
@@ -443,6 +452,17 @@ pub struct PluginDecl {
     >,
     /// The operations of every filesystem this plugin opens. Validated at load.
     pub ops: *const FsVTable,
+    /// Creates a new, empty image of `size` bytes where the config text says (for plugins
+    /// that own an image format, with [`CAP_FORMAT`]). Errors as for `open`.
+    pub format: Option<
+        unsafe extern "C" fn(
+            ctx: *mut CallCtx,
+            config_toml: RawStr,
+            size: u64,
+            key: RawBuf,
+            key_len: *mut usize,
+        ) -> i32,
+    >,
 }
 
 // SAFETY: a declaration is immutable static data: function pointers and a pointer to

@@ -148,7 +148,15 @@ pub(crate) fn opened_to_raw(o: &Opened) -> RawOpened {
     if o.nonseekable {
         flags |= OPENED_NONSEEKABLE;
     }
-    RawOpened { struct_size: std::mem::size_of::<RawOpened>(), handle: o.handle, flags, reserved: 0 }
+    if o.backing_fd.is_some() {
+        flags |= OPENED_BACKING_FD;
+    }
+    RawOpened {
+        struct_size: std::mem::size_of::<RawOpened>(),
+        handle: o.handle,
+        flags,
+        backing_fd: o.backing_fd.unwrap_or(-1),
+    }
 }
 
 pub(crate) fn opened_from_raw(o: &RawOpened) -> Opened {
@@ -157,6 +165,7 @@ pub(crate) fn opened_from_raw(o: &RawOpened) -> Opened {
         direct_io: o.flags & OPENED_DIRECT_IO != 0,
         keep_cache: o.flags & OPENED_KEEP_CACHE != 0,
         nonseekable: o.flags & OPENED_NONSEEKABLE != 0,
+        backing_fd: (o.flags & OPENED_BACKING_FD != 0).then_some(o.backing_fd),
     }
 }
 
@@ -191,7 +200,7 @@ pub(crate) fn statfs_from_raw(s: &RawStatFs) -> StatFs {
 /// Reads one capability flag.
 type CapFlag = fn(&Capabilities) -> bool;
 
-const CAP_BITS: [(u64, CapFlag); 15] = [
+const CAP_BITS: [(u64, CapFlag); 17] = [
     (CAP_WRITABLE, |c| c.writable),
     (CAP_SYMLINKS, |c| c.symlinks),
     (CAP_HARD_LINKS, |c| c.hard_links),
@@ -207,6 +216,8 @@ const CAP_BITS: [(u64, CapFlag); 15] = [
     (CAP_CASE_PRESERVING, |c| c.case_preserving),
     (CAP_NANOSECOND_TIMES, |c| c.nanosecond_times),
     (CAP_CHECKS_PERMISSIONS, |c| c.checks_permissions),
+    (CAP_BACKING_FILES, |c| c.backing_files),
+    (CAP_FORMAT, |c| c.format),
 ];
 
 pub(crate) fn caps_to_raw(c: &Capabilities) -> RawCapabilities {
@@ -238,6 +249,8 @@ pub(crate) fn caps_from_raw(r: &RawCapabilities) -> Capabilities {
         case_preserving: has(CAP_CASE_PRESERVING),
         nanosecond_times: has(CAP_NANOSECOND_TIMES),
         checks_permissions: has(CAP_CHECKS_PERMISSIONS),
+        backing_files: has(CAP_BACKING_FILES),
+        format: has(CAP_FORMAT),
         max_name_len: r.max_name_len,
         max_file_size: r.max_file_size,
     }

@@ -79,6 +79,7 @@ impl<P: Plugin> Decl<P> {
         info: Some(info::<P>),
         open: Some(open::<P>),
         ops: &VTable::<P::Fs>::TABLE,
+        format: Some(format::<P>),
     };
 }
 
@@ -166,15 +167,41 @@ unsafe extern "C" fn open<P: Plugin>(
                 Ok(())
             }
             Err(e) => {
-                if let Some(k) = e.key {
-                    let buf = unsafe { key.as_mut() };
-                    let n = k.len().min(buf.len());
-                    buf[..n].copy_from_slice(&k.as_bytes()[..n]);
-                    unsafe { *key_len = n };
-                }
+                unsafe { write_key(key, key_len, e.key.as_deref()) };
                 Err(Error::with_message(Errno::EINVAL, e.message))
             }
         }
+    })
+}
+
+/// Hands the offending config key of a refusal to the host.
+///
+/// # Safety
+/// `key` and `key_len` are the host's, valid for the call.
+unsafe fn write_key(key: RawBuf, key_len: *mut usize, k: Option<&str>) {
+    if let Some(k) = k {
+        let buf = unsafe { key.as_mut() };
+        let n = k.len().min(buf.len());
+        buf[..n].copy_from_slice(&k.as_bytes()[..n]);
+        unsafe { *key_len = n };
+    }
+}
+
+unsafe extern "C" fn format<P: Plugin>(
+    ctx: *mut CallCtx,
+    config: RawStr,
+    size: u64,
+    key: RawBuf,
+    key_len: *mut usize,
+) -> i32 {
+    guarded(ctx, |_req| {
+        // SAFETY: the host passes valid pointers for the duration of the call.
+        let text = std::str::from_utf8(unsafe { config.as_bytes() })
+            .map_err(|_| Error::with_message(Errno::EINVAL, "config text is not UTF-8"))?;
+        P::format(&ConfigTable::from_toml(text), size).map_err(|e| {
+            unsafe { write_key(key, key_len, e.key.as_deref()) };
+            Error::with_message(Errno::EINVAL, e.message)
+        })
     })
 }
 

@@ -239,6 +239,7 @@ impl PluginLibrary {
             info: None,
             open: None,
             ops: std::ptr::null(),
+            format: None,
         };
         // SAFETY: a compatible plugin's declaration starts with its size.
         let declared_size = unsafe { std::ptr::read_unaligned(raw as *const usize) };
@@ -345,6 +346,37 @@ impl PluginLibrary {
             }
         }
         Ok(fs)
+    }
+}
+
+impl PluginLibrary {
+    /// Creates a new image of `size` bytes as `config_toml` (the plugin's table) says,
+    /// through the plugin's `format`; refused for a plugin without [`Capabilities::format`].
+    pub fn format(&self, config_toml: &str, size: u64) -> Result<(), OpenError> {
+        let (true, Some(format)) = (self.info.capabilities.format, self.decl.format) else {
+            return Err(OpenError::other(format!("plugin `{}` does not create images", self.info.name)));
+        };
+        let mut key = [0u8; 256];
+        let mut key_len = 0usize;
+        let mut msg = [0u8; MSG_CAP];
+        let mut ctx = new_ctx(&Request::default(), &mut msg);
+        // SAFETY: all pointers are to live locals.
+        let status =
+            unsafe { format(&mut ctx, RawStr::new(config_toml.as_bytes()), size, RawBuf::new(&mut key), &mut key_len) };
+        if status == 0 {
+            return Ok(());
+        }
+        let message = String::from_utf8_lossy(&msg[..ctx.msg_len.min(MSG_CAP)]).into_owned();
+        let key = (key_len > 0).then(|| String::from_utf8_lossy(&key[..key_len.min(key.len())]).into_owned());
+        let message = if status == STATUS_PANICKED {
+            report_panic(&self.info.name, "format", &message);
+            format!("the plugin panicked while formatting: {message}")
+        } else if message.is_empty() {
+            format!("the plugin could not create the image (status {status})")
+        } else {
+            message
+        };
+        Err(OpenError { key, message })
     }
 }
 
@@ -681,7 +713,8 @@ impl FileSystem for LoadedFs {
         let f = slot!(self.open, Err(Errno::EIO.into()));
         let mut out = out_opened();
         self.call("open", req, |c| unsafe { f(self.this, c, node, flags, &mut out) })?;
-        Ok(opened_from_raw(&out))
+        let opened = opened_from_raw(&out);
+        self.check_backing_fd("open", node, flags, opened)
     }
 
     fn create(&self, req: &Request, parent: NodeId, name: &OsStr, mode: u32, flags: i32) -> Result<(Entry, Opened)> {
@@ -693,7 +726,7 @@ impl FileSystem for LoadedFs {
         })?;
         let opened = opened_from_raw(&opened);
         match self.check_entry("create", &entry, &attr) {
-            Ok(entry) => Ok((entry, opened)),
+            Ok(entry) => Ok((entry, self.check_backing_fd("create", entry.node, flags, opened)?)),
             Err(e) => {
                 // The file was opened: close it again, or the plugin keeps it forever.
                 if entry.node != 0 {
@@ -938,6 +971,21 @@ impl FileSystem for LoadedFs {
 }
 
 impl LoadedFs {
+    /// A backing descriptor handed over by `open` or `create` must be an open descriptor of
+    /// this process; anything else is a plugin bug, answered EIO after closing the handle.
+    fn check_backing_fd(&self, op: &'static str, node: NodeId, flags: i32, opened: Opened) -> Result<Opened> {
+        let Some(fd) = opened.backing_fd else { return Ok(opened) };
+        #[cfg(unix)]
+        let open = fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+        #[cfg(not(unix))]
+        let open = fd >= 0;
+        if open {
+            return Ok(opened);
+        }
+        let _ = self.release(&Request::default(), node, opened.handle, flags, false);
+        Err(self.bad(op, format_args!("handed over the backing descriptor {fd}, which is not open")))
+    }
+
     /// An xattr length: with an empty buffer it is the size the value needs, otherwise it
     /// must fit the buffer.
     fn check_xattr_len(&self, op: &'static str, len: usize, cap: usize) -> Result<usize> {

@@ -53,6 +53,15 @@ pub trait Plugin: 'static {
     /// Opens one filesystem from this mount's config table. Refuse bad settings with
     /// [`OpenError::config`] naming the key, so the host can point at the line.
     fn open(config: &ConfigTable, options: &MountOptions) -> Result<Self::Fs, OpenError>;
+
+    /// Creates a new, empty image of `size` bytes where `config` says (the same table a
+    /// mount of it takes, e.g. its `image` path), for plugins that own an image format
+    /// and declare [`crate::Capabilities::format`]. The host's `plugfs volume create` uses
+    /// it. The default refuses.
+    fn format(config: &ConfigTable, size: u64) -> Result<(), OpenError> {
+        let _ = (config, size);
+        Err(OpenError::other("this plugin does not create images"))
+    }
 }
 
 /// The plugin's own table from the host config (`[mount.config]`), as TOML text.

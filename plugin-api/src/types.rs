@@ -230,6 +230,12 @@ pub struct Opened {
     pub keep_cache: bool,
     /// The file is not seekable (a stream).
     pub nonseekable: bool,
+    /// A descriptor of a local file that holds exactly this file's bytes, for the kernel's
+    /// FUSE passthrough: reads, writes and mmap then go to it without the plugin. The
+    /// plugin keeps it open until this handle is released, and declares
+    /// [`Capabilities::backing_files`]. The frontend may ignore it (a mount option, an
+    /// older kernel, a host without CAP_SYS_ADMIN), so `read` and `write` must still work.
+    pub backing_fd: Option<i32>,
 }
 
 /// Filesystem statistics, as `statvfs(3)` shows them.
@@ -442,6 +448,10 @@ pub struct Capabilities {
     /// The plugin checks permissions itself, as the caller, on every operation, so a mount
     /// may run with `default_permissions = false` (the kernel then checks nothing).
     pub checks_permissions: bool,
+    /// `open` may hand over a backing file descriptor ([`Opened::backing_fd`]).
+    pub backing_files: bool,
+    /// [`crate::Plugin::format`] creates new images.
+    pub format: bool,
     /// The longest name, in bytes.
     pub max_name_len: u32,
     /// The largest file, in bytes.
@@ -466,6 +476,8 @@ impl Capabilities {
         case_preserving: true,
         nanosecond_times: false,
         checks_permissions: false,
+        backing_files: false,
+        format: false,
         max_name_len: 255,
         max_file_size: i64::MAX as u64,
     };
@@ -487,6 +499,8 @@ impl Capabilities {
         case_preserving: true,
         nanosecond_times: true,
         checks_permissions: false,
+        backing_files: false,
+        format: false,
         max_name_len: 255,
         max_file_size: i64::MAX as u64,
     };

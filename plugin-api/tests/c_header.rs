@@ -151,7 +151,7 @@ fn the_c_compiler_lays_out_every_struct_as_rust_does() {
         ("PlugfsEntry", size_of::<abi::RawEntry>(), offset_of!(abi::RawEntry, attr_ttl_ns), "attr_ttl_ns"),
         ("PlugfsSetTime", size_of::<abi::RawSetTime>(), offset_of!(abi::RawSetTime, at), "at"),
         ("PlugfsSetAttr", size_of::<abi::RawSetAttr>(), offset_of!(abi::RawSetAttr, handle), "handle"),
-        ("PlugfsOpened", size_of::<abi::RawOpened>(), offset_of!(abi::RawOpened, reserved), "reserved"),
+        ("PlugfsOpened", size_of::<abi::RawOpened>(), offset_of!(abi::RawOpened, backing_fd), "backing_fd"),
         ("PlugfsStatFs", size_of::<abi::RawStatFs>(), offset_of!(abi::RawStatFs, reserved), "reserved"),
         ("PlugfsDirEntry", size_of::<abi::RawDirEntry>(), offset_of!(abi::RawDirEntry, cookie), "cookie"),
         (
@@ -167,7 +167,7 @@ fn the_c_compiler_lays_out_every_struct_as_rust_does() {
             "config_help",
         ),
         ("PlugfsMountOptions", size_of::<abi::RawMountOptions>(), offset_of!(abi::RawMountOptions, flags), "flags"),
-        ("PlugfsPluginDecl", size_of::<abi::PluginDecl>(), offset_of!(abi::PluginDecl, ops), "ops"),
+        ("PlugfsPluginDecl", size_of::<abi::PluginDecl>(), offset_of!(abi::PluginDecl, format), "format"),
         ("PlugfsFsVTable", size_of::<abi::FsVTable>(), offset_of!(abi::FsVTable, capabilities), "capabilities"),
     ];
     // Static assertions, so a mismatch fails to compile and the compiler names the type.

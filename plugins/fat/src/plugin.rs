@@ -29,22 +29,14 @@ const FIRST_ENTRY_COOKIE: u64 = 3;
 /// What FAT can and cannot represent.
 const CAPABILITIES: Capabilities = Capabilities {
     writable: true,
-    symlinks: false,
-    hard_links: false,
-    special_files: false,
-    xattrs: false,
-    permissions: false,
-    fallocate: false,
-    punch_hole: false,
     rename_noreplace: true,
-    rename_exchange: false,
-    sparse_files: false,
     case_sensitive: false,
     case_preserving: true,
-    nanosecond_times: false,
-    checks_permissions: false,
     max_name_len: 255,
     max_file_size: engine::MAX_FILE_SIZE,
+    // No symlinks, hard links, special files, xattrs, permissions, fallocate, holes,
+    // rename exchange or nanosecond times: FAT cannot store them.
+    ..Capabilities::NONE
 };
 
 /// The fat plugin.
