@@ -147,6 +147,36 @@ impl Nodes {
         }
     }
 
+    /// Keeps the cache within `capacity` entries: once past it, drops entries no open
+    /// file needs (nodes pinned only by their entry, with whatever is cached below them)
+    /// until half of `capacity` is left, giving their references back.
+    pub(crate) fn trim(&mut self, fs: &dyn FileSystem, capacity: usize) {
+        if self.children.len() <= capacity {
+            return;
+        }
+        let target = capacity / 2;
+        let candidates: Vec<(NodeId, String)> = self
+            .children
+            .iter()
+            .filter(|(_, c)| self.held.get(&c.node).is_some_and(|h| h.pins == 1))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in candidates {
+            if self.children.len() <= target {
+                break;
+            }
+            // An earlier removal may have dropped it with its directory.
+            if let Some(child) = self.children.remove(&k) {
+                self.unpin(fs, child.node);
+            }
+        }
+    }
+
+    /// How many names are cached.
+    pub(crate) fn len(&self) -> usize {
+        self.children.len()
+    }
+
     /// Gives every reference back (the volume is going away).
     pub(crate) fn clear(&mut self, fs: &dyn FileSystem) {
         self.children.clear();

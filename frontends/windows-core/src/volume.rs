@@ -46,6 +46,9 @@ pub struct VolumeOptions {
     pub posix_rename: bool,
     /// The credentials plugin calls carry (a binding maps the caller's SID to them).
     pub request: Request,
+    /// How many names the cache keeps before it drops those no open file needs. Each
+    /// holds a lookup reference, which can cost the plugin memory or a descriptor.
+    pub cache_capacity: usize,
 }
 
 impl Default for VolumeOptions {
@@ -56,6 +59,7 @@ impl Default for VolumeOptions {
             umask: 0o022,
             posix_rename: false,
             request: Request::default(),
+            cache_capacity: 65_536,
         }
     }
 }
@@ -256,6 +260,9 @@ impl Volume {
                     return Err(STATUS_ACCESS_DENIED);
                 }
                 if delete_on_close {
+                    if access & DELETE == 0 {
+                        return Err(STATUS_INVALID_PARAMETER);
+                    }
                     self.check_delete(node, kind, &attr, access)?;
                 }
                 let mut attr = attr;
@@ -338,6 +345,7 @@ impl Volume {
         });
         file.active.push(id);
         file.open += 1;
+        s.nodes.trim(&*self.fs, self.opts.cache_capacity);
         let info = self.info(&attr, &name);
         Ok(Created { id, action, info })
     }
@@ -799,6 +807,11 @@ impl Volume {
             out.insert(0, DirInfo { name: ".".into(), info: self.info(&me, ".") });
         }
         Ok(out)
+    }
+
+    /// How many names the cache holds (tests, metrics).
+    pub fn cached_names(&self) -> usize {
+        self.lock().nodes.len()
     }
 
     /// How many nodes this volume holds lookup references on (tests, metrics).

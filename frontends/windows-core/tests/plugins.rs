@@ -802,3 +802,31 @@ fn a_node_reached_again_while_held_keeps_one_reference() {
         assert_eq!(m.v().held_nodes(), 0, "{}", m.name);
     });
 }
+
+#[test]
+fn the_name_cache_stays_within_its_capacity_and_still_finds_everything() {
+    for plugin in ["memfs", "durable-io"] {
+        let mut m = Mount::new(plugin);
+        let opts = VolumeOptions { cache_capacity: 8, request: Request::default(), ..VolumeOptions::default() };
+        drop(m.vol.replace(Volume::new(m.fs.clone(), m.caps, opts)));
+        for d in 0..4 {
+            m.mkdir(&format!("\\d{d}"));
+            for f in 0..10 {
+                m.put(&format!("\\d{d}\\f{f}"), format!("{d}/{f}").as_bytes());
+                assert!(m.v().cached_names() <= 8, "{plugin}: {} names cached", m.v().cached_names());
+            }
+        }
+        // An open file keeps its parent held while the cache is trimmed around it.
+        let open = m.open("\\d0\\f0", FILE_READ_ATTRIBUTES, SHARE_ALL, FILE_OPEN, 0).unwrap();
+        for d in 0..4 {
+            for f in 0..10 {
+                assert_eq!(m.get(&format!("\\d{d}\\f{f}")), format!("{d}/{f}").as_bytes(), "{plugin}");
+            }
+        }
+        m.close(open.id);
+        m.delete("\\d0\\f0").unwrap();
+        assert_eq!(m.status("\\d0\\f0"), STATUS_OBJECT_NAME_NOT_FOUND, "{plugin}");
+        assert_eq!(m.list("\\d1", "*", 100).len(), 12);
+        m.finish();
+    }
+}
