@@ -830,3 +830,44 @@ fn the_name_cache_stays_within_its_capacity_and_still_finds_everything() {
         m.finish();
     }
 }
+
+#[test]
+fn handle_level_misuse_gets_its_own_status() {
+    each(&["memfs"], |m| {
+        m.mkdir("\\d");
+        m.put("\\f", b"f");
+        let d = m.open("\\d", FILE_READ_DATA, SHARE_ALL, FILE_OPEN, 0).unwrap();
+        assert_eq!(m.v().read(d.id, 0, &mut [0; 4]), Err(STATUS_INVALID_DEVICE_REQUEST));
+        assert_eq!(m.v().write(d.id, Some(0), b"x", false), Err(STATUS_INVALID_DEVICE_REQUEST));
+        assert_eq!(m.v().set_file_size(d.id, 0, false).map(|_| ()), Err(STATUS_INVALID_DEVICE_REQUEST));
+        m.close(d.id);
+        let f = m.open("\\f", GENERIC_READ, SHARE_ALL, FILE_OPEN, 0).unwrap();
+        assert_eq!(m.v().read_directory(f.id, &wide("*"), None), Err(STATUS_NOT_A_DIRECTORY));
+        let mut buf = [0u8; 4];
+        assert_eq!(m.v().read(f.id, 1, &mut buf), Err(STATUS_END_OF_FILE), "at the end");
+        m.close(f.id);
+        // A handle the volume never gave out, or one already closed.
+        assert_eq!(m.v().read(f.id, 0, &mut buf), Err(STATUS_INVALID_HANDLE));
+        assert_eq!(m.v().cleanup(9999), Err(STATUS_INVALID_HANDLE));
+        assert_eq!(m.v().rename(9999, &wide("\\x"), false, false), Err(STATUS_INVALID_HANDLE));
+        assert_eq!(m.v().file_info(9999).map(|_| ()), Err(STATUS_INVALID_HANDLE));
+        m.v().close(9999);
+    });
+}
+
+#[test]
+fn changes_made_past_the_mount_show_once_the_plugins_entry_ttl_runs_out() {
+    let m = Mount::new("durable-io");
+    m.put("\\before", b"data");
+    assert_eq!(m.status("\\before"), STATUS_SUCCESS);
+    // Another program renames the file in the backing directory.
+    let root = m._dir.path().join("root");
+    std::fs::rename(root.join("before"), root.join("after")).unwrap();
+    // Wait out the entry's lifetime as the plugin gave it.
+    let e = m.fs.inner.lookup(&Request::default(), plugfs_plugin_api::ROOT_ID, OsStr::new("after")).unwrap();
+    m.fs.inner.forget(e.node, 1);
+    std::thread::sleep(e.entry_ttl + std::time::Duration::from_millis(50));
+    assert_eq!(m.status("\\before"), STATUS_OBJECT_NAME_NOT_FOUND);
+    assert_eq!(m.get("\\after"), b"data");
+    m.finish();
+}
