@@ -543,7 +543,17 @@ impl Volume {
             None if !replace && self.caps.rename_noreplace => flags = RenameFlags(RenameFlags::NOREPLACE),
             None => {}
         }
-        self.fs.rename(self.req(), old_parent, &os(&old_name), new_parent, &os(new_name), flags).map_err(err)?;
+        let same_name = new_parent == old_parent && s.nodes.key(new_name) == s.nodes.key(&old_name);
+        if target.is_some_and(|(t, _)| t == node) && !same_name {
+            // Another hard link of this very file. POSIX rename leaves both names; Windows
+            // replaces the target, which leaves only the new name: remove the old one.
+            if !replace {
+                return Err(STATUS_OBJECT_NAME_COLLISION);
+            }
+            self.fs.unlink(self.req(), old_parent, &os(&old_name)).map_err(err)?;
+        } else {
+            self.fs.rename(self.req(), old_parent, &os(&old_name), new_parent, &os(new_name), flags).map_err(err)?;
+        }
         s.nodes.remove(&*self.fs, old_parent, &old_name);
         if let Some(t) = replaced {
             s.nodes.remove(&*self.fs, new_parent, new_name);

@@ -871,3 +871,20 @@ fn changes_made_past_the_mount_show_once_the_plugins_entry_ttl_runs_out() {
     assert_eq!(m.get("\\after"), b"data");
     m.finish();
 }
+
+#[test]
+fn renaming_a_file_onto_another_of_its_hard_links_leaves_only_the_new_name() {
+    each(&["memfs", "durable-io"], |m| {
+        m.put("\\one", b"linked");
+        let req = Request::default();
+        let root = plugfs_plugin_api::ROOT_ID;
+        let e = m.fs.inner.lookup(&req, root, OsStr::new("one")).unwrap();
+        let l = m.fs.inner.link(&req, e.node, root, OsStr::new("two")).unwrap();
+        m.fs.inner.forget(l.node, 1);
+        m.fs.inner.forget(e.node, 1);
+        assert_eq!(m.move_file("\\one", "\\two", false), Err(STATUS_OBJECT_NAME_COLLISION), "{}", m.name);
+        m.move_file("\\one", "\\two", true).unwrap();
+        assert_eq!(m.list("\\", "*", 100), ["two"], "{}", m.name);
+        assert_eq!(m.get("\\two"), b"linked");
+    });
+}
