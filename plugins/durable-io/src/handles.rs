@@ -22,6 +22,9 @@ pub(crate) struct FileHandle {
     pub direct: bool,
     /// Opened for writing (`ftruncate` through it works).
     pub writable: bool,
+    /// Handed over for the kernel's passthrough while writable: writes to it may never
+    /// reach us, so `dirty` cannot be trusted and `close` mode syncs it on every close.
+    pub unseen_writes: bool,
 }
 
 /// How large a `getdents` buffer a directory stream keeps.
