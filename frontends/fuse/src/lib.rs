@@ -506,6 +506,11 @@ impl fuser::Filesystem for FuseAdapter {
         if let Err(nearest) = config.set_max_write(1 << 20) {
             let _ = config.set_max_write(nearest);
         }
+        // Read-ahead up to 1 MiB too, so sequential reads through the daemon come in
+        // requests as large as writes (the kernel caps it at what it offered).
+        if let Err(nearest) = config.set_max_readahead(1 << 20) {
+            let _ = config.set_max_readahead(nearest);
+        }
         Ok(())
     }
 
