@@ -51,7 +51,8 @@ impl Mounted {
 
     /// Waits for the kernel's asynchronous releases to reach the frontend.
     fn wait_released(&self) {
-        assert!(wait_until(Duration::from_secs(10), || self.mount().open_handles() == 0), "handles left open");
+        let released = wait_until(Duration::from_secs(10), || self.mount().open_handles() == 0);
+        assert!(released, "{} handle(s) left open", self.mount().open_handles());
     }
 }
 

@@ -688,10 +688,13 @@ impl fuser::Filesystem for FuseAdapter {
             Ok(o) => {
                 let fh = FileHandle(o.handle);
                 let fopen = fopen_flags(&o);
+                // Recorded before any reply: the kernel may release the file as soon as it
+                // has the reply.
+                self.state.handles.insert(Kind::File, o.handle, ino.0, flags.0, false);
                 let passthrough = self.state.backing.with_id(ino.0, o.backing_fd, reply, |reply, id| {
+                    self.state.handles.mark_passthrough(Kind::File, o.handle);
                     reply.opened_passthrough(fh, fopen, id);
                 });
-                self.state.handles.insert(Kind::File, o.handle, ino.0, flags.0, passthrough.is_ok());
                 match passthrough {
                     Ok(()) => self.count_passthrough_open(),
                     Err(reply) => reply.opened(fh, fopen),
@@ -932,10 +935,12 @@ impl fuser::Filesystem for FuseAdapter {
                 let ttl = entry.entry_ttl.min(entry.attr_ttl);
                 let attr = file_attr(entry.node, &entry.attr);
                 let (generation, fh, fopen) = (Generation(entry.generation), FileHandle(o.handle), fopen_flags(&o));
+                // Recorded before any reply, as in `open`.
+                self.state.handles.insert(Kind::File, o.handle, entry.node, flags, false);
                 let passthrough = self.state.backing.with_id(entry.node, o.backing_fd, reply, |reply, id| {
+                    self.state.handles.mark_passthrough(Kind::File, o.handle);
                     reply.created_passthrough(&ttl, &attr, generation, fh, fopen, id);
                 });
-                self.state.handles.insert(Kind::File, o.handle, entry.node, flags, passthrough.is_ok());
                 match passthrough {
                     Ok(()) => self.count_passthrough_open(),
                     Err(reply) => reply.created(&ttl, &attr, generation, fh, fopen),

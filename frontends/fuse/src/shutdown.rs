@@ -98,6 +98,14 @@ impl OpenHandles {
         self.lock().insert((kind, handle), OpenHandle { node, flags, passthrough });
     }
 
+    /// Records that a handle was opened with kernel passthrough (before the reply that
+    /// lets the kernel release it is sent).
+    pub(crate) fn mark_passthrough(&self, kind: Kind, handle: Handle) {
+        if let Some(h) = self.lock().get_mut(&(kind, handle)) {
+            h.passthrough = true;
+        }
+    }
+
     /// Takes a handle out for the kernel's release; None if shutdown released it already.
     pub(crate) fn take(&self, kind: Kind, handle: Handle) -> Option<OpenHandle> {
         self.lock().remove(&(kind, handle))
