@@ -143,3 +143,38 @@ impl Backing {
         self.ids.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passthrough_is_refused_with_the_first_reason_that_applies() {
+        let off = decide(false, true, true).unwrap_err();
+        assert!(off.contains("passthrough = false"), "{off}");
+        let plugin = decide(true, false, true).unwrap_err();
+        assert!(plugin.contains("no backing files"), "{plugin}");
+        let kernel = decide(true, true, false).unwrap_err();
+        assert!(kernel.contains("FUSE_PASSTHROUGH"), "{kernel}");
+        // Whatever else holds, this process's own privilege decides the rest.
+        assert_eq!(decide(true, true, true).is_ok(), has_cap_sys_admin());
+    }
+
+    #[test]
+    fn a_backing_id_is_not_registered_while_passthrough_is_off() {
+        let backing = Backing::default();
+        assert!(!backing.enabled());
+        // No reply object can be made outside a session; `with_id` must hand the
+        // reply back before touching it when passthrough is off or no fd was given.
+        struct NoReply;
+        impl PassthroughReply for NoReply {
+            fn open_backing(&self, _: BorrowedFd<'_>) -> io::Result<BackingId> {
+                panic!("registered while off")
+            }
+        }
+        assert!(backing.with_id(2, Some(0), NoReply, |_, _| panic!("sent")).is_err());
+        backing.set_enabled(true);
+        assert!(backing.with_id(2, None, NoReply, |_, _| panic!("sent")).is_err());
+        assert_eq!(backing.len(), 0);
+    }
+}
