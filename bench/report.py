@@ -4,12 +4,13 @@
     python3 bench/report.py RESULTS_DIR TARGET...
 
 RESULTS_DIR holds, per target and round R (0, 1, ...), the fio JSON outputs
-<target>.seqwrite.R.json, <target>.seqread.R.json, <target>.randread.R.json and the meta.py
-output <target>.meta.R.json. Each cell is the median over the rounds; a line under the table
-gives the widest spread (max - min) / median of any cell, a measure of the run's noise.
-TARGETs are the column names, in order; "native", "plugfs" and "bindfs" are required (the
-ratio columns are plugfs/native and plugfs/bindfs), any other (e.g. "plugfs-close") is shown
-as an extra column with its own ratio to native. Every number is higher-is-better.
+<target>.seqwrite.R.json, <target>.seqread.R.json (and the 4-job seqwrite4 and seqread4,
+with group_reporting), <target>.randread.R.json and the meta.py output <target>.meta.R.json.
+Each cell is the median over the rounds; a line under the table gives the widest spread
+(max - min) / median of any cell, a measure of the run's noise. TARGETs are the column
+names, in order; "native" is required. Ratio columns: every other target over native, then
+plugfs and plugfs-nopt over passthrough_ll (libfuse's C peer) and over bindfs, where those
+are measured. Every number is higher-is-better.
 """
 
 import glob
@@ -22,6 +23,8 @@ import sys
 FIO_ROWS = [
     ("seq write 1 MiB, MiB/s", "seqwrite", "write", "bw"),
     ("seq read 1 MiB, MiB/s", "seqread", "read", "bw"),
+    ("seq write 1 MiB 4 jobs, MiB/s", "seqwrite4", "write", "bw"),
+    ("seq read 1 MiB 4 jobs, MiB/s", "seqread4", "read", "bw"),
     ("rand read 4 KiB, IOPS", "randread", "read", "iops"),
 ]
 META_ROWS = [
@@ -63,13 +66,16 @@ def main():
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
     results, targets = sys.argv[1], sys.argv[2:]
-    for t in ("native", "plugfs", "bindfs"):
-        if t not in targets:
-            raise SystemExit(f"report.py: target {t} missing")
-    extra = [t for t in targets if t not in ("native", "plugfs", "bindfs")]
+    if "native" not in targets:
+        raise SystemExit("report.py: target native missing")
+    ratios = [(t, "native") for t in targets if t != "native"]
+    for peer in ("passthrough_ll", "bindfs"):
+        ratios += [(t, peer) for t in ("plugfs", "plugfs-nopt") if peer in targets and t in targets]
 
     samples = {}  # row label -> {target: [value per round]}
     for label, job, ddir, kind in FIO_ROWS:
+        if not glob.glob(os.path.join(glob.escape(results), f"{targets[0]}.{job}.*.json")):
+            continue  # a workload this run did not have (older runs)
         samples[label] = {t: [fio_value(d, ddir, kind) for d in load_rounds(results, t, job)] for t in targets}
     for label, key in META_ROWS:
         samples[label] = {t: [d[key] for d in load_rounds(results, t, "meta")] for t in targets}
@@ -79,12 +85,11 @@ def main():
         ((max(v) - min(v)) / statistics.median(v), f"{label}, {t}") for label, row in samples.items() for t, v in row.items()
     )
 
-    header = ["workload"] + targets + ["plugfs/native", "plugfs/bindfs"] + [f"{t}/native" for t in extra]
+    header = ["workload"] + targets + [f"{a}/{b}" for a, b in ratios]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
     for label, v in values.items():
         cells = [label] + [fmt(v[t]) for t in targets]
-        cells += [f"{v['plugfs'] / v['native']:.2f}", f"{v['plugfs'] / v['bindfs']:.2f}"]
-        cells += [f"{v[t] / v['native']:.2f}" for t in extra]
+        cells += [f"{v[a] / v[b]:.2f}" for a, b in ratios]
         lines.append("| " + " | ".join(cells) + " |")
     if rounds > 1:
         lines += ["", f"Median of {rounds} rounds; widest spread of a cell: {spread:.0%} ({where})."]

@@ -77,18 +77,34 @@ pub struct FrontendOptions {
     pub allow_other: bool,
     /// Have the kernel unmount when the host dies (FUSE `auto_unmount`).
     pub auto_unmount: bool,
-    /// Worker threads serving requests.
+    /// Worker threads serving requests (default: two per core, 4 to 64).
     pub threads: usize,
     /// Let the kernel check permissions from the mode bits (FUSE `default_permissions`).
     pub default_permissions: bool,
     /// The source name shown in `mount` and `/proc/mounts` (default `plugfs:<name>`).
     pub fsname: Option<String>,
+    /// Use the kernel's FUSE passthrough for files the plugin hands a backing file for
+    /// (where the kernel and the host's privileges allow it).
+    pub passthrough: bool,
 }
 
 impl Default for FrontendOptions {
     fn default() -> Self {
-        FrontendOptions { allow_other: false, auto_unmount: true, threads: 4, default_permissions: true, fsname: None }
+        FrontendOptions {
+            allow_other: false,
+            auto_unmount: true,
+            threads: default_threads(),
+            default_permissions: true,
+            fsname: None,
+            passthrough: true,
+        }
     }
+}
+
+/// Two worker threads per core (a worker waits in the plugin's IO as often as it
+/// computes), at least 4 and at most 64.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get() * 2).clamp(4, 64)
 }
 
 /// One `[[mount]]` table.

@@ -63,6 +63,7 @@ impl Mounted {
                     fsname: o.fsname.clone().unwrap_or_else(|| format!("plugfs:{}", section.name)),
                     subtype: "plugfs".into(),
                     default_permissions: o.default_permissions,
+                    passthrough: o.passthrough,
                 };
                 Ok(Mounted::Fuse(plugfs_fuse::mount(fs, mountpoint, &options)?))
             }

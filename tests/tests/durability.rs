@@ -12,8 +12,9 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use plugfs_tests::{Host, target_dir};
+use plugfs_tests::{Host, target_dir, wait_until};
 
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
@@ -83,6 +84,11 @@ struct Setup {
 }
 
 fn mount_durable_io(durability: &str) -> Setup {
+    mount_durable_io_with(durability, "")
+}
+
+/// [`mount_durable_io`] with extra `[mount.options]` lines, logging at info level.
+fn mount_durable_io_with(durability: &str, options: &str) -> Setup {
     let scratch = tempfile::tempdir().unwrap();
     let disk = Disk::new(scratch.path());
     let mnt = scratch.path().join("mnt");
@@ -90,8 +96,9 @@ fn mount_durable_io(durability: &str) -> Setup {
     std::fs::write(
         &config,
         format!(
-            "[host]\nplugin_dirs = [{:?}]\n[[mount]]\nname = \"d\"\nplugin = \"durable-io\"\nmountpoint = \"mnt\"\n\
-             create_mountpoint = true\n[mount.config]\nroot = \"disk/data\"\ncreate_root = true\ndurability = {durability:?}\n",
+            "[host]\nplugin_dirs = [{:?}]\nlog = \"info\"\n[[mount]]\nname = \"d\"\nplugin = \"durable-io\"\n\
+             mountpoint = \"mnt\"\ncreate_mountpoint = true\n[mount.options]\n{options}\n[mount.config]\n\
+             root = \"disk/data\"\ncreate_root = true\ndurability = {durability:?}\n",
             target_dir().to_str().unwrap()
         ),
     )
@@ -195,4 +202,26 @@ fn with_durability_close_a_file_still_open_when_plugfs_is_stopped_keeps_its_data
     let (recovered, _scratch) = s.crash();
     drop(f);
     assert_eq!(std::fs::read(recovered.dir.join("data/doc")).unwrap(), b"final draft");
+}
+
+#[test]
+fn with_durability_close_a_file_written_through_kernel_passthrough_or_not_keeps_its_data() {
+    for (options, path) in [("", "kernel passthrough"), ("passthrough = false", "the daemon")] {
+        let s = mount_durable_io_with("close", options);
+        // Logged at the FUSE handshake, which may finish after the mount shows up.
+        let logged = wait_until(Duration::from_secs(10), || s.host.stderr().contains(&format!("data path: {path}")));
+        assert!(logged, "{options}: {}", s.host.stderr());
+        let file = s.mnt.join("doc");
+        std::fs::write(&file, b"first draft").unwrap();
+        sync_path(&file);
+        sync_path(&s.mnt);
+        // Written (past the plugin, with passthrough) and closed, never fsynced: the
+        // plugin's sync on close must still cover it.
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all(&vec![b'x'; 200_000]).unwrap();
+        drop(f);
+
+        let (recovered, _scratch) = s.crash();
+        assert_eq!(std::fs::read(recovered.dir.join("data/doc")).unwrap(), vec![b'x'; 200_000], "{options}");
+    }
 }

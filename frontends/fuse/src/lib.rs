@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+mod passthrough;
 mod shutdown;
 mod unmount;
 pub mod watchdog;
@@ -36,6 +37,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -48,8 +50,9 @@ use plugfs_plugin_api::{
     Attr, DirEntry, DirPlusSink, DirSink, Entry, Errno, Error, FileKind, FileSystem, NodeId, Opened, RenameFlags,
     Request, SetAttr, SetTime, Timestamp, Whence,
 };
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::passthrough::Backing;
 pub use crate::shutdown::Released;
 use crate::shutdown::{Gate, Kind, OpenHandles};
 pub use crate::unmount::force_unmount;
@@ -81,6 +84,11 @@ pub struct FuseOptions {
     /// (`default_permissions`). Without it plugfs checks nothing: every caller the mount
     /// admits may do everything.
     pub default_permissions: bool,
+    /// Use the kernel's FUSE passthrough for files whose plugin hands over a backing
+    /// descriptor ([`Opened::backing_fd`]): their reads, writes and mmap then go to the
+    /// backing file without this process. Used only where the kernel offers it and the
+    /// host has CAP_SYS_ADMIN; the mount logs once which path it takes and why.
+    pub passthrough: bool,
 }
 
 impl Default for FuseOptions {
@@ -89,12 +97,31 @@ impl Default for FuseOptions {
             read_only: false,
             allow_other: false,
             auto_unmount: false,
-            threads: 4,
+            threads: default_threads(),
             fsname: "plugfs".to_string(),
             subtype: "plugfs".to_string(),
             default_permissions: true,
+            passthrough: true,
         }
     }
+}
+
+/// Worker threads by default: two per core (a worker waits in the plugin's IO as often
+/// as it computes), at least 4 and at most 64.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get() * 2).clamp(4, 64)
+}
+
+/// Requests of the data path that reached this process (for tests and metrics: with
+/// passthrough, a file's reads and writes never arrive here).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataRequests {
+    /// `READ` requests.
+    pub reads: u64,
+    /// `WRITE` requests.
+    pub writes: u64,
+    /// Opens answered with passthrough.
+    pub passthrough_opens: u64,
 }
 
 /// A mounted filesystem being served by background threads. Dropping it unmounts (see
@@ -154,6 +181,20 @@ impl FuseMount {
         self.state.handles.len()
     }
 
+    /// The data requests served so far.
+    pub fn data_requests(&self) -> DataRequests {
+        DataRequests {
+            reads: self.state.reads.load(Ordering::Relaxed),
+            writes: self.state.writes.load(Ordering::Relaxed),
+            passthrough_opens: self.state.passthrough_opens.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Backing files registered with the kernel now (one per node open in passthrough).
+    pub fn backing_files(&self) -> usize {
+        self.state.backing.len()
+    }
+
     /// Ends a shutdown begun with [`begin_shutdown`](Self::begin_shutdown): releases every
     /// handle the kernel still holds through the plugin (`release` with a flush, or
     /// `releasedir`), as the last `close` of each would, then unmounts as
@@ -166,6 +207,7 @@ impl FuseMount {
     pub fn finish_shutdown(mut self) -> (Released, io::Result<()>) {
         self.state.gate.close();
         let released = self.state.handles.release_all(self.fs.as_ref());
+        self.state.backing.clear();
         let stuck = self.state.gate.in_flight();
         let unmounted = match self.session.take() {
             // A worker still inside the plugin would never let the session be joined:
@@ -235,7 +277,12 @@ pub fn mount(fs: Arc<dyn FileSystem>, mountpoint: &Path, options: &FuseOptions) 
     config.clone_fd = linux;
 
     let state = Arc::new(MountState::default());
-    let adapter = FuseAdapter { fs: Arc::clone(&fs), state: Arc::clone(&state) };
+    let adapter = FuseAdapter {
+        fs: Arc::clone(&fs),
+        state: Arc::clone(&state),
+        passthrough: options.passthrough,
+        mountpoint: mountpoint.to_path_buf(),
+    };
     let session = fuser::Session::new(adapter, mountpoint, &config)?;
     let session = session.spawn()?;
     Ok(FuseMount { session: Some(session), mountpoint: mountpoint.to_path_buf(), fs, state })
@@ -253,13 +300,22 @@ std::thread_local! {
 struct FuseAdapter {
     fs: Arc<dyn FileSystem>,
     state: Arc<MountState>,
+    /// [`FuseOptions::passthrough`].
+    passthrough: bool,
+    /// For the log line that says which data path the mount uses.
+    mountpoint: PathBuf,
 }
 
-/// What the adapter and the [`FuseMount`] share for shutting down.
+/// What the adapter and the [`FuseMount`] share: for shutting down, the passthrough
+/// registrations, and the request counts.
 #[derive(Debug, Default)]
 struct MountState {
     gate: Gate,
     handles: OpenHandles,
+    backing: Backing,
+    reads: AtomicU64,
+    writes: AtomicU64,
+    passthrough_opens: AtomicU64,
 }
 
 /// The answer to requests that arrive after shutdown began.
@@ -409,19 +465,39 @@ impl DirPlusSink for DirectoryPlusSink<'_> {
     }
 }
 
+impl FuseAdapter {
+    fn count_passthrough_open(&self) {
+        self.state.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl fuser::Filesystem for FuseAdapter {
     fn init(&mut self, _req: &fuser::Request, config: &mut KernelConfig) -> io::Result<()> {
         // Ask only for what the kernel offers; add_capabilities refuses the whole set
         // otherwise. Not asked for: FUSE_WRITEBACK_CACHE, which lets the kernel reorder
         // and merge writes and keep its own idea of size and mtime (weaker POSIX
         // semantics than plugins promise).
-        let wanted = InitFlags::FUSE_ASYNC_READ
+        let mut wanted = InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_MAX_PAGES;
+        let plugin_can = self.fs.capabilities().is_some_and(|c| c.backing_files);
+        let kernel_can = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
+        let mountpoint = self.mountpoint.display();
+        match passthrough::decide(self.passthrough, plugin_can, kernel_can) {
+            // Backing files must not be FUSE or overlayfs mounts themselves (stack depth
+            // 1): then this mount can still be a lower layer of an overlayfs.
+            Ok(()) if config.set_max_stack_depth(1).is_ok() => {
+                wanted |= InitFlags::FUSE_PASSTHROUGH;
+                self.state.backing.set_enabled(true);
+                info!(%mountpoint, "data path: kernel passthrough (reads, writes and mmap go to the backing files)");
+            }
+            Ok(()) => info!(%mountpoint, "data path: the daemon (the kernel refused a passthrough stack depth)"),
+            Err(why) => info!(%mountpoint, "data path: the daemon, no kernel passthrough: {why}"),
+        }
         let offered = wanted & config.capabilities();
         if let Err(missing) = config.add_capabilities(offered) {
             debug!(?missing, "kernel refused FUSE capabilities");
@@ -429,6 +505,11 @@ impl fuser::Filesystem for FuseAdapter {
         // 1 MiB writes (the kernel's maximum of 256 pages); a smaller limit is kept.
         if let Err(nearest) = config.set_max_write(1 << 20) {
             let _ = config.set_max_write(nearest);
+        }
+        // Read-ahead up to 1 MiB too, so sequential reads through the daemon come in
+        // requests as large as writes (the kernel caps it at what it offered).
+        if let Err(nearest) = config.set_max_readahead(1 << 20) {
+            let _ = config.set_max_readahead(nearest);
         }
         Ok(())
     }
@@ -605,8 +686,19 @@ impl fuser::Filesystem for FuseAdapter {
         let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("open")) };
         match self.fs.open(&request(req), ino.0, flags.0) {
             Ok(o) => {
-                self.state.handles.insert(Kind::File, o.handle, ino.0, flags.0);
-                reply.opened(FileHandle(o.handle), fopen_flags(&o))
+                let fh = FileHandle(o.handle);
+                let fopen = fopen_flags(&o);
+                // Recorded before any reply: the kernel may release the file as soon as it
+                // has the reply.
+                self.state.handles.insert(Kind::File, o.handle, ino.0, flags.0, false);
+                let passthrough = self.state.backing.with_id(ino.0, o.backing_fd, reply, |reply, id| {
+                    self.state.handles.mark_passthrough(Kind::File, o.handle);
+                    reply.opened_passthrough(fh, fopen, id);
+                });
+                match passthrough {
+                    Ok(()) => self.count_passthrough_open(),
+                    Err(reply) => reply.opened(fh, fopen),
+                }
             }
             Err(e) => reply.error(fail("open", ino.0, &e)),
         }
@@ -624,6 +716,7 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("read")) };
+        self.state.reads.fetch_add(1, Ordering::Relaxed);
         // The plugin fills a buffer we own and we send only what it says it filled. Each
         // worker thread keeps one buffer for its whole life, so a read costs neither an
         // allocation nor zeroing up to 1 MiB.
@@ -655,6 +748,7 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("write")) };
+        self.state.writes.fetch_add(1, Ordering::Relaxed);
         match self.fs.write(&request(req), ino.0, fh.0, offset, data, flags.0) {
             // `data` is at most max_write (1 MiB) long, so the count fits in u32.
             Ok(n) => reply.written(n.min(data.len()) as u32),
@@ -681,9 +775,12 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _in_flight = self.state.gate.enter_always();
-        if !self.state.handles.take(Kind::File, fh.0) {
+        let Some(open) = self.state.handles.take(Kind::File, fh.0) else {
             // Released through the plugin at shutdown already.
             return reply.ok();
+        };
+        if open.passthrough {
+            self.state.backing.release(ino.0);
         }
         match self.fs.release(&request(req), ino.0, fh.0, flags.0, flush) {
             Ok(()) => reply.ok(),
@@ -703,7 +800,7 @@ impl fuser::Filesystem for FuseAdapter {
         let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("opendir")) };
         match self.fs.opendir(&request(req), ino.0, flags.0) {
             Ok(o) => {
-                self.state.handles.insert(Kind::Dir, o.handle, ino.0, flags.0);
+                self.state.handles.insert(Kind::Dir, o.handle, ino.0, flags.0, false);
                 reply.opened(FileHandle(o.handle), fopen_flags(&o))
             }
             Err(e) => reply.error(fail("opendir", ino.0, &e)),
@@ -738,7 +835,7 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn releasedir(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         let _in_flight = self.state.gate.enter_always();
-        if !self.state.handles.take(Kind::Dir, fh.0) {
+        if self.state.handles.take(Kind::Dir, fh.0).is_none() {
             return reply.ok();
         }
         match self.fs.releasedir(&request(req), ino.0, fh.0) {
@@ -837,8 +934,17 @@ impl fuser::Filesystem for FuseAdapter {
                 // fuser has one TTL for both: use the shorter so neither is cached too long.
                 let ttl = entry.entry_ttl.min(entry.attr_ttl);
                 let attr = file_attr(entry.node, &entry.attr);
-                self.state.handles.insert(Kind::File, o.handle, entry.node, flags);
-                reply.created(&ttl, &attr, Generation(entry.generation), FileHandle(o.handle), fopen_flags(&o));
+                let (generation, fh, fopen) = (Generation(entry.generation), FileHandle(o.handle), fopen_flags(&o));
+                // Recorded before any reply, as in `open`.
+                self.state.handles.insert(Kind::File, o.handle, entry.node, flags, false);
+                let passthrough = self.state.backing.with_id(entry.node, o.backing_fd, reply, |reply, id| {
+                    self.state.handles.mark_passthrough(Kind::File, o.handle);
+                    reply.created_passthrough(&ttl, &attr, generation, fh, fopen, id);
+                });
+                match passthrough {
+                    Ok(()) => self.count_passthrough_open(),
+                    Err(reply) => reply.created(&ttl, &attr, generation, fh, fopen),
+                }
             }
             Err(e) => reply.error(fail("create", parent.0, &e)),
         }

@@ -61,10 +61,13 @@ pub(crate) enum Kind {
     Dir,
 }
 
+/// What is known of an open handle.
 #[derive(Clone, Copy, Debug)]
-struct OpenHandle {
+pub(crate) struct OpenHandle {
     node: NodeId,
     flags: i32,
+    /// Opened with kernel passthrough (it holds a reference on its node's backing id).
+    pub passthrough: bool,
 }
 
 /// The handles handed to the kernel and not yet released. Whoever takes a handle out of
@@ -91,13 +94,21 @@ impl OpenHandles {
     }
 
     /// Records a handle about to be given to the kernel.
-    pub(crate) fn insert(&self, kind: Kind, handle: Handle, node: NodeId, flags: i32) {
-        self.lock().insert((kind, handle), OpenHandle { node, flags });
+    pub(crate) fn insert(&self, kind: Kind, handle: Handle, node: NodeId, flags: i32, passthrough: bool) {
+        self.lock().insert((kind, handle), OpenHandle { node, flags, passthrough });
     }
 
-    /// Takes a handle out for the kernel's release; false if shutdown released it already.
-    pub(crate) fn take(&self, kind: Kind, handle: Handle) -> bool {
-        self.lock().remove(&(kind, handle)).is_some()
+    /// Records that a handle was opened with kernel passthrough (before the reply that
+    /// lets the kernel release it is sent).
+    pub(crate) fn mark_passthrough(&self, kind: Kind, handle: Handle) {
+        if let Some(h) = self.lock().get_mut(&(kind, handle)) {
+            h.passthrough = true;
+        }
+    }
+
+    /// Takes a handle out for the kernel's release; None if shutdown released it already.
+    pub(crate) fn take(&self, kind: Kind, handle: Handle) -> Option<OpenHandle> {
+        self.lock().remove(&(kind, handle))
     }
 
     /// How many handles are open.
@@ -159,11 +170,11 @@ mod tests {
     #[test]
     fn a_handle_is_taken_once() {
         let handles = OpenHandles::default();
-        handles.insert(Kind::File, 7, 2, 0);
-        handles.insert(Kind::Dir, 7, 1, 0);
+        handles.insert(Kind::File, 7, 2, 0, true);
+        handles.insert(Kind::Dir, 7, 1, 0, false);
         assert_eq!(handles.len(), 2);
-        assert!(handles.take(Kind::File, 7));
-        assert!(!handles.take(Kind::File, 7), "released already");
-        assert!(handles.take(Kind::Dir, 7));
+        assert!(handles.take(Kind::File, 7).is_some_and(|h| h.passthrough));
+        assert!(handles.take(Kind::File, 7).is_none(), "released already");
+        assert!(handles.take(Kind::Dir, 7).is_some());
     }
 }

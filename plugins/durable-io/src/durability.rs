@@ -42,6 +42,17 @@ impl Durability {
         self == Durability::Close
     }
 
+    /// Whether open files may be handed to the kernel for FUSE passthrough, where reads
+    /// and writes no longer reach the plugin.
+    ///
+    /// Not under `always`: the kernel does not write through our descriptor but opens its
+    /// own backing file from it with the *caller's* open flags, so our `O_DSYNC` would not
+    /// apply and a write could return before it is durable. Under `close` the plugin still
+    /// sees every flush and release, and syncs there.
+    pub fn passthrough(self) -> bool {
+        self != Durability::Always
+    }
+
     /// Whether namespace and attribute changes are synced before they return.
     pub(crate) fn sync_changes(self) -> bool {
         self == Durability::Always

@@ -2,7 +2,7 @@
 //! node's `O_PATH` fd with a single-component name, or IO on a handle's own fd.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -99,6 +99,7 @@ impl DurableIo {
         // the host's user, and the kernel's checks are all there is.
         let as_caller = rustix::process::geteuid().is_root();
         caps.checks_permissions = as_caller;
+        caps.backing_files = durability.passthrough();
         Ok(DurableIo {
             nodes: NodeTable::new(root_fd, inode_key(&st)),
             handles: HandleTable::new(),
@@ -327,19 +328,28 @@ impl DurableIo {
         Ok((oflags, writable))
     }
 
-    fn file_handle(&self, fd: OwnedFd, flags: i32, writable: bool) -> Handle {
+    /// Files a new open file in the handle table and answers `open`/`create` with it,
+    /// handing its descriptor over for the kernel's passthrough where the durability
+    /// setting allows (see [`Durability::passthrough`]).
+    fn file_handle(&self, fd: OwnedFd, flags: i32, writable: bool) -> Opened {
         let truncated = flags & open_flags::O_TRUNC != 0;
-        self.handles.insert(Open::File(Arc::new(FileHandle {
+        let passthrough = self.durability.passthrough();
+        let backing_fd = passthrough.then(|| fd.as_raw_fd());
+        let handle = self.handles.insert(Open::File(Arc::new(FileHandle {
             fd,
             dirty: AtomicBool::new(truncated),
             direct: flags & open_flags::O_DIRECT != 0,
             writable,
-        })))
+            unseen_writes: passthrough && writable,
+        })));
+        Opened { handle, backing_fd, ..Opened::default() }
     }
 
-    /// Syncs a handle's data if it was written since its last sync (`close` mode).
+    /// Syncs a handle's data if it was written since its last sync (`close` mode). A
+    /// handle whose writes may bypass us (passthrough) counts as always written.
     fn sync_if_dirty(&self, fh: &FileHandle) -> Result<()> {
-        if !self.durability.sync_on_close() || !fh.dirty.swap(false, Ordering::AcqRel) {
+        let dirty = fh.dirty.swap(false, Ordering::AcqRel) || fh.unseen_writes;
+        if !self.durability.sync_on_close() || !dirty {
             return Ok(());
         }
         self.sync_open(fh.fd.as_fd(), FileKind::File, true).inspect_err(|_| fh.dirty.store(true, Ordering::Release))
@@ -714,7 +724,7 @@ impl FileSystem for DurableIo {
         if flags & open_flags::O_TRUNC != 0 {
             self.sync_data_change(fd.as_fd())?;
         }
-        Ok(Opened { handle: self.file_handle(fd, flags, writable), ..Opened::default() })
+        Ok(self.file_handle(fd, flags, writable))
     }
 
     fn create(&self, req: &Request, parent: NodeId, name: &OsStr, mode: u32, flags: i32) -> Result<(Entry, Opened)> {
@@ -771,7 +781,7 @@ impl FileSystem for DurableIo {
         // The descriptor is of the very file the O_EXCL open made: nothing to verify.
         let created = created.then_some(Created { mode, verify: None });
         let entry = self.finish_create(req, node_fd, created, &p, false)?;
-        let opened = Opened { handle: self.file_handle(fd, flags, writable), ..Opened::default() };
+        let opened = self.file_handle(fd, flags, writable);
         Ok((entry, opened))
     }
 

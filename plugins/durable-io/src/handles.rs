@@ -22,6 +22,9 @@ pub(crate) struct FileHandle {
     pub direct: bool,
     /// Opened for writing (`ftruncate` through it works).
     pub writable: bool,
+    /// Handed over for the kernel's passthrough while writable: writes to it may never
+    /// reach us, so `dirty` cannot be trusted and `close` mode syncs it on every close.
+    pub unseen_writes: bool,
 }
 
 /// How large a `getdents` buffer a directory stream keeps.
@@ -61,9 +64,17 @@ impl Open {
     }
 }
 
-/// All open handles of one mount.
+/// How many independently locked parts the handle table has. Handles are numbered in
+/// order, so consecutive opens land in different shards and concurrent reads and writes
+/// of different files rarely touch the same lock.
+const SHARDS: usize = 16;
+
+type Shard = RwLock<HashMap<Handle, Open>>;
+
+/// All open handles of one mount, in shards, so the read/write path takes no lock that
+/// every other handle's IO takes too.
 pub(crate) struct HandleTable {
-    map: RwLock<HashMap<Handle, Open>>,
+    shards: [Shard; SHARDS],
     next: AtomicU64,
 }
 
@@ -74,26 +85,30 @@ fn bad_handle(h: Handle) -> Error {
 impl HandleTable {
     pub(crate) fn new() -> Self {
         // Handle 0 is left unused: hosts commonly treat it as "no handle".
-        HandleTable { map: RwLock::new(HashMap::new()), next: AtomicU64::new(1) }
+        HandleTable { shards: std::array::from_fn(|_| RwLock::new(HashMap::new())), next: AtomicU64::new(1) }
+    }
+
+    fn shard(&self, h: Handle) -> &Shard {
+        &self.shards[(h % SHARDS as u64) as usize]
     }
 
     // Each update is one map insert or remove, so a poisoned lock is still consistent.
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<Handle, Open>> {
-        self.map.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self, h: Handle) -> RwLockReadGuard<'_, HashMap<Handle, Open>> {
+        self.shard(h).read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Handle, Open>> {
-        self.map.write().unwrap_or_else(|e| e.into_inner())
+    fn write(&self, h: Handle) -> RwLockWriteGuard<'_, HashMap<Handle, Open>> {
+        self.shard(h).write().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn insert(&self, open: Open) -> Handle {
         let h = self.next.fetch_add(1, Ordering::Relaxed);
-        self.write().insert(h, open);
+        self.write(h).insert(h, open);
         h
     }
 
     pub(crate) fn get(&self, h: Handle) -> Result<Open> {
-        self.read().get(&h).cloned().ok_or_else(|| bad_handle(h))
+        self.read(h).get(&h).cloned().ok_or_else(|| bad_handle(h))
     }
 
     pub(crate) fn file(&self, h: Handle) -> Result<Arc<FileHandle>> {
@@ -111,6 +126,6 @@ impl HandleTable {
     }
 
     pub(crate) fn remove(&self, h: Handle) -> Result<Open> {
-        self.write().remove(&h).ok_or_else(|| bad_handle(h))
+        self.write(h).remove(&h).ok_or_else(|| bad_handle(h))
     }
 }

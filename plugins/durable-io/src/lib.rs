@@ -61,7 +61,7 @@ impl Plugin for DurableIoPlugin {
                 "on close | always: every write and every namespace change is durable when it returns",
             ),
             // Each mount reports what its backing directory supports (see `probe`).
-            capabilities: Capabilities { checks_permissions: true, ..Capabilities::POSIX },
+            capabilities: Capabilities { checks_permissions: true, backing_files: true, ..Capabilities::POSIX },
         }
     }
 

@@ -1,0 +1,187 @@
+//! Kernel FUSE passthrough with durable-io: the plugin hands its backing descriptors over,
+//! the FUSE frontend registers them, and file data then bypasses the daemon. The mounts
+//! are made in this process (as the host makes them) so the frontend's request counts can
+//! be read. Needs root (CAP_SYS_ADMIN) and a kernel with FUSE passthrough (6.9 or later).
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plugfs_fuse::{FuseMount, FuseOptions};
+use plugfs_plugin_api::MountOptions;
+use plugfs_plugin_api::host::PluginLibrary;
+use plugfs_tests::{plugin_library, wait_until};
+
+/// A durable-io mount made in this process.
+struct Mounted {
+    mount: Option<FuseMount>,
+    dir: tempfile::TempDir,
+    _lib: PluginLibrary,
+}
+
+impl Mounted {
+    fn new(durability: &str, passthrough: bool) -> Mounted {
+        let dir = tempfile::tempdir().unwrap();
+        // The unprivileged user of the conformance suite must be able to reach the mount.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));
+        std::fs::create_dir(&data).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        let lib = PluginLibrary::load(&plugin_library("plugfs-durable-io")).unwrap();
+        let config = format!("root = {:?}\ndurability = {durability:?}\n", data.to_str().unwrap());
+        let fs = lib.open(&config, &MountOptions::default()).unwrap();
+        let options = FuseOptions { allow_other: true, passthrough, ..FuseOptions::default() };
+        let mount = plugfs_fuse::mount(Arc::new(fs), &mnt, &options).unwrap();
+        Mounted { mount: Some(mount), dir, _lib: lib }
+    }
+
+    fn mnt(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("mnt").join(rel)
+    }
+
+    fn data(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("data").join(rel)
+    }
+
+    fn mount(&self) -> &FuseMount {
+        self.mount.as_ref().unwrap()
+    }
+
+    /// Waits for the kernel's asynchronous releases to reach the frontend.
+    fn wait_released(&self) {
+        let released = wait_until(Duration::from_secs(10), || self.mount().open_handles() == 0);
+        assert!(released, "{} handle(s) left open", self.mount().open_handles());
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(m) = self.mount.take() {
+            let _ = m.unmount();
+        }
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+}
+
+/// Writes 3 MiB in 1 MiB blocks, rewrites a piece in the middle, reads it all back through
+/// a fresh open, and returns what was read.
+fn write_and_read_back(m: &Mounted) -> Vec<u8> {
+    let data = pattern(3 << 20);
+    let mut f = std::fs::File::create(m.mnt("f")).unwrap();
+    for block in data.chunks(1 << 20) {
+        f.write_all(block).unwrap();
+    }
+    f.write_all_at(b"middle", 1_500_000).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let mut back = Vec::new();
+    std::fs::File::open(m.mnt("f")).unwrap().read_to_end(&mut back).unwrap();
+    back
+}
+
+#[test]
+fn reads_and_writes_of_a_passthrough_file_never_reach_the_frontend_and_the_data_is_the_same() {
+    let mut expected = pattern(3 << 20);
+    expected[1_500_000..1_500_006].copy_from_slice(b"middle");
+
+    let on = Mounted::new("close", true);
+    let through = write_and_read_back(&on);
+    assert!(through == expected, "passthrough read back other data");
+    assert!(std::fs::read(on.data("f")).unwrap() == expected, "passthrough wrote other data to the backing file");
+    let counts = on.mount().data_requests();
+    assert_eq!((counts.reads, counts.writes), (0, 0), "{counts:?}");
+    assert!(counts.passthrough_opens >= 2, "{counts:?}");
+    on.wait_released();
+    assert_eq!(on.mount().backing_files(), 0, "backing ids outlive their handles");
+
+    let off = Mounted::new("close", false);
+    let served = write_and_read_back(&off);
+    assert!(served == expected, "the daemon read back other data");
+    assert!(std::fs::read(off.data("f")).unwrap() == expected);
+    let counts = off.mount().data_requests();
+    assert!(counts.reads > 0 && counts.writes > 0 && counts.passthrough_opens == 0, "{counts:?}");
+}
+
+#[test]
+fn under_always_durability_writes_go_through_the_plugin_not_passthrough() {
+    // The kernel would open its own backing file with the caller's flags, without the
+    // O_DSYNC that makes each write durable; so durable-io hands no descriptor over.
+    let m = Mounted::new("always", true);
+    std::fs::write(m.mnt("f"), b"synced on every write").unwrap();
+    let counts = m.mount().data_requests();
+    assert!(counts.writes > 0 && counts.passthrough_opens == 0, "{counts:?}");
+    assert_eq!(std::fs::read(m.data("f")).unwrap(), b"synced on every write");
+}
+
+#[test]
+fn two_opens_of_one_file_share_a_backing_file_that_closes_with_the_last() {
+    let m = Mounted::new("kernel", true);
+    std::fs::write(m.mnt("f"), b"0123456789").unwrap();
+    m.wait_released();
+    let a = std::fs::File::open(m.mnt("f")).unwrap();
+    let b = std::fs::OpenOptions::new().write(true).open(m.mnt("f")).unwrap();
+    b.write_all_at(b"ab", 2).unwrap();
+    let mut buf = [0u8; 10];
+    a.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"01ab456789");
+    assert_eq!(m.mount().backing_files(), 1);
+    drop(a);
+    let counts = m.mount().data_requests();
+    assert_eq!((counts.reads, counts.writes), (0, 0), "{counts:?}");
+    // Still registered while `b` is open.
+    assert_eq!(m.mount().backing_files(), 1);
+    drop(b);
+    m.wait_released();
+    assert_eq!(m.mount().backing_files(), 0);
+}
+
+#[test]
+fn mmap_of_a_passthrough_file_reads_and_writes_the_backing_file() {
+    let m = Mounted::new("close", true);
+    let len = 64 * 1024;
+    std::fs::write(m.mnt("f"), pattern(len)).unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(m.mnt("f")).unwrap();
+    // SAFETY: a fresh shared mapping of `len` bytes of an open file, unmapped below; the
+    // slice is used only while it is mapped.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        let map = std::slice::from_raw_parts_mut(p as *mut u8, len);
+        assert!(map[..] == pattern(len)[..], "mapped other data");
+        map[100..105].copy_from_slice(b"mmap!");
+        assert_eq!(libc::msync(p, len, libc::MS_SYNC), 0);
+        assert_eq!(libc::munmap(p, len), 0);
+    }
+    drop(f);
+    let backing = std::fs::read(m.data("f")).unwrap();
+    assert_eq!(&backing[100..105], b"mmap!");
+    assert_eq!(&backing[..100], &pattern(len)[..100]);
+    let counts = m.mount().data_requests();
+    assert_eq!((counts.reads, counts.writes), (0, 0), "{counts:?}");
+    assert!(counts.passthrough_opens >= 2, "{counts:?}");
+}
+
+#[test]
+fn durable_io_passes_the_conformance_suite_through_fuse_with_and_without_passthrough() {
+    for passthrough in [true, false] {
+        let m = Mounted::new("close", passthrough);
+        let caps = m._lib.info().capabilities;
+        let report = plugfs_conformance::run_mounted(&m.mnt(""), &caps, Some((65534, 65534)));
+        assert!(report.ok(), "passthrough = {passthrough}: {}", report.summary());
+        let counts = m.mount().data_requests();
+        assert_eq!(counts.passthrough_opens > 0, passthrough, "passthrough = {passthrough}: {counts:?}");
+    }
+}
