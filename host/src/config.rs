@@ -44,12 +44,25 @@ pub struct HostSection {
     /// files anyway and unmounts (default 10).
     #[serde(default)]
     pub shutdown_timeout: Option<u64>,
+    /// The Unix socket `plugfs status`, `reload` and `unmount NAME` use to reach the host
+    /// (default: the config file's name with `.sock`, beside it). Created with mode 0600.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    /// Seconds a mount removed by a reload (or `plugfs unmount NAME`) keeps serving the
+    /// files still open on it before it is unmounted anyway (default 30).
+    #[serde(default)]
+    pub drain_timeout: Option<u64>,
 }
 
 impl HostSection {
     /// How long a shutdown waits for the requests in flight.
     pub fn shutdown_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.shutdown_timeout.unwrap_or(10))
+    }
+
+    /// How long a removed mount waits for its open files to be closed.
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.drain_timeout.unwrap_or(30))
     }
 }
 

@@ -1,7 +1,9 @@
 //! `plugfs`: mounts filesystems whose implementations are plugins loaded at run time.
 
 mod config;
+mod control;
 mod frontend;
+mod metered;
 mod registry;
 mod supervisor;
 
@@ -18,6 +20,9 @@ Examples:
   plugfs mount --config config/default.toml     serve every [[mount]] until Ctrl-C
   plugfs check --config /etc/plugfs/plugfs.toml validate a config without mounting
   plugfs plugins                                list plugins next to the plugfs binary
+  plugfs status --config config/default.toml    what the running host serves
+  plugfs reload --config config/default.toml    apply an edited config (or: kill -HUP)
+  plugfs unmount --config config/default.toml demo   unmount one mount of a running host
   plugfs unmount demo/mnt                       recover a mount left by a killed host
 
 A config file has an optional [host] table and one [[mount]] table per mount:
@@ -26,6 +31,8 @@ A config file has an optional [host] table and one [[mount]] table per mount:
   plugin_dirs = [\"/usr/lib/plugfs\"]   # searched by plugin name, then plugfs's own directory
   log = \"info\"                        # used when RUST_LOG is not set
   shutdown_timeout = 10               # seconds to wait for requests in flight on SIGTERM
+  drain_timeout = 30                  # seconds a removed mount serves its open files
+  control_socket = \"/run/plugfs/data.sock\"   # default: beside the config, NAME.sock
 
   [[mount]]
   name = \"data\"
@@ -97,19 +104,75 @@ enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
-    /// Detach a mount left behind by a plugfs that was killed.
+    /// Unmount one mount of a running host by name, or detach a mount left by a killed host.
     ///
-    /// A killed host can leave its mount point answering "Transport endpoint is not
-    /// connected". This detaches it (fusermount3 -u -z, or umount -l as root) so the
-    /// directory can be used again.
+    /// With --config or --socket, TARGET is a mount's name: the running host stops serving
+    /// it once its open files are closed (at most [host] drain_timeout seconds, then it
+    /// releases them and unmounts anyway). A later reload mounts it again if the config
+    /// still has it.
+    ///
+    /// Without them, TARGET is a mount point left behind by a plugfs that was killed
+    /// ("Transport endpoint is not connected"): it is detached (fusermount3 -u -z, or
+    /// umount -l as root) so the directory can be used again.
     Unmount {
-        /// The mount point.
-        mountpoint: PathBuf,
+        /// A mount's name (with --config or --socket), or a mount point.
+        target: PathBuf,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Show every mount of a running host: plugin, version, frontend, state, open files,
+    /// uptime, requests and errors.
+    ///
+    /// States: mounted; draining (removed or changed by a reload, serving its open files
+    /// until they are closed); pending (waiting for the mount it replaces to go); failed
+    /// (could not start after a reload; the reason is shown).
+    Status {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// Print JSON (an object with a `mounts` array) for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a running host re-read its config and apply the difference (as SIGHUP does).
+    ///
+    /// Mounts that did not change are not touched (their open files carry on); removed
+    /// ones are unmounted once their open files are closed; changed ones are remounted
+    /// the same way; added ones are mounted. A config with an error is refused whole:
+    /// the error (file:line:column: key) is printed, exit status 1, and nothing changes.
+    Reload {
+        #[command(flatten)]
+        control: ControlArgs,
     },
     /// Internal: the watchdog `plugfs mount` starts, which unmounts what the host told it
     /// about if the host dies without doing so. Reads the host's messages on stdin.
     #[command(hide = true)]
     Watchdog,
+}
+
+/// How a command finds the running host.
+#[derive(clap::Args, Debug)]
+struct ControlArgs {
+    /// The config the host was started with; its [host] control_socket (or the default,
+    /// the config's name with .sock beside it) is used.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The host's control socket itself.
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    socket: Option<PathBuf>,
+}
+
+impl ControlArgs {
+    fn socket(&self) -> Option<PathBuf> {
+        match (&self.socket, &self.config) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(c)) => Some(control::socket_for_client(c)),
+            (None, None) => None,
+        }
+    }
+
+    fn require_socket(&self) -> anyhow::Result<PathBuf> {
+        self.socket().ok_or_else(|| anyhow::anyhow!("say which host: --config FILE or --socket PATH"))
+    }
 }
 
 fn main() -> ExitCode {
@@ -119,7 +182,13 @@ fn main() -> ExitCode {
         Command::Check { config } => load_config(&config).and_then(supervisor::check),
         Command::Plugins { dir, config, verbose } => list_plugins(dir, config, verbose),
         Command::Watchdog => run_watchdog(),
-        Command::Unmount { mountpoint } => {
+        Command::Status { control, json } => control.require_socket().and_then(|s| status(&s, json)),
+        Command::Reload { control } => control.require_socket().and_then(|s| ask(&s, &control::Request::Reload)),
+        Command::Unmount { target, control } if control.socket().is_some() => {
+            let name = target.to_string_lossy().into_owned();
+            control.require_socket().and_then(|s| ask(&s, &control::Request::Unmount(name)))
+        }
+        Command::Unmount { target: mountpoint, .. } => {
             init_logging(None);
             frontend::force_unmount(&mountpoint)
                 .map(|()| {
@@ -136,6 +205,55 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Sends `request` to the host and prints its answer; exit status 1 if it failed.
+fn ask(socket: &std::path::Path, request: &control::Request) -> anyhow::Result<ExitCode> {
+    let reply = control::call(socket, request)?;
+    if reply.ok {
+        if !reply.message.is_empty() {
+            println!("{}", reply.message);
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("plugfs: {}", reply.message);
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `plugfs status`.
+fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let reply = control::call(socket, &control::Request::Status)?;
+    if !reply.ok {
+        anyhow::bail!("{}", reply.message);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "mounts": reply.mounts }))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:<12} {:<10} {:<8} {:<9} {:>5} {:>9} {:>9} {:>7}  MOUNTPOINT",
+        "NAME", "PLUGIN", "VERSION", "FRONTEND", "STATE", "OPEN", "UPTIME", "REQUESTS", "ERRORS"
+    );
+    for m in &reply.mounts {
+        println!(
+            "{:<16} {:<12} {:<10} {:<8} {:<9} {:>5} {:>8}s {:>9} {:>7}  {}",
+            m.name,
+            m.plugin,
+            m.version,
+            m.frontend,
+            m.state,
+            m.open_handles,
+            m.uptime_secs,
+            m.requests,
+            m.errors,
+            m.mountpoint.display()
+        );
+        if !m.detail.is_empty() {
+            println!("  {}", m.detail);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_watchdog() -> anyhow::Result<ExitCode> {

@@ -1,0 +1,212 @@
+//! Operating a running host: reload (command and SIGHUP), status, unmount by name, through
+//! real FUSE mounts and the control socket.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use plugfs_tests::{Host, is_fuse_mount, plugfs, target_dir, wait_until};
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup { dir: tempfile::tempdir().unwrap() }
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    fn config_path(&self) -> PathBuf {
+        self.path("plugfs.toml")
+    }
+    fn write_config(&self, mounts: &str) -> PathBuf {
+        let text =
+            format!("[host]\nplugin_dirs = [{:?}]\ndrain_timeout = 600\n{mounts}", target_dir().to_str().unwrap());
+        std::fs::write(self.config_path(), text).unwrap();
+        self.config_path()
+    }
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let config = self.config_path();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", config.to_str().unwrap()]);
+        plugfs(&all)
+    }
+    fn status(&self) -> Vec<serde_json::Value> {
+        let (code, out, err) = self.cli(&["status", "--json"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v["mounts"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+fn memfs(name: &str) -> String {
+    format!("\n[[mount]]\nname = \"{name}\"\nplugin = \"memfs\"\nmountpoint = \"{name}\"\ncreate_mountpoint = true\n")
+}
+
+fn durable_io(name: &str, root: &str) -> String {
+    format!(
+        "\n[[mount]]\nname = \"{name}\"\nplugin = \"durable-io\"\nmountpoint = \"{name}\"\ncreate_mountpoint = true\n\
+         [mount.config]\nroot = \"{root}\"\ncreate_root = true\n"
+    )
+}
+
+fn find<'a>(status: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
+    status.iter().find(|m| m["name"] == name)
+}
+
+fn mounted(p: &Path) -> bool {
+    wait_until(Duration::from_secs(20), || is_fuse_mount(p))
+}
+
+fn unmounted(p: &Path) -> bool {
+    wait_until(Duration::from_secs(20), || !is_fuse_mount(p))
+}
+
+#[test]
+fn reload_adds_removes_and_changes_mounts_while_a_file_open_on_an_unchanged_mount_reads_on() {
+    let s = Setup::new();
+    let config = s.write_config(&format!("{}{}{}", durable_io("keep", "keep-data"), memfs("gone"), memfs("change")));
+    let (keep, gone, change, added) = (s.path("keep"), s.path("gone"), s.path("change"), s.path("added"));
+    let mut host = Host::start(&config, &[&keep, &gone, &change]);
+
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(keep.join("big"), &content).unwrap();
+    let mut open = std::fs::File::open(keep.join("big")).unwrap();
+    let mut first = vec![0u8; 100_000];
+    open.read_exact(&mut first).unwrap();
+    std::fs::write(change.join("old-backend"), b"memfs").unwrap();
+    std::fs::create_dir_all(s.path("change-data")).unwrap();
+    std::fs::write(s.path("change-data/new-backend"), b"durable-io").unwrap();
+
+    let status = s.status();
+    assert_eq!(find(&status, "keep").unwrap()["open_handles"], 1, "{status:?}");
+    let keep_requests = find(&status, "keep").unwrap()["requests"].as_u64().unwrap();
+    assert!(keep_requests > 0, "{status:?}");
+
+    s.write_config(&format!(
+        "{}{}{}",
+        durable_io("keep", "keep-data"),
+        durable_io("change", "change-data"),
+        memfs("added")
+    ));
+    let (code, out, err) = s.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", host.stderr());
+    for want in ["keep: unchanged", "gone: removed", "change: changed", "added: added"] {
+        assert!(out.contains(want), "{want:?} missing from:\n{out}");
+    }
+
+    assert!(unmounted(&gone), "a removed mount without open files is unmounted:\n{}", host.stderr());
+    assert!(mounted(&added), "{}", host.stderr());
+    assert!(
+        wait_until(Duration::from_secs(20), || change.join("new-backend").exists()),
+        "the changed mount serves its new backend:\n{}",
+        host.stderr()
+    );
+    assert!(!change.join("old-backend").exists());
+    std::fs::write(added.join("x"), b"y").unwrap();
+
+    // The file opened before the reload reads on, on the same open file description.
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).unwrap();
+    assert_eq!([first, rest].concat(), content);
+    open.seek(SeekFrom::Start(7)).unwrap();
+    let mut byte = [0u8; 1];
+    open.read_exact(&mut byte).unwrap();
+    assert_eq!(byte[0], content[7]);
+
+    let status = s.status();
+    let names: Vec<&str> = status.iter().filter_map(|m| m["name"].as_str()).collect();
+    assert_eq!(names.len(), 3, "{status:?}");
+    for name in ["keep", "change", "added"] {
+        assert_eq!(find(&status, name).unwrap()["state"], "mounted", "{status:?}");
+    }
+    let keep_now = find(&status, "keep").unwrap();
+    assert!(keep_now["requests"].as_u64().unwrap() > keep_requests, "the unchanged mount kept its counters");
+    assert_eq!(find(&status, "change").unwrap()["plugin"], "durable-io");
+    drop(open);
+    assert_eq!(host.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", host.stderr());
+    for p in [&keep, &change, &added] {
+        assert!(!is_fuse_mount(p));
+    }
+}
+
+#[test]
+fn a_broken_config_on_reload_is_refused_whole_and_sighup_applies_a_good_one() {
+    let s = Setup::new();
+    let config = s.write_config(&memfs("one"));
+    let (one, two) = (s.path("one"), s.path("two"));
+    let mut host = Host::start(&config, &[&one]);
+    std::fs::write(one.join("kept"), b"still here").unwrap();
+
+    // Removes `one`, adds `two`, and has an unknown key: none of it may happen.
+    let broken = format!("{}bogus = 1\n", memfs("two"));
+    s.write_config(&broken);
+    let bogus_line = std::fs::read_to_string(&config).unwrap().lines().position(|l| l == "bogus = 1").unwrap() + 1;
+    let (code, out, err) = s.cli(&["reload"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let located = format!("plugfs.toml:{bogus_line}:1: key `mount[0].bogus`");
+    assert!(err.contains(&located) && err.contains("nothing changed"), "{located:?} missing from:\n{err}");
+    assert!(host.stderr().contains(&located), "the log names the error too:\n{}", host.stderr());
+
+    // A plugin refusing its settings is found before anything changes, too.
+    s.write_config(&format!("{}{}", memfs("two"), durable_io("three", "plugfs.toml")));
+    let (code, out, err) = s.cli(&["reload"]);
+    assert_eq!(code, 1, "{out}{err}");
+
+    // The same through SIGHUP: logged, and nothing changes.
+    s.write_config(&broken);
+    unsafe { libc::kill(host.pid(), libc::SIGHUP) };
+    assert!(wait_until(Duration::from_secs(20), || host.stderr().matches(&located).count() >= 2), "{}", host.stderr());
+    assert!(is_fuse_mount(&one) && !is_fuse_mount(&two));
+    assert_eq!(std::fs::read(one.join("kept")).unwrap(), b"still here");
+    let status = s.status();
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert_eq!(find(&status, "one").unwrap()["state"], "mounted");
+
+    s.write_config(&format!("{}{}", memfs("one"), memfs("two")));
+    unsafe { libc::kill(host.pid(), libc::SIGHUP) };
+    assert!(mounted(&two), "{}", host.stderr());
+    assert_eq!(std::fs::read(one.join("kept")).unwrap(), b"still here", "the unchanged mount kept its files");
+    assert!(host.is_running());
+}
+
+#[test]
+fn unmount_by_name_waits_for_the_open_files_then_unmounts() {
+    let s = Setup::new();
+    let config = s.write_config(&format!("{}{}", memfs("busy"), memfs("other")));
+    let (busy, other) = (s.path("busy"), s.path("other"));
+    let mut host = Host::start(&config, &[&busy, &other]);
+    std::fs::write(busy.join("f"), b"open while unmounting").unwrap();
+    let mut open = std::fs::File::open(busy.join("f")).unwrap();
+
+    let (code, out, err) = s.cli(&["unmount", "busy"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let status = s.status();
+    assert_eq!(find(&status, "busy").unwrap()["state"], "draining", "{status:?}");
+    assert!(is_fuse_mount(&busy), "a draining mount still serves its open files");
+    let mut text = String::new();
+    open.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "open while unmounting");
+    drop(open);
+    assert!(unmounted(&busy), "{}", host.stderr());
+    assert!(is_fuse_mount(&other));
+
+    let (code, _, err) = s.cli(&["unmount", "nosuch"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no mount named `nosuch`"), "{err}");
+    let (code, out, _) = s.cli(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("NAME") && out.contains("other") && !out.contains("busy"), "{out}");
+    assert_eq!(host.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", host.stderr());
+}
+
+#[test]
+fn status_without_a_running_host_says_how_to_start_one() {
+    let s = Setup::new();
+    s.write_config(&memfs("x"));
+    let (code, _, err) = s.cli(&["status"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach a running plugfs") && err.contains("plugfs.sock"), "{err}");
+}
