@@ -52,12 +52,21 @@ pub struct HostSection {
     /// files still open on it before it is unmounted anyway (default 30).
     #[serde(default)]
     pub drain_timeout: Option<u64>,
+    /// Where to serve Prometheus metrics over HTTP (`"127.0.0.1:9464"`); off when unset.
+    /// Read once at start.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 impl HostSection {
     /// How long a shutdown waits for the requests in flight.
     pub fn shutdown_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.shutdown_timeout.unwrap_or(10))
+    }
+
+    /// The metrics address, once validated.
+    pub fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listen.as_deref().and_then(|a| a.parse().ok())
     }
 
     /// How long a removed mount waits for its open files to be closed.
@@ -200,6 +209,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(addr) = &self.host.metrics_listen
+            && let Err(e) = addr.parse::<std::net::SocketAddr>()
+        {
+            let key = [KeySeg::Key("host".into()), KeySeg::Key("metrics_listen".into())];
+            return Err(
+                self.error_at(&key, format!("`{addr}` is not an address and port like \"127.0.0.1:9464\": {e}"))
+            );
+        }
         if self.mounts.is_empty() {
             return Err(self.error_at(&[], "no [[mount]] tables: nothing to mount".into()));
         }

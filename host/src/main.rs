@@ -4,6 +4,7 @@ mod config;
 mod control;
 mod frontend;
 mod metered;
+mod metrics;
 mod registry;
 mod supervisor;
 
@@ -33,6 +34,7 @@ A config file has an optional [host] table and one [[mount]] table per mount:
   shutdown_timeout = 10               # seconds to wait for requests in flight on SIGTERM
   drain_timeout = 30                  # seconds a removed mount serves its open files
   control_socket = \"/run/plugfs/data.sock\"   # default: beside the config, NAME.sock
+  metrics_listen = \"127.0.0.1:9464\"  # Prometheus metrics at /metrics; off by default
 
   [[mount]]
   name = \"data\"

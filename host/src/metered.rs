@@ -76,7 +76,7 @@ const fn const_eq(a: &str, b: &str) -> bool {
 }
 
 /// Upper bounds of the latency histogram's buckets (the last, +Inf, is implied).
-const BUCKET_NANOS: [u64; 12] = [
+pub const BUCKET_NANOS: [u64; 12] = [
     10_000,
     50_000,
     100_000,
@@ -118,6 +118,8 @@ pub struct MountStats {
     pub bytes_read: AtomicU64,
     /// Bytes accepted by `write`.
     pub bytes_written: AtomicU64,
+    /// Calls in which the plugin panicked (the loader answered EIO).
+    pub plugin_panics: AtomicU64,
 }
 
 impl Default for MountStats {
@@ -127,6 +129,7 @@ impl Default for MountStats {
             errnos: std::array::from_fn(|_| AtomicU64::new(0)),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            plugin_panics: AtomicU64::new(0),
         }
     }
 }
@@ -153,6 +156,10 @@ impl MountStats {
             o.errors.fetch_add(1, Ordering::Relaxed);
             let errno = usize::try_from(e.errno().0).unwrap_or(0).min(ERRNO_SLOTS - 1);
             self.errnos[errno].fetch_add(1, Ordering::Relaxed);
+            // The loader's answer for a panic; plugin-api has no other sign of one.
+            if e.message().is_some_and(|m| m.starts_with("plugin `") && m.contains("` panicked in ")) {
+                self.plugin_panics.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

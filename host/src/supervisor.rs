@@ -167,7 +167,13 @@ pub fn run(config: Config) -> anyhow::Result<ExitCode> {
         waiting: Vec::new(),
         failed: Vec::new(),
         mountpoints,
+        metrics: Arc::default(),
     };
+    if let Some(addr) = host.config.host.metrics_listen()
+        && let Err(e) = crate::metrics::serve(addr, Arc::clone(&host.metrics))
+    {
+        error!("cannot serve metrics at {addr}: {e}");
+    }
     for p in prepared {
         let config = Arc::clone(&host.config);
         if let Err(e) = host.start(&config, p) {
@@ -255,6 +261,7 @@ struct Host {
     watchdog: Watchdog,
     /// Every mountpoint ever started, for the second signal's lazy detach.
     mountpoints: Arc<Mutex<Vec<PathBuf>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Host {
@@ -270,6 +277,7 @@ impl Host {
         match Mounted::start(fs, &p.mountpoint, section) {
             Ok(mounted) => {
                 info!("{}", p.description);
+                self.metrics.add_mount(&section.name, &p.plugin, &stats);
                 self.live.push(Live {
                     name: section.name.clone(),
                     section: section.clone(),
@@ -357,6 +365,7 @@ impl Host {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 error!("reload refused, nothing changed: {e}");
+                self.metrics.reloads_refused.fetch_add(1, Ordering::Relaxed);
                 return Reply::failed(format!("reload refused, nothing changed: {e}"));
             }
         };
@@ -379,7 +388,10 @@ impl Host {
         let busy = |mountpoint: &Path| self.live.iter().any(|l| l.mounted.mountpoint() == mountpoint);
         let mut registry = match enter(&config) {
             Ok(r) => r,
-            Err(e) => return Reply::failed(format!("reload refused, nothing changed: {e}")),
+            Err(e) => {
+                self.metrics.reloads_refused.fetch_add(1, Ordering::Relaxed);
+                return Reply::failed(format!("reload refused, nothing changed: {e}"));
+            }
         };
         let mut ready = Vec::new();
         let mut later = Vec::new();
@@ -393,6 +405,7 @@ impl Host {
                 Ok(p) => ready.push(p),
                 Err(e) => {
                     error!("reload refused, nothing changed: {e}");
+                    self.metrics.reloads_refused.fetch_add(1, Ordering::Relaxed);
                     return Reply::failed(format!("reload refused, nothing changed: {e}"));
                 }
             }
@@ -434,7 +447,11 @@ impl Host {
         if config.host.control_socket != self.config.host.control_socket {
             warn!("[host] control_socket changes only when plugfs restarts");
         }
+        if config.host.metrics_listen != self.config.host.metrics_listen {
+            warn!("[host] metrics_listen changes only when plugfs restarts");
+        }
         self.config = config;
+        self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
         info!("reload applied");
         Reply::ok(lines.join("\n"))
     }
@@ -459,6 +476,7 @@ impl Host {
                 warn!(mount = %l.name, "unmounted from outside plugfs; no longer serving it");
                 let l = self.live.remove(i);
                 self.watchdog.unwatch(l.mounted.mountpoint());
+                self.metrics.remove_mount(&l.stats);
                 continue;
             }
             let Some(deadline) = l.draining else {
@@ -474,6 +492,7 @@ impl Host {
                 warn!(mount = %l.name, "{open} file(s) still open after the drain timeout; releasing them and unmounting anyway");
             }
             let l = self.live.remove(i);
+            self.metrics.remove_mount(&l.stats);
             let timeout = self.config.host.shutdown_timeout();
             shutdown(vec![l], timeout, &mut self.watchdog);
         }

@@ -210,3 +210,66 @@ fn status_without_a_running_host_says_how_to_start_one() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot reach a running plugfs") && err.contains("plugfs.sock"), "{err}");
 }
+
+/// Fetches `http://addr/metrics` and returns its series as `name{labels}` → value.
+fn scrape(addr: &str) -> std::collections::HashMap<String, f64> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+        .collect()
+}
+
+#[test]
+fn metrics_count_a_known_workload() {
+    let s = Setup::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let panics = plugfs_tests::plugin_library("plugfs-fixture-panics");
+    let config = s.write_config(&format!(
+        "metrics_listen = \"{addr}\"\n{}\n[[mount]]\nname = \"p\"\nplugin = {:?}\nmountpoint = \"p\"\n\
+         create_mountpoint = true\n",
+        memfs("m"),
+        panics.to_str().unwrap()
+    ));
+    let (m, p) = (s.path("m"), s.path("p"));
+    let mut host = Host::start(&config, &[&m, &p]);
+    let err = std::fs::create_dir(p.join("x")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "the fixture's mkdir panics");
+
+    let data = vec![7u8; 10_000];
+    std::fs::write(m.join("f"), &data).unwrap();
+    assert_eq!(std::fs::read(m.join("f")).unwrap(), data);
+    for d in ["a", "b", "c"] {
+        std::fs::create_dir(m.join(d)).unwrap();
+    }
+    assert!(std::fs::metadata(m.join("missing")).is_err());
+    let (code, out, err) = s.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let metrics = scrape(&addr);
+    let get = |k: &str| *metrics.get(k).unwrap_or_else(|| panic!("no {k} in {metrics:#?}"));
+    let labels = |op: &str| format!("{{mount=\"m\",plugin=\"memfs\",op=\"{op}\"}}");
+    assert_eq!(get(&format!("plugfs_requests_total{}", labels("mkdir"))), 3.0);
+    assert_eq!(get(&format!("plugfs_request_duration_seconds_count{}", labels("mkdir"))), 3.0);
+    assert_eq!(
+        get("plugfs_request_duration_seconds_bucket{le=\"+Inf\",mount=\"m\",plugin=\"memfs\",op=\"mkdir\"}"),
+        3.0
+    );
+    assert_eq!(get("plugfs_written_bytes_total{mount=\"m\",plugin=\"memfs\"}"), 10_000.0);
+    assert_eq!(get("plugfs_read_bytes_total{mount=\"m\",plugin=\"memfs\"}"), 10_000.0);
+    assert!(get(&format!("plugfs_request_errors_total{}", labels("lookup"))) >= 1.0);
+    assert!(get("plugfs_errors_by_errno_total{mount=\"m\",plugin=\"memfs\",errno=\"2\"}") >= 1.0);
+    assert_eq!(get("plugfs_mounts"), 2.0);
+    assert_eq!(get("plugfs_reloads_total{result=\"applied\"}"), 1.0);
+    assert_eq!(get("plugfs_reloads_total{result=\"refused\"}"), 0.0);
+    assert_eq!(get("plugfs_plugin_panics_total"), 1.0);
+    assert_eq!(host.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", host.stderr());
+}
