@@ -56,6 +56,10 @@ pub struct HostSection {
     /// Read once at start.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Where named volumes live (`plugfs volume`, `volume = "NAME"`); default
+    /// `/var/lib/plugfs/volumes`.
+    #[serde(default)]
+    pub volumes_dir: Option<PathBuf>,
 }
 
 impl HostSection {
@@ -120,8 +124,14 @@ pub struct MountSection {
     /// A name for logs; unique in the file.
     pub name: String,
     /// The plugin: a name (`"durable-io"`) looked up in the plugin directories, or a path
-    /// to a library file (anything containing `/`).
+    /// to a library file (anything containing `/`). May be left out with `volume`: the
+    /// volume's own plugin serves it.
+    #[serde(default)]
     pub plugin: String,
+    /// A named volume (`plugfs volume create`) to mount: its image is passed to the plugin
+    /// as `image`.
+    #[serde(default)]
+    pub volume: Option<String>,
     /// Where to mount. Relative paths are relative to the config file's directory.
     pub mountpoint: PathBuf,
     /// Create the mountpoint directory if it does not exist.
@@ -230,8 +240,24 @@ impl Config {
                     self.error_at(&at("name"), format!("mount name `{}` is already used by mount[{j}]", m.name))
                 );
             }
-            if m.plugin.trim().is_empty() {
-                return Err(self.error_at(&at("plugin"), "must name a plugin or a library path".into()));
+            if m.volume.is_some() && m.config.contains_key("image") {
+                let key = [
+                    KeySeg::Key("mount".into()),
+                    KeySeg::Index(i),
+                    KeySeg::Key("config".into()),
+                    KeySeg::Key("image".into()),
+                ];
+                return Err(self.error_at(&key, "the mount names a volume, which is its image; remove one".into()));
+            }
+            if m.plugin.trim().is_empty() && m.volume.is_none() {
+                return Err(self.error_at(
+                    &at("plugin"),
+                    if m.plugin.is_empty() {
+                        "missing field `plugin`: name a plugin, a library path, or a `volume`".into()
+                    } else {
+                        "must name a plugin or a library path".into()
+                    },
+                ));
             }
             if m.mountpoint.as_os_str().is_empty() {
                 return Err(self.error_at(&at("mountpoint"), "must not be empty".into()));
@@ -262,9 +288,22 @@ impl Config {
         lexically_normal(&if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) })
     }
 
-    /// The plugin's table of mount `index` as TOML text.
-    pub fn plugin_table_text(&self, index: usize) -> String {
-        toml::to_string(&self.mounts[index].config).unwrap_or_default()
+    /// The plugin's table of mount `index` as TOML text, with `image` added when the
+    /// mount names a volume whose image is there.
+    pub fn plugin_table_text(&self, index: usize, image: Option<&Path>) -> String {
+        let mut table = self.mounts[index].config.clone();
+        if let Some(image) = image {
+            table.insert("image".into(), toml::Value::String(image.display().to_string()));
+        }
+        toml::to_string(&table).unwrap_or_default()
+    }
+
+    /// The directory of named volumes.
+    pub fn volumes_dir(&self) -> PathBuf {
+        match &self.host.volumes_dir {
+            Some(d) => self.resolve(d),
+            None => PathBuf::from(crate::volume::DEFAULT_DIR),
+        }
     }
 
     /// An error about the key at `key` (a path inside the mount's plugin table, as the
@@ -433,7 +472,7 @@ durability = "always"
         assert_eq!(m.frontend, Frontend::Auto);
         assert!(!m.options.allow_other && m.options.default_permissions && !m.read_only);
         assert_eq!(c.resolve(&m.mountpoint), PathBuf::from("/etc/plugfs/mnt"));
-        assert!(c.plugin_table_text(0).contains("durability = \"always\""));
+        assert!(c.plugin_table_text(0, None).contains("durability = \"always\""));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod metered;
 mod metrics;
 mod registry;
 mod supervisor;
+mod volume;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,7 @@ Examples:
   plugfs reload --config config/default.toml    apply an edited config (or: kill -HUP)
   plugfs unmount --config config/default.toml demo   unmount one mount of a running host
   plugfs unmount demo/mnt                       recover a mount left by a killed host
+  plugfs volume create photos --plugin fat --size 1G   a new named image
 
 A config file has an optional [host] table and one [[mount]] table per mount:
 
@@ -35,6 +37,7 @@ A config file has an optional [host] table and one [[mount]] table per mount:
   drain_timeout = 30                  # seconds a removed mount serves its open files
   control_socket = \"/run/plugfs/data.sock\"   # default: beside the config, NAME.sock
   metrics_listen = \"127.0.0.1:9464\"  # Prometheus metrics at /metrics; off by default
+  volumes_dir = \"/var/lib/plugfs/volumes\"  # named volumes (plugfs volume ...)
 
   [[mount]]
   name = \"data\"
@@ -49,6 +52,11 @@ A config file has an optional [host] table and one [[mount]] table per mount:
   threads = 4
   [mount.config]                      # the plugin's own settings: see `plugfs plugins`
   root = \"/srv/data\"
+
+  [[mount]]                           # a named volume: its plugin and image come with it
+  name = \"photos\"
+  volume = \"photos\"
+  mountpoint = \"/mnt/photos\"
 
 Relative paths anywhere in the file, plugin settings included, are relative to the file's
 directory. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.
@@ -145,10 +153,103 @@ enum Command {
         #[command(flatten)]
         control: ControlArgs,
     },
+    /// Create, list, inspect and remove named volumes: images a plugin made, kept in
+    /// [host] volumes_dir and mounted with `volume = "NAME"` in a [[mount]].
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// Internal: the watchdog `plugfs mount` starts, which unmounts what the host told it
     /// about if the host dies without doing so. Reads the host's messages on stdin.
     #[command(hide = true)]
     Watchdog,
+}
+
+/// `plugfs volume ...`.
+#[derive(Subcommand, Debug)]
+enum VolumeCommand {
+    /// Make a new volume: the plugin formats an image of SIZE bytes.
+    ///
+    /// Only plugins with the format capability can (`plugfs plugins` lists it). The image
+    /// is NAME.img in the volumes directory, its metadata (plugin, size, created, label)
+    /// NAME.toml beside it.
+    Create {
+        /// The volume's name: letters, digits, `.`, `_` and `-`.
+        name: String,
+        /// The plugin that formats and serves it (fat, wfs, ...).
+        #[arg(long)]
+        plugin: String,
+        /// Its size: a number of bytes, or with K, M, G or T (binary units), e.g. 64M.
+        #[arg(long, value_parser = volume::parse_size)]
+        size: u64,
+        /// A label, passed to the plugin as `label` and kept in the metadata.
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        place: VolumePlace,
+    },
+    /// List the volumes: name, plugin, size, whether mounted, label.
+    List {
+        #[command(flatten)]
+        place: VolumePlace,
+    },
+    /// Show a volume's metadata and its free space as the filesystem reports it.
+    Inspect {
+        /// The volume's name.
+        name: String,
+        #[command(flatten)]
+        place: VolumePlace,
+    },
+    /// Delete a volume's image and metadata. Refused while it is mounted.
+    Rm {
+        /// The volume's name.
+        name: String,
+        #[command(flatten)]
+        place: VolumePlace,
+    },
+}
+
+/// Where the volumes and plugins are.
+#[derive(clap::Args, Debug)]
+struct VolumePlace {
+    /// Take [host] volumes_dir and plugin_dirs from this config file.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The volumes directory (default: the config's volumes_dir, else
+    /// /var/lib/plugfs/volumes).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+impl VolumePlace {
+    fn resolve(&self) -> anyhow::Result<(PathBuf, Registry)> {
+        let config = match &self.config {
+            Some(c) => Some(Config::load(c).map_err(|e| anyhow::anyhow!("{e}"))?),
+            None => None,
+        };
+        let dir = match (&self.dir, &config) {
+            (Some(d), _) => d.clone(),
+            (None, Some(c)) => c.volumes_dir(),
+            (None, None) => PathBuf::from(volume::DEFAULT_DIR),
+        };
+        let plugin_dirs: Vec<PathBuf> =
+            config.map(|c| c.host.plugin_dirs.iter().map(|d| c.resolve(d)).collect()).unwrap_or_default();
+        Ok((dir, Registry::new(plugin_dirs)))
+    }
+}
+
+fn volume_command(command: VolumeCommand) -> anyhow::Result<ExitCode> {
+    init_logging(None);
+    match command {
+        VolumeCommand::Create { name, plugin, size, label, place } => {
+            let (dir, mut registry) = place.resolve()?;
+            volume::create(&dir, &mut registry, &name, &plugin, size, label.as_deref())
+        }
+        VolumeCommand::List { place } => volume::list(&place.resolve()?.0),
+        VolumeCommand::Inspect { name, place } => {
+            let (dir, mut registry) = place.resolve()?;
+            volume::inspect(&dir, &mut registry, &name)
+        }
+        VolumeCommand::Rm { name, place } => volume::remove(&place.resolve()?.0, &name),
+    }
 }
 
 /// How a command finds the running host.
@@ -184,6 +285,7 @@ fn main() -> ExitCode {
         Command::Check { config } => load_config(&config).and_then(supervisor::check),
         Command::Plugins { dir, config, verbose } => list_plugins(dir, config, verbose),
         Command::Watchdog => run_watchdog(),
+        Command::Volume(v) => volume_command(v),
         Command::Status { control, json } => control.require_socket().and_then(|s| status(&s, json)),
         Command::Reload { control } => control.require_socket().and_then(|s| ask(&s, &control::Request::Reload)),
         Command::Unmount { target, control } if control.socket().is_some() => {

@@ -16,6 +16,7 @@ use crate::control::{self, Incoming, MountStatus, Reply, Request};
 use crate::frontend::Mounted;
 use crate::metered::{Metered, MountStats};
 use crate::registry::Registry;
+use crate::volume::Volume;
 
 /// A mount that is ready to start: its plugin is loaded and its backend opened.
 struct Prepared {
@@ -25,6 +26,8 @@ struct Prepared {
     plugin: String,
     version: String,
     description: String,
+    /// The lock on the volume it mounts, held while mounted.
+    volume_lock: Option<std::fs::File>,
 }
 
 /// Loads the plugin of every mount and opens its backend, reporting config problems at
@@ -48,16 +51,38 @@ fn enter(config: &Config) -> Result<Registry, ConfigError> {
 /// Loads the plugin of mount `index` and opens its backend.
 fn prepare_one(config: &Config, registry: &mut Registry, index: usize) -> Result<Prepared, ConfigError> {
     let m = &config.mounts[index];
-    let plugin_spec = if m.plugin.contains('/') {
-        config.resolve(Path::new(&m.plugin)).display().to_string()
-    } else {
-        m.plugin.clone()
-    };
-    let lib = registry.find(&plugin_spec).map_err(|e| config.mount_error(index, "plugin", e.to_string()))?;
     let mountpoint = config.resolve(&m.mountpoint);
+    let volume = match &m.volume {
+        None => None,
+        Some(name) => {
+            let at_volume = |e: anyhow::Error| config.mount_error(index, "volume", format!("{e:#}"));
+            let v = Volume::new(&config.volumes_dir(), name).map_err(at_volume)?;
+            let meta = v.metadata().map_err(at_volume)?;
+            if !m.plugin.is_empty() && !m.plugin.contains('/') && m.plugin != meta.plugin {
+                return Err(config.mount_error(
+                    index,
+                    "plugin",
+                    format!("volume `{name}` was made by plugin `{}`, not `{}`", meta.plugin, m.plugin),
+                ));
+            }
+            Some((v, meta))
+        }
+    };
+    let plugin = match (&volume, m.plugin.is_empty()) {
+        (Some((_, meta)), true) => meta.plugin.clone(),
+        _ => m.plugin.clone(),
+    };
+    let plugin_spec =
+        if plugin.contains('/') { config.resolve(Path::new(&plugin)).display().to_string() } else { plugin };
+    let lib = registry.find(&plugin_spec).map_err(|e| config.mount_error(index, "plugin", e.to_string()))?;
     check_mountpoint(&mountpoint, m.create_mountpoint).map_err(|why| config.mount_error(index, "mountpoint", why))?;
+    let volume_lock = match &volume {
+        Some((v, _)) => Some(v.lock(&mountpoint).map_err(|e| config.mount_error(index, "volume", format!("{e:#}")))?),
+        None => None,
+    };
     let options = MountOptions { read_only: m.read_only };
-    let fs = lib.open(&config.plugin_table_text(index), &options).map_err(|e| {
+    let image = volume.as_ref().map(|(v, _)| v.image.as_path());
+    let fs = lib.open(&config.plugin_table_text(index, image), &options).map_err(|e| {
         config.plugin_key_error(
             index,
             e.key.as_deref(),
@@ -97,6 +122,7 @@ fn prepare_one(config: &Config, registry: &mut Registry, index: usize) -> Result
         plugin: i.name.clone(),
         version: i.version.clone(),
         description,
+        volume_lock,
     })
 }
 
@@ -234,6 +260,8 @@ struct Live {
     mounted: Mounted,
     started: Instant,
     stats: Arc<MountStats>,
+    /// The lock on its volume; released when it is dropped, after the unmount.
+    _volume_lock: Option<std::fs::File>,
     /// Set once it is to be unmounted: when to stop waiting for its open files.
     draining: Option<Instant>,
 }
@@ -287,6 +315,7 @@ impl Host {
                     mounted,
                     started: Instant::now(),
                     stats,
+                    _volume_lock: p.volume_lock,
                     draining: None,
                 });
                 Ok(())
