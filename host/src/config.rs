@@ -171,6 +171,8 @@ pub struct Config {
     pub host: HostSection,
     /// The `[[mount]]` tables, in file order.
     pub mounts: Vec<MountSection>,
+    /// Set by [`Config::restrict`]: the one mount served, and its mountpoint if overridden.
+    pub only: Option<(String, Option<PathBuf>)>,
     text: String,
 }
 
@@ -205,7 +207,8 @@ impl Config {
     pub fn parse(path: &Path, text: String) -> Result<Config, ConfigError> {
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
-        let shell = Config { path: path.into(), base_dir, host: HostSection::default(), mounts: Vec::new(), text };
+        let shell =
+            Config { path: path.into(), base_dir, host: HostSection::default(), mounts: Vec::new(), only: None, text };
 
         let de = toml::Deserializer::parse(&shell.text).map_err(|e| shell.syntax_error(&e))?;
         let shape: FileShape = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -280,6 +283,21 @@ impl Config {
                 return Err(self.error_at(&at("frontend"), why));
             }
         }
+        Ok(())
+    }
+
+    /// Keeps only mount `name`, mounted at `mountpoint` if given (`mount.plugfs`).
+    pub fn restrict(&mut self, name: &str, mountpoint: Option<&Path>) -> Result<(), ConfigError> {
+        let Some(i) = self.mounts.iter().position(|m| m.name == name) else {
+            let names: Vec<&str> = self.mounts.iter().map(|m| m.name.as_str()).collect();
+            return Err(self.error_at(&[], format!("no mount named `{name}` (it has: {})", names.join(", "))));
+        };
+        let mut m = self.mounts.swap_remove(i);
+        if let Some(p) = mountpoint {
+            m.mountpoint = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        }
+        self.mounts = vec![m];
+        self.only = Some((name.to_string(), mountpoint.map(Path::to_path_buf)));
         Ok(())
     }
 

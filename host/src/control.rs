@@ -110,9 +110,12 @@ pub struct Incoming {
 /// The socket of the host serving `config`: `[host] control_socket`, or by default the
 /// config file's name with `.sock` for `.toml`, beside it.
 pub fn socket_path(config: &Config) -> PathBuf {
-    match &config.host.control_socket {
-        Some(p) => config.resolve(p),
-        None => default_socket(&config.base_dir.join(config.path.file_name().unwrap_or_default())),
+    let file = config.base_dir.join(config.path.file_name().unwrap_or_default());
+    match (&config.host.control_socket, &config.only) {
+        // A host serving one mount of a config (mount.plugfs) has its own socket.
+        (_, Some((name, _))) => file.with_extension(format!("{name}.sock")),
+        (Some(p), None) => config.resolve(p),
+        (None, None) => default_socket(&file),
     }
 }
 

@@ -5,6 +5,9 @@ mod control;
 mod frontend;
 mod metered;
 mod metrics;
+mod mount_helper;
+#[cfg(unix)]
+mod notify;
 mod registry;
 mod supervisor;
 mod volume;
@@ -88,6 +91,13 @@ enum Command {
         /// The config file.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Serve only the mount of this name (as mount.plugfs does). Its control socket is
+        /// then the config's name with .NAME.sock.
+        #[arg(long, value_name = "NAME")]
+        only: Option<String>,
+        /// With --only: mount there instead of at the config's mountpoint.
+        #[arg(long, value_name = "DIR", requires = "only")]
+        mountpoint: Option<PathBuf>,
     },
     /// Validate a config: parse it, load each plugin, open each backend. Mounts nothing.
     ///
@@ -279,9 +289,22 @@ impl ControlArgs {
 }
 
 fn main() -> ExitCode {
+    // Installed (or linked) as /sbin/mount.plugfs, this binary is mount(8)'s helper.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "mount.plugfs") {
+        return mount_helper::main(std::env::args_os().skip(1).collect());
+    }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Mount { config } => load_config(&config).and_then(supervisor::run),
+        Command::Mount { config, only, mountpoint } => load_config(&config).and_then(|mut c| {
+            if let Some(name) = only
+                && let Err(e) = c.restrict(&name, mountpoint.as_deref())
+            {
+                eprintln!("plugfs: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            supervisor::run(c)
+        }),
         Command::Check { config } => load_config(&config).and_then(supervisor::check),
         Command::Plugins { dir, config, verbose } => list_plugins(dir, config, verbose),
         Command::Watchdog => run_watchdog(),

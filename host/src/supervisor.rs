@@ -15,6 +15,7 @@ use crate::config::{Config, ConfigError, KeySeg, MountSection};
 use crate::control::{self, Incoming, MountStatus, Reply, Request};
 use crate::frontend::Mounted;
 use crate::metered::{Metered, MountStats};
+use crate::notify;
 use crate::registry::Registry;
 use crate::volume::Volume;
 
@@ -222,6 +223,7 @@ pub fn run(config: Config) -> anyhow::Result<ExitCode> {
         }
     };
     info!("serving {} mount(s); Ctrl-C or SIGTERM unmounts and exits, SIGHUP reloads the config", host.live.len());
+    notify::notify(&format!("READY=1\nSTATUS=serving {} mount(s)", host.live.len()));
 
     while !stop.load(Ordering::Relaxed) {
         match requests.recv_timeout(Duration::from_millis(100)) {
@@ -242,6 +244,7 @@ pub fn run(config: Config) -> anyhow::Result<ExitCode> {
         }
     }
     info!("signal received; shutting down (a second signal exits at once)");
+    notify::notify("STOPPING=1");
     let live = std::mem::take(&mut host.live);
     shutdown(live, host.config.host.shutdown_timeout(), &mut host.watchdog);
     host.watchdog.disarm();
@@ -389,8 +392,19 @@ impl Host {
     /// - a changed mount drains the same way, then is mounted again as the config now says;
     /// - an added mount is mounted.
     fn reload(&mut self) -> Reply {
+        notify::reloading();
+        let reply = self.apply_reload();
+        notify::notify(&format!("READY=1\nSTATUS=serving {} mount(s)", self.live.len()));
+        reply
+    }
+
+    fn apply_reload(&mut self) -> Reply {
         info!("reloading {}", self.config.path.display());
-        let config = match Config::load(&self.config.path) {
+        let loaded = Config::load(&self.config.path).and_then(|mut c| match &self.config.only {
+            Some((name, mountpoint)) => c.restrict(name, mountpoint.as_deref()).map(|()| c),
+            None => Ok(c),
+        });
+        let config = match loaded {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 error!("reload refused, nothing changed: {e}");
