@@ -696,6 +696,10 @@ impl Watchdog {
         if !config.mounts.iter().any(|m| m.options.auto_unmount) {
             return Watchdog(None);
         }
+        Watchdog(Self::spawn())
+    }
+
+    fn spawn() -> Option<WatchdogProcess> {
         #[cfg(unix)]
         {
             let spawned = std::env::current_exe().and_then(|exe| {
@@ -706,19 +710,24 @@ impl Watchdog {
             match spawned {
                 Ok(w) => {
                     debug!(pid = w.pid(), "started the watchdog");
-                    Watchdog(Some(w))
+                    Some(w)
                 }
                 Err(e) => {
                     warn!("cannot start the watchdog ({e}); a killed plugfs may leave its mounts behind");
-                    Watchdog(None)
+                    None
                 }
             }
         }
         #[cfg(not(unix))]
-        Watchdog(None)
+        None
     }
 
+    /// Has the watchdog unmount `mountpoint` should plugfs die; starts the watchdog if
+    /// none runs yet (a reload added the first mount with `auto_unmount`).
     fn watch(&mut self, mountpoint: &Path) {
+        if self.0.is_none() {
+            self.0 = Self::spawn();
+        }
         #[cfg(unix)]
         if let Some(w) = &mut self.0
             && let Err(e) = w.watch(mountpoint)
