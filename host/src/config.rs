@@ -44,12 +44,38 @@ pub struct HostSection {
     /// files anyway and unmounts (default 10).
     #[serde(default)]
     pub shutdown_timeout: Option<u64>,
+    /// The Unix socket `plugfs status`, `reload` and `unmount NAME` use to reach the host
+    /// (default: the config file's name with `.sock`, beside it). Created with mode 0600.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    /// Seconds a mount removed by a reload (or `plugfs unmount NAME`) keeps serving the
+    /// files still open on it before it is unmounted anyway (default 30).
+    #[serde(default)]
+    pub drain_timeout: Option<u64>,
+    /// Where to serve Prometheus metrics over HTTP (`"127.0.0.1:9464"`); off when unset.
+    /// Read once at start.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// Where named volumes live (`plugfs volume`, `volume = "NAME"`); default
+    /// `/var/lib/plugfs/volumes`.
+    #[serde(default)]
+    pub volumes_dir: Option<PathBuf>,
 }
 
 impl HostSection {
     /// How long a shutdown waits for the requests in flight.
     pub fn shutdown_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.shutdown_timeout.unwrap_or(10))
+    }
+
+    /// The metrics address, once validated.
+    pub fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listen.as_deref().and_then(|a| a.parse().ok())
+    }
+
+    /// How long a removed mount waits for its open files to be closed.
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.drain_timeout.unwrap_or(30))
     }
 }
 
@@ -114,8 +140,14 @@ pub struct MountSection {
     /// A name for logs; unique in the file.
     pub name: String,
     /// The plugin: a name (`"durable-io"`) looked up in the plugin directories, or a path
-    /// to a library file (anything containing `/`).
+    /// to a library file (anything containing `/`). May be left out with `volume`: the
+    /// volume's own plugin serves it.
+    #[serde(default)]
     pub plugin: String,
+    /// A named volume (`plugfs volume create`) to mount: its image is passed to the plugin
+    /// as `image`.
+    #[serde(default)]
+    pub volume: Option<String>,
     /// Where to mount. Relative paths are relative to the config file's directory.
     pub mountpoint: PathBuf,
     /// Create the mountpoint directory if it does not exist.
@@ -155,6 +187,8 @@ pub struct Config {
     pub host: HostSection,
     /// The `[[mount]]` tables, in file order.
     pub mounts: Vec<MountSection>,
+    /// Set by [`Config::restrict`]: the one mount served, and its mountpoint if overridden.
+    pub only: Option<(String, Option<PathBuf>)>,
     text: String,
 }
 
@@ -189,7 +223,8 @@ impl Config {
     pub fn parse(path: &Path, text: String) -> Result<Config, ConfigError> {
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
-        let shell = Config { path: path.into(), base_dir, host: HostSection::default(), mounts: Vec::new(), text };
+        let shell =
+            Config { path: path.into(), base_dir, host: HostSection::default(), mounts: Vec::new(), only: None, text };
 
         let de = toml::Deserializer::parse(&shell.text).map_err(|e| shell.syntax_error(&e))?;
         let shape: FileShape = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -203,6 +238,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(addr) = &self.host.metrics_listen
+            && let Err(e) = addr.parse::<std::net::SocketAddr>()
+        {
+            let key = [KeySeg::Key("host".into()), KeySeg::Key("metrics_listen".into())];
+            return Err(
+                self.error_at(&key, format!("`{addr}` is not an address and port like \"127.0.0.1:9464\": {e}"))
+            );
+        }
         if self.mounts.is_empty() {
             return Err(self.error_at(&[], "no [[mount]] tables: nothing to mount".into()));
         }
@@ -216,8 +259,24 @@ impl Config {
                     self.error_at(&at("name"), format!("mount name `{}` is already used by mount[{j}]", m.name))
                 );
             }
-            if m.plugin.trim().is_empty() {
-                return Err(self.error_at(&at("plugin"), "must name a plugin or a library path".into()));
+            if m.volume.is_some() && m.config.contains_key("image") {
+                let key = [
+                    KeySeg::Key("mount".into()),
+                    KeySeg::Index(i),
+                    KeySeg::Key("config".into()),
+                    KeySeg::Key("image".into()),
+                ];
+                return Err(self.error_at(&key, "the mount names a volume, which is its image; remove one".into()));
+            }
+            if m.plugin.trim().is_empty() && m.volume.is_none() {
+                return Err(self.error_at(
+                    &at("plugin"),
+                    if m.plugin.is_empty() {
+                        "missing field `plugin`: name a plugin, a library path, or a `volume`".into()
+                    } else {
+                        "must name a plugin or a library path".into()
+                    },
+                ));
             }
             if m.mountpoint.as_os_str().is_empty() {
                 return Err(self.error_at(&at("mountpoint"), "must not be empty".into()));
@@ -243,14 +302,42 @@ impl Config {
         Ok(())
     }
 
+    /// Keeps only mount `name`, mounted at `mountpoint` if given (`mount.plugfs`).
+    pub fn restrict(&mut self, name: &str, mountpoint: Option<&Path>) -> Result<(), ConfigError> {
+        let Some(i) = self.mounts.iter().position(|m| m.name == name) else {
+            let names: Vec<&str> = self.mounts.iter().map(|m| m.name.as_str()).collect();
+            return Err(self.error_at(&[], format!("no mount named `{name}` (it has: {})", names.join(", "))));
+        };
+        let mut m = self.mounts.swap_remove(i);
+        if let Some(p) = mountpoint {
+            m.mountpoint = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        }
+        self.mounts = vec![m];
+        self.only = Some((name.to_string(), mountpoint.map(Path::to_path_buf)));
+        Ok(())
+    }
+
     /// Resolves a path from the config against the config file's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         lexically_normal(&if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) })
     }
 
-    /// The plugin's table of mount `index` as TOML text.
-    pub fn plugin_table_text(&self, index: usize) -> String {
-        toml::to_string(&self.mounts[index].config).unwrap_or_default()
+    /// The plugin's table of mount `index` as TOML text, with `image` added when the
+    /// mount names a volume whose image is there.
+    pub fn plugin_table_text(&self, index: usize, image: Option<&Path>) -> String {
+        let mut table = self.mounts[index].config.clone();
+        if let Some(image) = image {
+            table.insert("image".into(), toml::Value::String(image.display().to_string()));
+        }
+        toml::to_string(&table).unwrap_or_default()
+    }
+
+    /// The directory of named volumes.
+    pub fn volumes_dir(&self) -> PathBuf {
+        match &self.host.volumes_dir {
+            Some(d) => self.resolve(d),
+            None => PathBuf::from(crate::volume::DEFAULT_DIR),
+        }
     }
 
     /// An error about the key at `key` (a path inside the mount's plugin table, as the
@@ -419,7 +506,7 @@ durability = "always"
         assert_eq!(m.frontend, Frontend::Auto);
         assert!(!m.options.allow_other && m.options.default_permissions && !m.read_only);
         assert_eq!(c.resolve(&m.mountpoint), PathBuf::from("/etc/plugfs/mnt"));
-        assert!(c.plugin_table_text(0).contains("durability = \"always\""));
+        assert!(c.plugin_table_text(0, None).contains("durability = \"always\""));
     }
 
     #[test]

@@ -105,6 +105,14 @@ impl Mounted {
         }
     }
 
+    /// Files and directories the kernel holds open on it.
+    pub fn open_handles(&self) -> usize {
+        match self {
+            #[cfg(unix)]
+            Mounted::Fuse(m) => m.open_handles(),
+        }
+    }
+
     /// Releases every handle still open through the plugin, then unmounts (lazily if busy).
     pub fn finish_shutdown(self) -> (Released, std::io::Result<()>) {
         match self {

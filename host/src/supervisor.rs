@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -11,76 +11,120 @@ use plugfs_plugin_api::host::LoadedFs;
 use plugfs_plugin_api::{Capabilities, MountOptions};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, ConfigError, KeySeg};
+use crate::config::{Config, ConfigError, KeySeg, MountSection};
+use crate::control::{self, Incoming, MountStatus, Reply, Request};
 use crate::frontend::Mounted;
+use crate::metered::{Metered, MountStats};
+use crate::notify;
 use crate::registry::Registry;
+use crate::volume::Volume;
 
 /// A mount that is ready to start: its plugin is loaded and its backend opened.
 struct Prepared {
     index: usize,
     mountpoint: PathBuf,
     fs: Arc<LoadedFs>,
+    plugin: String,
+    version: String,
     description: String,
+    /// The lock on the volume it mounts, held while mounted.
+    volume_lock: Option<std::fs::File>,
 }
 
 /// Loads the plugin of every mount and opens its backend, reporting config problems at
 /// their line. Nothing is mounted.
 fn prepare(config: &Config) -> Result<Vec<Prepared>, ConfigError> {
-    // Relative paths in plugin settings are relative to the config file, like ours.
+    let mut registry = enter(config)?;
+    (0..config.mounts.len()).map(|index| prepare_one(config, &mut registry, index)).collect()
+}
+
+/// Enters the config's directory (relative paths in plugin settings are relative to the
+/// config file, like ours) and makes the registry of its plugin directories.
+fn enter(config: &Config) -> Result<Registry, ConfigError> {
     if let Err(e) = std::env::set_current_dir(&config.base_dir) {
         return Err(
             config.error_at(&[], format!("cannot enter the config's directory {}: {e}", config.base_dir.display()))
         );
     }
-    let mut registry = Registry::new(config.host.plugin_dirs.iter().map(|d| config.resolve(d)));
-    let mut prepared = Vec::new();
-    for (index, m) in config.mounts.iter().enumerate() {
-        let plugin_spec = if m.plugin.contains('/') {
-            config.resolve(Path::new(&m.plugin)).display().to_string()
-        } else {
-            m.plugin.clone()
-        };
-        let lib = registry.find(&plugin_spec).map_err(|e| config.mount_error(index, "plugin", e.to_string()))?;
-        let mountpoint = config.resolve(&m.mountpoint);
-        check_mountpoint(&mountpoint, m.create_mountpoint)
-            .map_err(|why| config.mount_error(index, "mountpoint", why))?;
-        let options = MountOptions { read_only: m.read_only };
-        let fs = lib.open(&config.plugin_table_text(index), &options).map_err(|e| {
-            config.plugin_key_error(
-                index,
-                e.key.as_deref(),
-                format!("plugin `{}` refused its settings: {}", lib.info().name, e.message),
-            )
-        })?;
-        let caps = fs.mount_capabilities();
-        if !m.options.default_permissions && !caps.checks_permissions {
-            let key = ["mount", "", "options", "default_permissions"]
-                .iter()
-                .map(|k| if k.is_empty() { KeySeg::Index(index) } else { KeySeg::Key(k.to_string()) })
-                .collect::<Vec<_>>();
-            return Err(config.error_at(
-                &key,
-                format!(
-                    "plugin `{}` does not check permissions itself (it lacks the checks-permissions \
-                     capability), so without the kernel's checks every caller could read and change \
-                     everything; remove this key or set it to true",
-                    lib.info().name
-                ),
-            ));
+    Ok(Registry::new(config.host.plugin_dirs.iter().map(|d| config.resolve(d))))
+}
+
+/// Loads the plugin of mount `index` and opens its backend.
+fn prepare_one(config: &Config, registry: &mut Registry, index: usize) -> Result<Prepared, ConfigError> {
+    let m = &config.mounts[index];
+    let mountpoint = config.resolve(&m.mountpoint);
+    let volume = match &m.volume {
+        None => None,
+        Some(name) => {
+            let at_volume = |e: anyhow::Error| config.mount_error(index, "volume", format!("{e:#}"));
+            let v = Volume::new(&config.volumes_dir(), name).map_err(at_volume)?;
+            let meta = v.metadata().map_err(at_volume)?;
+            if !m.plugin.is_empty() && !m.plugin.contains('/') && m.plugin != meta.plugin {
+                return Err(config.mount_error(
+                    index,
+                    "plugin",
+                    format!("volume `{name}` was made by plugin `{}`, not `{}`", meta.plugin, m.plugin),
+                ));
+            }
+            Some((v, meta))
         }
-        let i = lib.info();
-        let description = format!(
-            "mount `{}`: plugin {} {} (ABI {}, {}) at {}",
-            m.name,
-            i.name,
-            i.version,
-            i.abi,
-            lib.path().display(),
-            mountpoint.display()
-        );
-        prepared.push(Prepared { index, mountpoint, fs: Arc::new(fs), description });
+    };
+    let plugin = match (&volume, m.plugin.is_empty()) {
+        (Some((_, meta)), true) => meta.plugin.clone(),
+        _ => m.plugin.clone(),
+    };
+    let plugin_spec =
+        if plugin.contains('/') { config.resolve(Path::new(&plugin)).display().to_string() } else { plugin };
+    let lib = registry.find(&plugin_spec).map_err(|e| config.mount_error(index, "plugin", e.to_string()))?;
+    check_mountpoint(&mountpoint, m.create_mountpoint).map_err(|why| config.mount_error(index, "mountpoint", why))?;
+    let volume_lock = match &volume {
+        Some((v, _)) => Some(v.lock(&mountpoint).map_err(|e| config.mount_error(index, "volume", format!("{e:#}")))?),
+        None => None,
+    };
+    let options = MountOptions { read_only: m.read_only };
+    let image = volume.as_ref().map(|(v, _)| v.image.as_path());
+    let fs = lib.open(&config.plugin_table_text(index, image), &options).map_err(|e| {
+        config.plugin_key_error(
+            index,
+            e.key.as_deref(),
+            format!("plugin `{}` refused its settings: {}", lib.info().name, e.message),
+        )
+    })?;
+    let caps = fs.mount_capabilities();
+    if !m.options.default_permissions && !caps.checks_permissions {
+        let key = ["mount", "", "options", "default_permissions"]
+            .iter()
+            .map(|k| if k.is_empty() { KeySeg::Index(index) } else { KeySeg::Key(k.to_string()) })
+            .collect::<Vec<_>>();
+        return Err(config.error_at(
+            &key,
+            format!(
+                "plugin `{}` does not check permissions itself (it lacks the checks-permissions \
+                 capability), so without the kernel's checks every caller could read and change \
+                 everything; remove this key or set it to true",
+                lib.info().name
+            ),
+        ));
     }
-    Ok(prepared)
+    let i = lib.info();
+    let description = format!(
+        "mount `{}`: plugin {} {} (ABI {}, {}) at {}",
+        m.name,
+        i.name,
+        i.version,
+        i.abi,
+        lib.path().display(),
+        mountpoint.display()
+    );
+    Ok(Prepared {
+        index,
+        mountpoint,
+        fs: Arc::new(fs),
+        plugin: i.name.clone(),
+        version: i.version.clone(),
+        description,
+        volume_lock,
+    })
 }
 
 /// The mountpoint must be a directory; it is created first when asked.
@@ -124,12 +168,15 @@ pub fn check(config: Config) -> anyhow::Result<ExitCode> {
 }
 
 /// `plugfs mount`: start every mount, serve until SIGINT/SIGTERM, then shut down without
-/// losing anything (see [`shutdown`]). A second signal exits at once.
+/// losing anything (see [`shutdown`]). A second signal exits at once. SIGHUP and the
+/// control socket's `reload` re-read the config and apply the difference (see
+/// [`Host::reload`]).
 pub fn run(config: Config) -> anyhow::Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     let mountpoints: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
+    let (to_host, requests) = mpsc::channel::<Incoming>();
     #[cfg(unix)]
-    watch_signals(Arc::clone(&stop), Arc::clone(&mountpoints))?;
+    watch_signals(Arc::clone(&stop), Arc::clone(&mountpoints), to_host.clone())?;
     #[cfg(unix)]
     raise_open_file_limit();
 
@@ -140,50 +187,376 @@ pub fn run(config: Config) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let mut watchdog = Watchdog::start(&config);
-    let mut live: Vec<(String, Mounted)> = Vec::new();
+    let mut host = Host {
+        watchdog: Watchdog::start(&config),
+        config: Arc::new(config),
+        live: Vec::new(),
+        waiting: Vec::new(),
+        failed: Vec::new(),
+        mountpoints,
+        metrics: Arc::default(),
+    };
+    if let Some(addr) = host.config.host.metrics_listen()
+        && let Err(e) = crate::metrics::serve(addr, Arc::clone(&host.metrics))
+    {
+        error!("cannot serve metrics at {addr}: {e}");
+    }
     for p in prepared {
-        let section = &config.mounts[p.index];
-        if section.options.auto_unmount {
-            watchdog.watch(&p.mountpoint);
-        }
-        lock(&mountpoints).push(p.mountpoint.clone());
-        match Mounted::start(p.fs, &p.mountpoint, section) {
-            Ok(m) => {
-                info!("{}", p.description);
-                live.push((section.name.clone(), m));
-            }
-            Err(e) => {
-                error!(mount = %section.name, "cannot mount at {}: {e:#}", p.mountpoint.display());
-                watchdog.unwatch(&p.mountpoint);
-                shutdown(live, config.host.shutdown_timeout(), &mut watchdog);
-                watchdog.disarm();
-                return Ok(ExitCode::FAILURE);
-            }
+        let config = Arc::clone(&host.config);
+        if let Err(e) = host.start(&config, p) {
+            error!("{e:#}");
+            let live = std::mem::take(&mut host.live);
+            shutdown(live, host.config.host.shutdown_timeout(), &mut host.watchdog);
+            host.watchdog.disarm();
+            return Ok(ExitCode::FAILURE);
         }
     }
-    info!("serving {} mount(s); Ctrl-C or SIGTERM unmounts and exits", live.len());
+    let socket = control::socket_path(&host.config);
+    let _server = match control::serve(&socket, to_host) {
+        Ok(server) => {
+            info!("control socket {} (plugfs status / reload / unmount NAME)", socket.display());
+            Some(server)
+        }
+        Err(e) => {
+            warn!("no control socket, so no `plugfs status`, `reload` or `unmount NAME`: {e:#}");
+            None
+        }
+    };
+    info!("serving {} mount(s); Ctrl-C or SIGTERM unmounts and exits, SIGHUP reloads the config", host.live.len());
+    notify::notify(&format!("READY=1\nSTATUS=serving {} mount(s)", host.live.len()));
 
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-        live.retain(|(name, m)| {
-            let done = m.is_finished();
-            if done {
-                warn!(mount = %name, "unmounted from outside plugfs; no longer serving it");
-                watchdog.unwatch(m.mountpoint());
+        match requests.recv_timeout(Duration::from_millis(100)) {
+            Ok(incoming) => {
+                let reply = host.handle(&incoming.request);
+                if let Some(to) = incoming.reply {
+                    let _ = to.send(reply);
+                }
             }
-            !done
-        });
-        if live.is_empty() {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(100)),
+        }
+        host.tick();
+        if host.live.is_empty() && host.waiting.is_empty() {
             info!("no mounts left; exiting");
-            watchdog.disarm();
+            host.watchdog.disarm();
             return Ok(ExitCode::SUCCESS);
         }
     }
     info!("signal received; shutting down (a second signal exits at once)");
-    shutdown(live, config.host.shutdown_timeout(), &mut watchdog);
-    watchdog.disarm();
+    notify::notify("STOPPING=1");
+    let live = std::mem::take(&mut host.live);
+    shutdown(live, host.config.host.shutdown_timeout(), &mut host.watchdog);
+    host.watchdog.disarm();
     Ok(ExitCode::SUCCESS)
+}
+
+/// A mount being served.
+struct Live {
+    name: String,
+    /// Its table and the plugin directories its plugin was looked up in, to tell whether
+    /// a reload changes it.
+    section: MountSection,
+    plugin_dirs: Vec<PathBuf>,
+    plugin: String,
+    version: String,
+    mounted: Mounted,
+    started: Instant,
+    stats: Arc<MountStats>,
+    /// The lock on its volume; released when it is dropped, after the unmount.
+    _volume_lock: Option<std::fs::File>,
+    /// Set once it is to be unmounted: when to stop waiting for its open files.
+    draining: Option<Instant>,
+}
+
+/// A mount of the current config waiting for its mountpoint to be free (the mount it
+/// replaces is draining).
+struct Waiting {
+    config: Arc<Config>,
+    index: usize,
+}
+
+/// A mount of the current config that could not be started after a reload.
+struct Failed {
+    name: String,
+    mountpoint: PathBuf,
+    error: String,
+}
+
+/// The running host: its config and every mount.
+struct Host {
+    config: Arc<Config>,
+    live: Vec<Live>,
+    waiting: Vec<Waiting>,
+    failed: Vec<Failed>,
+    watchdog: Watchdog,
+    /// Every mountpoint ever started, for the second signal's lazy detach.
+    mountpoints: Arc<Mutex<Vec<PathBuf>>>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Host {
+    /// Mounts `p` (of `config`), counting its requests.
+    fn start(&mut self, config: &Config, p: Prepared) -> anyhow::Result<()> {
+        let section = &config.mounts[p.index];
+        if section.options.auto_unmount {
+            self.watchdog.watch(&p.mountpoint);
+        }
+        lock(&self.mountpoints).push(p.mountpoint.clone());
+        let stats = Arc::new(MountStats::default());
+        let fs = Arc::new(Metered::new(p.fs, Arc::clone(&stats)));
+        match Mounted::start(fs, &p.mountpoint, section) {
+            Ok(mounted) => {
+                info!("{}", p.description);
+                self.metrics.add_mount(&section.name, &p.plugin, &stats);
+                self.live.push(Live {
+                    name: section.name.clone(),
+                    section: section.clone(),
+                    plugin_dirs: config.host.plugin_dirs.clone(),
+                    plugin: p.plugin,
+                    version: p.version,
+                    mounted,
+                    started: Instant::now(),
+                    stats,
+                    _volume_lock: p.volume_lock,
+                    draining: None,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.watchdog.unwatch(&p.mountpoint);
+                Err(e.context(format!("mount `{}`: cannot mount at {}", section.name, p.mountpoint.display())))
+            }
+        }
+    }
+
+    fn handle(&mut self, request: &Request) -> Reply {
+        let reply = match request {
+            Request::Status => Reply { ok: true, message: String::new(), mounts: self.status() },
+            Request::Reload => self.reload(),
+            Request::Unmount(name) => self.unmount(name),
+        };
+        // Whatever can finish at once (a drain without open files) does before the answer.
+        self.tick();
+        reply
+    }
+
+    fn status(&self) -> Vec<MountStatus> {
+        let mut out: Vec<MountStatus> = self
+            .live
+            .iter()
+            .map(|l| MountStatus {
+                name: l.name.clone(),
+                plugin: l.plugin.clone(),
+                version: l.version.clone(),
+                frontend: crate::frontend::resolve(l.section.frontend).to_string(),
+                state: if l.draining.is_some() { "draining" } else { "mounted" }.into(),
+                mountpoint: l.mounted.mountpoint().to_path_buf(),
+                open_handles: l.mounted.open_handles(),
+                uptime_secs: l.started.elapsed().as_secs(),
+                requests: l.stats.requests(),
+                errors: l.stats.errors(),
+                detail: String::new(),
+            })
+            .collect();
+        for w in &self.waiting {
+            let m = &w.config.mounts[w.index];
+            out.push(MountStatus {
+                name: m.name.clone(),
+                plugin: m.plugin.clone(),
+                frontend: crate::frontend::resolve(m.frontend).to_string(),
+                state: "pending".into(),
+                mountpoint: w.config.resolve(&m.mountpoint),
+                detail: "waiting for the mount it replaces to be unmounted".into(),
+                ..MountStatus::default()
+            });
+        }
+        for f in &self.failed {
+            out.push(MountStatus {
+                name: f.name.clone(),
+                state: "failed".into(),
+                mountpoint: f.mountpoint.clone(),
+                detail: f.error.clone(),
+                ..MountStatus::default()
+            });
+        }
+        out
+    }
+
+    /// Re-reads the config and applies the difference. A config that does not parse or
+    /// validate, or a new mount that cannot start, changes nothing at all.
+    ///
+    /// - a mount whose table (and plugin directories) did not change is not touched;
+    /// - a removed mount drains: it serves its open files until they are closed, at most
+    ///   `[host] drain_timeout`, then is unmounted;
+    /// - a changed mount drains the same way, then is mounted again as the config now says;
+    /// - an added mount is mounted.
+    fn reload(&mut self) -> Reply {
+        notify::reloading();
+        let reply = self.apply_reload();
+        notify::notify(&format!("READY=1\nSTATUS=serving {} mount(s)", self.live.len()));
+        reply
+    }
+
+    fn apply_reload(&mut self) -> Reply {
+        info!("reloading {}", self.config.path.display());
+        let loaded = Config::load(&self.config.path).and_then(|mut c| match &self.config.only {
+            Some((name, mountpoint)) => c.restrict(name, mountpoint.as_deref()).map(|()| c),
+            None => Ok(c),
+        });
+        let config = match loaded {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                error!("reload refused, nothing changed: {e}");
+                self.metrics.reloads_refused.fetch_add(1, Ordering::Relaxed);
+                return Reply::failed(format!("reload refused, nothing changed: {e}"));
+            }
+        };
+        let unchanged = |l: &Live, m: &MountSection| {
+            l.section == *m && (m.plugin.contains('/') || l.plugin_dirs == config.host.plugin_dirs)
+        };
+        let kept: Vec<String> = self
+            .live
+            .iter()
+            .filter(|l| l.draining.is_none() && config.mounts.iter().any(|m| m.name == l.name && unchanged(l, m)))
+            .map(|l| l.name.clone())
+            .collect();
+        let gone: Vec<usize> = (0..self.live.len())
+            .filter(|&i| self.live[i].draining.is_none() && !kept.contains(&self.live[i].name))
+            .collect();
+        let new: Vec<usize> = (0..config.mounts.len()).filter(|&i| !kept.contains(&config.mounts[i].name)).collect();
+
+        // Open every new mount whose mountpoint is free now, before anything changes, so a
+        // mount that cannot start rejects the whole reload.
+        let busy = |mountpoint: &Path| self.live.iter().any(|l| l.mounted.mountpoint() == mountpoint);
+        let mut registry = match enter(&config) {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.reloads_refused.fetch_add(1, Ordering::Relaxed);
+                return Reply::failed(format!("reload refused, nothing changed: {e}"));
+            }
+        };
+        let mut ready = Vec::new();
+        let mut later = Vec::new();
+        for &index in &new {
+            let mountpoint = config.resolve(&config.mounts[index].mountpoint);
+            if busy(&mountpoint) {
+                later.push(index);
+                continue;
+            }
+            match prepare_one(&config, &mut registry, index) {
+                Ok(p) => ready.push(p),
+                Err(e) => {
+                    error!("reload refused, nothing changed: {e}");
+                    self.metrics.reloads_refused.fetch_add(1, Ordering::Relaxed);
+                    return Reply::failed(format!("reload refused, nothing changed: {e}"));
+                }
+            }
+        }
+
+        let mut lines = Vec::new();
+        let timeout = config.host.drain_timeout();
+        for &i in &gone {
+            let l = &mut self.live[i];
+            let changed = config.mounts.iter().any(|m| m.name == l.name);
+            l.draining = Some(Instant::now() + timeout);
+            let what = if changed { "changed: remounting" } else { "removed: unmounting" };
+            info!(mount = %l.name, "{what} once its {} open file(s) are closed (at most {}s)", l.mounted.open_handles(), timeout.as_secs());
+            lines.push(format!("{}: {what}", l.name));
+        }
+        for name in &kept {
+            lines.push(format!("{name}: unchanged"));
+        }
+        self.failed.clear();
+        // Mounts still waiting from an earlier reload are in `new` again if still wanted.
+        self.waiting.clear();
+        for p in ready {
+            let name = config.mounts[p.index].name.clone();
+            match self.start(&config, p) {
+                Ok(()) => {
+                    if !lines.iter().any(|l| l.starts_with(&format!("{name}: changed"))) {
+                        lines.push(format!("{name}: added"));
+                    }
+                }
+                Err(e) => {
+                    error!("{e:#}");
+                    lines.push(format!("{name}: failed: {e:#}"));
+                }
+            }
+        }
+        for index in later {
+            self.waiting.push(Waiting { config: Arc::clone(&config), index });
+        }
+        if config.host.control_socket != self.config.host.control_socket {
+            warn!("[host] control_socket changes only when plugfs restarts");
+        }
+        if config.host.metrics_listen != self.config.host.metrics_listen {
+            warn!("[host] metrics_listen changes only when plugfs restarts");
+        }
+        self.config = config;
+        self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        info!("reload applied");
+        Reply::ok(lines.join("\n"))
+    }
+
+    fn unmount(&mut self, name: &str) -> Reply {
+        let timeout = self.config.host.drain_timeout();
+        let Some(l) = self.live.iter_mut().find(|l| l.name == name && l.draining.is_none()) else {
+            return Reply::failed(format!("no mount named `{name}` is being served"));
+        };
+        l.draining = Some(Instant::now() + timeout);
+        info!(mount = %name, "unmounting on request once its {} open file(s) are closed (at most {}s)", l.mounted.open_handles(), timeout.as_secs());
+        Reply::ok(format!("{name}: unmounting"))
+    }
+
+    /// Finishes drains that can finish, starts the mounts that were waiting for them, and
+    /// forgets mounts unmounted from outside.
+    fn tick(&mut self) {
+        let mut i = 0;
+        while i < self.live.len() {
+            let l = &self.live[i];
+            if l.mounted.is_finished() {
+                warn!(mount = %l.name, "unmounted from outside plugfs; no longer serving it");
+                let l = self.live.remove(i);
+                self.watchdog.unwatch(l.mounted.mountpoint());
+                self.metrics.remove_mount(&l.stats);
+                continue;
+            }
+            let Some(deadline) = l.draining else {
+                i += 1;
+                continue;
+            };
+            let open = l.mounted.open_handles();
+            if open > 0 && Instant::now() < deadline {
+                i += 1;
+                continue;
+            }
+            if open > 0 {
+                warn!(mount = %l.name, "{open} file(s) still open after the drain timeout; releasing them and unmounting anyway");
+            }
+            let l = self.live.remove(i);
+            self.metrics.remove_mount(&l.stats);
+            let timeout = self.config.host.shutdown_timeout();
+            shutdown(vec![l], timeout, &mut self.watchdog);
+        }
+        let waiting = std::mem::take(&mut self.waiting);
+        for w in waiting {
+            let m = &w.config.mounts[w.index];
+            let mountpoint = w.config.resolve(&m.mountpoint);
+            if self.live.iter().any(|l| l.mounted.mountpoint() == mountpoint) {
+                self.waiting.push(w);
+                continue;
+            }
+            let started = enter(&w.config)
+                .and_then(|mut registry| prepare_one(&w.config, &mut registry, w.index))
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .and_then(|p| self.start(&w.config, p));
+            if let Err(e) = started {
+                error!(mount = %m.name, "cannot start after the reload: {e:#}");
+                self.failed.push(Failed { name: m.name.clone(), mountpoint, error: format!("{e:#}") });
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -195,8 +568,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// call that never returns, say): every mount is detached lazily first, so none is left
 /// dead, and plugfs exits with status 1.
 #[cfg(unix)]
-fn watch_signals(stop: Arc<AtomicBool>, mountpoints: Arc<Mutex<Vec<PathBuf>>>) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+fn watch_signals(
+    stop: Arc<AtomicBool>,
+    mountpoints: Arc<Mutex<Vec<PathBuf>>>,
+    to_host: mpsc::Sender<Incoming>,
+) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut hangups = signal_hook::iterator::Signals::new([SIGHUP]).context("installing the SIGHUP handler")?;
+    std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            for _ in hangups.forever() {
+                info!("SIGHUP: reloading the config");
+                if to_host.send(Incoming { request: Request::Reload, reply: None }).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("starting the SIGHUP thread")?;
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
@@ -244,11 +633,11 @@ fn raise_open_file_limit() {
 /// waits up to `timeout` for the ones in flight, releases through the plugin every file
 /// and directory the kernel still holds open (so the plugin syncs and closes them as on
 /// a last `close`), then unmounts; a mount still busy is detached lazily.
-fn shutdown(live: Vec<(String, Mounted)>, timeout: Duration, watchdog: &mut Watchdog) {
-    for (_, m) in &live {
-        m.begin_shutdown();
+fn shutdown(live: Vec<Live>, timeout: Duration, watchdog: &mut Watchdog) {
+    for l in &live {
+        l.mounted.begin_shutdown();
     }
-    let in_flight = || live.iter().map(|(_, m)| m.in_flight()).sum::<usize>();
+    let in_flight = || live.iter().map(|l| l.mounted.in_flight()).sum::<usize>();
     let start = Instant::now();
     let mut next_log = start;
     while in_flight() > 0 {
@@ -271,7 +660,7 @@ fn shutdown(live: Vec<(String, Mounted)>, timeout: Duration, watchdog: &mut Watc
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    for (name, m) in live.into_iter().rev() {
+    for Live { name, mounted: m, .. } in live.into_iter().rev() {
         let mountpoint = m.mountpoint().to_path_buf();
         let (released, unmounted) = m.finish_shutdown();
         if released.released > 0 {
@@ -307,6 +696,10 @@ impl Watchdog {
         if !config.mounts.iter().any(|m| m.options.auto_unmount) {
             return Watchdog(None);
         }
+        Watchdog(Self::spawn())
+    }
+
+    fn spawn() -> Option<WatchdogProcess> {
         #[cfg(unix)]
         {
             let spawned = std::env::current_exe().and_then(|exe| {
@@ -317,19 +710,24 @@ impl Watchdog {
             match spawned {
                 Ok(w) => {
                     debug!(pid = w.pid(), "started the watchdog");
-                    Watchdog(Some(w))
+                    Some(w)
                 }
                 Err(e) => {
                     warn!("cannot start the watchdog ({e}); a killed plugfs may leave its mounts behind");
-                    Watchdog(None)
+                    None
                 }
             }
         }
         #[cfg(not(unix))]
-        Watchdog(None)
+        None
     }
 
+    /// Has the watchdog unmount `mountpoint` should plugfs die; starts the watchdog if
+    /// none runs yet (a reload added the first mount with `auto_unmount`).
     fn watch(&mut self, mountpoint: &Path) {
+        if self.0.is_none() {
+            self.0 = Self::spawn();
+        }
         #[cfg(unix)]
         if let Some(w) = &mut self.0
             && let Err(e) = w.watch(mountpoint)

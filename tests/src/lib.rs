@@ -15,15 +15,23 @@ pub fn target_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("test binary is inside <target>/<profile>/deps").to_path_buf()
 }
 
-/// The built shared library of workspace crate `crate_name` (dashes or underscores).
-/// Panics with the fix when it has not been built.
+/// Where the fixture plugins (examples of this crate) are built.
+pub fn fixtures_dir() -> PathBuf {
+    target_dir().join("examples")
+}
+
+/// The built shared library of workspace crate `crate_name` (dashes or underscores), or of
+/// a fixture plugin (`plugfs-fixture-*`, built into [`fixtures_dir`]). Panics with the fix
+/// when it has not been built.
 pub fn plugin_library(crate_name: &str) -> PathBuf {
     let file =
         format!("{}{}{}", std::env::consts::DLL_PREFIX, crate_name.replace('-', "_"), std::env::consts::DLL_SUFFIX);
-    let path = target_dir().join(file);
+    let dir = if crate_name.starts_with("plugfs-fixture") { fixtures_dir() } else { target_dir() };
+    let path = dir.join(file);
     assert!(
         path.is_file(),
-        "{} is missing: build the workspace first (`cargo build --workspace`, or run scripts/test.sh)",
+        "{} is missing: build the workspace and the fixtures first (`cargo build --workspace --all-targets`, or \
+         run scripts/test.sh)",
         path.display()
     );
     path

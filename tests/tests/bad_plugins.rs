@@ -42,9 +42,10 @@ fn every_bad_answer_through_a_mount_is_a_prompt_eio_and_the_host_keeps_serving()
     std::fs::write(
         &config,
         format!(
-            "[host]\nplugin_dirs = [{:?}]\n\
+            "[host]\nplugin_dirs = [{:?}, {:?}]\n\
              [[mount]]\nname = \"bad\"\nplugin = \"misbehaves-fixture\"\nmountpoint = \"bad\"\ncreate_mountpoint = true\n\
              [[mount]]\nname = \"good\"\nplugin = \"memfs\"\nmountpoint = \"good\"\ncreate_mountpoint = true\n",
+            plugfs_tests::fixtures_dir().to_str().unwrap(),
             target_dir().to_str().unwrap()
         ),
     )

@@ -363,7 +363,7 @@ fn an_unknown_plugin_name_lists_where_plugfs_looked() {
 
 #[test]
 fn plugins_lists_every_plugin_with_its_abi_and_the_refusals() {
-    let dir = target_dir();
+    let dir = plugfs_tests::fixtures_dir();
     let (code, out, err) = plugfs(&["plugins", "--dir", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     for want in ["name:         memfs", "name:         durable-io", "ABI:          2.0"] {
@@ -372,6 +372,15 @@ fn plugins_lists_every_plugin_with_its_abi_and_the_refusals() {
     assert!(out.contains("capabilities: writable symlinks hard-links"), "{out}");
     assert!(out.contains("plugin ABI 1.0 is incompatible with host plugin ABI 2.0"), "{out}");
     assert!(out.contains("plugin ABI 3.0 is incompatible with host plugin ABI 2.0"), "{out}");
+}
+
+#[test]
+fn plugins_by_default_lists_the_real_plugins_and_no_test_fixture() {
+    let (code, out, err) = plugfs(&["plugins"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("name:         memfs") && out.contains("name:         durable-io"), "{out}");
+    assert!(!out.contains("fixture"), "a test fixture is listed beside the real plugins:\n{out}");
+    assert!(!out.contains("not loadable"), "{out}");
 }
 
 #[test]
