@@ -50,10 +50,11 @@ if [ ! -d "$seeds/image" ]; then
     echo hello >"$tmp/src/readme.txt"
     head -c 3000 /dev/urandom >"$tmp/src/A long file name.bin"
     echo inner >"$tmp/src/Sub Directory/Ünïcödé name.txt"
-    for spec in "12 160" "12 360" "16 4200"; do
+    # FAT type, KiB, sectors per cluster.
+    for spec in "12 160 1" "12 360 2" "16 4200 1"; do
         set -- $spec
         img="$tmp/fat$1-$2.img"
-        mkfs.fat -F "$1" -C "$img" "$2" >/dev/null
+        mkfs.fat -F "$1" -s "$3" -C "$img" "$2" >/dev/null
         MTOOLS_SKIP_CHECK=1 LC_ALL=C.UTF-8 mcopy -s -i "$img" "$tmp/src/readme.txt" "$tmp/src/A long file name.bin" "$tmp/src/Sub Directory" ::/
         # Images are cut after their first data clusters: the engine mounts short images.
         read -r root data < <(python3 -c "

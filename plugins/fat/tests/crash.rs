@@ -67,6 +67,9 @@ struct Expect {
     from: usize,
     /// Record length when the workload next touched it (unlink, rename).
     until: usize,
+    /// Where a rename after `until` moves it: from then on it must be intact under one of
+    /// the two names (the new entry is written before the old one is deleted).
+    renamed_to: Option<String>,
 }
 
 /// Runs the workload on `img` through a recording engine; returns the record and what must
@@ -131,7 +134,13 @@ fn workload(img: &Path, seed: u64) -> (Vec<IoOp>, Vec<Expect>) {
         }
         vol.sync().unwrap();
         let from = len(&log);
-        expect.extend(pending.into_iter().map(|(path, data)| Expect { path, data, from, until: usize::MAX }));
+        expect.extend(pending.into_iter().map(|(path, data)| Expect {
+            path,
+            data,
+            from,
+            until: usize::MAX,
+            renamed_to: None,
+        }));
     }
     // Touch two synced files: past these points they may legitimately differ.
     let gone = &mut expect[0];
@@ -141,6 +150,7 @@ fn workload(img: &Path, seed: u64) -> (Vec<IoOp>, Vec<Expect>) {
     vol.evict(ino).unwrap();
     let moved = &mut expect[4];
     moved.until = len(&log);
+    moved.renamed_to = Some("moved at the end.bin".to_string());
     let (dir, name) = split(&moved.path, &dirs);
     vol.rename(dir, name, ROOT, "moved at the end.bin", false).unwrap();
     vol.unmount().unwrap();
@@ -221,36 +231,47 @@ fn check_cut(
             }
         }
     }
-    let due: Vec<&Expect> = expect.iter().filter(|e| e.from <= cut && cut <= e.until).collect();
+    let due: Vec<&Expect> =
+        expect.iter().filter(|e| e.from <= cut && (cut <= e.until || e.renamed_to.is_some())).collect();
     let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 })
         .map_err(|e| format!("the engine cannot mount the repaired image: {e}"))?;
     for e in &due {
-        let out = work.join("out.bin");
-        let _ = std::fs::remove_file(&out);
-        let copy = tool("mcopy", &["-n", "-i", i, &format!("::/{}", e.path), out.to_str().unwrap()]);
-        if !copy.status.success() {
-            return Err(format!(
-                "{}: mcopy cannot read it: {}\nthe repair said:\n{}",
-                e.path,
-                text(&copy),
-                text(&repair)
-            ));
+        let names: Vec<&str> =
+            if cut <= e.until { vec![&e.path] } else { vec![&e.path, e.renamed_to.as_deref().unwrap_or_default()] };
+        // Each name read with mcopy and the engine: found when both give the synced bytes.
+        let mut found = Vec::new();
+        let mut wrong = Vec::new();
+        for name in &names {
+            let out = work.join("out.bin");
+            let _ = std::fs::remove_file(&out);
+            let copy = tool("mcopy", &["-n", "-i", i, &format!("::/{name}"), out.to_str().unwrap()]);
+            if !copy.status.success() {
+                continue;
+            }
+            if std::fs::read(&out).unwrap() != e.data {
+                wrong.push(format!("{name}: mcopy reads other bytes"));
+                continue;
+            }
+            match engine_read(&mut vol, name) {
+                Ok(d) if d == e.data => found.push(name),
+                Ok(_) => wrong.push(format!("{name}: the engine reads other bytes")),
+                Err(m) => wrong.push(format!("{name}: the engine cannot read it: {m}")),
+            }
         }
-        if std::fs::read(&out).unwrap() != e.data {
-            return Err(format!("{}: mcopy reads other bytes\nthe repair said:\n{}", e.path, text(&repair)));
-        }
-        match engine_read(&mut vol, &e.path) {
-            Ok(d) if d == e.data => {}
-            Ok(_) => return Err(format!("{}: the engine reads other bytes", e.path)),
-            Err(m) => return Err(format!("{}: the engine cannot read it: {m}", e.path)),
+        // A cut inside a rename leaves both names on one chain and fsck.fat truncates one
+        // of them: the data must survive under the other. Otherwise the one name must.
+        let why = if !wrong.is_empty() { wrong.join("; ") } else { format!("mcopy finds none of {names:?}") };
+        if found.is_empty() || (names.len() == 1 && !wrong.is_empty()) {
+            return Err(format!("{}: lost or damaged: {why}\nthe repair said:\n{}", e.path, text(&repair)));
         }
     }
     Ok(())
 }
 
 /// The cut points: every one when `count` covers them, else `count` spread evenly plus
-/// seeded random ones, always including the sync points and the end.
-fn cut_points(ops: &[IoOp], count: u64, rng: &mut Rng) -> Vec<usize> {
+/// seeded random ones, always including the sync points and every cut after the last sync
+/// (where synced files are unlinked and renamed).
+fn cut_points(ops: &[IoOp], count: u64, last_phase: usize, rng: &mut Rng) -> Vec<usize> {
     let total = ops.len();
     let mut cuts: BTreeMap<usize, ()> = BTreeMap::new();
     if count as usize > total {
@@ -267,7 +288,10 @@ fn cut_points(ops: &[IoOp], count: u64, rng: &mut Rng) -> Vec<usize> {
             cuts.insert(i + 1, ());
         }
     }
-    cuts.insert(total, ());
+    // Every cut of the last phase, where synced files are unlinked and renamed.
+    for k in last_phase.min(total)..=total {
+        cuts.insert(k, ());
+    }
     cuts.into_keys().collect()
 }
 
@@ -295,7 +319,8 @@ fn crash_cuts(mkfs_args: &[&str], kib: u64) {
     assert!(end_check.status.success(), "the finished workload does not pass fsck.fat -n: {}", text(&end_check));
 
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let cuts = cut_points(&ops, count, &mut rng);
+    let last_phase = expect.iter().map(|e| e.from).max().unwrap_or(0);
+    let cuts = cut_points(&ops, count, last_phase, &mut rng);
     let mut failures = Vec::new();
     let mut checked = 0;
     for &cut in &cuts {
