@@ -153,6 +153,14 @@ fn workload(img: &Path, seed: u64) -> (Vec<IoOp>, Vec<Expect>) {
     moved.renamed_to = Some("moved at the end.bin".to_string());
     let (dir, name) = split(&moved.path, &dirs);
     vol.rename(dir, name, ROOT, "moved at the end.bin", false).unwrap();
+    // A case-only rename: the same short name before and after.
+    let recased = &mut expect[5];
+    recased.until = len(&log);
+    let (dir, name) = split(&recased.path, &dirs);
+    let upper = name.to_uppercase();
+    recased.renamed_to = Some(format!("{}{upper}", &recased.path[..recased.path.len() - name.len()]));
+    assert_eq!(name, "k1.bin");
+    vol.rename(dir, name, dir, &upper, false).unwrap();
     vol.unmount().unwrap();
     drop(vol);
     let ops = std::mem::take(&mut *log.lock().unwrap());

@@ -982,15 +982,17 @@ impl Volume {
         entry.name = stored.short;
         entry.nt_flags = stored.nt_flags;
         // The new entry first, then the old one goes: a crash in between leaves two names
-        // for one chain, which fsck.fat resolves, never a lost file.
-        if new_dir == dir && stored.short == old_short {
-            // Same short name in the same directory: the old entries must go first.
-            self.detach(src)?;
-        }
+        // for one chain (with a case-only rename, two entries with one short name), which
+        // fsck.fat resolves, never a lost file.
         let (first_slot, slot) = self.insert_entries(new_dir, new_name, &stored, &entry)?;
         if self.node(src)?.linked {
+            // A barrier, so that even a power cut (the kernel writing pages back in any
+            // order) cannot land the deletion without the new entry.
+            self.file.sync_data()?;
             self.detach(src)?;
         }
+        // Detaching forgot the old short name, which may be the new one too.
+        self.dir_state_mut(new_dir)?.shorts.insert(stored.short);
         let _ = (old_first, old_slot);
         let node = self.node_mut(src)?;
         node.parent = new_dir;
