@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use plugfs_plugin_api::Capabilities;
+use plugfs_plugin_api::host::PluginLibrary;
 use plugfs_tests::{Host, plugin_library, target_dir};
 
 fn run_ok(tool: &str, args: &[&str]) -> Vec<u8> {
@@ -299,6 +300,50 @@ fn plugfs_fat_mkfs_makes_images_that_fsck_and_mtools_accept_and_info_describes()
             assert!(info.contains("label:               BACKUP"), "{info}");
         }
     }
+}
+
+#[test]
+fn the_plugins_format_makes_images_by_size_that_fsck_and_mtools_accept() {
+    let lib = PluginLibrary::load(&plugin_library("plugfs-fat")).unwrap();
+    assert!(lib.info().capabilities.format, "the fat plugin declares format");
+    for (size, want) in [(1440u64 << 10, "FAT12"), (64 << 20, "FAT16"), (600 << 20, "FAT32")] {
+        let s = Setup::new();
+        let img = s.path("new.img");
+        let config = format!("image = {:?}\ntz = \"UTC\"\n", img.to_str().unwrap());
+        lib.format(&config, size).unwrap_or_else(|e| panic!("format {size}: {e}"));
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), size);
+        run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+        let (code, info, err) = plugfs_fat(&["info", img.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(info.contains(&format!("type:                {want}")), "{size}: {info}");
+        // mtools reads it and can write to it, and fsck.fat still agrees.
+        let file = s.path("data.bin");
+        let data = pattern(100_000, size as u32);
+        std::fs::write(&file, &data).unwrap();
+        let i = img.to_str().unwrap();
+        run_ok("mcopy", &["-i", i, file.to_str().unwrap(), "::/data.bin"]);
+        let listing = String::from_utf8(run_ok("mdir", &["-i", i, "::/"])).unwrap();
+        assert!(listing.contains("data") && listing.contains("100000"), "{listing}");
+        run_ok("mcopy", &["-i", i, "::/data.bin", s.path("back.bin").to_str().unwrap()]);
+        assert!(std::fs::read(s.path("back.bin")).unwrap() == data, "{size}: mcopy read back other bytes");
+        run_ok("fsck.fat", &["-n", i]);
+
+        // An existing file is refused, naming the key, and left as it was.
+        let before = std::fs::read(&img).unwrap();
+        let err = lib.format(&config, size).expect_err("an existing image must be refused");
+        assert_eq!(err.key.as_deref(), Some("image"), "{err}");
+        assert!(err.to_string().contains("exists"), "{err}");
+        assert!(std::fs::read(&img).unwrap() == before, "a refused format changed the image");
+    }
+    // A size no FAT layout fits is refused and leaves no file behind.
+    let s = Setup::new();
+    let img = s.path("tiny.img");
+    let err = lib.format(&format!("image = {:?}\n", img.to_str().unwrap()), 4096).expect_err("4 KiB is too small");
+    assert!(!img.exists(), "a failed format left {}: {err}", img.display());
+    // Unknown keys are refused as for a mount.
+    let err = lib.format(&format!("image = {:?}\nbogus = 1\n", img.to_str().unwrap()), 1 << 20).unwrap_err();
+    assert!(err.to_string().contains("bogus") || err.key.as_deref() == Some("bogus"), "{err}");
+    assert!(!img.exists());
 }
 
 #[test]

@@ -372,7 +372,6 @@ fn volume_create_refuses_a_plugin_without_the_format_capability_and_a_mount_of_a
 }
 
 #[test]
-#[ignore = "needs a plugin with format: no first-party plugin implements Plugin::format on this branch yet"]
 fn volume_create_makes_a_fat_image_that_passes_fsck_and_mounts_by_name() {
     let s = Setup::new();
     let config = s.write_config(

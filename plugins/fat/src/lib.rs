@@ -5,6 +5,8 @@
 //! describes images with the same engine.
 
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod plugin;
 
 pub use plugin::{FatFs, FatPlugin};

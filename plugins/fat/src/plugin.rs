@@ -19,7 +19,7 @@ use plugfs_plugin_api::{
 
 use crate::engine::dir::ATTR_READ_ONLY;
 use crate::engine::time::{self, FatTime};
-use crate::engine::{self, Ino, Meta, OpenOptions, Volume};
+use crate::engine::{self, Ino, Meta, OpenOptions, Volume, mkfs};
 
 /// How long the kernel may cache names and attributes: every change goes through here.
 const TTL: Duration = Duration::from_secs(1);
@@ -34,6 +34,8 @@ const CAPABILITIES: Capabilities = Capabilities {
     case_preserving: true,
     max_name_len: 255,
     max_file_size: engine::MAX_FILE_SIZE,
+    // `FatPlugin::format` makes new images.
+    format: true,
     // No symlinks, hard links, special files, xattrs, permissions, fallocate, holes,
     // rename exchange or nanosecond times: FAT cannot store them.
     ..Capabilities::NONE
@@ -55,6 +57,15 @@ struct Settings {
     tz: Option<String>,
     #[serde(default)]
     quiet: bool,
+}
+
+/// What `format` takes: the image to create and, optionally, its volume label (as
+/// `plugfs volume create --label` passes it).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FormatSettings {
+    image: PathBuf,
+    label: Option<String>,
 }
 
 /// Owner and modes as vfat's mount options give them.
@@ -128,6 +139,34 @@ impl Plugin for FatPlugin {
             presentation,
             next_handle: AtomicU64::new(1),
         })
+    }
+
+    /// Creates the image file `image` names (refusing an existing file) as
+    /// `plugfs-fat mkfs IMAGE --size SIZE` does: the FAT type and cluster size chosen by
+    /// size, 512-byte sectors. The other mount keys are checked but do not matter here.
+    fn format(config: &ConfigTable, size: u64) -> Result<(), OpenError> {
+        let s: FormatSettings = config.parse()?;
+        let format = mkfs::Format {
+            size,
+            fat_type: None,
+            sector_size: 512,
+            cluster_size: None,
+            label: s.label.clone(),
+            volume_id: mkfs::volume_id_now(),
+        };
+        let bpb = mkfs::create_image(&s.image, &format, false, |_, _| {}).map_err(|e| match e {
+            engine::Error::Exists => OpenError::config("image", format!("{}: the file exists", s.image.display())),
+            engine::Error::Invalid(m) => OpenError::other(format!("cannot make a FAT volume of {size} bytes: {m}")),
+            e => OpenError::other(format!("{}: {e}", s.image.display())),
+        })?;
+        tracing::info!(
+            image = %s.image.display(),
+            fat = %bpb.fat_type,
+            clusters = bpb.cluster_count,
+            cluster_size = bpb.cluster_size(),
+            "created a FAT volume"
+        );
+        Ok(())
     }
 }
 

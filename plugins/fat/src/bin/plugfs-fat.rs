@@ -90,24 +90,12 @@ fn mkfs(
     });
     let cluster_size =
         cluster_size.map(|c| u32::try_from(c).map_err(|_| format!("cluster size {c} is too large"))).transpose()?;
-    let volume_id = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| (d.as_secs() as u32) ^ d.subsec_nanos())
-        .unwrap_or(0);
-    let format = Format { size, fat_type, sector_size, cluster_size, label, volume_id };
+    let format = Format { size, fat_type, sector_size, cluster_size, label, volume_id: mkfs::volume_id_now() };
     // Check the layout before touching the file.
     let layout = mkfs::plan(&format).map_err(|e| e.to_string())?;
     if let Some(dir) = image.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&image)
-        .map_err(|e| format!("{}: {e}", image.display()))?;
-    file.set_len(size / sector_size as u64 * sector_size as u64).map_err(|e| format!("{}: {e}", image.display()))?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("writing the FATs {bar:40} {bytes}/{total_bytes}")
@@ -118,7 +106,7 @@ fn mkfs(
     if fats < 8 << 20 {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let bpb = mkfs::format(&file, &format, |done, total| {
+    let bpb = mkfs::create_image(&image, &format, true, |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })

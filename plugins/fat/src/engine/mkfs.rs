@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use super::bpb::{Bpb, FatType};
 use super::dir::{ATTR_VOLUME_ID, ShortEntry};
@@ -283,6 +284,41 @@ pub fn format(file: &File, f: &Format, mut progress: impl FnMut(u64, u64)) -> Re
     file.sync_all()?;
     progress(total_work, total_work);
     Ok(bpb)
+}
+
+/// A volume serial number from the clock, as mkfs.fat makes one.
+pub fn volume_id_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| (d.as_secs() as u32) ^ d.subsec_nanos())
+        .unwrap_or(0)
+}
+
+/// Creates the image file `path` sized and formatted as `f` says: the layout is checked
+/// before the file is touched; with `replace` an existing file is truncated and reused,
+/// without it an existing file is refused (`Error::Exists`) and left alone. A file this
+/// call created is removed again when formatting fails.
+pub fn create_image(path: &Path, f: &Format, replace: bool, progress: impl FnMut(u64, u64)) -> Result<Bpb> {
+    let layout = plan(f)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true);
+    if replace {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let file = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => Error::Exists,
+        _ => Error::Io(e),
+    })?;
+    let result = file
+        .set_len(layout.total_sectors as u64 * layout.sector_size as u64)
+        .map_err(Error::Io)
+        .and_then(|()| format(&file, f, progress));
+    if result.is_err() && !replace {
+        let _ = std::fs::remove_file(path);
+    }
+    result
 }
 
 #[cfg(test)]

@@ -11,13 +11,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::bpb::{Bpb, FatType};
 use super::dir::{self, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_VOLUME_ID, DELETED, ENTRY_SIZE, ShortEntry};
 use super::error::{Error, Result};
 use super::fat::{Entry, Fat};
+use super::io::Disk;
 use super::names::{self, fold};
 use super::time::{self, FatTime};
 
@@ -97,7 +97,7 @@ struct Node {
 
 /// A mounted FAT volume.
 pub struct Volume {
-    file: File,
+    file: Disk,
     bpb: Bpb,
     fat: Fat,
     read_only: bool,
@@ -156,11 +156,16 @@ impl Volume {
 
     /// Opens a volume on an already open file (no lock is taken).
     pub fn from_file(file: File, options: OpenOptions) -> Result<Volume> {
+        Volume::from_disk(Disk::new(file), options)
+    }
+
+    /// Opens a volume on a [`Disk`] (e.g. one that records its writes; no lock is taken).
+    pub fn from_disk(file: Disk, options: OpenOptions) -> Result<Volume> {
         let mut boot = vec![0u8; 512];
         file.read_exact_at(&mut boot, 0).map_err(|e| Error::BadBootSector(format!("cannot read it: {e}")))?;
         let bpb = Bpb::parse(&boot)?;
         // Seeking to the end sizes block devices too (their metadata says 0).
-        let len = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0))?;
+        let len = file.size()?;
         if len < bpb.data_offset {
             return Err(Error::BadBootSector(format!(
                 "the image is {len} bytes, shorter than its FATs and root directory ({} bytes)",
@@ -977,15 +982,17 @@ impl Volume {
         entry.name = stored.short;
         entry.nt_flags = stored.nt_flags;
         // The new entry first, then the old one goes: a crash in between leaves two names
-        // for one chain, which fsck.fat resolves, never a lost file.
-        if new_dir == dir && stored.short == old_short {
-            // Same short name in the same directory: the old entries must go first.
-            self.detach(src)?;
-        }
+        // for one chain (with a case-only rename, two entries with one short name), which
+        // fsck.fat resolves, never a lost file.
         let (first_slot, slot) = self.insert_entries(new_dir, new_name, &stored, &entry)?;
         if self.node(src)?.linked {
+            // A barrier, so that even a power cut (the kernel writing pages back in any
+            // order) cannot land the deletion without the new entry.
+            self.file.sync_data()?;
             self.detach(src)?;
         }
+        // Detaching forgot the old short name, which may be the new one too.
+        self.dir_state_mut(new_dir)?.shorts.insert(stored.short);
         let _ = (old_first, old_slot);
         let node = self.node_mut(src)?;
         node.parent = new_dir;

@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# bench/fat.sh: the fat plugin against mtools, in one run on one image.
+#
+#   bench/fat.sh [--no-build] [--size 512M] [--files 1000] [--dir DIR] [--record]
+#
+# On one FAT32 image made by plugfs-fat mkfs:
+#   large write:  mcopy of a SIZE file in, and cp of the same file into a plugfs mount
+#   large read:   from a cold page cache, mtype of the file plugfs wrote, and cat through
+#                 the mount of the file mcopy wrote (each tool reads the other's file)
+#   small files:  FILES files of 1 KiB with long names into one new directory, by one mcopy
+#                 and by one cp into the mount
+# then fsck.fat -n, and a byte comparison of what each side wrote, read with the other.
+# Writes read the source from a warm page cache and end with the data in the image file (the
+# page cache), not synced, for both; a `sync` runs between phases, untimed. The mount is taken down between phases (mtools and
+# plugfs lock the image), untimed too.
+#
+# Prints a table; with --record appends it to bench/RESULTS.md with date and machine.
+# As root (drops caches, mounts). plugfs is the --release build.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+build=1 size=512M files=1000 dir="$repo/bench/work" record=0
+while (($#)); do
+    case $1 in
+        --no-build) build=0 ;;
+        --size) size=$2; shift ;;
+        --files) files=$2; shift ;;
+        --dir) dir=$2; shift ;;
+        --record) record=1 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench/fat.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+die() { echo "bench/fat.sh: $*" >&2; exit 1; }
+log() { echo "== $*" >&2; }
+[[ $(id -u) == 0 ]] || die "run as root (drops caches, mounts)"
+for t in mcopy mtype mmd mdir fsck.fat fusermount3 python3; do
+    command -v $t >/dev/null || die "$t missing (apt-get install mtools dosfstools fuse3 python3)"
+done
+export MTOOLS_SKIP_CHECK=1 LC_ALL=C.UTF-8
+
+release="${CARGO_TARGET_DIR:-$repo/target}/release"
+if ((build)); then
+    lock=()
+    [ -e /tmp/plugfs-helper-build.lock ] && lock=(flock /tmp/plugfs-helper-build.lock)
+    log "cargo build --release -p plugfs -p plugfs-fat"
+    (cd "$repo" && "${lock[@]}" cargo build --release -p plugfs -p plugfs-fat)
+fi
+[[ -x $release/plugfs && -x $release/plugfs-fat && -e $release/libplugfs_fat.so ]] ||
+    die "no release build in $release (run without --no-build)"
+
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd -P)
+case $(stat -f -c %T "$dir") in tmpfs | ramfs | fuse*) die "$dir is not on a disk filesystem; use --dir" ;; esac
+run="$dir/fat"
+mnt="$run/mnt"
+findmnt -rn --mountpoint "$mnt" >/dev/null 2>&1 && { fusermount3 -u "$mnt" || umount -l "$mnt"; }
+rm -rf "$run"
+mkdir -p "$run/src" "$mnt"
+img="$run/fat.img"
+
+pid=
+unmount() {
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    pid=
+    findmnt -rn --mountpoint "$mnt" >/dev/null 2>&1 && fusermount3 -u "$mnt"
+    return 0
+}
+cleanup() {
+    local rc=$?
+    unmount || true
+    rm -rf "$run"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+cat >"$run/plugfs.toml" <<EOT
+[host]
+plugin_dirs = ["$release"]
+log = "warn"
+
+[[mount]]
+name = "fat"
+plugin = "fat"
+mountpoint = "mnt"
+create_mountpoint = true
+
+[mount.options]
+auto_unmount = true
+
+[mount.config]
+image = "fat.img"
+tz = "UTC"
+EOT
+mount_fat() {
+    "$release/plugfs" mount --config "$run/plugfs.toml" 2>>"$run/plugfs.log" &
+    pid=$!
+    for _ in $(seq 200); do
+        findmnt -rn --mountpoint "$mnt" >/dev/null && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    cat "$run/plugfs.log" >&2
+    die "plugfs did not mount $mnt"
+}
+cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+# Seconds (with ns precision) that "$@" takes.
+timed() {
+    local t0 t1
+    t0=$(date +%s.%N)
+    "$@"
+    t1=$(date +%s.%N)
+    python3 -c "print(f'{$t1 - $t0:.3f}')"
+}
+
+bytes=$(python3 -c "
+s='$size'; m={'K':1<<10,'M':1<<20,'G':1<<30}
+print(int(s[:-1])*m[s[-1].upper()] if s[-1].upper() in m else int(s))")
+# The image: FAT32, big enough for two large files and the small ones.
+image_mib=$(( bytes * 2 / 1048576 + 256 ))
+(( image_mib >= 600 )) || image_mib=600
+log "image: plugfs-fat mkfs ${image_mib} MiB"
+"$release/plugfs-fat" mkfs "$img" --size "${image_mib}M" >/dev/null
+log "sources: a ${size} file, $files small files"
+head -c "$bytes" /dev/urandom >"$run/src/large.bin"
+mkdir -p "$run/src/small"
+python3 - "$run/src/small" "$files" <<'EOT'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    with open(os.path.join(d, f"A small file with a long name, number {i:05d}.txt"), "wb") as f:
+        f.write(os.urandom(1024))
+EOT
+sync
+
+warm() { cat "$run/src/large.bin" >/dev/null; }
+log "large write: mcopy"
+warm
+t_mcopy_w=$(timed mcopy -i "$img" "$run/src/large.bin" ::/mcopy.bin)
+cold
+log "large write: plugfs"
+mount_fat
+warm
+t_plugfs_w=$(timed cp "$run/src/large.bin" "$mnt/plugfs.bin")
+unmount
+cold
+log "large read: mtype of the file plugfs wrote"
+t_mcopy_r=$(timed sh -c "mtype -i '$img' ::/plugfs.bin >/dev/null")
+cold
+log "large read: plugfs, of the file mcopy wrote"
+mount_fat
+t_plugfs_r=$(timed sh -c "cat '$mnt/mcopy.bin' >/dev/null")
+unmount
+cold
+log "$files small files: mcopy"
+mmd -i "$img" ::/small-mcopy
+cat "$run"/src/small/* >/dev/null
+t_mcopy_s=$(timed mcopy -i "$img" "$run/src/small/." ::/small-mcopy/)
+cold
+log "$files small files: plugfs"
+mount_fat
+mkdir "$mnt/small-plugfs"
+cat "$run"/src/small/* >/dev/null
+t_plugfs_s=$(timed cp -r "$run/src/small/." "$mnt/small-plugfs/")
+# Cross-checks, untimed: plugfs reads what mcopy wrote and the other way round.
+cmp "$run/src/large.bin" "$mnt/mcopy.bin" || die "plugfs reads other bytes than mcopy wrote"
+diff -r "$run/src/small" "$mnt/small-mcopy" >/dev/null || die "the small files mcopy wrote read differently through plugfs"
+unmount
+mcopy -n -i "$img" ::/plugfs.bin "$run/back.bin"
+cmp "$run/src/large.bin" "$run/back.bin" || die "mcopy reads other bytes than plugfs wrote"
+rm -f "$run/back.bin"
+n=$(mdir -i "$img" -b ::/small-plugfs | wc -l)
+[[ $n == "$files" ]] || die "mdir lists $n files in small-plugfs, not $files"
+fsck.fat -n "$img" >/dev/null || die "fsck.fat -n finds problems in the image"
+log "checked: cross reads identical, mdir lists all $files files, fsck.fat -n clean"
+
+table=$(python3 - "$bytes" "$files" "$t_mcopy_w" "$t_plugfs_w" "$t_mcopy_r" "$t_plugfs_r" "$t_mcopy_s" "$t_plugfs_s" <<'EOT'
+import sys
+b, n = int(sys.argv[1]), int(sys.argv[2])
+mw, pw, mr, pr, ms, ps = map(float, sys.argv[3:])
+mib = b / 1048576
+rows = [
+    (f"large file write ({mib:.0f} MiB), MiB/s", mib / pw, mib / mw),
+    (f"large file read ({mib:.0f} MiB, cold), MiB/s", mib / pr, mib / mr),
+]
+print("| workload | plugfs | mcopy | plugfs/mcopy |")
+print("| --- | ---: | ---: | ---: |")
+for name, p, m in rows:
+    print(f"| {name} | {p:,.0f} | {m:,.0f} | {p / m:.1f}x |")
+print(f"| {n:,} small files (1 KiB, long names) into one directory, s | {ps:.2f} | {ms:.2f} | {ms / ps:.1f}x |")
+EOT
+)
+echo
+echo "$table"
+if ((record)); then
+    cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+    {
+        echo
+        echo "## fat: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$repo" rev-parse --short HEAD)"
+        echo
+        echo "\`bench/fat.sh --size $size --files $files\`: the fat plugin (release build) through a FUSE"
+        echo "mount against mtools on one FAT32 image of ${image_mib} MiB made by \`plugfs-fat mkfs\`. Large"
+        echo "write: \`cp\` into the mount vs \`mcopy\` in, both from a warm source, both ending with the data in"
+        echo "the image's page cache; large read (cold cache): \`cat\` through the mount vs \`mtype\` (each reads"
+        echo "the file the other wrote); small files: one \`cp -r\` vs one \`mcopy\` of $files files into a new"
+        echo "directory. Higher is better in the first two rows; the last row is seconds (lower is better),"
+        echo "its ratio mcopy's time over plugfs's."
+        echo
+        echo "- kernel $(uname -r); CPU $cpu, $(nproc) cores; RAM $(free -g | awk '/^Mem:/{print $2}') GiB;" \
+            "scratch on $(stat -f -c %T "$dir"); $(mcopy --version | head -1); load at end $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo
+        echo "$table"
+    } >>"$repo/bench/RESULTS.md"
+    log "appended to bench/RESULTS.md"
+fi

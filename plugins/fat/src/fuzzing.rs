@@ -1,0 +1,70 @@
+//! Entry points for fuzzing: the parsers that read untrusted bytes, each fed arbitrary
+//! input. `plugins/fat/fuzz` (cargo-fuzz) calls them, and `tests/mutated_images.rs` runs
+//! them over seeded mutations of real images on stable Rust. None may panic or hang on any
+//! input; errors are fine.
+
+use crate::engine::bpb::Bpb;
+use crate::engine::dir;
+use crate::engine::{OpenOptions, ROOT, Volume};
+
+/// Parses `data` as a boot sector.
+pub fn boot_sector(data: &[u8]) {
+    if let Ok(bpb) = Bpb::parse(data) {
+        // What a mount computes from it must not overflow either.
+        let _ = (bpb.volume_bytes(), bpb.fat_bytes(), bpb.fat_offset(bpb.active_fat), bpb.label_offset());
+        let _ = bpb.cluster_offset(bpb.cluster_count.wrapping_add(1));
+    }
+}
+
+/// Parses `data` as a directory's entries.
+pub fn directory(data: &[u8]) {
+    let listing = dir::parse(data);
+    let slots = (data.len() / dir::ENTRY_SIZE) as u32;
+    assert!(listing.end <= slots, "end marker past the data");
+    for e in &listing.entries {
+        assert!(e.first_slot <= e.slot && e.slot < slots, "entry slots out of order or range");
+        assert!(!e.name.is_empty() && !e.name.contains('/'), "unusable name {:?} returned", e.name);
+        let _ = e.entry.encode();
+    }
+}
+
+/// Limits of [`image`]'s walk, so one input stays fast.
+const MAX_NODES: usize = 2_000;
+const MAX_DEPTH: usize = 16;
+const READ_BYTES: usize = 64 * 1024;
+
+/// Mounts `data` as a whole image (read-only, from an in-memory file) and walks it: lists
+/// every directory, stats and reads the start of every file. Returns how many nodes it
+/// visited (0 when the image is refused at mount).
+pub fn image(data: &[u8]) -> usize {
+    let Ok(fd) = rustix::fs::memfd_create("plugfs-fat-fuzz", rustix::fs::MemfdFlags::CLOEXEC) else { return 0 };
+    let file = std::fs::File::from(fd);
+    if std::io::Write::write_all(&mut &file, data).is_err() {
+        return 0;
+    }
+    let Ok(mut vol) = Volume::from_file(file, OpenOptions { read_only: true, tz_offset: 0 }) else { return 0 };
+    let _ = (vol.label(), vol.space());
+    let mut visited = 0;
+    let mut stack = vec![(ROOT, 0usize)];
+    let mut buf = vec![0u8; READ_BYTES];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = vol.list(dir, None, MAX_NODES) else { continue };
+        for e in entries {
+            visited += 1;
+            if visited >= MAX_NODES {
+                return visited;
+            }
+            // Lookup by name must find what the listing showed (or fail cleanly).
+            let _ = vol.lookup(dir, &e.name);
+            let _ = vol.stat(e.ino);
+            if e.is_dir {
+                if depth < MAX_DEPTH {
+                    stack.push((e.ino, depth + 1));
+                }
+            } else {
+                let _ = vol.read(e.ino, 0, &mut buf);
+            }
+        }
+    }
+    visited
+}
