@@ -5,3 +5,8 @@
 //! (`src/bin/plugfs-wfs.rs`) makes, checks, scrubs and snapshots images with the same engine.
 
 pub mod engine;
+pub mod plugin;
+
+pub use plugin::{WfsFs, WfsPlugin};
+
+plugfs_plugin_api::export_plugin!(WfsPlugin);
