@@ -627,3 +627,78 @@ impl Drop for WfsFs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(dir: &Path) -> PathBuf {
+        let img = dir.join("wfs.img");
+        create_image(&img, 4 << 20).unwrap();
+        img
+    }
+
+    fn open(config: &str) -> Result<WfsFs, OpenError> {
+        WfsPlugin::open(&ConfigTable::from_toml(config), &MountOptions::default())
+    }
+
+    #[test]
+    fn config_errors_name_the_key_and_a_second_writer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path());
+        let base = format!("image = {:?}\n", img.to_str().unwrap());
+        let e = open(&format!("{base}colour = 1\n")).err().expect("refused");
+        assert_eq!(e.key.as_deref(), Some("colour"), "{e}");
+        let e = open(&format!("{base}snapshot = \"nope\"\n")).err().expect("refused");
+        assert_eq!(e.key.as_deref(), Some("snapshot"), "{e}");
+        assert!(open("").err().expect("refused").message.contains("image"));
+        let first = open(&base).unwrap();
+        let e = open(&base).err().expect("the image is locked");
+        assert!(e.message.contains("in use"), "{e}");
+        drop(first);
+        assert!(open(&base).is_ok(), "the lock goes with the mount");
+    }
+
+    struct Plus(Vec<(String, Entry)>, usize);
+    impl DirPlusSink for Plus {
+        fn add(&mut self, d: &DirEntry<'_>, e: &Entry) -> bool {
+            if self.0.len() >= self.1 {
+                return false;
+            }
+            self.0.push((String::from_utf8_lossy(d.name).into_owned(), *e));
+            true
+        }
+    }
+
+    #[test]
+    fn readdirplus_gives_attributes_and_one_reference_per_entry_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path());
+        let fs = open(&format!("image = {:?}\ncommit_interval_ms = 0\n", img.to_str().unwrap())).unwrap();
+        let req = Request { uid: 7, gid: 8, pid: 1 };
+        let root = plugfs_plugin_api::ROOT_ID;
+        for n in ["a", "b", "c"] {
+            let (e, h) = fs.create(&req, root, OsStr::new(n), 0o640, 2).unwrap();
+            fs.write(&req, e.node, h.handle, 0, n.as_bytes(), 0).unwrap();
+            fs.release(&req, e.node, h.handle, 0, false).unwrap();
+            fs.forget(e.node, 1);
+        }
+        let mut sink = Plus(Vec::new(), 4);
+        fs.readdirplus(&req, root, 0, 0, &mut sink).unwrap();
+        let names: Vec<&str> = sink.0.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [".", "..", "a", "b"]);
+        let a = sink.0[2].1;
+        assert_eq!((a.attr.size, a.attr.perm, a.attr.uid, a.attr.gid), (1, 0o640, 7, 8));
+        // "a" holds one reference from readdirplus: unlinking it keeps it until forgotten.
+        fs.unlink(&req, root, OsStr::new("a")).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(fs.read(&req, a.node, 0, 0, &mut buf).unwrap(), 1);
+        fs.forget(a.node, 1);
+        assert_eq!(fs.getattr(&req, a.node, None).unwrap_err().errno(), Errno::ENOENT);
+        // "c" was refused by the full sink and holds no reference: it is freed at once.
+        let c = fs.lookup(&req, root, OsStr::new("c")).unwrap();
+        fs.forget(c.node, 1);
+        fs.unlink(&req, root, OsStr::new("c")).unwrap();
+        assert_eq!(fs.getattr(&req, c.node, None).unwrap_err().errno(), Errno::ENOENT);
+    }
+}

@@ -356,13 +356,13 @@ fn dump(v: &Volume) -> BTreeMap<String, (u32, Vec<u8>)> {
     out
 }
 
-/// One random operation on a small namespace.
-fn random_op(v: &mut Volume, rng: &mut Rng) {
+/// One random operation on a small namespace; true when it committed by itself (snapshots).
+fn random_op(v: &mut Volume, rng: &mut Rng) -> bool {
     let dirs = [ROOT_INO, v.lookup(ROOT_INO, b"d").unwrap_or(ROOT_INO)];
     let dir = dirs[rng.below(2) as usize];
     let name = format!("n{}", rng.below(6));
     let name = name.as_bytes();
-    let _ = match rng.below(9) {
+    let _ = match rng.below(13) {
         0 => v.create(dir, name, F, 0, 0, 0).map(drop),
         1 | 2 => match v.lookup(dir, name) {
             Ok(ino) => {
@@ -381,8 +381,15 @@ fn random_op(v: &mut Volume, rng: &mut Rng) {
         }
         6 => v.lookup(dir, name).and_then(|ino| v.set_xattr(ino, b"user.x", &pattern(50, 1), false, false)),
         7 => v.lookup(ROOT_INO, name).and_then(|t| v.link(t, dirs[1], b"hl")),
-        _ => v.symlink(dir, name, b"target", 0, 0).map(drop),
+        8 => v.symlink(dir, name, b"target", 0, 0).map(drop),
+        9 => {
+            v.lookup(dir, name).and_then(|ino| v.allocate(ino, rng.below(30_000), rng.below(20_000), rng.below(2) == 0))
+        }
+        10 => v.lookup(dir, name).and_then(|ino| v.punch_hole(ino, rng.below(30_000), rng.below(20_000))),
+        11 => return v.snapshot_create(&format!("s{}", rng.below(3))).is_ok(),
+        _ => return v.snapshot_delete(&format!("s{}", rng.below(3))).is_ok(),
     };
+    false
 }
 
 /// Runs `workloads` random workloads of `ops` operations with a commit every few, and
@@ -400,8 +407,7 @@ pub fn crash_run(workloads: u64, ops: usize, points: usize, seed: u64) -> usize 
         // (log length when the commit returned, state it made durable)
         let mut commits = vec![(0usize, dump(&v))];
         for _ in 0..ops {
-            random_op(&mut v, &mut rng);
-            if rng.below(4) == 0 {
+            if random_op(&mut v, &mut rng) || rng.below(4) == 0 {
                 v.commit().unwrap();
                 commits.push((dev.log_len(), dump(&v)));
             }

@@ -253,7 +253,7 @@ impl Volume {
             }
             None => (sb.root, sb.height),
         };
-        let (items, _) = tree::load(&*dev, root, height, sb.total_blocks)?;
+        let (items, nodes) = tree::load(&*dev, root, height, sb.total_blocks)?;
         let meta_bytes = items.iter().map(|(k, v)| format::leaf_item_size(k, v) as u64).sum();
         let mut v = Volume {
             used: BlockSet::new(sb.total_blocks),
@@ -270,7 +270,7 @@ impl Volume {
             cache: Mutex::new(BlockCache::new(opts.cache_blocks)),
         };
         v.compute_pinned()?;
-        v.recompute_used()?;
+        v.recompute_used(&nodes)?;
         if !v.read_only {
             v.free_orphans()?;
         }
@@ -303,7 +303,7 @@ impl Volume {
     }
 
     /// The free map from what the durable state references (after a commit's last flush).
-    fn recompute_used(&mut self) -> Result<()> {
+    fn recompute_used(&mut self, nodes: &[u64]) -> Result<()> {
         let mut used = self.pinned.clone();
         for b in 0..SLOTS {
             used.insert(b);
@@ -311,8 +311,7 @@ impl Volume {
         if self.sb.snapshots.block != 0 {
             used.insert(self.sb.snapshots.block);
         }
-        let (_, nodes) = tree::load(&*self.dev, self.sb.root, self.sb.height, self.sb.total_blocks)?;
-        for b in nodes {
+        for &b in nodes {
             used.insert(b);
         }
         for d in data_blocks(&self.items) {
@@ -1152,7 +1151,7 @@ impl Volume {
                 v.release(b);
             }
         };
-        let (root, height, _) = match written {
+        let (root, height, nodes) = match written {
             Ok(w) => w,
             Err(e) => {
                 undo(self, &new_blocks);
@@ -1178,7 +1177,7 @@ impl Volume {
         }
         self.sb = sb;
         self.dirty = false;
-        self.recompute_used()
+        self.recompute_used(&nodes)
     }
 
     // -- snapshots -----------------------------------------------------------------------
