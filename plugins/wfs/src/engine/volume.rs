@@ -6,7 +6,7 @@
 //! `write` is called, never over a block a durable tree references; a block written earlier
 //! in the same transaction is rewritten in place, since nothing durable points at it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
 use super::cache::BlockCache;
@@ -127,6 +127,10 @@ pub struct Volume {
     /// Blocks reachable from snapshots.
     pinned: BlockSet,
     snapshots: Vec<Snapshot>,
+    /// The leaves of the last commit's tree, and the keys changed since: a commit rewrites
+    /// only the leaves whose range holds a changed key.
+    leaves: Vec<tree::Leaf>,
+    dirty_keys: BTreeSet<Vec<u8>>,
     dirty: bool,
     meta_bytes: u64,
     hint: u64,
@@ -253,7 +257,7 @@ impl Volume {
             }
             None => (sb.root, sb.height),
         };
-        let (items, nodes) = tree::load(&*dev, root, height, sb.total_blocks)?;
+        let (items, nodes, leaves) = tree::load_with_leaves(&*dev, root, height, sb.total_blocks)?;
         let meta_bytes = items.iter().map(|(k, v)| format::leaf_item_size(k, v) as u64).sum();
         let mut v = Volume {
             used: BlockSet::new(sb.total_blocks),
@@ -263,6 +267,8 @@ impl Volume {
             sb,
             items,
             txn: HashSet::new(),
+            leaves,
+            dirty_keys: BTreeSet::new(),
             snapshots,
             dirty: false,
             meta_bytes,
@@ -344,6 +350,7 @@ impl Volume {
 
     fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
         self.meta_bytes += format::leaf_item_size(&k, &v) as u64;
+        self.dirty_keys.insert(k.clone());
         if let Some(old) = self.items.insert(k.clone(), v) {
             self.meta_bytes -= format::leaf_item_size(&k, &old) as u64;
         }
@@ -353,6 +360,7 @@ impl Volume {
     fn del(&mut self, k: &[u8]) -> Option<Vec<u8>> {
         let old = self.items.remove(k)?;
         self.meta_bytes -= format::leaf_item_size(k, &old) as u64;
+        self.dirty_keys.insert(k.to_vec());
         self.dirty = true;
         Some(old)
     }
@@ -1139,19 +1147,23 @@ impl Volume {
         }
         let dev = self.dev.clone();
         let items = std::mem::take(&mut self.items);
+        let leaves = std::mem::take(&mut self.leaves);
+        let dirty_keys = std::mem::take(&mut self.dirty_keys);
         let mut new_blocks = Vec::new();
-        let written = tree::write(&*dev, &items, &mut || {
+        let written = tree::write_incremental(&*dev, &items, &leaves, &dirty_keys, &mut || {
             let b = self.alloc()?;
             new_blocks.push(b);
             Ok(b)
         });
         self.items = items;
+        self.leaves = leaves;
+        self.dirty_keys = dirty_keys;
         let undo = |v: &mut Volume, blocks: &[u64]| {
             for &b in blocks {
                 v.release(b);
             }
         };
-        let (root, height, nodes) = match written {
+        let tree::Written { root, height, nodes, leaves } = match written {
             Ok(w) => w,
             Err(e) => {
                 undo(self, &new_blocks);
@@ -1177,6 +1189,8 @@ impl Volume {
         }
         self.sb = sb;
         self.dirty = false;
+        self.leaves = leaves;
+        self.dirty_keys.clear();
         self.recompute_used(&nodes)
     }
 
