@@ -42,6 +42,10 @@ impl BlockCache {
         self.hot.remove(&block);
         self.cold.remove(&block);
     }
+    /// The most blocks it holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
     /// Blocks held.
     pub fn len(&self) -> usize {
         self.hot.len() + self.cold.len()

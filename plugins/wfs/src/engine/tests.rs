@@ -206,6 +206,56 @@ fn a_corrupt_data_block_is_eio_and_fsck_and_scrub_name_it() {
 }
 
 #[test]
+fn read_ahead_never_serves_a_corrupt_block_of_the_run_it_reads() {
+    let dev = image(256);
+    let data = pattern(8 * BLOCK, 8);
+    let (f, third) = {
+        let mut v = open(&dev);
+        let f = v.create(ROOT_INO, b"f", F, 0, 0, 0).unwrap();
+        v.write(f, 0, &data).unwrap();
+        v.commit().unwrap();
+        let p = super::format::decode_data(&v.items()[&super::format::key_n(f, 5, 3)]).unwrap();
+        (f, p.block)
+    };
+    let mut bytes = dev.bytes();
+    bytes[third as usize * BLOCK + 7] ^= 1;
+    let dev = Arc::new(MemDevice::from_bytes(bytes));
+    let v = open(&dev);
+    let mut buf = vec![0; BLOCK];
+    for idx in [0usize, 1, 2, 3, 4, 7] {
+        let r = v.read(f, (idx * BLOCK) as u64, &mut buf);
+        if idx == 3 {
+            assert_eq!(r.unwrap_err().errno(), libc::EIO);
+        } else {
+            r.unwrap();
+            assert_eq!(buf, data[idx * BLOCK..(idx + 1) * BLOCK], "block {idx}");
+        }
+    }
+    assert_eq!(v.read(f, 3 * BLOCK as u64, &mut buf).unwrap_err().errno(), libc::EIO, "not cached either");
+}
+
+#[test]
+fn a_corrupt_tree_leaf_is_named_by_fsck_and_never_panics_a_reader() {
+    let dev = image(512);
+    {
+        let mut v = open(&dev);
+        for n in 0..200u32 {
+            v.create(ROOT_INO, format!("name-{n:05}-{}", "y".repeat(60)).as_bytes(), F, 0, 0, 0).unwrap();
+        }
+        v.commit().unwrap();
+    }
+    let (sb, _) = super::volume::newest_superblock(&*dev).unwrap();
+    let (_, nodes) = super::tree::load(&*dev, sb.root, sb.height, sb.total_blocks).unwrap();
+    assert!(nodes.len() > 3, "a tree of several nodes");
+    let leaf = nodes[nodes.len() / 2];
+    let mut bytes = dev.bytes();
+    bytes[leaf as usize * BLOCK + 200] ^= 0x80;
+    let dev = Arc::new(MemDevice::from_bytes(bytes));
+    let r = fsck(&*dev, true);
+    assert!(r.problems.iter().any(|p| p.contains(&format!("block {leaf}: checksum mismatch"))), "{:?}", r.problems);
+}
+
+#[test]
 fn flipped_bits_anywhere_in_metadata_never_panic() {
     let dev = image(128);
     {
