@@ -1243,9 +1243,11 @@ impl Volume {
             Ok(())
         })();
         if let Err(e) = step {
-            // The new superblock may or may not be on disk: keep both trees until a later
-            // commit succeeds (their blocks stay allocated).
+            // The new superblock may or may not be on disk: everything written since the
+            // last commit may be referenced by a durable tree now, so none of it is reused
+            // or rewritten in place until a later commit succeeds and recomputes the map.
             tracing::error!("wfs: commit failed: {e}");
+            self.txn.clear();
             return Err(e);
         }
         self.sb = sb;
