@@ -201,6 +201,46 @@ fn the_plugins_format_makes_an_image_that_mounts_and_info_describes() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("blocks:       2048"), "{out}");
     assert!(out.contains("inodes:       2"), "{out}");
+    assert_fsck_clean(&img);
+}
+
+fn statvfs_free(path: &Path) -> u64 {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string and a zeroed struct the call fills.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(p.as_ptr(), &mut st) }, 0);
+    st.f_bfree as u64
+}
+
+#[test]
+fn a_full_image_answers_enospc_through_the_mount_and_works_again_after_deleting() {
+    let s = Setup::new();
+    let img = s.mkfs("8M");
+    let (host, mnt) = s.mount(&img, "");
+    let free_empty = statvfs_free(&mnt);
+    let mut written = 0;
+    let err = loop {
+        match std::fs::write(mnt.join(format!("f{written}")), pattern(256 * 1024, written)) {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(written < 100, "an 8 MiB image cannot hold 25 MiB");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(written >= 20, "most of the image is usable: {written} files of 256 KiB");
+    assert!(statvfs_free(&mnt) < 64, "statfs shows the image full");
+    for n in 0..written / 2 {
+        std::fs::remove_file(mnt.join(format!("f{n}"))).unwrap();
+    }
+    // Frees count once a commit makes them durable.
+    std::fs::File::open(&mnt).unwrap().sync_all().unwrap();
+    assert!(statvfs_free(&mnt) > free_empty / 3, "deleting gave the space back");
+    std::fs::write(mnt.join("again"), pattern(256 * 1024, 999)).unwrap();
+    for n in written / 2..written {
+        assert_eq!(std::fs::read(mnt.join(format!("f{n}"))).unwrap(), pattern(256 * 1024, n), "f{n}");
+    }
+    stop(host);
+    assert_fsck_clean(&img);
 }
 
 #[test]
