@@ -44,22 +44,25 @@ pub fn load(dev: &dyn Device, root: Ptr, height: u8, total_blocks: u64) -> Resul
     Ok((items, nodes))
 }
 
-/// [`load`], with the tree's leaves in key order.
+/// [`load`], with the tree's nodes of each level (0: leaves) in key order.
 pub fn load_with_leaves(
     dev: &dyn Device,
     root: Ptr,
     height: u8,
     total_blocks: u64,
-) -> Result<(Items, Vec<u64>, Vec<Leaf>)> {
+) -> Result<(Items, Vec<u64>, Levels)> {
     let mut items = Items::new();
     let mut nodes = Vec::new();
-    let mut leaves = Vec::new();
     if height == 0 || height > MAX_HEIGHT {
         return Err(Error::Corrupt(format!("tree height {height}")));
     }
-    walk(dev, root, height - 1, total_blocks, &mut items, &mut nodes, &mut leaves)?;
-    Ok((items, nodes, leaves))
+    let mut levels = vec![Vec::new(); height as usize];
+    walk(dev, root, height - 1, total_blocks, &mut items, &mut nodes, &mut levels)?;
+    Ok((items, nodes, levels))
 }
+
+/// The nodes of a tree by level (0: leaves), each level in key order.
+pub type Levels = Vec<Vec<Leaf>>;
 
 fn walk(
     dev: &dyn Device,
@@ -68,7 +71,7 @@ fn walk(
     total: u64,
     items: &mut Items,
     nodes: &mut Vec<u64>,
-    leaves: &mut Vec<Leaf>,
+    levels: &mut Levels,
 ) -> Result<()> {
     let b = read_verified(dev, ptr, total)?;
     nodes.push(ptr.block);
@@ -77,7 +80,7 @@ fn walk(
             if level != 0 {
                 return Err(Error::Corrupt(format!("block {}: a leaf where level {level} belongs", ptr.block)));
             }
-            leaves.push(Leaf { first: list.first().map(|(k, _)| k.clone()).unwrap_or_default(), ptr });
+            levels[0].push(Leaf { first: list.first().map(|(k, _)| k.clone()).unwrap_or_default(), ptr });
             for (k, v) in list {
                 if items.last_key_value().is_some_and(|(last, _)| *last >= k) {
                     return Err(Error::Corrupt(format!("block {}: keys out of order", ptr.block)));
@@ -89,8 +92,9 @@ fn walk(
             if l != level || children.is_empty() {
                 return Err(Error::Corrupt(format!("block {}: node level {l} where {level} belongs", ptr.block)));
             }
+            levels[level as usize].push(Leaf { first: children[0].0.clone(), ptr });
             for (_, child) in children {
-                walk(dev, child, level - 1, total, items, nodes, leaves)?;
+                walk(dev, child, level - 1, total, items, nodes, levels)?;
             }
         }
     }
@@ -112,17 +116,17 @@ pub struct Written {
     pub height: u8,
     /// Every node of the new tree, reused leaves included.
     pub nodes: Vec<u64>,
-    /// Its leaves.
-    pub leaves: Vec<Leaf>,
+    /// Its nodes by level.
+    pub levels: Levels,
 }
 
-/// Writes `items` as a new tree, reusing each leaf of the previous tree (`old`) whose key
-/// range holds none of the `dirty` keys (keys set or removed since): copy-on-write that
-/// rewrites only the changed leaves and the internal nodes above them.
+/// Writes `items` as a new tree, reusing each node of the previous tree (`old_levels`)
+/// whose key range holds none of the `dirty` keys (keys set or removed since):
+/// copy-on-write that rewrites only the changed leaves and the nodes on their paths.
 pub fn write_incremental(
     dev: &dyn Device,
     items: &Items,
-    old: &[Leaf],
+    old_levels: &[Vec<Leaf>],
     dirty: &BTreeSet<Vec<u8>>,
     alloc: &mut dyn FnMut() -> Result<u64>,
 ) -> Result<Written> {
@@ -133,6 +137,7 @@ pub fn write_incremental(
         nodes.push(block);
         Ok(Ptr { block, crc: crc32c(&b) })
     };
+    let old: &[Leaf] = old_levels.first().map(|l| l.as_slice()).unwrap_or(&[]);
     let mut leaves: Vec<Leaf> = Vec::new();
     let mut pack = |range: &mut dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>,
                     leaves: &mut Vec<Leaf>,
@@ -184,27 +189,71 @@ pub fn write_incremental(
     if leaves.is_empty() {
         leaves.push(Leaf { first: Vec::new(), ptr: put(format::encode_leaf(&[]), &mut nodes)? });
     }
-    let mut level: Vec<(Vec<u8>, Ptr)> = leaves.iter().map(|l| (l.first.clone(), l.ptr)).collect();
+    let mut levels: Levels = vec![leaves];
     let mut height = 1u8;
-    while level.len() > 1 {
-        let mut next = Vec::new();
-        let mut page: Vec<(Vec<u8>, Ptr)> = Vec::new();
-        let mut used = 0;
-        for (k, p) in level {
-            let size = format::internal_item_size(&k);
-            if used + size > NODE_ROOM && !page.is_empty() {
-                let first = page[0].0.clone();
-                next.push((first, put(format::encode_internal(height, &page), &mut nodes)?));
-                page.clear();
-                used = 0;
+    while levels[height as usize - 1].len() > 1 {
+        let below = &levels[height as usize - 1];
+        let old: &[Leaf] = old_levels.get(height as usize).map(|l| l.as_slice()).unwrap_or(&[]);
+        let mut next: Vec<Leaf> = Vec::new();
+        let mut pack = |entries: &[Leaf], next: &mut Vec<Leaf>, nodes: &mut Vec<u64>| -> Result<()> {
+            let mut page: Vec<(Vec<u8>, Ptr)> = Vec::new();
+            let mut used = 0;
+            for e in entries {
+                let size = format::internal_item_size(&e.first);
+                if used + size > NODE_ROOM && !page.is_empty() {
+                    let first = page[0].0.clone();
+                    next.push(Leaf { first, ptr: put(format::encode_internal(height, &page), nodes)? });
+                    page.clear();
+                    used = 0;
+                }
+                page.push((e.first.clone(), e.ptr));
+                used += size;
             }
-            page.push((k, p));
-            used += size;
+            if !page.is_empty() {
+                let first = page[0].0.clone();
+                next.push(Leaf { first, ptr: put(format::encode_internal(height, &page), nodes)? });
+            }
+            Ok(())
+        };
+        let lower = |i: usize| if i == 0 { Bound::Unbounded } else { Bound::Included(old[i].first.as_slice()) };
+        let upper = |i: usize| match old.get(i + 1) {
+            Some(next) => Bound::Excluded(next.first.as_slice()),
+            None => Bound::Unbounded,
+        };
+        let is_dirty = |i: usize| dirty.range::<[u8], _>((lower(i), upper(i))).next().is_some();
+        // The entries of `below` whose first key is in old node range [i, j).
+        let in_range = |i: usize, j: usize| -> &[Leaf] {
+            let start = if i == 0 { 0 } else { below.partition_point(|e| e.first < old[i].first) };
+            let end = match old.get(j) {
+                Some(n) => below.partition_point(|e| e.first < n.first),
+                None => below.len(),
+            };
+            &below[start..end.max(start)]
+        };
+        if old.is_empty() {
+            pack(below, &mut next, &mut nodes)?;
         }
-        let first = page[0].0.clone();
-        next.push((first, put(format::encode_internal(height, &page), &mut nodes)?));
-        level = next;
+        let mut i = 0;
+        while i < old.len() {
+            if !is_dirty(i) {
+                next.push(old[i].clone());
+                nodes.push(old[i].ptr.block);
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < old.len() && is_dirty(j) {
+                j += 1;
+            }
+            pack(in_range(i, j), &mut next, &mut nodes)?;
+            i = j;
+        }
+        levels.push(next);
         height += 1;
+        if height > MAX_HEIGHT {
+            return Err(Error::Corrupt("the tree grew beyond its height limit".into()));
+        }
     }
-    Ok(Written { root: level[0].1, height, nodes, leaves })
+    let root = levels[height as usize - 1][0].ptr;
+    Ok(Written { root, height, nodes, levels })
 }

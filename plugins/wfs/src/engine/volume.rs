@@ -131,7 +131,7 @@ pub struct Volume {
     snapshots: Vec<Snapshot>,
     /// The leaves of the last commit's tree, and the keys changed since: a commit rewrites
     /// only the leaves whose range holds a changed key.
-    leaves: Vec<tree::Leaf>,
+    leaves: tree::Levels,
     dirty_keys: BTreeSet<Vec<u8>>,
     dirty: bool,
     meta_bytes: u64,
@@ -1224,7 +1224,7 @@ impl Volume {
                 v.release(b);
             }
         };
-        let tree::Written { root, height, nodes, leaves } = match written {
+        let tree::Written { root, height, nodes, levels: leaves } = match written {
             Ok(w) => w,
             Err(e) => {
                 undo(self, &new_blocks);
