@@ -394,3 +394,45 @@ fn volume_create_makes_a_fat_image_that_passes_fsck_and_mounts_by_name() {
     let fsck = std::process::Command::new("fsck.fat").arg("-n").arg(&image).output().unwrap();
     assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
 }
+
+#[test]
+fn volume_create_makes_a_wfs_image_that_passes_fsck_mounts_by_name_and_is_removed() {
+    let s = Setup::new();
+    let config = s.write_config(
+        "volumes_dir = \"volumes\"\n\n[[mount]]\nname = \"w\"\nvolume = \"w\"\nmountpoint = \"w\"\ncreate_mountpoint = true\n",
+    );
+    let c = config.to_str().unwrap();
+    let (code, out, err) = plugfs(&["volume", "create", "w", "--plugin", "wfs", "--size", "64M", "--config", c]);
+    assert_eq!(code, 0, "{out}{err}");
+    let image = s.path("volumes/w.img");
+    let wfs_fsck = |image: &std::path::Path| {
+        let out =
+            std::process::Command::new(plugfs_tests::binary("plugfs-wfs")).arg("fsck").arg(image).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    wfs_fsck(&image);
+    let (code, out, err) = plugfs(&["volume", "list", "--config", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l.starts_with('w') && l.contains("wfs")), "{out}");
+
+    let w = s.path("w");
+    let mut host = Host::start(&config, &[&w]);
+    std::fs::write(w.join("f"), b"on a new wfs volume").unwrap();
+    let (code, out, err) = plugfs(&["volume", "inspect", "w", "--config", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("wfs"), "{out}");
+    let (code, _, err) = plugfs(&["volume", "rm", "w", "--config", c]);
+    assert_ne!(code, 0, "rm of a mounted volume must be refused");
+    assert!(err.contains("mounted"), "{err}");
+    assert_eq!(host.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", host.stderr());
+    wfs_fsck(&image);
+
+    let (code, out, err) = plugfs(&["volume", "rm", "w", "--config", c]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!image.exists());
+}

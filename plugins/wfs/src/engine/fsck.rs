@@ -1,0 +1,265 @@
+//! Checking an image: `fsck` verifies every structure and every link, `scrub` reads and
+//! verifies every block in use. Both name what is damaged and never change the image.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::device::Device;
+use super::format::{self, BLOCK, Dirent, Inode, ROOT_INO, S_IFDIR, SLOTS, kind};
+use super::tree::{self, Items};
+use super::volume::{self, BlockSet};
+
+/// What a check found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Damage, one line each; empty when the image is clean.
+    pub problems: Vec<String>,
+    /// The generation checked.
+    pub generation: u64,
+    /// Inodes seen.
+    pub inodes: u64,
+    /// Blocks in use.
+    pub used_blocks: u64,
+    /// Blocks verified.
+    pub verified_blocks: u64,
+}
+
+impl Report {
+    /// Whether nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks the structure and links of the newest commit and of every snapshot; with
+/// `verify_data`, also reads every data block against its checksum.
+pub fn fsck(dev: &dyn Device, verify_data: bool) -> Report {
+    let mut r = Report::default();
+    let sb = match volume::newest_superblock(dev) {
+        Ok((sb, passed)) => {
+            for p in passed {
+                r.problems.push(format!("superblock of generation {} does not lead to a valid tree", p.generation));
+            }
+            sb
+        }
+        Err(e) => {
+            r.problems.push(format!("no usable superblock: {e}"));
+            return r;
+        }
+    };
+    r.generation = sb.generation;
+    let total = sb.total_blocks;
+    let mut refs = BlockSet::new(total);
+    let mut trees = vec![("live tree".to_string(), sb.root, sb.height)];
+    match volume::read_snapshots(dev, &sb) {
+        Ok(snaps) => {
+            if sb.snapshots.block != 0 {
+                refs.insert(sb.snapshots.block);
+            }
+            trees.extend(snaps.into_iter().map(|s| (format!("snapshot {:?}", s.name), s.root, s.height)));
+        }
+        Err(e) => r.problems.push(format!("snapshot table: {e}")),
+    }
+    let mut shared = BlockSet::new(total);
+    for (i, (what, root, height)) in trees.into_iter().enumerate() {
+        let (items, nodes) = match tree::load(dev, root, height, total) {
+            Ok(t) => t,
+            Err(e) => {
+                r.problems.push(format!("{what}: {e}"));
+                continue;
+            }
+        };
+        // Within one tree every block is referenced once; trees may share blocks.
+        let mut mine = BlockSet::new(total);
+        let mut claim = |b: u64, owner: &dyn Fn() -> String, r: &mut Report| {
+            if b < SLOTS || b >= total {
+                r.problems.push(format!("{what}: {} points outside the image (block {b})", owner()));
+            } else if !mine.insert(b) {
+                r.problems.push(format!("{what}: block {b} is referenced twice ({})", owner()));
+            } else if !refs.insert(b) && !shared.contains(b) {
+                shared.insert(b);
+            }
+        };
+        for b in &nodes {
+            claim(*b, &|| "a tree node".into(), &mut r);
+        }
+        for d in volume::data_blocks(&items) {
+            match d {
+                Ok((ino, idx, p)) => {
+                    claim(p.block, &|| format!("inode {ino} block {idx}"), &mut r);
+                    if verify_data {
+                        match tree::read_verified(dev, p, total) {
+                            Ok(_) => r.verified_blocks += 1,
+                            Err(e) => r.problems.push(format!("{what}: inode {ino} data block {idx}: {e}")),
+                        }
+                    }
+                }
+                Err(e) => r.problems.push(format!("{what}: {e}")),
+            }
+        }
+        r.verified_blocks += nodes.len() as u64;
+        check_links(&what, &items, sb.next_ino, &mut r);
+        if i == 0 {
+            r.inodes = items.keys().filter(|k| k.get(8) == Some(&kind::INODE)).count() as u64;
+        }
+    }
+    r.used_blocks = refs.len() + SLOTS;
+    r
+}
+
+fn check_links(what: &str, items: &Items, next_ino: u64, r: &mut Report) {
+    let mut inodes: BTreeMap<u64, Inode> = BTreeMap::new();
+    let mut links: HashMap<u64, u32> = HashMap::new();
+    let mut subdirs: HashMap<u64, u32> = HashMap::new();
+    let mut parent_of: HashMap<u64, u64> = HashMap::new();
+    let mut data_count: HashMap<u64, u64> = HashMap::new();
+    let mut orphans = Vec::new();
+    let mut p = |s: String| r.problems.push(format!("{what}: {s}"));
+    for (k, v) in items {
+        let Some((ino, kd, tail)) = format::split_key(k) else {
+            p("an item with a short key".into());
+            continue;
+        };
+        if kd == kind::INODE {
+            match Inode::decode(v) {
+                Ok(i) => {
+                    if ino >= next_ino || ino == 0 {
+                        p(format!("inode {ino} is beyond the next inode number {next_ino}"));
+                    }
+                    inodes.insert(ino, i);
+                }
+                Err(e) => p(format!("inode {ino}: {e}")),
+            }
+        }
+        if kd == kind::ORPHAN {
+            match format::tail_n(tail) {
+                Some(o) => orphans.push(o),
+                None => p("a bad orphan key".into()),
+            }
+        }
+    }
+    for (k, v) in items {
+        let Some((ino, kd, tail)) = format::split_key(k) else { continue };
+        let owner = inodes.get(&ino);
+        match kd {
+            kind::INODE | kind::ORPHAN => {}
+            kind::DIRENT => {
+                let Some(dir) = owner.filter(|i| i.is_dir()) else {
+                    p(format!("entry {:?} in {ino}, which is not a directory", String::from_utf8_lossy(tail)));
+                    continue;
+                };
+                match Dirent::decode(v) {
+                    Ok(d) => {
+                        let name = String::from_utf8_lossy(tail);
+                        match inodes.get(&d.ino) {
+                            None => p(format!("entry {name:?} in directory {ino} names missing inode {}", d.ino)),
+                            Some(t) if (t.mode >> 12) as u8 != d.kind => {
+                                p(format!("entry {name:?} in directory {ino}: type differs from inode {}", d.ino))
+                            }
+                            Some(t) => {
+                                *links.entry(d.ino).or_default() += 1;
+                                if t.is_dir() {
+                                    *subdirs.entry(ino).or_default() += 1;
+                                    if parent_of.insert(d.ino, ino).is_some() {
+                                        p(format!("directory {} has more than one name", d.ino));
+                                    }
+                                }
+                            }
+                        }
+                        if items.get(&format::key_n(ino, kind::DIRINDEX, d.index)).map(|n| n.as_slice()) != Some(tail) {
+                            p(format!("entry {name:?} in directory {ino} has no matching index"));
+                        }
+                        if d.index >= dir.next_index {
+                            p(format!("entry {name:?} in directory {ino} has an index beyond the next one"));
+                        }
+                    }
+                    Err(e) => p(format!("directory {ino}: {e}")),
+                }
+            }
+            kind::DIRINDEX => {
+                let ok = items
+                    .get(&format::key(ino, kind::DIRENT, v))
+                    .and_then(|d| Dirent::decode(d).ok())
+                    .is_some_and(|d| Some(d.index) == format::tail_n(tail));
+                if !ok {
+                    p(format!("directory {ino}: an index entry without its name entry"));
+                }
+            }
+            kind::XATTR | kind::DATA => {
+                if owner.is_none() {
+                    p(format!("an item of kind {kd} for missing inode {ino}"));
+                }
+                if kd == kind::DATA {
+                    *data_count.entry(ino).or_default() += 1;
+                }
+            }
+            other => p(format!("inode {ino}: unknown item kind {other}")),
+        }
+    }
+    for (&ino, i) in &inodes {
+        let names = links.get(&ino).copied().unwrap_or(0);
+        let orphan = orphans.contains(&ino);
+        if i.is_dir() {
+            let expect = if i.nlink == 0 { 0 } else { 2 + subdirs.get(&ino).copied().unwrap_or(0) };
+            if i.nlink != expect {
+                p(format!("directory {ino} has link count {} but {expect} links", i.nlink));
+            }
+            if ino != ROOT_INO && i.nlink > 0 && parent_of.get(&ino) != Some(&i.parent) {
+                p(format!("directory {ino} records parent {} but is not named there", i.parent));
+            }
+            if ino != ROOT_INO && names == 0 && !orphan {
+                p(format!("directory {ino} has no name"));
+            }
+        } else {
+            if i.nlink != names {
+                p(format!("inode {ino} has link count {} but {names} names", i.nlink));
+            }
+            if names == 0 && !orphan {
+                p(format!("inode {ino} has no name and is not an orphan"));
+            }
+        }
+        if data_count.get(&ino).copied().unwrap_or(0) != i.blocks {
+            p(format!("inode {ino} counts {} blocks but has {}", i.blocks, data_count.get(&ino).unwrap_or(&0)));
+        }
+    }
+    match inodes.get(&ROOT_INO) {
+        Some(root) if root.mode & format::S_IFMT == S_IFDIR => {}
+        _ => p("the root directory is missing".into()),
+    }
+    for o in orphans {
+        if inodes.get(&o).is_none_or(|i| i.nlink != 0) {
+            p(format!("orphan {o} is not an unlinked inode"));
+        }
+    }
+}
+
+/// Reads every block in use (tree nodes, snapshot table, data) and checks its checksum;
+/// `progress(done, total)` is called as it goes. Returns the damage found.
+pub fn scrub(dev: &dyn Device, progress: &mut dyn FnMut(u64, u64)) -> Report {
+    let mut r = fsck(dev, false);
+    if r.generation == 0 {
+        return r;
+    }
+    let Ok((sb, _)) = volume::newest_superblock(dev) else { return r };
+    let mut all: Vec<(String, format::Ptr)> = Vec::new();
+    let mut roots = vec![("live tree".to_string(), sb.root, sb.height)];
+    if let Ok(snaps) = volume::read_snapshots(dev, &sb) {
+        roots.extend(snaps.into_iter().map(|s| (format!("snapshot {:?}", s.name), s.root, s.height)));
+    }
+    for (what, root, height) in roots {
+        if let Ok((items, _)) = tree::load(dev, root, height, sb.total_blocks) {
+            for (ino, idx, p) in volume::data_blocks(&items).flatten() {
+                all.push((format!("{what}: inode {ino} data block {idx} (offset {})", idx * BLOCK as u64), p));
+            }
+        }
+    }
+    let total = all.len() as u64;
+    r.verified_blocks = 0;
+    for (n, (what, p)) in all.into_iter().enumerate() {
+        match tree::read_verified(dev, p, sb.total_blocks) {
+            Ok(_) => r.verified_blocks += 1,
+            Err(e) => r.problems.push(format!("{what}: {e}")),
+        }
+        progress(n as u64 + 1, total);
+    }
+    r
+}

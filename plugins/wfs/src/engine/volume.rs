@@ -1,0 +1,1338 @@
+//! A mounted WFS image: the operations of a POSIX filesystem over the items of the metadata
+//! tree, data written copy-on-write, and commits (docs/wfs-format.md).
+//!
+//! The items of the live tree are held in memory (a `BTreeMap`, logarithmic lookups); a
+//! commit writes the whole tree anew into free blocks. Data blocks are written as soon as
+//! `write` is called, never over a block a durable tree references; a block written earlier
+//! in the same transaction is rewritten in place, since nothing durable points at it.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+
+use super::cache::BlockCache;
+use super::crc::crc32c;
+use super::device::Device;
+use super::error::{Error, Result, posix};
+use super::format::{
+    self, BLOCK, Dirent, Inode, MAX_NAME, MAX_SNAPSHOT_NAME, MAX_SNAPSHOTS, MAX_XATTR_VALUE, Ptr, ROOT_INO, S_IFDIR,
+    S_IFLNK, S_IFMT, S_IFREG, SLOTS, Snapshot, Superblock, Time, kind,
+};
+use super::tree::{self, Items};
+
+const B: u64 = BLOCK as u64;
+/// Blocks read ahead on a cache miss when the file continues contiguously on disk.
+const READ_AHEAD: usize = 32;
+
+/// How to open an image.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Never write to the image.
+    pub read_only: bool,
+    /// Open this snapshot (always read-only) instead of the live tree.
+    pub snapshot: Option<String>,
+    /// Data blocks to cache (0: none).
+    pub cache_blocks: usize,
+}
+
+/// Space, for statfs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Space {
+    /// Blocks in the image.
+    pub total: u64,
+    /// Blocks neither in use nor reserved for the next commit.
+    pub free: u64,
+    /// Inodes in use.
+    pub inodes: u64,
+}
+
+/// A set of block numbers as a bitmap.
+#[derive(Clone, Debug, Default)]
+pub struct BlockSet {
+    words: Vec<u64>,
+    count: u64,
+}
+
+impl BlockSet {
+    /// An empty set over `n` blocks.
+    pub fn new(n: u64) -> Self {
+        BlockSet { words: vec![0; n.div_ceil(64) as usize], count: 0 }
+    }
+    /// Whether `b` is in it.
+    pub fn contains(&self, b: u64) -> bool {
+        self.words.get((b / 64) as usize).is_some_and(|w| w & (1 << (b % 64)) != 0)
+    }
+    /// Adds `b`; false if it was there already (or is out of range).
+    pub fn insert(&mut self, b: u64) -> bool {
+        match self.words.get_mut((b / 64) as usize) {
+            Some(w) if *w & (1 << (b % 64)) == 0 => {
+                *w |= 1 << (b % 64);
+                self.count += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+    /// Removes `b`.
+    pub fn remove(&mut self, b: u64) {
+        if let Some(w) = self.words.get_mut((b / 64) as usize)
+            && *w & (1 << (b % 64)) != 0
+        {
+            *w &= !(1 << (b % 64));
+            self.count -= 1;
+        }
+    }
+    /// How many.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// The attributes of an inode, with its number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// Inode number.
+    pub ino: u64,
+    /// The inode.
+    pub inode: Inode,
+}
+
+/// One directory entry of a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Name.
+    pub name: Vec<u8>,
+    /// Inode.
+    pub ino: u64,
+    /// `mode >> 12`.
+    pub kind: u8,
+    /// The readdir index (resume after it).
+    pub index: u64,
+}
+
+/// What a rename replaced.
+pub type Replaced = Option<u64>;
+
+/// An open image.
+pub struct Volume {
+    dev: Arc<dyn Device>,
+    read_only: bool,
+    sb: Superblock,
+    items: Items,
+    /// Blocks the durable state references, plus this transaction's allocations.
+    used: BlockSet,
+    /// Blocks allocated since the last commit (nothing durable references them).
+    txn: HashSet<u64>,
+    /// Blocks reachable from snapshots.
+    pinned: BlockSet,
+    snapshots: Vec<Snapshot>,
+    /// The leaves of the last commit's tree, and the keys changed since: a commit rewrites
+    /// only the leaves whose range holds a changed key.
+    leaves: tree::Levels,
+    dirty_keys: BTreeSet<Vec<u8>>,
+    dirty: bool,
+    meta_bytes: u64,
+    /// INODE items.
+    inodes: u64,
+    hint: u64,
+    cache: Mutex<BlockCache>,
+}
+
+fn is_inode_key(k: &[u8]) -> bool {
+    format::split_key(k).is_some_and(|(ino, kd, tail)| kd == kind::INODE && ino > 0 && tail.is_empty())
+}
+
+fn corrupt(what: String) -> Error {
+    Error::Corrupt(what)
+}
+
+/// Creates an empty filesystem of `total_blocks` blocks on `dev`.
+pub fn mkfs(dev: &dyn Device, total_blocks: u64) -> Result<()> {
+    if total_blocks < 16 {
+        return Err(posix(libc::EINVAL, "an image needs at least 16 blocks (64 KiB)"));
+    }
+    let now = Time::now();
+    let root = Inode {
+        mode: S_IFDIR | 0o755,
+        nlink: 2,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        parent: ROOT_INO,
+        next_index: 1,
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
+        ..Inode::default()
+    };
+    let mut items = Items::new();
+    items.insert(format::key(ROOT_INO, kind::INODE, b""), root.encode());
+    let mut next = SLOTS;
+    let (root_ptr, height, _) = tree::write(dev, &items, &mut || {
+        next += 1;
+        Ok(next - 1)
+    })?;
+    // Clear the other slots so an old image's superblocks cannot win.
+    for slot in 0..SLOTS {
+        dev.write_at(&[0; BLOCK], slot * B)?;
+    }
+    dev.flush()?;
+    let sb = Superblock {
+        generation: 1,
+        total_blocks,
+        next_ino: ROOT_INO + 1,
+        root: root_ptr,
+        height,
+        time: now.secs,
+        ..Superblock::default()
+    };
+    dev.write_at(&sb.encode(), B)?;
+    dev.flush()?;
+    Ok(())
+}
+
+/// The newest valid superblock whose tree root verifies, and its items; with `older`, the
+/// superblocks that were passed over.
+pub fn newest_superblock(dev: &dyn Device) -> Result<(Superblock, Vec<Superblock>)> {
+    let mut found = Vec::new();
+    let mut buf = vec![0; BLOCK];
+    for slot in 0..SLOTS {
+        if dev.read_at(&mut buf, slot * B).is_ok()
+            && let Some(sb) = Superblock::decode(&buf)?
+        {
+            found.push(sb);
+        }
+    }
+    found.sort_by_key(|sb| std::cmp::Reverse(sb.generation));
+    let len = dev.len()?;
+    let mut passed = Vec::new();
+    for sb in found {
+        if sb.total_blocks > len / B {
+            tracing::error!(generation = sb.generation, "wfs: superblock claims more blocks than the image has");
+            passed.push(sb);
+            continue;
+        }
+        if tree::read_verified(dev, sb.root, sb.total_blocks).is_ok() {
+            return Ok((sb, passed));
+        }
+        tracing::error!(generation = sb.generation, "wfs: the tree root of a superblock does not verify");
+        passed.push(sb);
+    }
+    Err(Error::Format("no valid superblock".into()))
+}
+
+/// Reads the snapshot table a superblock points at.
+pub fn read_snapshots(dev: &dyn Device, sb: &Superblock) -> Result<Vec<Snapshot>> {
+    if sb.snapshots.block == 0 {
+        return Ok(Vec::new());
+    }
+    format::decode_snapshots(&tree::read_verified(dev, sb.snapshots, sb.total_blocks)?)
+}
+
+/// The data blocks the items reference.
+pub fn data_blocks(items: &Items) -> impl Iterator<Item = Result<(u64, u64, Ptr)>> + '_ {
+    items.iter().filter_map(|(k, v)| {
+        let (ino, kd, tail) = format::split_key(k)?;
+        if kd != kind::DATA {
+            return None;
+        }
+        let idx = match format::tail_n(tail) {
+            Some(i) => i,
+            None => return Some(Err(corrupt(format!("inode {ino}: bad data key")))),
+        };
+        Some(format::decode_data(v).map(|p| (ino, idx, p)))
+    })
+}
+
+impl Volume {
+    /// Opens the image on `dev`.
+    pub fn open(dev: Arc<dyn Device>, opts: OpenOptions) -> Result<Volume> {
+        let (sb, _) = newest_superblock(&*dev)?;
+        let snapshots = read_snapshots(&*dev, &sb)?;
+        let mut read_only = opts.read_only || opts.snapshot.is_some();
+        if sb.ro_compat & !format::RO_COMPAT_KNOWN != 0 {
+            tracing::warn!("wfs: unknown read-only-compatible features {:#x}: mounting read-only", sb.ro_compat);
+            read_only = true;
+        }
+        let (root, height) = match &opts.snapshot {
+            Some(name) => {
+                let s = snapshots.iter().find(|s| &s.name == name);
+                let s = s.ok_or_else(|| Error::Format(format!("no snapshot named {name:?}")))?;
+                (s.root, s.height)
+            }
+            None => (sb.root, sb.height),
+        };
+        let (items, nodes, leaves) = tree::load_with_leaves(&*dev, root, height, sb.total_blocks)?;
+        let meta_bytes = items.iter().map(|(k, v)| format::leaf_item_size(k, v) as u64).sum();
+        let inodes = items.keys().filter(|k| is_inode_key(k)).count() as u64;
+        let mut v = Volume {
+            used: BlockSet::new(sb.total_blocks),
+            pinned: BlockSet::new(sb.total_blocks),
+            dev,
+            read_only,
+            sb,
+            items,
+            txn: HashSet::new(),
+            leaves,
+            dirty_keys: BTreeSet::new(),
+            snapshots,
+            dirty: false,
+            meta_bytes,
+            inodes,
+            hint: SLOTS,
+            cache: Mutex::new(BlockCache::new(opts.cache_blocks)),
+        };
+        v.compute_pinned()?;
+        v.recompute_used(&nodes)?;
+        if !v.read_only {
+            v.free_orphans()?;
+        }
+        Ok(v)
+    }
+
+    /// Whether changes are refused.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The superblock of the last commit.
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+
+    fn compute_pinned(&mut self) -> Result<()> {
+        let mut pinned = BlockSet::new(self.sb.total_blocks);
+        for s in &self.snapshots {
+            let (items, nodes) = tree::load(&*self.dev, s.root, s.height, self.sb.total_blocks)?;
+            for b in nodes {
+                pinned.insert(b);
+            }
+            for d in data_blocks(&items) {
+                pinned.insert(d?.2.block);
+            }
+        }
+        self.pinned = pinned;
+        Ok(())
+    }
+
+    /// The free map from what the durable state references (after a commit's last flush).
+    fn recompute_used(&mut self, nodes: &[u64]) -> Result<()> {
+        let mut used = self.pinned.clone();
+        for b in 0..SLOTS {
+            used.insert(b);
+        }
+        if self.sb.snapshots.block != 0 {
+            used.insert(self.sb.snapshots.block);
+        }
+        for &b in nodes {
+            used.insert(b);
+        }
+        for d in data_blocks(&self.items) {
+            used.insert(d?.2.block);
+        }
+        self.used = used;
+        self.txn.clear();
+        Ok(())
+    }
+
+    fn free_orphans(&mut self) -> Result<()> {
+        let lo = format::key(0, kind::ORPHAN, b"");
+        let hi = format::key(0, kind::ORPHAN + 1, b"");
+        let orphans: Vec<u64> = self
+            .items
+            .range(lo..hi)
+            .filter_map(|(k, _)| format::split_key(k).and_then(|(_, _, t)| format::tail_n(t)))
+            .collect();
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        for ino in orphans {
+            tracing::info!(ino, "wfs: freeing an unlinked inode left open at the last unmount");
+            self.evict(ino)?;
+        }
+        self.commit()
+    }
+
+    // -- items ---------------------------------------------------------------------------
+
+    fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.meta_bytes += format::leaf_item_size(&k, &v) as u64;
+        self.dirty_keys.insert(k.clone());
+        match self.items.insert(k.clone(), v) {
+            Some(old) => self.meta_bytes -= format::leaf_item_size(&k, &old) as u64,
+            None if is_inode_key(&k) => self.inodes += 1,
+            None => {}
+        }
+        self.dirty = true;
+    }
+
+    fn del(&mut self, k: &[u8]) -> Option<Vec<u8>> {
+        let old = self.items.remove(k)?;
+        self.meta_bytes -= format::leaf_item_size(k, &old) as u64;
+        if is_inode_key(k) {
+            self.inodes -= 1;
+        }
+        self.dirty_keys.insert(k.to_vec());
+        self.dirty = true;
+        Some(old)
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.read_only { Err(posix(libc::EROFS, "the image is mounted read-only")) } else { Ok(()) }
+    }
+
+    /// Blocks the next commit may need for its tree, kept back from data.
+    fn reserve(&self) -> u64 {
+        let leaves = self.meta_bytes / 2000 + 1;
+        leaves + leaves / 50 + 8 + if self.snapshots.is_empty() { 0 } else { 1 }
+    }
+
+    fn free_blocks(&self) -> u64 {
+        self.sb.total_blocks.saturating_sub(self.used.len())
+    }
+
+    /// Refuses a change that would leave too little room to commit it.
+    fn room_for(&self, blocks: u64, meta: usize) -> Result<()> {
+        let need = blocks + self.reserve() + (meta as u64) / 2000 + 1;
+        if self.free_blocks() < need { Err(posix(libc::ENOSPC, "the image is full")) } else { Ok(()) }
+    }
+
+    fn alloc(&mut self) -> Result<u64> {
+        let total = self.sb.total_blocks;
+        for i in 0..total {
+            let b = (self.hint + i) % total;
+            if b >= SLOTS && !self.used.contains(b) {
+                self.used.insert(b);
+                self.txn.insert(b);
+                self.hint = b + 1;
+                return Ok(b);
+            }
+        }
+        Err(posix(libc::ENOSPC, "the image is full"))
+    }
+
+    /// Gives back a block this transaction allocated; others stay until the commit.
+    fn release(&mut self, b: u64) {
+        if self.txn.remove(&b) {
+            self.used.remove(b);
+        }
+        if let Ok(mut c) = self.cache.lock() {
+            c.remove(b);
+        }
+    }
+
+    // -- inodes --------------------------------------------------------------------------
+
+    /// The inode `ino`.
+    pub fn inode(&self, ino: u64) -> Result<Inode> {
+        let v = self.items.get(&format::key(ino, kind::INODE, b"")).ok_or(posix(libc::ENOENT, "no such inode"))?;
+        Inode::decode(v)
+    }
+
+    /// The attributes of `ino`.
+    pub fn stat(&self, ino: u64) -> Result<Stat> {
+        Ok(Stat { ino, inode: self.inode(ino)? })
+    }
+
+    fn set_inode(&mut self, ino: u64, i: &Inode) {
+        self.put(format::key(ino, kind::INODE, b""), i.encode());
+    }
+
+    fn dir(&self, ino: u64) -> Result<Inode> {
+        let i = self.inode(ino)?;
+        if !i.is_dir() {
+            return Err(posix(libc::ENOTDIR, "not a directory"));
+        }
+        Ok(i)
+    }
+
+    fn dirent(&self, dir: u64, name: &[u8]) -> Result<Option<Dirent>> {
+        self.items.get(&format::key(dir, kind::DIRENT, name)).map(|v| Dirent::decode(v)).transpose()
+    }
+
+    fn check_name(name: &[u8]) -> Result<()> {
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+            return Err(posix(libc::EINVAL, "not a valid name"));
+        }
+        if name.len() > MAX_NAME {
+            return Err(posix(libc::ENAMETOOLONG, "name longer than 255 bytes"));
+        }
+        Ok(())
+    }
+
+    /// Looks `name` up in `dir`.
+    pub fn lookup(&self, dir: u64, name: &[u8]) -> Result<u64> {
+        if name.len() > MAX_NAME {
+            return Err(posix(libc::ENAMETOOLONG, "name longer than 255 bytes"));
+        }
+        self.dir(dir)?;
+        Ok(self.dirent(dir, name)?.ok_or(posix(libc::ENOENT, "no such entry"))?.ino)
+    }
+
+    fn add_entry(&mut self, dir: u64, name: &[u8], ino: u64, mode: u32, now: Time) -> Result<()> {
+        let mut d = self.dir(dir)?;
+        let index = d.next_index.max(1);
+        d.next_index = index + 1;
+        d.mtime = now;
+        d.ctime = now;
+        if mode & S_IFMT == S_IFDIR {
+            d.nlink = d.nlink.saturating_add(1);
+        }
+        self.set_inode(dir, &d);
+        let kind_byte = (mode >> 12) as u8;
+        self.put(format::key(dir, kind::DIRENT, name), Dirent { ino, kind: kind_byte, index }.encode());
+        self.put(format::key_n(dir, kind::DIRINDEX, index), name.to_vec());
+        Ok(())
+    }
+
+    fn remove_entry(&mut self, dir: u64, name: &[u8], now: Time) -> Result<Dirent> {
+        let e = self.dirent(dir, name)?.ok_or(posix(libc::ENOENT, "no such entry"))?;
+        self.del(&format::key(dir, kind::DIRENT, name));
+        self.del(&format::key_n(dir, kind::DIRINDEX, e.index));
+        let mut d = self.dir(dir)?;
+        d.mtime = now;
+        d.ctime = now;
+        if u32::from(e.kind) << 12 == S_IFDIR {
+            d.nlink = d.nlink.saturating_sub(1);
+        }
+        self.set_inode(dir, &d);
+        Ok(e)
+    }
+
+    /// Creates a node of `mode` (type and permission bits) named `name` in `dir`.
+    pub fn create(&mut self, dir: u64, name: &[u8], mode: u32, uid: u32, gid: u32, rdev: u32) -> Result<u64> {
+        self.writable()?;
+        Self::check_name(name)?;
+        self.dir(dir)?;
+        if self.dirent(dir, name)?.is_some() {
+            return Err(posix(libc::EEXIST, "the name exists"));
+        }
+        if mode & S_IFMT == 0 {
+            return Err(posix(libc::EINVAL, "no file type"));
+        }
+        self.room_for(0, 200 + 2 * name.len())?;
+        let ino = self.sb.next_ino;
+        self.sb.next_ino += 1;
+        let now = Time::now();
+        let is_dir = mode & S_IFMT == S_IFDIR;
+        let inode = Inode {
+            mode,
+            uid,
+            gid,
+            nlink: if is_dir { 2 } else { 1 },
+            rdev,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            parent: if is_dir { dir } else { 0 },
+            next_index: if is_dir { 1 } else { 0 },
+            ..Inode::default()
+        };
+        self.set_inode(ino, &inode);
+        self.add_entry(dir, name, ino, mode, now)?;
+        Ok(ino)
+    }
+
+    /// Creates a symlink to `target`.
+    pub fn symlink(&mut self, dir: u64, name: &[u8], target: &[u8], uid: u32, gid: u32) -> Result<u64> {
+        if target.is_empty() || target.len() >= 4096 {
+            return Err(posix(libc::ENAMETOOLONG, "symlink targets are 1 to 4095 bytes"));
+        }
+        self.room_for(1, 100)?;
+        let ino = self.create(dir, name, S_IFLNK | 0o777, uid, gid, 0)?;
+        self.write(ino, 0, target)?;
+        Ok(ino)
+    }
+
+    /// A symlink's target.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let i = self.inode(ino)?;
+        if i.mode & S_IFMT != S_IFLNK {
+            return Err(posix(libc::EINVAL, "not a symlink"));
+        }
+        let mut buf = vec![0; usize::try_from(i.size.min(4096)).unwrap_or(4096)];
+        let n = self.read(ino, 0, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Adds a hard link.
+    pub fn link(&mut self, ino: u64, dir: u64, name: &[u8]) -> Result<()> {
+        self.writable()?;
+        Self::check_name(name)?;
+        let mut i = self.inode(ino)?;
+        if i.is_dir() {
+            return Err(posix(libc::EPERM, "hard links to directories"));
+        }
+        self.dir(dir)?;
+        if self.dirent(dir, name)?.is_some() {
+            return Err(posix(libc::EEXIST, "the name exists"));
+        }
+        if i.nlink >= 65000 {
+            return Err(posix(libc::EMLINK, "too many links"));
+        }
+        self.room_for(0, 100 + 2 * name.len())?;
+        let now = Time::now();
+        i.nlink += 1;
+        i.ctime = now;
+        self.set_inode(ino, &i);
+        if i.nlink == 1 {
+            self.del(&format::key_n(0, kind::ORPHAN, ino));
+        }
+        self.add_entry(dir, name, ino, i.mode, now)
+    }
+
+    fn drop_link(&mut self, ino: u64, now: Time) -> Result<()> {
+        let mut i = self.inode(ino)?;
+        i.nlink = if i.is_dir() { 0 } else { i.nlink.saturating_sub(1) };
+        i.ctime = now;
+        self.set_inode(ino, &i);
+        if i.nlink == 0 {
+            self.put(format::key_n(0, kind::ORPHAN, ino), Vec::new());
+        }
+        Ok(())
+    }
+
+    /// Removes a non-directory; returns its inode (free it with [`Volume::evict`] once
+    /// nothing has it open).
+    pub fn unlink(&mut self, dir: u64, name: &[u8]) -> Result<u64> {
+        self.writable()?;
+        let e = self.dirent(dir, name)?.ok_or(posix(libc::ENOENT, "no such entry"))?;
+        if self.inode(e.ino)?.is_dir() {
+            return Err(posix(libc::EISDIR, "is a directory"));
+        }
+        let now = Time::now();
+        self.remove_entry(dir, name, now)?;
+        self.drop_link(e.ino, now)?;
+        Ok(e.ino)
+    }
+
+    fn is_empty_dir(&self, ino: u64) -> bool {
+        let lo = format::key(ino, kind::DIRENT, b"");
+        let hi = format::key(ino, kind::DIRENT + 1, b"");
+        self.items.range(lo..hi).next().is_none()
+    }
+
+    /// Removes an empty directory; returns its inode.
+    pub fn rmdir(&mut self, dir: u64, name: &[u8]) -> Result<u64> {
+        self.writable()?;
+        let e = self.dirent(dir, name)?.ok_or(posix(libc::ENOENT, "no such entry"))?;
+        if !self.inode(e.ino)?.is_dir() {
+            return Err(posix(libc::ENOTDIR, "not a directory"));
+        }
+        if !self.is_empty_dir(e.ino) {
+            return Err(posix(libc::ENOTEMPTY, "directory not empty"));
+        }
+        let now = Time::now();
+        self.remove_entry(dir, name, now)?;
+        self.drop_link(e.ino, now)?;
+        Ok(e.ino)
+    }
+
+    /// Frees an inode whose last link is gone (no-op if it still has links).
+    pub fn evict(&mut self, ino: u64) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let Ok(i) = self.inode(ino) else { return Ok(()) };
+        if i.nlink > 0 {
+            return Ok(());
+        }
+        let lo = format::key(ino, 0, b"");
+        let hi = format::key(ino.saturating_add(1), 0, b"");
+        let keys: Vec<Vec<u8>> = self.items.range(lo..hi).map(|(k, _)| k.clone()).collect();
+        for k in keys {
+            if let Some(v) = self.del(&k)
+                && format::split_key(&k).is_some_and(|(_, kd, _)| kd == kind::DATA)
+            {
+                self.release(format::decode_data(&v)?.block);
+            }
+        }
+        self.del(&format::key_n(0, kind::ORPHAN, ino));
+        Ok(())
+    }
+
+    fn is_ancestor(&self, anc: u64, mut dir: u64) -> Result<bool> {
+        for _ in 0..100_000 {
+            if dir == anc {
+                return Ok(true);
+            }
+            if dir == ROOT_INO {
+                return Ok(false);
+            }
+            dir = self.inode(dir)?.parent;
+        }
+        Err(corrupt("directory parents form a loop".into()))
+    }
+
+    /// Renames; returns the inode a plain rename replaced (free it with evict when unused).
+    pub fn rename(
+        &mut self,
+        dir: u64,
+        name: &[u8],
+        new_dir: u64,
+        new_name: &[u8],
+        noreplace: bool,
+        exchange: bool,
+    ) -> Result<Replaced> {
+        self.writable()?;
+        Self::check_name(new_name)?;
+        self.dir(new_dir)?;
+        let src = self.dirent(dir, name)?.ok_or(posix(libc::ENOENT, "no such entry"))?;
+        let dst = self.dirent(new_dir, new_name)?;
+        let src_dir = self.inode(src.ino)?.is_dir();
+        if src_dir && src.ino != new_dir && self.is_ancestor(src.ino, new_dir)? {
+            return Err(posix(libc::EINVAL, "a directory cannot move into itself"));
+        }
+        if src_dir && src.ino == new_dir {
+            return Err(posix(libc::EINVAL, "a directory cannot move into itself"));
+        }
+        let now = Time::now();
+        if exchange {
+            let dst = dst.ok_or(posix(libc::ENOENT, "no such entry"))?;
+            let dst_dir = self.inode(dst.ino)?.is_dir();
+            if dst_dir && self.is_ancestor(dst.ino, dir)? {
+                return Err(posix(libc::EINVAL, "a directory cannot move into itself"));
+            }
+            if dir == new_dir && name == new_name {
+                return Ok(None);
+            }
+            let src_mode = self.inode(src.ino)?.mode;
+            let dst_mode = self.inode(dst.ino)?.mode;
+            self.remove_entry(dir, name, now)?;
+            self.remove_entry(new_dir, new_name, now)?;
+            self.add_entry(dir, name, dst.ino, dst_mode, now)?;
+            self.add_entry(new_dir, new_name, src.ino, src_mode, now)?;
+            for (ino, parent) in [(src.ino, new_dir), (dst.ino, dir)] {
+                let mut i = self.inode(ino)?;
+                if i.is_dir() {
+                    i.parent = parent;
+                }
+                i.ctime = now;
+                self.set_inode(ino, &i);
+            }
+            return Ok(None);
+        }
+        if let Some(dst) = dst {
+            if noreplace {
+                return Err(posix(libc::EEXIST, "the target exists"));
+            }
+            if dst.ino == src.ino {
+                return Ok(None);
+            }
+            let dst_dir = self.inode(dst.ino)?.is_dir();
+            match (src_dir, dst_dir) {
+                (true, false) => return Err(posix(libc::ENOTDIR, "the target is not a directory")),
+                (false, true) => return Err(posix(libc::EISDIR, "the target is a directory")),
+                (true, true) if !self.is_empty_dir(dst.ino) => {
+                    return Err(posix(libc::ENOTEMPTY, "the target directory is not empty"));
+                }
+                _ => {}
+            }
+        }
+        self.room_for(0, 100 + 2 * new_name.len())?;
+        let replaced = match dst {
+            Some(d) => {
+                self.remove_entry(new_dir, new_name, now)?;
+                self.drop_link(d.ino, now)?;
+                Some(d.ino)
+            }
+            None => None,
+        };
+        self.remove_entry(dir, name, now)?;
+        let mut i = self.inode(src.ino)?;
+        self.add_entry(new_dir, new_name, src.ino, i.mode, now)?;
+        if i.is_dir() {
+            i.parent = new_dir;
+        }
+        i.ctime = now;
+        self.set_inode(src.ino, &i);
+        Ok(replaced)
+    }
+
+    /// Lists `dir` after readdir index `after`, until `f` returns false.
+    pub fn list(&self, dir: u64, after: u64, mut f: impl FnMut(Listed) -> bool) -> Result<()> {
+        self.dir(dir)?;
+        let lo = format::key_n(dir, kind::DIRINDEX, after.saturating_add(1));
+        let hi = format::key(dir, kind::DIRINDEX + 1, b"");
+        if lo >= hi {
+            return Ok(());
+        }
+        for (k, name) in self.items.range(lo..hi) {
+            let index = format::split_key(k).and_then(|(_, _, t)| format::tail_n(t));
+            let index = index.ok_or_else(|| corrupt(format!("directory {dir}: bad index key")))?;
+            let e = self.dirent(dir, name)?.ok_or_else(|| corrupt(format!("directory {dir}: index without entry")))?;
+            if !f(Listed { name: name.clone(), ino: e.ino, kind: e.kind, index }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The parent of a directory.
+    pub fn parent(&self, dir: u64) -> Result<u64> {
+        Ok(self.dir(dir)?.parent)
+    }
+
+    // -- attributes ----------------------------------------------------------------------
+
+    /// Changes mode bits, owner and times; `ctime` is set to now.
+    pub fn set_attr(
+        &mut self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        atime: Option<Time>,
+        mtime: Option<Time>,
+    ) -> Result<Inode> {
+        self.writable()?;
+        let mut i = self.inode(ino)?;
+        if let Some(m) = mode {
+            i.mode = (i.mode & S_IFMT) | (m & 0o7777);
+        }
+        if let Some(u) = uid {
+            i.uid = u;
+        }
+        if let Some(g) = gid {
+            i.gid = g;
+        }
+        if let Some(t) = atime {
+            i.atime = t;
+        }
+        if let Some(t) = mtime {
+            i.mtime = t;
+        }
+        i.ctime = Time::now();
+        self.set_inode(ino, &i);
+        Ok(i)
+    }
+
+    // -- data ----------------------------------------------------------------------------
+
+    fn data_ptr(&self, ino: u64, idx: u64) -> Result<Option<Ptr>> {
+        self.items.get(&format::key_n(ino, kind::DATA, idx)).map(|v| format::decode_data(v)).transpose()
+    }
+
+    fn read_block(&self, p: Ptr) -> Result<Arc<[u8]>> {
+        if let Ok(mut c) = self.cache.lock()
+            && let Some(b) = c.get(p.block)
+        {
+            return Ok(b);
+        }
+        let b: Arc<[u8]> = tree::read_verified(&*self.dev, p, self.sb.total_blocks)?.into();
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(p.block, b.clone());
+        }
+        Ok(b)
+    }
+
+    /// Reads file block `idx` (at `p`); on a cache miss, also reads ahead the file's next
+    /// blocks that lie right after it on disk (up to [`READ_AHEAD`]) in one IO, verifies
+    /// each against its own checksum and caches the good ones.
+    fn read_file_block(&self, ino: u64, idx: u64, p: Ptr) -> Result<Arc<[u8]>> {
+        let cached = self.cache.lock().ok().and_then(|mut c| c.get(p.block));
+        if let Some(b) = cached {
+            return Ok(b);
+        }
+        let mut run = vec![p];
+        if self.cache.lock().is_ok_and(|c| c.capacity() >= 2 * READ_AHEAD) {
+            for j in 1..READ_AHEAD as u64 {
+                match self.data_ptr(ino, idx.saturating_add(j)) {
+                    Ok(Some(next))
+                        if Some(next.block) == p.block.checked_add(j) && next.block < self.sb.total_blocks =>
+                    {
+                        run.push(next)
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if run.len() == 1 || p.block < SLOTS {
+            return self.read_block(p);
+        }
+        let mut buf = vec![0u8; run.len() * BLOCK];
+        self.dev.read_at(&mut buf, p.block * B)?;
+        let mut first = None;
+        for (n, q) in run.iter().enumerate() {
+            let bytes = &buf[n * BLOCK..(n + 1) * BLOCK];
+            if crc32c(bytes) != q.crc {
+                continue;
+            }
+            let b: Arc<[u8]> = Arc::from(bytes);
+            if n == 0 {
+                first = Some(b.clone());
+            }
+            if let Ok(mut c) = self.cache.lock() {
+                c.insert(q.block, b);
+            }
+        }
+        match first {
+            Some(b) => Ok(b),
+            // Let the single-block path log and answer the mismatch.
+            None => self.read_block(p),
+        }
+    }
+
+    /// Reads at `offset`; fewer bytes than asked means end of file. A block that fails its
+    /// checksum is EIO, never its bytes.
+    pub fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let i = self.inode(ino)?;
+        if i.is_dir() {
+            return Err(posix(libc::EISDIR, "is a directory"));
+        }
+        if offset >= i.size {
+            return Ok(0);
+        }
+        let len = (buf.len() as u64).min(i.size - offset) as usize;
+        let mut done = 0;
+        while done < len {
+            let pos = offset + done as u64;
+            let idx = pos / B;
+            let within = (pos % B) as usize;
+            let n = (BLOCK - within).min(len - done);
+            match self.data_ptr(ino, idx)? {
+                Some(p) => {
+                    let b = self.read_file_block(ino, idx, p).map_err(|e| {
+                        tracing::error!(ino, block = idx, "wfs: file data failed its checksum: {e}");
+                        e
+                    })?;
+                    buf[done..done + n].copy_from_slice(&b[within..within + n]);
+                }
+                None => buf[done..done + n].fill(0),
+            }
+            done += n;
+        }
+        Ok(len)
+    }
+
+    /// Puts one block of file data: in place if this transaction wrote it, else in a new
+    /// block (copy-on-write).
+    fn put_block(&mut self, ino: u64, idx: u64, data: &[u8]) -> Result<bool> {
+        let key = format::key_n(ino, kind::DATA, idx);
+        let old = self.data_ptr(ino, idx)?;
+        let block = match old {
+            Some(p) if self.txn.contains(&p.block) => p.block,
+            _ => self.alloc()?,
+        };
+        if let Err(e) = self.dev.write_at(data, block * B) {
+            if old.is_none_or(|p| p.block != block) {
+                self.release(block);
+            }
+            return Err(e.into());
+        }
+        let crc = crc32c(data);
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(block, Arc::from(data));
+        }
+        self.put(key, format::encode_data(Ptr { block, crc }));
+        if let Some(p) = old
+            && p.block != block
+        {
+            self.release(p.block);
+        }
+        Ok(old.is_none())
+    }
+
+    /// Writes `data` at `offset`; returns how much was written (all, or an error when
+    /// nothing could be).
+    pub fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        self.writable()?;
+        let mut i = self.inode(ino)?;
+        if i.is_dir() {
+            return Err(posix(libc::EISDIR, "is a directory"));
+        }
+        let end = offset.checked_add(data.len() as u64).filter(|&e| e <= i64::MAX as u64);
+        let end = end.ok_or(posix(libc::EFBIG, "beyond the largest file"))?;
+        let mut done = 0;
+        let mut result = Ok(());
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let idx = pos / B;
+            let within = (pos % B) as usize;
+            let n = (BLOCK - within).min(data.len() - done);
+            let step = (|| -> Result<bool> {
+                let fresh = self.data_ptr(ino, idx)?.is_none();
+                // Copy-on-write needs a new block even for an overwrite.
+                self.room_for(1, 40)?;
+                let mut block = vec![0u8; BLOCK];
+                if n < BLOCK && !fresh {
+                    let p = self.data_ptr(ino, idx)?.ok_or_else(|| corrupt("data vanished".into()))?;
+                    block.copy_from_slice(&self.read_block(p)?);
+                }
+                block[within..within + n].copy_from_slice(&data[done..done + n]);
+                self.put_block(ino, idx, &block)
+            })();
+            match step {
+                Ok(fresh) => {
+                    if fresh {
+                        i.blocks += 1;
+                    }
+                    done += n;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if done > 0 {
+            let now = Time::now();
+            i.size = i.size.max(offset + done as u64);
+            i.mtime = now;
+            i.ctime = now;
+            // Writing clears set-user-id (and set-group-id with group execute), as Linux does.
+            if i.mode & 0o4000 != 0 || i.mode & 0o2010 == 0o2010 {
+                i.mode &= !0o6000;
+            }
+            self.set_inode(ino, &i);
+        }
+        let _ = end;
+        match result {
+            Err(e) if done == 0 => Err(e),
+            _ => Ok(done),
+        }
+    }
+
+    /// Drops the data items of `ino` in block range `[from, to)`.
+    fn drop_blocks(&mut self, ino: u64, i: &mut Inode, from: u64, to: u64) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        let lo = format::key_n(ino, kind::DATA, from);
+        let hi = format::key_n(ino, kind::DATA, to);
+        let gone: Vec<(Vec<u8>, Vec<u8>)> = self.items.range(lo..hi).map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (k, v) in gone {
+            self.del(&k);
+            self.release(format::decode_data(&v)?.block);
+            i.blocks = i.blocks.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    /// Zeroes `[from, to)` inside one block, if the block exists.
+    fn zero_in_block(&mut self, ino: u64, i: &mut Inode, from: u64, to: u64) -> Result<()> {
+        let idx = from / B;
+        if let Some(p) = self.data_ptr(ino, idx)? {
+            self.room_for(1, 0)?;
+            let mut block = self.read_block(p)?.to_vec();
+            block[(from % B) as usize..(to - idx * B) as usize].fill(0);
+            if self.put_block(ino, idx, &block)? {
+                i.blocks += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the size: shrinking frees blocks past it and zeroes the tail of the last one;
+    /// growing leaves a hole.
+    pub fn truncate(&mut self, ino: u64, size: u64) -> Result<()> {
+        self.writable()?;
+        let mut i = self.inode(ino)?;
+        if i.is_dir() {
+            return Err(posix(libc::EISDIR, "is a directory"));
+        }
+        if size > i64::MAX as u64 {
+            return Err(posix(libc::EFBIG, "beyond the largest file"));
+        }
+        if size < i.size {
+            if !size.is_multiple_of(B) {
+                let end = (size / B + 1) * B;
+                self.zero_in_block(ino, &mut i, size, end)?;
+            }
+            self.drop_blocks(ino, &mut i, size.div_ceil(B), u64::MAX)?;
+        }
+        let now = Time::now();
+        i.size = size;
+        i.mtime = now;
+        i.ctime = now;
+        self.set_inode(ino, &i);
+        Ok(())
+    }
+
+    /// Allocates `[offset, offset+len)` (zeroed blocks where there are holes); grows the
+    /// size unless `keep_size`.
+    pub fn allocate(&mut self, ino: u64, offset: u64, len: u64, keep_size: bool) -> Result<()> {
+        self.writable()?;
+        let mut i = self.inode(ino)?;
+        let end = offset.checked_add(len).filter(|&e| e <= i64::MAX as u64).ok_or(posix(libc::EFBIG, "too large"))?;
+        let first = offset / B;
+        let last = end.div_ceil(B);
+        let missing = (first..last).filter(|&b| !self.items.contains_key(&format::key_n(ino, kind::DATA, b))).count();
+        self.room_for(missing as u64, missing * 30)?;
+        let zero = vec![0u8; BLOCK];
+        for idx in first..last {
+            if self.data_ptr(ino, idx)?.is_none() && self.put_block(ino, idx, &zero)? {
+                i.blocks += 1;
+            }
+        }
+        if !keep_size && end > i.size {
+            i.size = end;
+        }
+        i.ctime = Time::now();
+        self.set_inode(ino, &i);
+        Ok(())
+    }
+
+    /// Punches a hole: `[offset, offset+len)` reads as zeroes and whole blocks are freed.
+    pub fn punch_hole(&mut self, ino: u64, offset: u64, len: u64) -> Result<()> {
+        self.writable()?;
+        let mut i = self.inode(ino)?;
+        let end = offset.saturating_add(len).min(i.size.max(offset));
+        if end <= offset {
+            return Ok(());
+        }
+        let first_full = offset.div_ceil(B);
+        let last_full = end / B;
+        if first_full > last_full {
+            self.zero_in_block(ino, &mut i, offset, end)?;
+        } else {
+            if !offset.is_multiple_of(B) {
+                self.zero_in_block(ino, &mut i, offset, first_full * B)?;
+            }
+            if !end.is_multiple_of(B) {
+                self.zero_in_block(ino, &mut i, last_full * B, end)?;
+            }
+            self.drop_blocks(ino, &mut i, first_full, last_full)?;
+        }
+        let now = Time::now();
+        i.mtime = now;
+        i.ctime = now;
+        self.set_inode(ino, &i);
+        Ok(())
+    }
+
+    /// SEEK_DATA (`data`) or SEEK_HOLE from `offset`.
+    pub fn seek(&self, ino: u64, offset: u64, data: bool) -> Result<u64> {
+        let i = self.inode(ino)?;
+        if offset >= i.size {
+            return Err(posix(libc::ENXIO, "at or past the end"));
+        }
+        let mut idx = offset / B;
+        let lo = format::key_n(ino, kind::DATA, idx);
+        let hi = format::key_n(ino, kind::DATA, u64::MAX);
+        for (k, _) in self.items.range(lo..hi) {
+            let b = format::split_key(k).and_then(|(_, _, t)| format::tail_n(t)).unwrap_or(u64::MAX);
+            if data {
+                return Ok((b * B).max(offset).min(i.size)).and_then(|o| {
+                    if o >= i.size { Err(posix(libc::ENXIO, "no data after the offset")) } else { Ok(o) }
+                });
+            }
+            if b != idx {
+                break;
+            }
+            idx += 1;
+        }
+        if data {
+            return Err(posix(libc::ENXIO, "no data after the offset"));
+        }
+        Ok((idx * B).max(offset).min(i.size))
+    }
+
+    // -- xattrs --------------------------------------------------------------------------
+
+    /// An xattr's value.
+    pub fn get_xattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        self.inode(ino)?;
+        self.items.get(&format::key(ino, kind::XATTR, name)).cloned().ok_or(posix(libc::ENODATA, "no such attribute"))
+    }
+
+    /// Sets an xattr; `create`: fail if present, `replace`: fail if absent.
+    pub fn set_xattr(&mut self, ino: u64, name: &[u8], value: &[u8], create: bool, replace: bool) -> Result<()> {
+        self.writable()?;
+        let mut i = self.inode(ino)?;
+        if name.is_empty() || name.len() > MAX_NAME {
+            return Err(posix(libc::ERANGE, "xattr names are 1 to 255 bytes"));
+        }
+        if value.len() > MAX_XATTR_VALUE {
+            return Err(posix(libc::ENOSPC, "xattr values are at most 2048 bytes"));
+        }
+        let k = format::key(ino, kind::XATTR, name);
+        let exists = self.items.contains_key(&k);
+        if create && exists {
+            return Err(posix(libc::EEXIST, "the attribute exists"));
+        }
+        if replace && !exists {
+            return Err(posix(libc::ENODATA, "no such attribute"));
+        }
+        self.room_for(0, name.len() + value.len() + 20)?;
+        self.put(k, value.to_vec());
+        i.ctime = Time::now();
+        self.set_inode(ino, &i);
+        Ok(())
+    }
+
+    /// Names of the xattrs of `ino`.
+    pub fn list_xattr(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        self.inode(ino)?;
+        let lo = format::key(ino, kind::XATTR, b"");
+        let hi = format::key(ino, kind::XATTR + 1, b"");
+        Ok(self.items.range(lo..hi).map(|(k, _)| k[9..].to_vec()).collect())
+    }
+
+    /// Removes an xattr.
+    pub fn remove_xattr(&mut self, ino: u64, name: &[u8]) -> Result<()> {
+        self.writable()?;
+        let mut i = self.inode(ino)?;
+        self.del(&format::key(ino, kind::XATTR, name)).ok_or(posix(libc::ENODATA, "no such attribute"))?;
+        i.ctime = Time::now();
+        self.set_inode(ino, &i);
+        Ok(())
+    }
+
+    // -- space and commits ---------------------------------------------------------------
+
+    /// Space, for statfs: free is what the next commit leaves (blocks freed since the last
+    /// commit count once it is durable).
+    pub fn space(&self) -> Space {
+        Space {
+            total: self.sb.total_blocks,
+            free: self.free_blocks().saturating_sub(self.reserve()),
+            inodes: self.inodes,
+        }
+    }
+
+    /// Whether there are uncommitted changes.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Makes every change so far durable: new tree, flush, superblock, flush.
+    pub fn commit(&mut self) -> Result<()> {
+        if !self.dirty || self.read_only {
+            return Ok(());
+        }
+        let dev = self.dev.clone();
+        let items = std::mem::take(&mut self.items);
+        let leaves = std::mem::take(&mut self.leaves);
+        let dirty_keys = std::mem::take(&mut self.dirty_keys);
+        let mut new_blocks = Vec::new();
+        let written = tree::write_incremental(&*dev, &items, &leaves, &dirty_keys, &mut || {
+            let b = self.alloc()?;
+            new_blocks.push(b);
+            Ok(b)
+        });
+        self.items = items;
+        self.leaves = leaves;
+        self.dirty_keys = dirty_keys;
+        let undo = |v: &mut Volume, blocks: &[u64]| {
+            for &b in blocks {
+                v.release(b);
+            }
+        };
+        let tree::Written { root, height, nodes, levels: leaves } = match written {
+            Ok(w) => w,
+            Err(e) => {
+                undo(self, &new_blocks);
+                return Err(e);
+            }
+        };
+        let mut sb = self.sb.clone();
+        sb.generation += 1;
+        sb.root = root;
+        sb.height = height;
+        sb.time = Time::now().secs;
+        let step = (|| -> Result<()> {
+            dev.flush()?;
+            dev.write_at(&sb.encode(), (sb.generation % SLOTS) * B)?;
+            dev.flush()?;
+            Ok(())
+        })();
+        if let Err(e) = step {
+            // The new superblock may or may not be on disk: everything written since the
+            // last commit may be referenced by a durable tree now, so none of it is reused
+            // or rewritten in place until a later commit succeeds and recomputes the map.
+            tracing::error!("wfs: commit failed: {e}");
+            self.txn.clear();
+            return Err(e);
+        }
+        self.sb = sb;
+        self.dirty = false;
+        self.leaves = leaves;
+        self.dirty_keys.clear();
+        self.recompute_used(&nodes)
+    }
+
+    // -- snapshots -----------------------------------------------------------------------
+
+    /// The snapshots.
+    pub fn snapshots(&self) -> &[Snapshot] {
+        &self.snapshots
+    }
+
+    fn write_snapshot_table(&mut self, snaps: Vec<Snapshot>) -> Result<()> {
+        let ptr = if snaps.is_empty() {
+            Ptr::default()
+        } else {
+            let b = format::encode_snapshots(&snaps);
+            let block = self.alloc()?;
+            self.dev.write_at(&b, block * B)?;
+            Ptr { block, crc: crc32c(&b) }
+        };
+        self.sb.snapshots = ptr;
+        self.snapshots = snaps;
+        self.dirty = true;
+        self.compute_pinned()?;
+        self.commit()
+    }
+
+    /// Takes a snapshot of the state after committing everything pending.
+    pub fn snapshot_create(&mut self, name: &str) -> Result<()> {
+        self.writable()?;
+        if name.is_empty() || name.len() > MAX_SNAPSHOT_NAME || name.contains('/') || name.contains('\0') {
+            return Err(posix(libc::EINVAL, "snapshot names are 1 to 64 bytes without '/'"));
+        }
+        if self.snapshots.iter().any(|s| s.name == name) {
+            return Err(posix(libc::EEXIST, "a snapshot of that name exists"));
+        }
+        if self.snapshots.len() >= MAX_SNAPSHOTS {
+            return Err(posix(libc::ENOSPC, "the snapshot table is full (40)"));
+        }
+        self.dirty = true;
+        self.commit()?;
+        let mut snaps = self.snapshots.clone();
+        snaps.push(Snapshot {
+            name: name.to_string(),
+            root: self.sb.root,
+            height: self.sb.height,
+            generation: self.sb.generation,
+            created: Time::now().secs,
+        });
+        self.write_snapshot_table(snaps)
+    }
+
+    /// Deletes a snapshot; its blocks are free once that commit is durable.
+    pub fn snapshot_delete(&mut self, name: &str) -> Result<()> {
+        self.writable()?;
+        let mut snaps = self.snapshots.clone();
+        let before = snaps.len();
+        snaps.retain(|s| s.name != name);
+        if snaps.len() == before {
+            return Err(posix(libc::ENOENT, "no snapshot of that name"));
+        }
+        self.write_snapshot_table(snaps)
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        if let Err(e) = self.commit() {
+            tracing::error!("wfs: the last commit at close failed: {e}");
+        }
+    }
+}
+
+/// Regular file mode bits.
+pub const FILE: u32 = S_IFREG;
+
+/// The items of the live tree (for fsck and tests).
+impl Volume {
+    /// Every item.
+    pub fn items(&self) -> &BTreeMap<Vec<u8>, Vec<u8>> {
+        &self.items
+    }
+}
