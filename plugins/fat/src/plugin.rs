@@ -57,14 +57,7 @@ struct Settings {
     tz: Option<String>,
     #[serde(default)]
     quiet: bool,
-}
-
-/// What `format` takes: the image to create and, optionally, its volume label (as
-/// `plugfs volume create --label` passes it).
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FormatSettings {
-    image: PathBuf,
+    /// Only for `format` (`plugfs volume create --label`): the new volume's label.
     label: Option<String>,
 }
 
@@ -110,6 +103,9 @@ impl Plugin for FatPlugin {
 
     fn open(config: &ConfigTable, options: &MountOptions) -> Result<FatFs, OpenError> {
         let s: Settings = config.parse()?;
+        if s.label.is_some() {
+            return Err(OpenError::config("label", "only for creating a volume; relabel with `plugfs-fat label`"));
+        }
         let umask = mask(s.umask, "umask", 0o022)?;
         let tz_offset = match s.tz.as_deref() {
             None | Some("local") => time::local_offset(),
@@ -145,7 +141,7 @@ impl Plugin for FatPlugin {
     /// `plugfs-fat mkfs IMAGE --size SIZE` does: the FAT type and cluster size chosen by
     /// size, 512-byte sectors. The other mount keys are checked but do not matter here.
     fn format(config: &ConfigTable, size: u64) -> Result<(), OpenError> {
-        let s: FormatSettings = config.parse()?;
+        let s: Settings = config.parse()?;
         let format = mkfs::Format {
             size,
             fat_type: None,
