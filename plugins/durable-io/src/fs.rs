@@ -13,7 +13,9 @@ use plugfs_plugin_api::{
     AttrOut, Capabilities, DirEntry, DirSink, Entry, Errno, Error, FileKind, FileSystem, Handle, NodeId, OpenError,
     Opened, ROOT_ID, RenameFlags, Request, Result, SetAttr, SetTime, StatFs, Whence, open_flags,
 };
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, SeekFrom, Statx, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{
+    AtFlags, FileType, Mode, OFlags, RawDir, SeekFrom, Statx, StatxFlags, Timespec, Timestamps, XattrFlags,
+};
 
 use crate::creds::{AsCaller, caller_groups};
 use crate::durability::{Durability, sync_fd, sync_node};
@@ -406,14 +408,10 @@ impl DurableIo {
             let _caller = self.as_caller(req)?;
             // The permission check of the open it stands for (write access to the target).
             drop(self.proc.reopen(n.fd.as_fd(), oflags & !OFlags::TRUNC)?);
-            let named: Option<InodeKey> = rustix::fs::statx(
-                &*dir,
-                name.as_os_str(),
-                AtFlags::SYMLINK_NOFOLLOW,
-                rustix::fs::StatxFlags::BASIC_STATS,
-            )
-            .ok()
-            .map(|now| inode_key(&now));
+            let named: Option<InodeKey> =
+                rustix::fs::statx(&*dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
+                    .ok()
+                    .map(|now| inode_key(&now));
             if named != Some(inode_key(&st)) {
                 return Ok(None);
             }
@@ -500,6 +498,11 @@ impl DurableIo {
                 Err(e) => return Err(err(e)),
             }
         };
+        // What the name holds now: usually the old file, but a concurrent replace may have
+        // put another file there since this handle was opened.
+        let replaced = rustix::fs::statx(&*rep.dir, &rep.name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
+            .ok()
+            .map(|st| inode_key(&st));
         let renamed = {
             let _caller = AsCaller::enter_with(self.as_caller, &rep.req, Some(&rep.groups))?;
             rustix::fs::renameat(&*rep.dir, &temp, &*rep.dir, &rep.name)
@@ -510,6 +513,9 @@ impl DurableIo {
             return Err(err(e));
         }
         self.nodes.supersede(rep.old);
+        if let Some(key) = replaced {
+            self.nodes.supersede_key(key);
+        }
         self.sync_path(rep.dir.as_fd(), FileKind::Directory)
     }
 
@@ -858,9 +864,7 @@ impl FileSystem for DurableIo {
             .map_err(err)?;
         }
         // Where the file now lives, for an atomic replace of it later.
-        if let Ok(st) =
-            rustix::fs::statx(np.fd.as_fd(), new_name, AtFlags::SYMLINK_NOFOLLOW, rustix::fs::StatxFlags::BASIC_STATS)
-        {
+        if let Ok(st) = rustix::fs::statx(np.fd.as_fd(), new_name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS) {
             self.nodes.renamed(inode_key(&st), &np.fd, new_name);
         }
         self.sync_change(None, &[&p, &np])

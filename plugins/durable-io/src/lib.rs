@@ -7,8 +7,8 @@
 //! This file is the plugin glue (description and config); [`DurableIo`] in `fs.rs` does
 //! the work, over the node table (`nodes.rs`), the handle table (`handles.rs`), the
 //! durability policy (`durability.rs`), the per-thread caller credentials (`creds.rs`), the
-//! probe of what the backing filesystem supports (`probe.rs`) and the syscall helpers
-//! (`sys.rs`).
+//! probe of what the backing filesystem supports (`probe.rs`), atomic replace
+//! (`replace.rs`) and the syscall helpers (`sys.rs`).
 
 #![warn(missing_docs)]
 

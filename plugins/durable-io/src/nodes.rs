@@ -169,6 +169,16 @@ impl NodeTable {
         node.name = None;
     }
 
+    /// [`NodeTable::supersede`] of the node of the inode `key`, if it is known.
+    pub(crate) fn supersede_key(&self, key: InodeKey) {
+        let id = self.read().ids.get(&key).copied();
+        if let Some(id) = id
+            && id != ROOT_ID
+        {
+            self.supersede(id);
+        }
+    }
+
     /// Drops `n` lookup references; at zero the node is removed and its fd closed (once no
     /// call in flight still holds it). The root is never removed.
     pub(crate) fn forget(&self, id: NodeId, n: u64) {

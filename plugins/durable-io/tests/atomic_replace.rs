@@ -138,3 +138,21 @@ fn the_new_file_gets_the_old_owner_and_mode_and_the_caller_needs_permission() {
     fs.release(&writer, n.node, h, 0, true).unwrap();
     assert_eq!(fs::metadata(m.path("shared")).unwrap().mode() & 0o7777, 0o775);
 }
+
+#[test]
+fn of_two_concurrent_replaces_the_last_release_wins_and_each_replaced_node_is_stale() {
+    let m = replacing_mount();
+    let fs = &m.fs;
+    let x = write_file(fs, ROOT_ID, "f", b"x");
+    let a = fs.open(&ROOT_REQ, x.node, TRUNC_W).unwrap().handle;
+    let b = fs.open(&ROOT_REQ, x.node, TRUNC_W).unwrap().handle;
+    fs.write(&ROOT_REQ, x.node, a, 0, b"aaa", 0).unwrap();
+    fs.write(&ROOT_REQ, x.node, b, 0, b"bbb", 0).unwrap();
+    fs.release(&ROOT_REQ, x.node, a, 0, true).unwrap();
+    let y = lookup(fs, ROOT_ID, "f");
+    assert_eq!(read_all(fs, y.node), b"aaa");
+    fs.release(&ROOT_REQ, x.node, b, 0, true).unwrap();
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"bbb");
+    assert_eq!(fs.open(&ROOT_REQ, y.node, open_flags::O_RDONLY).unwrap_err().errno(), Errno::ESTALE);
+    assert_eq!(read_all(fs, lookup(fs, ROOT_ID, "f").node), b"bbb");
+}
