@@ -239,7 +239,10 @@ impl DurableIo {
         AsCaller::enter(self.as_caller, req)
     }
 
+    /// Hands out the entry of a node, remembering where a regular file was found (`at`)
+    /// when atomic replace needs it.
     fn entry(&self, fd: OwnedFd, st: &Statx, at: Option<(&Arc<OwnedFd>, &OsStr)>) -> Entry {
+        let at = at.filter(|_| self.atomic_replace);
         let attr = attr_from_statx(st);
         let (node, generation) = self.nodes.remember(fd, inode_key(st), attr.kind, at);
         Entry { node, generation, attr, entry_ttl: TTL, attr_ttl: TTL }
@@ -864,7 +867,10 @@ impl FileSystem for DurableIo {
             .map_err(err)?;
         }
         // Where the file now lives, for an atomic replace of it later.
-        if let Ok(st) = rustix::fs::statx(np.fd.as_fd(), new_name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS) {
+        if self.atomic_replace
+            && let Ok(st) =
+                rustix::fs::statx(np.fd.as_fd(), new_name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
+        {
             self.nodes.renamed(inode_key(&st), &np.fd, new_name);
         }
         self.sync_change(None, &[&p, &np])
