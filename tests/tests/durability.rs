@@ -89,6 +89,11 @@ fn mount_durable_io(durability: &str) -> Setup {
 
 /// [`mount_durable_io`] with extra `[mount.options]` lines, logging at info level.
 fn mount_durable_io_with(durability: &str, options: &str) -> Setup {
+    mount_durable_io_config(durability, options, "")
+}
+
+/// [`mount_durable_io_with`] with extra `[mount.config]` lines.
+fn mount_durable_io_config(durability: &str, options: &str, config_lines: &str) -> Setup {
     let scratch = tempfile::tempdir().unwrap();
     let disk = Disk::new(scratch.path());
     let mnt = scratch.path().join("mnt");
@@ -98,7 +103,7 @@ fn mount_durable_io_with(durability: &str, options: &str) -> Setup {
         format!(
             "[host]\nplugin_dirs = [{:?}]\nlog = \"info\"\n[[mount]]\nname = \"d\"\nplugin = \"durable-io\"\n\
              mountpoint = \"mnt\"\ncreate_mountpoint = true\n[mount.options]\n{options}\n[mount.config]\n\
-             root = \"disk/data\"\ncreate_root = true\ndurability = {durability:?}\n",
+             root = \"disk/data\"\ncreate_root = true\ndurability = {durability:?}\n{config_lines}\n",
             target_dir().to_str().unwrap()
         ),
     )
@@ -223,5 +228,36 @@ fn with_durability_close_a_file_written_through_kernel_passthrough_or_not_keeps_
 
         let (recovered, _scratch) = s.crash();
         assert_eq!(std::fs::read(recovered.dir.join("data/doc")).unwrap(), vec![b'x'; 200_000], "{options}");
+    }
+}
+
+#[test]
+fn with_atomic_replace_a_crash_leaves_the_old_or_the_new_content_never_a_mix() {
+    // "kernel": the replace makes itself durable, whatever the durability mode.
+    let s = mount_durable_io_config("kernel", "", "atomic_replace = true");
+    let path = s.mnt.join("settings");
+    std::fs::write(&path, vec![b'o'; 100_000]).unwrap();
+    sync_path(&path);
+    sync_path(&s.mnt);
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
+    f.write_all(&vec![b'n'; 50_000]).unwrap();
+    f.sync_all().unwrap();
+    // The power fails with half of the new content written (and even synced).
+    let mid = s.scratch.path().join("mid.img");
+    s.disk.crash_copy(&mid);
+    f.write_all(&vec![b'n'; 70_000]).unwrap();
+    drop(f);
+    let replaced = wait_until(Duration::from_secs(5), || {
+        std::fs::read(s.disk.dir.join("data/settings")).map(|d| d.len() == 120_000).unwrap_or(false)
+    });
+    assert!(replaced, "the replace is done at the release");
+
+    let (recovered, scratch) = s.crash();
+    assert_eq!(std::fs::read(recovered.dir.join("data/settings")).unwrap(), vec![b'n'; 120_000], "the new content");
+    let mid = Recovered::new(&mid, scratch.path().join("recovered-mid"));
+    assert_eq!(std::fs::read(mid.dir.join("data/settings")).unwrap(), vec![b'o'; 100_000], "the old content");
+    for dir in [&recovered.dir, &mid.dir] {
+        let names: Vec<_> = std::fs::read_dir(dir.join("data")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from("settings")], "no temporaries");
     }
 }

@@ -104,6 +104,13 @@ impl AsCaller {
     /// Switches to `req`'s identity if `enabled` (the host runs as root). The parts that
     /// already match are left alone.
     pub(crate) fn enter(enabled: bool, req: &Request) -> Result<AsCaller> {
+        AsCaller::enter_with(enabled, req, None)
+    }
+
+    /// [`AsCaller::enter`] with the supplementary groups read earlier (`Some`), for work done
+    /// on behalf of a caller after its request (an atomic replace at release, when the
+    /// caller may have exited).
+    pub(crate) fn enter_with(enabled: bool, req: &Request, groups: Option<&[u32]>) -> Result<AsCaller> {
         let mut guard = AsCaller { saved: Saved { uid: None, gid: None, groups: None, caps: None } };
         if !enabled {
             return Ok(guard);
@@ -112,7 +119,10 @@ impl AsCaller {
         // Groups and gid first, while the thread still holds CAP_SETGID for certain; the
         // capabilities go last, because setfsuid back to 0 on drop needs CAP_SETUID.
         if req.uid != 0 {
-            let groups: Vec<Gid> = caller_groups(req).into_iter().map(Gid::from_raw).collect();
+            let groups: Vec<Gid> = match groups {
+                Some(g) => g.iter().copied().map(Gid::from_raw).collect(),
+                None => caller_groups(req).into_iter().map(Gid::from_raw).collect(),
+            };
             let old = rustix::process::getgroups().map_err(|e| refused(format!("getgroups: {e}")))?;
             if old != groups {
                 rustix::thread::set_thread_groups(&groups)

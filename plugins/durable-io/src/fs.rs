@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,14 +13,17 @@ use plugfs_plugin_api::{
     AttrOut, Capabilities, DirEntry, DirSink, Entry, Errno, Error, FileKind, FileSystem, Handle, NodeId, OpenError,
     Opened, ROOT_ID, RenameFlags, Request, Result, SetAttr, SetTime, StatFs, Whence, open_flags,
 };
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, SeekFrom, Statx, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{
+    AtFlags, FileType, Mode, OFlags, RawDir, SeekFrom, Statx, StatxFlags, Timespec, Timestamps, XattrFlags,
+};
 
-use crate::creds::AsCaller;
+use crate::creds::{AsCaller, caller_groups};
 use crate::durability::{Durability, sync_fd, sync_node};
 use crate::handles::{DirHandle, FileHandle, HandleTable, Open};
 use crate::nodes::{NodeRef, NodeTable};
 use crate::probe::{Probed, probe_dir};
-use crate::sys::{ProcFd, attr_from_statx, check_name, decode_dev, err, inode_key, open_beneath, stat_fd};
+use crate::replace::{Replace, is_replace_temp, remove_stale, temp_flags, temp_name};
+use crate::sys::{InodeKey, ProcFd, attr_from_statx, check_name, decode_dev, err, inode_key, open_beneath, stat_fd};
 
 /// How long the kernel may cache names and attributes. Short, because the backing directory
 /// may be changed behind our back by anything else on the machine.
@@ -61,6 +65,10 @@ pub struct DurableIo {
     caps: Capabilities,
     /// `FICLONE` works on the backing filesystem.
     reflink: bool,
+    /// Files opened for writing with `O_TRUNC` are replaced atomically (`replace.rs`).
+    atomic_replace: bool,
+    /// Open files are handed to the kernel for passthrough.
+    passthrough: bool,
     /// Syncs made so far, so tests can check the policy without tracing syscalls.
     file_syncs: AtomicU64,
     dir_syncs: AtomicU64,
@@ -110,9 +118,32 @@ impl DurableIo {
             root_ino: st.stx_ino,
             caps,
             reflink: probed.reflink,
+            atomic_replace: false,
+            passthrough: durability.passthrough(),
             file_syncs: AtomicU64::new(0),
             dir_syncs: AtomicU64::new(0),
         })
+    }
+
+    /// Turns atomic replace on or off (config key `atomic_replace`). On, it removes
+    /// temporary files a crash left in the root directory, and hands no descriptors over
+    /// for the kernel's passthrough (writes to a replacing handle must reach the plugin).
+    pub fn with_atomic_replace(mut self, on: bool) -> Self {
+        self.atomic_replace = on;
+        if on {
+            self.passthrough = false;
+            self.caps.backing_files = false;
+            if !self.read_only
+                && let Ok(root) = self.node(ROOT_ID)
+                && let Ok(dir) = self.proc.reopen(root.fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY)
+            {
+                let removed = remove_stale(dir.as_fd());
+                if removed > 0 {
+                    tracing::info!("durable-io: removed {removed} temporary file(s) of interrupted atomic replaces");
+                }
+            }
+        }
+        self
     }
 
     /// What this mount supports, as probed on its backing directory when it was opened
@@ -208,9 +239,12 @@ impl DurableIo {
         AsCaller::enter(self.as_caller, req)
     }
 
-    fn entry(&self, fd: OwnedFd, st: &Statx) -> Entry {
+    /// Hands out the entry of a node, remembering where a regular file was found (`at`)
+    /// when atomic replace needs it.
+    fn entry(&self, fd: OwnedFd, st: &Statx, at: Option<(&Arc<OwnedFd>, &OsStr)>) -> Entry {
+        let at = at.filter(|_| self.atomic_replace);
         let attr = attr_from_statx(st);
-        let (node, generation) = self.nodes.remember(fd, inode_key(st), attr.kind);
+        let (node, generation) = self.nodes.remember(fd, inode_key(st), attr.kind, at);
         Entry { node, generation, attr, entry_ttl: TTL, attr_ttl: TTL }
     }
 
@@ -242,6 +276,7 @@ impl DurableIo {
         created: Option<Created>,
         parent: &NodeRef,
         sync_new: bool,
+        name: Option<&OsStr>,
     ) -> Result<Entry> {
         let mut st = stat_fd(fd.as_fd())?;
         let kind = FileKind::from_mode(st.stx_mode.into()).unwrap_or(FileKind::File);
@@ -249,7 +284,7 @@ impl DurableIo {
             st = self.restore_mode(req, fd.as_fd(), st, created)?;
         }
         self.sync_change(sync_new.then_some((fd.as_fd(), kind)), &[parent])?;
-        Ok(self.entry(fd, &st))
+        Ok(self.entry(fd, &st, name.map(|n| (&parent.fd, n))))
     }
 
     /// The caller's mode arrives already masked by the caller's umask; the host process's
@@ -333,7 +368,7 @@ impl DurableIo {
     /// setting allows (see [`Durability::passthrough`]).
     fn file_handle(&self, fd: OwnedFd, flags: i32, writable: bool) -> Opened {
         let truncated = flags & open_flags::O_TRUNC != 0;
-        let passthrough = self.durability.passthrough();
+        let passthrough = self.passthrough;
         let backing_fd = passthrough.then(|| fd.as_raw_fd());
         let handle = self.handles.insert(Open::File(Arc::new(FileHandle {
             fd,
@@ -341,6 +376,7 @@ impl DurableIo {
             direct: flags & open_flags::O_DIRECT != 0,
             writable,
             unseen_writes: passthrough && writable,
+            replace: None,
         })));
         Opened { handle, backing_fd, ..Opened::default() }
     }
@@ -359,6 +395,131 @@ impl DurableIo {
     /// `O_DSYNC` fd (fallocate, copy_file_range, truncating opens).
     fn sync_data_change(&self, fd: BorrowedFd<'_>) -> Result<()> {
         if self.durability.sync_changes() { self.sync_open(fd, FileKind::File, false) } else { Ok(()) }
+    }
+
+    /// Opens the node `id` (a regular file, `n`) for an atomic replace, if that applies:
+    /// its name is known and still names it, it has one link, and the caller may create
+    /// the temporary file in its directory and rename over it. `None`: truncate in place.
+    fn open_replacing(&self, req: &Request, id: NodeId, n: &NodeRef, oflags: OFlags) -> Result<Option<Opened>> {
+        let Some((dir, name)) = self.nodes.name_of(id) else { return Ok(None) };
+        let st = stat_fd(n.fd.as_fd())?;
+        if st.stx_nlink != 1 {
+            return Ok(None);
+        }
+        let creator = if self.as_caller { req.uid } else { rustix::process::geteuid().as_raw() };
+        let tmp = {
+            let _caller = self.as_caller(req)?;
+            // The permission check of the open it stands for (write access to the target).
+            drop(self.proc.reopen(n.fd.as_fd(), oflags & !OFlags::TRUNC)?);
+            let named: Option<InodeKey> =
+                rustix::fs::statx(&*dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
+                    .ok()
+                    .map(|now| inode_key(&now));
+            if named != Some(inode_key(&st)) {
+                return Ok(None);
+            }
+            // In a sticky directory only the owner of the file or of the directory may
+            // rename over it (the temporary file gets the target's owner).
+            let dir_st = stat_fd(dir.as_fd())?;
+            if u32::from(dir_st.stx_mode) & 0o1000 != 0
+                && creator != 0
+                && creator != st.stx_uid
+                && creator != dir_st.stx_uid
+            {
+                return Ok(None);
+            }
+            match rustix::fs::openat(&*dir, c".", temp_flags(oflags), Mode::from_raw_mode(0o600)) {
+                Ok(fd) => fd,
+                Err(
+                    e @ (rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::ISDIR
+                    | rustix::io::Errno::INVAL
+                    | rustix::io::Errno::ACCESS
+                    | rustix::io::Errno::PERM),
+                ) => {
+                    tracing::debug!("durable-io: no O_TMPFILE for an atomic replace ({e}); truncating in place");
+                    return Ok(None);
+                }
+                Err(e) => return Err(err(e)),
+            }
+        };
+        // The target's owner and mode, as the host: the caller may not be the owner.
+        let tmp_st = stat_fd(tmp.as_fd())?;
+        if (tmp_st.stx_uid, tmp_st.stx_gid) != (st.stx_uid, st.stx_gid) {
+            let chown = rustix::fs::fchown(
+                &tmp,
+                Some(rustix::fs::Uid::from_raw(st.stx_uid)),
+                Some(rustix::fs::Gid::from_raw(st.stx_gid)),
+            );
+            if let Err(e) = chown
+                && self.as_caller
+            {
+                return Err(err(e));
+            }
+        }
+        // As a write in place would (the kernel's file_remove_privs): a caller without
+        // CAP_FSETID loses set-user-ID, and set-group-ID on a group-executable file.
+        let mut mode = u32::from(st.stx_mode) & 0o7777;
+        if creator != 0 {
+            mode &= !0o4000;
+            if mode & 0o010 != 0 {
+                mode &= !0o2000;
+            }
+        }
+        rustix::fs::fchmod(&tmp, Mode::from_raw_mode(mode)).map_err(err)?;
+        let groups = if self.as_caller && req.uid != 0 { caller_groups(req) } else { Vec::new() };
+        let handle = self.handles.insert(Open::File(Arc::new(FileHandle {
+            fd: tmp,
+            dirty: AtomicBool::new(true),
+            direct: oflags.contains(OFlags::DIRECT),
+            writable: true,
+            unseen_writes: false,
+            replace: Some(Replace { dir, name, old: id, req: *req, groups }),
+        })));
+        // Direct IO: the new content must not enter the page cache of the kernel inode that
+        // readers of the old file still use.
+        Ok(Some(Opened { handle, direct_io: true, ..Opened::default() }))
+    }
+
+    /// The last release of an atomic-replace handle: sync the new file, give it a hidden
+    /// name, rename it over the target (as the caller who opened it), sync the directory.
+    fn commit_replace(&self, fh: &FileHandle, rep: &Replace) -> Result<()> {
+        // Until the link the new file has no name: a failure or crash leaves the old file.
+        self.sync_open(fh.fd.as_fd(), FileKind::File, false)?;
+        let mut tries = 0;
+        let temp = loop {
+            let temp = temp_name();
+            match rustix::fs::linkat(
+                self.proc.dir(),
+                ProcFd::name(fh.fd.as_fd()),
+                &*rep.dir,
+                &temp,
+                AtFlags::SYMLINK_FOLLOW,
+            ) {
+                Ok(()) => break temp,
+                Err(rustix::io::Errno::EXIST) if tries < 8 => tries += 1,
+                Err(e) => return Err(err(e)),
+            }
+        };
+        // What the name holds now: usually the old file, but a concurrent replace may have
+        // put another file there since this handle was opened.
+        let replaced = rustix::fs::statx(&*rep.dir, &rep.name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
+            .ok()
+            .map(|st| inode_key(&st));
+        let renamed = {
+            let _caller = AsCaller::enter_with(self.as_caller, &rep.req, Some(&rep.groups))?;
+            rustix::fs::renameat(&*rep.dir, &temp, &*rep.dir, &rep.name)
+        };
+        if let Err(e) = renamed {
+            let _ = rustix::fs::unlinkat(&*rep.dir, &temp, AtFlags::empty());
+            tracing::warn!(name = ?rep.name, "durable-io: atomic replace failed, the old content stays: {e}");
+            return Err(err(e));
+        }
+        self.nodes.supersede(rep.old);
+        if let Some(key) = replaced {
+            self.nodes.supersede_key(key);
+        }
+        self.sync_path(rep.dir.as_fd(), FileKind::Directory)
     }
 
     fn remove(&self, req: &Request, parent: NodeId, name: &OsStr, flags: AtFlags) -> Result<()> {
@@ -520,10 +681,13 @@ impl FileSystem for DurableIo {
         // As the caller: looking up needs search permission on the parent.
         let fd = {
             let _caller = self.as_caller(req)?;
+            if is_replace_temp(name) {
+                return Err(Errno::ENOENT.into());
+            }
             open_beneath(p.fd.as_fd(), name, OFlags::PATH, Mode::empty())?
         };
         let st = stat_fd(fd.as_fd())?;
-        Ok(self.entry(fd, &st))
+        Ok(self.entry(fd, &st, Some((&p.fd, name))))
     }
 
     fn forget(&self, node: NodeId, nlookup: u64) {
@@ -611,7 +775,7 @@ impl FileSystem for DurableIo {
             open_beneath(p.fd.as_fd(), name, OFlags::PATH, Mode::empty())?
         };
         let kind = FileKind::from_mode(mode).unwrap_or(FileKind::File);
-        self.finish_create(req, fd, Some(Created { mode, verify: Some(kind) }), &p, true)
+        self.finish_create(req, fd, Some(Created { mode, verify: Some(kind) }), &p, true, None)
     }
 
     fn mkdir(&self, req: &Request, parent: NodeId, name: &OsStr, mode: u32) -> Result<Entry> {
@@ -626,7 +790,7 @@ impl FileSystem for DurableIo {
             let _caller = self.as_caller(req)?;
             open_beneath(p.fd.as_fd(), name, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())?
         };
-        self.finish_create(req, fd, Some(Created { mode, verify: Some(FileKind::Directory) }), &p, true)
+        self.finish_create(req, fd, Some(Created { mode, verify: Some(FileKind::Directory) }), &p, true, None)
     }
 
     fn unlink(&self, req: &Request, parent: NodeId, name: &OsStr) -> Result<()> {
@@ -646,7 +810,7 @@ impl FileSystem for DurableIo {
             rustix::fs::symlinkat(target, p.fd.as_fd(), name).map_err(err)?;
         }
         let fd = open_beneath(p.fd.as_fd(), name, OFlags::PATH, Mode::empty())?;
-        self.finish_create(req, fd, None, &p, true)
+        self.finish_create(req, fd, None, &p, true, None)
     }
 
     fn link(&self, req: &Request, node: NodeId, new_parent: NodeId, new_name: &OsStr) -> Result<Entry> {
@@ -671,7 +835,7 @@ impl FileSystem for DurableIo {
             .map_err(err)?;
         }
         let fd = open_beneath(p.fd.as_fd(), new_name, OFlags::PATH, Mode::empty())?;
-        self.finish_create(req, fd, None, &p, true)
+        self.finish_create(req, fd, None, &p, true, None)
     }
 
     fn rename(
@@ -702,6 +866,13 @@ impl FileSystem for DurableIo {
             )
             .map_err(err)?;
         }
+        // Where the file now lives, for an atomic replace of it later.
+        if self.atomic_replace
+            && let Ok(st) =
+                rustix::fs::statx(np.fd.as_fd(), new_name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
+        {
+            self.nodes.renamed(inode_key(&st), &np.fd, new_name);
+        }
         self.sync_change(None, &[&p, &np])
     }
 
@@ -715,7 +886,19 @@ impl FileSystem for DurableIo {
             // opening a device node as the host would reach real hardware.
             _ => return Err(Errno::ENXIO.into()),
         }
+        if self.nodes.is_superseded(node) {
+            // An atomic replace put a new file under its name: the kernel retries the open
+            // after looking the name up again.
+            return Err(Error::with_message(Errno::ESTALE, "durable-io: the file was replaced"));
+        }
         let (oflags, writable) = self.file_flags(flags)?;
+        if self.atomic_replace
+            && writable
+            && flags & open_flags::O_TRUNC != 0
+            && let Some(opened) = self.open_replacing(req, node, &n, oflags)?
+        {
+            return Ok(opened);
+        }
         // As the caller: the kernel checks read/write permission on the inode.
         let fd = {
             let _caller = self.as_caller(req)?;
@@ -771,6 +954,33 @@ impl FileSystem for DurableIo {
                 Some(FileKind::Symlink) => return Err(Errno::ELOOP.into()),
                 _ => return Err(Errno::ENXIO.into()),
             }
+            if self.atomic_replace && writable && flags & open_flags::O_TRUNC != 0 {
+                let entry = self.finish_create(req, existing, None, &p, false, Some(name))?;
+                let replaced = self.node(entry.node).and_then(|n| self.open_replacing(req, entry.node, &n, oflags));
+                match replaced {
+                    Ok(Some(opened)) => return Ok((entry, opened)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.nodes.forget(entry.node, 1);
+                        return Err(e);
+                    }
+                }
+                let n = self.node(entry.node)?;
+                let opened = {
+                    let _caller = self.as_caller(req)?;
+                    self.proc.reopen(n.fd.as_fd(), oflags)
+                };
+                match opened {
+                    Ok(fd) => {
+                        self.sync_data_change(fd.as_fd())?;
+                        return Ok((entry, self.file_handle(fd, flags, writable)));
+                    }
+                    Err(e) => {
+                        self.nodes.forget(entry.node, 1);
+                        return Err(e);
+                    }
+                }
+            }
             let _caller = self.as_caller(req)?;
             break (self.proc.reopen(existing.as_fd(), oflags)?, false);
         };
@@ -780,7 +990,7 @@ impl FileSystem for DurableIo {
         let node_fd = self.proc.reopen(fd.as_fd(), OFlags::PATH)?;
         // The descriptor is of the very file the O_EXCL open made: nothing to verify.
         let created = created.then_some(Created { mode, verify: None });
-        let entry = self.finish_create(req, node_fd, created, &p, false)?;
+        let entry = self.finish_create(req, node_fd, created, &p, false, Some(name))?;
         let opened = self.file_handle(fd, flags, writable);
         Ok((entry, opened))
     }
@@ -827,7 +1037,10 @@ impl FileSystem for DurableIo {
 
     fn release(&self, _req: &Request, _node: NodeId, handle: Handle, _flags: i32, _flush: bool) -> Result<()> {
         match self.handles.remove(handle)? {
-            Open::File(fh) => self.sync_if_dirty(&fh),
+            Open::File(fh) => match &fh.replace {
+                Some(rep) => self.commit_replace(&fh, rep),
+                None => self.sync_if_dirty(&fh),
+            },
             Open::Dir(_) => Ok(()),
         }
     }
@@ -880,6 +1093,9 @@ impl FileSystem for DurableIo {
             let next = entry.next_entry_cookie();
             if next == 0 {
                 return Err(Error::with_message(Errno::EIO, "durable-io: backing filesystem gave a zero d_off"));
+            }
+            if is_replace_temp(OsStr::from_bytes(name)) {
+                continue;
             }
             let ino = if dh.is_root && name == b".." { self.root_ino } else { entry.ino() };
             let kind = match dirent_kind(entry.file_type()) {

@@ -25,6 +25,9 @@ pub(crate) struct FileHandle {
     /// Handed over for the kernel's passthrough while writable: writes to it may never
     /// reach us, so `dirty` cannot be trusted and `close` mode syncs it on every close.
     pub unseen_writes: bool,
+    /// An atomic replace: `fd` is an unnamed temporary file that the last release renames
+    /// over the target (see `replace.rs`).
+    pub replace: Option<crate::replace::Replace>,
 }
 
 /// How large a `getdents` buffer a directory stream keeps.

@@ -7,8 +7,8 @@
 //! This file is the plugin glue (description and config); [`DurableIo`] in `fs.rs` does
 //! the work, over the node table (`nodes.rs`), the handle table (`handles.rs`), the
 //! durability policy (`durability.rs`), the per-thread caller credentials (`creds.rs`), the
-//! probe of what the backing filesystem supports (`probe.rs`) and the syscall helpers
-//! (`sys.rs`).
+//! probe of what the backing filesystem supports (`probe.rs`), atomic replace
+//! (`replace.rs`) and the syscall helpers (`sys.rs`).
 
 #![warn(missing_docs)]
 
@@ -18,6 +18,7 @@ mod fs;
 mod handles;
 mod nodes;
 pub mod probe;
+mod replace;
 mod sys;
 
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ struct Config {
     /// The durability policy.
     #[serde(default)]
     durability: Durability,
+    /// Replace files opened with `O_TRUNC` atomically (see docs/durable-io.md).
+    #[serde(default)]
+    atomic_replace: bool,
 }
 
 /// The `durable-io` plugin.
@@ -58,7 +62,10 @@ impl Plugin for DurableIoPlugin {
                 "root = \"/srv/data\"  # the directory to serve (required); relative paths are relative to the config file\n",
                 "create_root = false  # create root if it does not exist\n",
                 "durability = \"close\"  # kernel: sync only on fsync | close (default): also fdatasync written files ",
-                "on close | always: every write and every namespace change is durable when it returns",
+                "on close | always: every write and every namespace change is durable when it returns\n",
+                "atomic_replace = false  # a file opened for writing with O_TRUNC is written to a temporary file and ",
+                "renamed over the old one on the last close: readers keep the old content, a crash leaves old or new, ",
+                "never a mix (no kernel passthrough on such a mount; files with several hard links are truncated in place)",
             ),
             // Each mount reports what its backing directory supports (see `probe`).
             capabilities: Capabilities { checks_permissions: true, backing_files: true, ..Capabilities::POSIX },
@@ -73,7 +80,7 @@ impl Plugin for DurableIoPlugin {
             std::fs::create_dir_all(&root)
                 .map_err(|e| OpenError::config("root", format!("cannot create {}: {e}", root.display())))?;
         }
-        DurableIo::open(&root, config.durability, options.read_only)
+        Ok(DurableIo::open(&root, config.durability, options.read_only)?.with_atomic_replace(config.atomic_replace))
     }
 }
 

@@ -14,6 +14,7 @@
 //! node takes the next value of one generation counter: (id, generation) never repeats.
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -35,6 +36,12 @@ struct Node {
     key: InodeKey,
     generation: u64,
     lookups: u64,
+    /// The directory and name this inode was last seen under (lookup, create, rename), for
+    /// an atomic replace of a regular file; `None` for the root and for other kinds.
+    name: Option<(Arc<OwnedFd>, OsString)>,
+    /// An atomic replace renamed a new inode over this one's name: opens of it are
+    /// `ESTALE`, so the kernel looks the name up again and finds the new inode.
+    superseded: bool,
 }
 
 struct Inner {
@@ -57,7 +64,18 @@ impl NodeTable {
     /// A table holding only the root.
     pub(crate) fn new(root: OwnedFd, key: InodeKey) -> Self {
         let mut nodes = HashMap::new();
-        nodes.insert(ROOT_ID, Node { fd: Arc::new(root), kind: FileKind::Directory, key, generation: 0, lookups: 1 });
+        nodes.insert(
+            ROOT_ID,
+            Node {
+                fd: Arc::new(root),
+                kind: FileKind::Directory,
+                key,
+                generation: 0,
+                lookups: 1,
+                name: None,
+                superseded: false,
+            },
+        );
         let mut ids = HashMap::new();
         ids.insert(key, ROOT_ID);
         let inner = Inner { nodes, ids, root_dev: key.0, next_synthetic: SYNTHETIC_BASE, next_generation: 1 };
@@ -82,16 +100,26 @@ impl NodeTable {
         }
     }
 
-    /// Records one more lookup reference on the inode `key`, whose `O_PATH` fd is `fd`.
-    /// A known inode keeps its id (and its first fd; `fd` is closed).
-    /// Takes one lookup reference on the node of `key`, adding it if new; returns its id and
-    /// generation.
-    pub(crate) fn remember(&self, fd: OwnedFd, key: InodeKey, kind: FileKind) -> (NodeId, u64) {
+    /// Takes one lookup reference on the node of `key` (whose `O_PATH` fd is `fd`), adding
+    /// it if new; returns its id and generation. A known inode keeps its id (and its first
+    /// fd; `fd` is closed). `at` is the directory and name it was found under, remembered
+    /// for regular files.
+    pub(crate) fn remember(
+        &self,
+        fd: OwnedFd,
+        key: InodeKey,
+        kind: FileKind,
+        at: Option<(&Arc<OwnedFd>, &OsStr)>,
+    ) -> (NodeId, u64) {
+        let name = at.filter(|_| kind == FileKind::File).map(|(dir, name)| (dir.clone(), name.to_owned()));
         let mut inner = self.write();
         if let Some(&id) = inner.ids.get(&key)
             && let Some(node) = inner.nodes.get_mut(&id)
         {
             node.lookups = node.lookups.saturating_add(1);
+            if name.is_some() {
+                node.name = name;
+            }
             return (id, node.generation);
         }
         let (dev, ino) = key;
@@ -104,9 +132,51 @@ impl NodeTable {
         };
         let generation = inner.next_generation;
         inner.next_generation += 1;
-        inner.nodes.insert(id, Node { fd: Arc::new(fd), kind, key, generation, lookups: 1 });
+        inner.nodes.insert(id, Node { fd: Arc::new(fd), kind, key, generation, lookups: 1, name, superseded: false });
         inner.ids.insert(key, id);
         (id, generation)
+    }
+
+    /// Records that the known inode `key` is now named `name` in `dir` (after a rename).
+    pub(crate) fn renamed(&self, key: InodeKey, dir: &Arc<OwnedFd>, name: &OsStr) {
+        let mut inner = self.write();
+        if let Some(&id) = inner.ids.get(&key)
+            && let Some(node) = inner.nodes.get_mut(&id)
+            && node.kind == FileKind::File
+        {
+            node.name = Some((dir.clone(), name.to_owned()));
+        }
+    }
+
+    /// The directory and name the regular file `id` was last seen under.
+    pub(crate) fn name_of(&self, id: NodeId) -> Option<(Arc<OwnedFd>, OsString)> {
+        self.read().nodes.get(&id).and_then(|n| n.name.clone())
+    }
+
+    /// Whether an atomic replace put another inode under the name of `id`.
+    pub(crate) fn is_superseded(&self, id: NodeId) -> bool {
+        self.read().nodes.get(&id).is_some_and(|n| n.superseded)
+    }
+
+    /// Marks `id` as replaced by an atomic replace: it keeps its inode (stale references
+    /// such as `getattr` and open handles still answer for the old file), but the name is
+    /// no longer its own; the next lookup of the name finds the new inode, under the new
+    /// inode's own id.
+    pub(crate) fn supersede(&self, id: NodeId) {
+        let mut inner = self.write();
+        let Some(node) = inner.nodes.get_mut(&id) else { return };
+        node.superseded = true;
+        node.name = None;
+    }
+
+    /// [`NodeTable::supersede`] of the node of the inode `key`, if it is known.
+    pub(crate) fn supersede_key(&self, key: InodeKey) {
+        let id = self.read().ids.get(&key).copied();
+        if let Some(id) = id
+            && id != ROOT_ID
+        {
+            self.supersede(id);
+        }
     }
 
     /// Drops `n` lookup references; at zero the node is removed and its fd closed (once no
@@ -152,8 +222,8 @@ mod tests {
     #[test]
     fn same_inode_same_id_until_forgotten() {
         let t = NodeTable::new(fd(), (1, 1));
-        let (a, gen_a) = t.remember(fd(), (1, 2), FileKind::File);
-        let (b, gen_b) = t.remember(fd(), (1, 2), FileKind::File);
+        let (a, gen_a) = t.remember(fd(), (1, 2), FileKind::File, None);
+        let (b, gen_b) = t.remember(fd(), (1, 2), FileKind::File, None);
         assert_eq!((a, gen_a), (b, gen_b));
         assert_eq!(a, 2, "the id is the backing inode number");
         assert_eq!(t.lookups(a), Some(2));
@@ -161,7 +231,7 @@ mod tests {
         assert!(t.get(a).is_ok());
         t.forget(a, 1);
         assert_eq!(t.get(a).unwrap_err().errno(), Errno::ESTALE);
-        let (c, gen_c) = t.remember(fd(), (1, 2), FileKind::File);
+        let (c, gen_c) = t.remember(fd(), (1, 2), FileKind::File, None);
         assert_eq!(c, a, "an inode number that comes back keeps its id");
         assert_ne!(gen_c, gen_a, "but not its generation");
         assert_eq!(t.len(), 2);
@@ -170,10 +240,10 @@ mod tests {
     #[test]
     fn inodes_of_other_devices_and_inode_1_get_synthetic_ids() {
         let t = NodeTable::new(fd(), (1, 100));
-        let (other_dev, _) = t.remember(fd(), (2, 5), FileKind::File);
-        let (ino_one, _) = t.remember(fd(), (1, 1), FileKind::File);
+        let (other_dev, _) = t.remember(fd(), (2, 5), FileKind::File, None);
+        let (ino_one, _) = t.remember(fd(), (1, 1), FileKind::File, None);
         assert!(other_dev >= SYNTHETIC_BASE && ino_one >= SYNTHETIC_BASE && other_dev != ino_one);
-        let (same_dev, _) = t.remember(fd(), (1, 5), FileKind::File);
+        let (same_dev, _) = t.remember(fd(), (1, 5), FileKind::File, None);
         assert_eq!(same_dev, 5);
     }
 
@@ -182,6 +252,6 @@ mod tests {
         let t = NodeTable::new(fd(), (1, 1));
         t.forget(ROOT_ID, 1000);
         assert!(t.get(ROOT_ID).is_ok());
-        assert_eq!(t.remember(fd(), (1, 1), FileKind::Directory).0, ROOT_ID);
+        assert_eq!(t.remember(fd(), (1, 1), FileKind::Directory, None).0, ROOT_ID);
     }
 }
