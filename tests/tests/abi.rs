@@ -260,12 +260,16 @@ fn every_invalid_answer_becomes_eio_with_a_log_line_and_counted_references_are_g
     // A create answered with the root's id: EIO, the reference and the handle given back.
     assert_eq!(fs.create(&req(), ROOT_ID, OsStr::new("new"), 0o644, 0).unwrap_err().errno(), Errno::EIO);
 
+    // A backing descriptor that is not open: EIO, and the handle is released again.
+    let bad_backing = look("bad-backing").unwrap();
+    assert_eq!(fs.open(&req(), bad_backing.node, 0).unwrap_err().errno(), Errno::EIO);
+
     let forgets = look("forgets").unwrap();
     let mut text = [0u8; 64];
     let n = fs.read(&req(), forgets.node, 1, 0, &mut text).unwrap();
     // root-id (lookup) and create each counted a reference on the root; bad-kind and
     // bad-time one each; overlong's was a good answer and is still held.
-    assert_eq!(std::str::from_utf8(&text[..n]).unwrap(), "1:2 3:1 4:1 5:0 release77:1\n");
+    assert_eq!(std::str::from_utf8(&text[..n]).unwrap(), "1:2 3:1 4:1 5:0 release77:1 release88:1\n");
 
     // Listed names no directory may hold are dropped; the rest arrive, by both listings.
     let mut names = Names(Vec::new());
@@ -282,6 +286,7 @@ fn every_invalid_answer_becomes_eio_with_a_log_line_and_counted_references_are_g
     assert!(has("returned node 0"), "{text}");
     assert!(has("root's id"), "{text}");
     assert!(has("reported 17 bytes for a buffer of 16"), "{text}");
+    assert!(has("backing descriptor 987654, which is not open"), "{text}");
     assert!(has("a name with '/' or NUL") && has("an empty name") && has("longer than its declared limit"), "{text}");
     assert!(has("`.` or `..` as something other than a directory"), "{text}");
     assert!(!text.lines().any(|l| l.contains("misbehaves-fixture") && l.contains("panicked")), "{text}");

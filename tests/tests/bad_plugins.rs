@@ -71,6 +71,8 @@ fn every_bad_answer_through_a_mount_is_a_prompt_eio_and_the_host_keeps_serving()
     assert_eq!(promptly("read", move || errno_of("read", std::fs::read(&p))), libc::EIO);
     let p = overlong.clone();
     assert_eq!(promptly("getxattr", move || errno_of("getxattr", getxattr(&p, 16))), libc::EIO);
+    let p = bad.join("bad-backing");
+    assert_eq!(promptly("open", move || errno_of("open", std::fs::File::open(&p))), libc::EIO);
     let p = bad.join("link");
     assert_eq!(promptly("readlink", move || errno_of("readlink", std::fs::read_link(&p))), libc::EIO);
 
