@@ -156,8 +156,7 @@ impl MountStats {
             o.errors.fetch_add(1, Ordering::Relaxed);
             let errno = usize::try_from(e.errno().0).unwrap_or(0).min(ERRNO_SLOTS - 1);
             self.errnos[errno].fetch_add(1, Ordering::Relaxed);
-            // The loader's answer for a panic; plugin-api has no other sign of one.
-            if e.message().is_some_and(|m| m.starts_with("plugin `") && m.contains("` panicked in ")) {
+            if e.is_plugin_panic() {
                 self.plugin_panics.fetch_add(1, Ordering::Relaxed);
             }
         }

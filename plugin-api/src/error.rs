@@ -129,17 +129,30 @@ impl fmt::Display for Errno {
 pub struct Error {
     errno: Errno,
     message: Option<Cow<'static, str>>,
+    /// Set only by the host's loader: the plugin's code panicked in this call.
+    plugin_panicked: bool,
 }
 
 impl Error {
     /// An error with only an errno.
     pub const fn new(errno: Errno) -> Self {
-        Error { errno, message: None }
+        Error { errno, message: None, plugin_panicked: false }
     }
 
     /// An error with an errno and a message for logs (the caller sees only the errno).
     pub fn with_message(errno: Errno, message: impl Into<Cow<'static, str>>) -> Self {
-        Error { errno, message: Some(message.into()) }
+        Error { errno, message: Some(message.into()), plugin_panicked: false }
+    }
+
+    /// The `EIO` the host's loader answers when the plugin's code panicked: hosts count
+    /// these (metrics) without reading messages.
+    pub fn plugin_panic(message: impl Into<Cow<'static, str>>) -> Self {
+        Error { errno: Errno::EIO, message: Some(message.into()), plugin_panicked: true }
+    }
+
+    /// Whether this is the loader's answer to a panic in the plugin (see [`Error::plugin_panic`]).
+    pub fn is_plugin_panic(&self) -> bool {
+        self.plugin_panicked
     }
 
     /// The errno the caller sees.

@@ -481,7 +481,7 @@ impl LoadedFs {
         }
         if status == STATUS_PANICKED {
             report_panic(&self.plugin, op, &text());
-            return Err(Error::with_message(Errno::EIO, format!("plugin `{}` panicked in {op}", self.plugin)));
+            return Err(Error::plugin_panic(format!("plugin `{}` panicked in {op}", self.plugin)));
         }
         match errno_of(status) {
             Some(errno) if len > 0 => Err(Error::with_message(errno, text())),
