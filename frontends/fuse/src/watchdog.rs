@@ -136,14 +136,14 @@ pub fn serve(input: impl Read) -> io::Result<()> {
     }
     let mut failed = 0;
     for mountpoint in watched.iter().rev() {
-        if !is_fuse_mount(mountpoint) {
-            continue;
-        }
-        match kernel_unmount(mountpoint, true) {
-            Ok(()) => info!("watchdog: plugfs ended without unmounting; detached {}", mountpoint.display()),
-            // fusermount3's own auto_unmount watcher got there first.
-            Err(_) if !is_fuse_mount(mountpoint) => {
-                debug!("watchdog: {} was unmounted meanwhile", mountpoint.display())
+        match detach_if_dead(mountpoint) {
+            Ok(Detach::Detached) => {
+                info!("watchdog: plugfs ended without unmounting; detached {}", mountpoint.display())
+            }
+            Ok(Detach::NotMounted) => debug!("watchdog: nothing of ours is mounted at {}", mountpoint.display()),
+            Ok(Detach::Alive) => {
+                // Someone mounted there again after fusermount3's own watcher unmounted ours.
+                info!("watchdog: {} is a live mount of another process; leaving it", mountpoint.display())
             }
             Err(e) => {
                 failed += 1;
@@ -157,70 +157,141 @@ pub fn serve(input: impl Read) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether a FUSE filesystem is mounted at `path`, served or dead.
+/// What [`detach_if_dead`] found at a watched mountpoint.
+#[derive(Debug, PartialEq, Eq)]
+enum Detach {
+    /// A dead FUSE mount, now detached.
+    Detached,
+    /// No FUSE mount (any more): already unmounted, by fusermount3's watcher or by hand.
+    NotMounted,
+    /// A FUSE mount that answers: not the dead host's, so not ours to touch.
+    Alive,
+}
+
+/// Detaches the FUSE mount at `path` if it is dead (its connection answers `ENOTCONN`).
 ///
-/// The mount table answers without asking the filesystem. `statfs` is the fallback for a
-/// path the table spells differently (through a symlink): it asks the filesystem, and a
-/// dying one answers `ECONNABORTED` (the request was queued when the connection was torn
-/// down: the host's end of our pipe closes before its `/dev/fuse`) or `ENOTCONN` (after).
-fn is_fuse_mount(path: &Path) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        if let Ok(table) = std::fs::read("/proc/self/mountinfo")
-            && mountinfo_has_fuse_mount(&table, path.as_os_str().as_bytes())
-        {
-            return true;
-        }
-        const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-        let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
-        // SAFETY: an all-zero statfs is a valid value to be overwritten.
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `c` is NUL-terminated and `st` is a valid statfs, both live for the call.
-        if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 {
-            #[allow(clippy::unnecessary_cast)] // f_type's type differs between libcs
-            return st.f_type as i64 == FUSE_SUPER_MAGIC;
-        }
-        matches!(io::Error::last_os_error().raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+/// Only a dead mount is touched. The race this avoids: fusermount3's `auto_unmount`
+/// watcher detaches the dead mount first, something mounts at the same path again (a
+/// restarted plugfs, a test's next round), and a watchdog that unmounted by path would take
+/// the new mount down mid-handshake. Linux pins the mount it examined with an `O_PATH`
+/// descriptor (which also keeps its mount id from being reused) and, as root, unmounts
+/// exactly that mount through `/proc/self/fd`.
+#[cfg(target_os = "linux")]
+fn detach_if_dead(path: &Path) -> io::Result<Detach> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    // O_PATH does not open the directory through the filesystem, so a dead mount's root
+    // can be pinned; following the path crosses into whatever is mounted on top.
+    let pinned = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Detach::NotMounted),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("cannot examine {}: {e}", path.display()))),
+    };
+    let mount_id = mount_id_of(&pinned)?;
+    let table = std::fs::read("/proc/self/mountinfo")?;
+    if !mountinfo_fstype(&table, mount_id).is_some_and(is_fuse_fstype) {
+        return Ok(Detach::NotMounted);
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        // No cheap check: try, and let the unmount refuse what is not a mount.
-        let _ = path;
-        true
+    if answers(&pinned) {
+        return Ok(Detach::Alive);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let by_fd = std::ffi::CString::new(format!("/proc/self/fd/{}", pinned.as_raw_fd())).expect("no NUL");
+        // SAFETY: `by_fd` is a valid NUL-terminated string that outlives the call.
+        if unsafe { libc::umount2(by_fd.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return Ok(Detach::Detached);
+        }
+        let error = io::Error::last_os_error();
+        // EINVAL: no longer a mount (fusermount3's watcher detached it meanwhile).
+        return match error.raw_os_error() {
+            Some(libc::EINVAL) => Ok(Detach::NotMounted),
+            _ => Err(io::Error::new(error.kind(), format!("could not unmount {}: {error}", path.display()))),
+        };
+    }
+    // Not root: only fusermount3 may unmount, and only by path. Make sure the path still
+    // leads to the dead mount (the pinned descriptor keeps its id unique) just before.
+    let now = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path) {
+        Ok(file) => mount_id_of(&file)?,
+        Err(_) => return Ok(Detach::NotMounted),
+    };
+    if now != mount_id {
+        return Ok(Detach::NotMounted);
+    }
+    kernel_unmount(path, true)?;
+    Ok(Detach::Detached)
+}
+
+/// Elsewhere there is no cheap way to tell a dead mount from a new one: try, and let the
+/// unmount refuse what is not a mount.
+#[cfg(not(target_os = "linux"))]
+fn detach_if_dead(path: &Path) -> io::Result<Detach> {
+    match kernel_unmount(path, true) {
+        Ok(()) => Ok(Detach::Detached),
+        Err(_) => Ok(Detach::NotMounted),
     }
 }
 
-/// Whether `/proc/self/mountinfo` text lists a `fuse` or `fuse.*` mount at `path`.
+/// How long a mount may take to answer `statfs` before the watchdog takes it for a live,
+/// slow one. A dead connection answers at once.
+#[cfg(target_os = "linux")]
+const LIVENESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the filesystem `file` is on answers a request. A dead FUSE connection answers
+/// `ENOTCONN`, or `ECONNABORTED` for a request queued while it was torn down (the host's
+/// end of our pipe closes before its `/dev/fuse`). A new mount still in its handshake
+/// answers once that completes; one that never answers is left alone too.
+#[cfg(target_os = "linux")]
+fn answers(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+
+    let Ok(probe) = file.try_clone() else { return true };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("watchdog-statfs".into()).spawn(move || {
+        // SAFETY: an all-zero statfs is a valid value to be overwritten.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `probe` is an open descriptor and `st` a valid statfs, both live for the call.
+        let result = unsafe { libc::fstatfs(probe.as_raw_fd(), &mut st) };
+        let _ = tx.send(if result == 0 { None } else { io::Error::last_os_error().raw_os_error() });
+    });
+    if spawned.is_err() {
+        return true;
+    }
+    match rx.recv_timeout(LIVENESS_TIMEOUT) {
+        Ok(Some(libc::ENOTCONN | libc::ECONNABORTED)) => false,
+        Ok(_) => true,
+        // A thread stuck in a FUSE request is killable; it ends with this process.
+        Err(_) => true,
+    }
+}
+
+/// The id of the mount `file` is on, from `/proc/self/fdinfo` (no filesystem request).
+#[cfg(target_os = "linux")]
+fn mount_id_of(file: &std::fs::File) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd()))?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("mnt_id:"))
+        .and_then(|id| id.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("/proc/self/fdinfo has no mnt_id"))
+}
+
+/// The filesystem type `/proc/self/mountinfo` text gives for mount id `id`.
 #[cfg(any(target_os = "linux", test))]
-fn mountinfo_has_fuse_mount(table: &[u8], path: &[u8]) -> bool {
-    table.split(|&b| b == b'\n').any(|line| {
+fn mountinfo_fstype(table: &[u8], id: u64) -> Option<&[u8]> {
+    table.split(|&b| b == b'\n').find_map(|line| {
         // "id parent major:minor root mountpoint options... - fstype source superoptions"
         let mut fields = line.split(|&b| b == b' ');
-        let Some(mountpoint) = fields.nth(4) else { return false };
-        let Some(fstype) = fields.skip_while(|f| *f != b"-").nth(1) else { return false };
-        (fstype == b"fuse" || fstype.starts_with(b"fuse.")) && unescape_octal(mountpoint) == path
+        let this_id: u64 = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+        (this_id == id).then(|| fields.skip_while(|f| *f != b"-").nth(1)).flatten()
     })
 }
 
-/// Undoes mountinfo's `\NNN` escapes (space, tab, newline, backslash).
 #[cfg(any(target_os = "linux", test))]
-fn unescape_octal(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let code = field.get(i + 1..i + 4).filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match code {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
-                i += 4;
-            }
-            None => {
-                out.push(field[i]);
-                i += 1;
-            }
-        }
-    }
-    out
+fn is_fuse_fstype(fstype: &[u8]) -> bool {
+    fstype == b"fuse" || fstype.starts_with(b"fuse.")
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -251,12 +322,13 @@ mod tests {
     }
 
     #[test]
-    fn the_mount_table_is_read_with_its_escapes() {
+    fn the_mount_table_gives_each_mount_ids_type() {
         let table = b"36 35 98:0 / /mnt/a\\040b rw,noatime master:1 - fuse.plugfs plugfs:x rw,user_id=0\n\
-                      37 35 98:1 / /mnt/c rw - ext4 /dev/sda rw\n";
-        assert!(mountinfo_has_fuse_mount(table, b"/mnt/a b"));
-        assert!(!mountinfo_has_fuse_mount(table, b"/mnt/c"), "not FUSE");
-        assert!(!mountinfo_has_fuse_mount(table, b"/mnt/a"));
+                      37 35 98:1 / /mnt/c rw shared:2 - ext4 /dev/sda rw\n";
+        assert_eq!(mountinfo_fstype(table, 36), Some(&b"fuse.plugfs"[..]));
+        assert_eq!(mountinfo_fstype(table, 37), Some(&b"ext4"[..]));
+        assert_eq!(mountinfo_fstype(table, 3), None);
+        assert!(is_fuse_fstype(b"fuse") && is_fuse_fstype(b"fuse.plugfs") && !is_fuse_fstype(b"ext4"));
     }
 
     #[test]

@@ -588,3 +588,22 @@ fn auto_unmount_cleans_up_after_a_killed_process() {
 fn the_watchdog_alone_unmounts_the_mount_of_a_killed_process() {
     killed_children_leave_no_mount(false, true);
 }
+
+/// The race behind a flaky CI run: fusermount3's watcher detached a killed host's mount,
+/// the next mount at the same path began its handshake, and the watchdog, unmounting by
+/// path, took that new mount down. The watchdog now only detaches a dead mount.
+#[test]
+fn the_watchdog_of_a_dead_host_leaves_a_live_mount_at_its_path_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent_dev = fs::metadata(dir.path().parent().unwrap()).unwrap().dev();
+    let live = mount(Arc::new(memfs("")), dir.path(), &FuseOptions::default()).unwrap();
+    fs::write(dir.path().join("f"), b"still here").unwrap();
+
+    // The host's messages: watch this path, then the pipe ends without a goodbye.
+    let hex: String = dir.path().as_os_str().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    plugfs_fuse::watchdog::serve(format!("+{hex}\n").as_bytes()).unwrap();
+
+    assert_ne!(fs::metadata(dir.path()).unwrap().dev(), parent_dev, "still mounted");
+    assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"still here");
+    live.unmount().unwrap();
+}
