@@ -94,6 +94,13 @@ pub struct MountStatus {
     pub requests: u64,
     /// Requests the plugin answered with an error.
     pub errors: u64,
+    /// Backends serving it: 1; more while earlier ones still serve what was opened or
+    /// looked up before a backend swap; 0 when not mounted.
+    #[serde(default)]
+    pub backends: usize,
+    /// Backend swaps under its live mountpoint since it was mounted.
+    #[serde(default)]
+    pub swaps: u64,
     /// Why it failed or what it waits for, if anything.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,

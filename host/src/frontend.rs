@@ -7,6 +7,7 @@ use std::sync::Arc;
 use plugfs_plugin_api::FileSystem;
 
 use crate::config::{Frontend, MountSection};
+use crate::swap::{HandleKind, Kernel};
 
 /// Whether `frontend` can run in this build on this platform; the reason if not.
 pub fn check_available(frontend: Frontend) -> Result<(), String> {
@@ -89,6 +90,15 @@ impl Mounted {
         }
     }
 
+    /// What a backend swap needs from the frontend: invalidating the kernel's caches and
+    /// listing its open handles. `None` when the session is gone.
+    pub fn kernel(&self) -> Option<Box<dyn Kernel>> {
+        match self {
+            #[cfg(unix)]
+            Mounted::Fuse(m) => m.invalidator().map(|i| Box::new(FuseKernel(i)) as Box<dyn Kernel>),
+        }
+    }
+
     /// Refuses new requests from now on, but those that release what callers hold.
     pub fn begin_shutdown(&self) {
         match self {
@@ -135,5 +145,28 @@ pub fn force_unmount(mountpoint: &Path) -> std::io::Result<()> {
     {
         let _ = mountpoint;
         Err(std::io::Error::other("plugfs unmount is only needed for FUSE mounts"))
+    }
+}
+
+/// [`Kernel`] over the FUSE frontend's invalidation handle.
+#[cfg(unix)]
+struct FuseKernel(plugfs_fuse::Invalidator);
+
+#[cfg(unix)]
+impl Kernel for FuseKernel {
+    fn inval_entry(&self, parent: u64, name: &std::ffi::OsStr) -> std::io::Result<()> {
+        self.0.inval_entry(parent, name)
+    }
+
+    fn inval_inode(&self, node: u64, offset: i64, len: i64) -> std::io::Result<()> {
+        self.0.inval_inode(node, offset, len)
+    }
+
+    fn open_handles(&self) -> Vec<(HandleKind, u64)> {
+        self.0
+            .open_handles()
+            .into_iter()
+            .map(|(dir, h)| (if dir { HandleKind::Dir } else { HandleKind::File }, h))
+            .collect()
     }
 }

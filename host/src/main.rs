@@ -10,6 +10,7 @@ mod mount_helper;
 mod notify;
 mod registry;
 mod supervisor;
+mod swap;
 mod volume;
 
 use std::path::PathBuf;

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub reloads: AtomicU64,
     /// Reloads refused (the config had an error).
     pub reloads_refused: AtomicU64,
+    /// Backends swapped under a live mountpoint.
+    pub swaps: AtomicU64,
     mounts: Mutex<Vec<MountEntry>>,
     /// Plugin panics of mounts no longer served.
     retired_panics: AtomicU64,
@@ -41,6 +43,14 @@ impl Metrics {
     pub fn add_mount(&self, name: &str, plugin: &str, stats: &Arc<MountStats>) {
         let entry = MountEntry { name: name.into(), plugin: plugin.into(), stats: Arc::clone(stats) };
         lock(&self.mounts).push(entry);
+    }
+
+    /// The mount counting into `stats` is served by `plugin` from now on (a backend swap;
+    /// its counters go on).
+    pub fn relabel_mount(&self, stats: &Arc<MountStats>, plugin: &str) {
+        if let Some(m) = lock(&self.mounts).iter_mut().find(|m| Arc::ptr_eq(&m.stats, stats)) {
+            m.plugin = plugin.into();
+        }
     }
 
     /// The mount counting into `stats` is gone.
@@ -83,6 +93,12 @@ impl Collector for Metrics {
             (vec![("result", "refused")], load(&self.reloads_refused)),
         ];
         counter(&mut encoder, "plugfs_reloads", "Config reloads, by result.", &reloads)?;
+        counter(
+            &mut encoder,
+            "plugfs_backend_swaps",
+            "Backends swapped under a live mountpoint.",
+            &[(vec![], load(&self.swaps))],
+        )?;
         let panics = load(&self.retired_panics) + mounts.iter().map(|m| load(&m.stats.plugin_panics)).sum::<u64>();
         counter(
             &mut encoder,

@@ -17,6 +17,7 @@ use crate::frontend::Mounted;
 use crate::metered::{Metered, MountStats};
 use crate::notify;
 use crate::registry::Registry;
+use crate::swap::{Backend, Swap};
 use crate::volume::Volume;
 
 /// A mount that is ready to start: its plugin is loaded and its backend opened.
@@ -125,6 +126,59 @@ fn prepare_one(config: &Config, registry: &mut Registry, index: usize) -> Result
         description,
         volume_lock,
     })
+}
+
+/// Whether a mount changed from `old` to `new` can keep its mountpoint and switch its
+/// backend in place; the reason to remount instead if not.
+///
+/// Only the plugin and its settings may differ: the frontend, its options and
+/// `read_only` are fixed when the kernel mounts (mount options, FUSE init), and another
+/// mountpoint is another mount anyway. A volume's lock and image belong to one backend at
+/// a time. And the new settings must name no path the old ones name: the old backend goes
+/// on serving the files open on it, and two backends on one image or directory at once
+/// could corrupt it (the remount opens the new one only after the old one is gone).
+fn swappable(old: &MountSection, new: &MountSection) -> Result<(), String> {
+    if old.volume.is_some() || new.volume.is_some() {
+        return Err("it mounts a volume, whose image and lock belong to one backend at a time".into());
+    }
+    let only_backend = MountSection { plugin: new.plugin.clone(), config: new.config.clone(), ..old.clone() };
+    if only_backend != *new {
+        let mut what = Vec::new();
+        if old.mountpoint != new.mountpoint {
+            what.push("mountpoint");
+        }
+        if old.frontend != new.frontend {
+            what.push("frontend");
+        }
+        if old.read_only != new.read_only {
+            what.push("read_only");
+        }
+        if old.options != new.options {
+            what.push("frontend options");
+        }
+        if what.is_empty() {
+            what.push("keys other than plugin and [mount.config]");
+        }
+        return Err(format!("its {} changed, which only a new mount can apply", what.join(", ")));
+    }
+    fn strings(v: &toml::Value, out: &mut Vec<String>) {
+        match v {
+            toml::Value::String(s) => out.push(s.clone()),
+            toml::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            toml::Value::Table(t) => t.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    old.config.values().for_each(|v| strings(v, &mut before));
+    new.config.values().for_each(|v| strings(v, &mut after));
+    if let Some(shared) = after.iter().find(|s| before.contains(s)) {
+        return Err(format!(
+            "the old and new settings both name `{shared}`: the old backend keeps serving the files open on it, \
+             and two backends must not share an image or directory"
+        ));
+    }
+    Ok(())
 }
 
 /// The mountpoint must be a directory; it is created first when asked.
@@ -263,6 +317,8 @@ struct Live {
     mounted: Mounted,
     started: Instant,
     stats: Arc<MountStats>,
+    /// Routes requests to its backend, and to earlier ones after a backend swap.
+    swap: Arc<Swap>,
     /// The lock on its volume; released when it is dropped, after the unmount.
     _volume_lock: Option<std::fs::File>,
     /// Set once it is to be unmounted: when to stop waiting for its open files.
@@ -304,7 +360,8 @@ impl Host {
         }
         lock(&self.mountpoints).push(p.mountpoint.clone());
         let stats = Arc::new(MountStats::default());
-        let fs = Arc::new(Metered::new(p.fs, Arc::clone(&stats)));
+        let swap = Arc::new(Swap::new(p.fs, format!("{} {}", p.plugin, p.version)));
+        let fs = Arc::new(Metered::new(Arc::clone(&swap), Arc::clone(&stats)));
         match Mounted::start(fs, &p.mountpoint, section) {
             Ok(mounted) => {
                 info!("{}", p.description);
@@ -318,6 +375,7 @@ impl Host {
                     mounted,
                     started: Instant::now(),
                     stats,
+                    swap,
                     _volume_lock: p.volume_lock,
                     draining: None,
                 });
@@ -356,7 +414,19 @@ impl Host {
                 uptime_secs: l.started.elapsed().as_secs(),
                 requests: l.stats.requests(),
                 errors: l.stats.errors(),
-                detail: String::new(),
+                backends: l.swap.backends(),
+                swaps: l.swap.swaps(),
+                detail: match l.swap.backends() {
+                    1 => String::new(),
+                    n => {
+                        let (nodes, handles) = l.swap.earlier_holds();
+                        format!(
+                            "{} earlier backend(s) still serve {handles} open file(s) or directories and {nodes} \
+                             node(s) the kernel looked up before a swap",
+                            n - 1
+                        )
+                    }
+                },
             })
             .collect();
         for w in &self.waiting {
@@ -421,10 +491,28 @@ impl Host {
             .filter(|l| l.draining.is_none() && config.mounts.iter().any(|m| m.name == l.name && unchanged(l, m)))
             .map(|l| l.name.clone())
             .collect();
+        // Changed mounts whose backend can be swapped in place: (live index, config index).
+        let mut swaps: Vec<(usize, usize)> = Vec::new();
+        let mut remount_why: Vec<(String, String)> = Vec::new();
+        for (i, l) in self.live.iter().enumerate() {
+            if l.draining.is_some() || kept.contains(&l.name) {
+                continue;
+            }
+            let Some(index) = config.mounts.iter().position(|m| m.name == l.name) else { continue };
+            match swappable(&l.section, &config.mounts[index]) {
+                Ok(()) => swaps.push((i, index)),
+                Err(why) => remount_why.push((l.name.clone(), why)),
+            }
+        }
+        let swapping = |name: &str| swaps.iter().any(|&(i, _)| self.live[i].name == name);
         let gone: Vec<usize> = (0..self.live.len())
-            .filter(|&i| self.live[i].draining.is_none() && !kept.contains(&self.live[i].name))
+            .filter(|&i| {
+                self.live[i].draining.is_none() && !kept.contains(&self.live[i].name) && !swapping(&self.live[i].name)
+            })
             .collect();
-        let new: Vec<usize> = (0..config.mounts.len()).filter(|&i| !kept.contains(&config.mounts[i].name)).collect();
+        let new: Vec<usize> = (0..config.mounts.len())
+            .filter(|&i| !kept.contains(&config.mounts[i].name) && !swapping(&config.mounts[i].name))
+            .collect();
 
         // Open every new mount whose mountpoint is free now, before anything changes, so a
         // mount that cannot start rejects the whole reload.
@@ -438,6 +526,7 @@ impl Host {
         };
         let mut ready = Vec::new();
         let mut later = Vec::new();
+        let mut later_extra = Vec::new();
         for &index in &new {
             let mountpoint = config.resolve(&config.mounts[index].mountpoint);
             if busy(&mountpoint) {
@@ -454,14 +543,51 @@ impl Host {
             }
         }
 
+        // The new backend of every swap is opened before anything changes too: a plugin
+        // that refuses its new settings refuses the reload, and the old backend serves on
+        // untouched.
+        let mut swap_ready = Vec::new();
+        for &(i, index) in &swaps {
+            match prepare_one(&config, &mut registry, index) {
+                Ok(p) => swap_ready.push((i, p)),
+                Err(e) => {
+                    error!(mount = %self.live[i].name, "reload refused, nothing changed (the old backend serves on): {e}");
+                    self.metrics.reloads_refused.fetch_add(1, Ordering::Relaxed);
+                    return Reply::failed(format!("reload refused, nothing changed: {e}"));
+                }
+            }
+        }
+
         let mut lines = Vec::new();
+        let mut gone = gone;
+        for (i, p) in swap_ready {
+            match self.swap_backend(i, &config, p) {
+                Ok(line) => lines.push(line),
+                Err((why, index)) => {
+                    // Not swapped after all: remounted like any other change.
+                    remount_why.push((self.live[i].name.clone(), why));
+                    gone.push(i);
+                    later_extra.push(index);
+                }
+            }
+        }
         let timeout = config.host.drain_timeout();
         for &i in &gone {
             let l = &mut self.live[i];
             let changed = config.mounts.iter().any(|m| m.name == l.name);
             l.draining = Some(Instant::now() + timeout);
             let what = if changed { "changed: remounting" } else { "removed: unmounting" };
-            info!(mount = %l.name, "{what} once its {} open file(s) are closed (at most {}s)", l.mounted.open_handles(), timeout.as_secs());
+            match remount_why.iter().find(|(n, _)| *n == l.name) {
+                Some((_, why)) => info!(
+                    mount = %l.name,
+                    "{what} rather than swapping its backend in place, because {why}; once its {} open file(s) are closed (at most {}s)",
+                    l.mounted.open_handles(),
+                    timeout.as_secs()
+                ),
+                None => {
+                    info!(mount = %l.name, "{what} once its {} open file(s) are closed (at most {}s)", l.mounted.open_handles(), timeout.as_secs())
+                }
+            }
             lines.push(format!("{}: {what}", l.name));
         }
         for name in &kept {
@@ -484,7 +610,7 @@ impl Host {
                 }
             }
         }
-        for index in later {
+        for index in later.into_iter().chain(later_extra) {
             self.waiting.push(Waiting { config: Arc::clone(&config), index });
         }
         if config.host.control_socket != self.config.host.control_socket {
@@ -497,6 +623,36 @@ impl Host {
         self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
         info!("reload applied");
         Reply::ok(lines.join("\n"))
+    }
+
+    /// Switches live mount `i` to the backend `p` (of `config`) under its mountpoint. On
+    /// failure nothing was switched: the reason, and the config index to remount.
+    fn swap_backend(&mut self, i: usize, config: &Config, p: Prepared) -> Result<String, (String, usize)> {
+        let section = config.mounts[p.index].clone();
+        let l = &mut self.live[i];
+        let Some(kernel) = l.mounted.kernel() else {
+            return Err(("the frontend's session is gone".into(), p.index));
+        };
+        let from = format!("{} {}", l.plugin, l.version);
+        let backend = Backend { fs: p.fs, label: format!("{} {}", p.plugin, p.version) };
+        if let Err(e) = l.swap.swap(backend, kernel.as_ref()) {
+            return Err((e.to_string(), p.index));
+        }
+        info!(
+            mount = %l.name,
+            "changed: backend swapped in place, {from} -> {} {} (files open and nodes looked up before keep the old \
+             backend until closed and forgotten; the kernel's entries under the root were invalidated)",
+            p.plugin,
+            p.version,
+        );
+        info!("{}", p.description);
+        self.metrics.relabel_mount(&l.stats, &p.plugin);
+        self.metrics.swaps.fetch_add(1, Ordering::Relaxed);
+        l.section = section;
+        l.plugin_dirs = config.host.plugin_dirs.clone();
+        l.plugin = p.plugin;
+        l.version = p.version;
+        Ok(format!("{}: changed: backend swapped in place", l.name))
     }
 
     fn unmount(&mut self, name: &str) -> Reply {
@@ -512,6 +668,15 @@ impl Host {
     /// Finishes drains that can finish, starts the mounts that were waiting for them, and
     /// forgets mounts unmounted from outside.
     fn tick(&mut self) {
+        for l in &self.live {
+            if l.swap.swaps() > 0
+                && let Some(kernel) = l.mounted.kernel()
+            {
+                for label in l.swap.collect(kernel.as_ref()).released {
+                    info!(mount = %l.name, "released the earlier backend {label}: nothing opened or looked up before the swap is held any more");
+                }
+            }
+        }
         let mut i = 0;
         while i < self.live.len() {
             let l = &self.live[i];

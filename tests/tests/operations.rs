@@ -132,6 +132,142 @@ fn reload_adds_removes_and_changes_mounts_while_a_file_open_on_an_unchanged_moun
     }
 }
 
+/// Asks the kernel to drop unused dentries and inodes, which makes it forget nodes.
+fn drop_kernel_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop caches (needs root)");
+}
+
+fn dev_of(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().dev()
+}
+
+#[test]
+fn a_backend_swap_keeps_the_mountpoint_and_a_file_open_before_keeps_the_old_backend() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let config = s.write_config(&memfs("data"));
+    let data = s.path("data");
+    let mut host = Host::start(&config, &[&data]);
+    std::fs::write(data.join("f"), b"memfs data").unwrap();
+    std::fs::create_dir(data.join("only-in-memfs")).unwrap();
+    let dev = dev_of(&data);
+    let mut old = std::fs::File::open(data.join("f")).unwrap();
+    let root = s.path("data-dir");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("f"), b"durable-io data").unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o750)).unwrap();
+    assert_ne!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o750, "memfs's root differs");
+
+    s.write_config(&durable_io("data", "data-dir"));
+    let (code, out, err) = s.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", host.stderr());
+    assert!(out.contains("data: changed: backend swapped in place"), "{out}");
+    assert!(is_fuse_mount(&data));
+    assert_eq!(dev_of(&data), dev, "the mountpoint stayed mounted: the same device");
+
+    // The root and a fresh listing are the new backend's.
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o750);
+    let names: Vec<String> =
+        std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names, ["f"], "a fresh listing shows the new backend only");
+    assert!(!data.join("only-in-memfs").exists());
+    // A new open of the same path sees the new backend; the file opened before reads on
+    // from the old one, on the same open file description.
+    assert_eq!(std::fs::read(data.join("f")).unwrap(), b"durable-io data");
+    let mut text = String::new();
+    old.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "memfs data");
+    old.seek(SeekFrom::Start(0)).unwrap();
+    text.clear();
+    old.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "memfs data");
+
+    let status = s.status();
+    let m = find(&status, "data").unwrap();
+    assert_eq!(m["state"], "mounted", "{status:?}");
+    assert_eq!(m["plugin"], "durable-io", "{status:?}");
+    assert_eq!(m["swaps"], 1, "{status:?}");
+    assert_eq!(m["backends"], 2, "memfs still serves the open file: {status:?}");
+
+    drop(old);
+    let released = wait_until(Duration::from_secs(20), || {
+        drop_kernel_caches();
+        find(&s.status(), "data").unwrap()["backends"] == 1
+    });
+    assert!(
+        released,
+        "memfs is released once its file is closed and its nodes forgotten: {:?}\n{}",
+        s.status(),
+        host.stderr()
+    );
+    assert!(host.stderr().contains("released the earlier backend memfs"), "{}", host.stderr());
+
+    std::fs::write(data.join("g"), b"new").unwrap();
+    assert_eq!(std::fs::read(root.join("g")).unwrap(), b"new");
+    assert_eq!(dev_of(&data), dev);
+    assert_eq!(host.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", host.stderr());
+}
+
+#[test]
+fn a_swap_whose_new_settings_are_refused_leaves_the_old_backend_serving() {
+    let s = Setup::new();
+    let config = s.write_config(&memfs("data"));
+    let data = s.path("data");
+    let mut host = Host::start(&config, &[&data]);
+    std::fs::write(data.join("f"), b"memfs data").unwrap();
+    let mut open = std::fs::File::open(data.join("f")).unwrap();
+
+    // durable-io refuses a root that is a file.
+    s.write_config(&durable_io("data", "plugfs.toml"));
+    let (code, out, err) = s.cli(&["reload"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("nothing changed") && err.contains("plugin `durable-io` refused its settings"), "{err}");
+    assert!(err.contains("plugfs.toml:") && err.contains("mount[0]"), "the error is located: {err}");
+    assert!(host.stderr().contains("the old backend serves on"), "{}", host.stderr());
+
+    let mut text = String::new();
+    open.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "memfs data");
+    assert_eq!(std::fs::read(data.join("f")).unwrap(), b"memfs data", "new opens still reach memfs");
+    let status = s.status();
+    let m = find(&status, "data").unwrap();
+    assert_eq!((m["plugin"].as_str(), m["swaps"].as_u64(), m["backends"].as_u64()), (Some("memfs"), Some(0), Some(1)));
+    drop(open);
+    assert_eq!(host.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", host.stderr());
+}
+
+#[test]
+fn a_change_that_cannot_be_swapped_is_remounted_and_the_log_says_why() {
+    let s = Setup::new();
+    let config = s.write_config(&memfs("data"));
+    let data = s.path("data");
+    let mut host = Host::start(&config, &[&data]);
+    std::fs::write(data.join("f"), b"memfs data").unwrap();
+
+    s.write_config(&format!("{}read_only = true\n", memfs("data")));
+    let (code, out, err) = s.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", host.stderr());
+    assert!(out.contains("data: changed: remounting"), "{out}");
+    assert!(
+        host.stderr().contains("rather than swapping its backend in place, because its read_only changed"),
+        "{}",
+        host.stderr()
+    );
+    // The device number may come back the same for the new mount; the log and the empty
+    // new memfs tell the remount.
+    let remounted = wait_until(Duration::from_secs(20), || {
+        host.stderr().contains(&format!("unmounted {}", data.display()))
+            && host.stderr().matches("mount `data`: plugin memfs").count() == 2
+            && is_fuse_mount(&data)
+    });
+    assert!(remounted, "a new mount serves it: {}", host.stderr());
+    assert!(!data.join("f").exists());
+    let err = std::fs::write(data.join("g"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(host.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", host.stderr());
+}
+
 #[test]
 fn a_broken_config_on_reload_is_refused_whole_and_sighup_applies_a_good_one() {
     let s = Setup::new();

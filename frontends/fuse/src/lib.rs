@@ -222,6 +222,13 @@ impl FuseMount {
         (released, unmounted)
     }
 
+    /// A handle to tell the kernel to drop what it caches of this mount (see
+    /// [`Invalidator`]); `None` once the session is gone.
+    pub fn invalidator(&self) -> Option<Invalidator> {
+        let session = self.session.as_ref()?;
+        Some(Invalidator { notifier: session.notifier(), state: Arc::clone(&self.state) })
+    }
+
     /// Waits until the session ends on its own, i.e. until someone unmounts the
     /// filesystem from outside, and returns how the session ended.
     pub fn join(mut self) -> io::Result<()> {
@@ -239,6 +246,53 @@ impl Drop for FuseMount {
         {
             warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount on drop failed");
         }
+    }
+}
+
+/// Tells the kernel to drop entries and attributes it caches for a mount (FUSE's
+/// `notify_inval_entry` and `notify_inval_inode`, through fuser's `Notifier`), so the next
+/// access asks the filesystem again; and says which handles the kernel holds open. The
+/// host uses it when a mount switches to another backend under the same mountpoint.
+///
+/// Do not call it from inside a request of the same mount: the kernel may hold locks that
+/// the invalidation waits for.
+#[derive(Clone)]
+pub struct Invalidator {
+    notifier: fuser::Notifier,
+    state: Arc<MountState>,
+}
+
+impl std::fmt::Debug for Invalidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invalidator").finish_non_exhaustive()
+    }
+}
+
+/// The kernel answers ENOENT for what it does not cache: nothing to drop, no error.
+fn nothing_cached_is_fine(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+impl Invalidator {
+    /// Drops the kernel's cached entry `name` in directory `parent` (and, for a directory,
+    /// the entries below it that are not in use). Not cached is not an error.
+    pub fn inval_entry(&self, parent: NodeId, name: &OsStr) -> io::Result<()> {
+        nothing_cached_is_fine(self.notifier.inval_entry(INodeNo(parent), name))
+    }
+
+    /// Drops the kernel's cached attributes of `node` and its cached data from `offset`,
+    /// `len` bytes (0: to the end; a negative `offset`: attributes only). Not cached is
+    /// not an error.
+    pub fn inval_inode(&self, node: NodeId, offset: i64, len: i64) -> io::Result<()> {
+        nothing_cached_is_fine(self.notifier.inval_inode(INodeNo(node), offset, len))
+    }
+
+    /// The handles the kernel holds open now, each with whether it is a directory's.
+    pub fn open_handles(&self) -> Vec<(bool, u64)> {
+        self.state.handles.snapshot()
     }
 }
 

@@ -111,6 +111,11 @@ impl OpenHandles {
         self.lock().remove(&(kind, handle))
     }
 
+    /// Every handle open now: (is a directory's, handle).
+    pub(crate) fn snapshot(&self) -> Vec<(bool, Handle)> {
+        self.lock().keys().map(|(kind, h)| (*kind == Kind::Dir, *h)).collect()
+    }
+
     /// How many handles are open.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()

@@ -1,0 +1,1032 @@
+//! Swapping a mount's backend while it stays mounted.
+//!
+//! [`Swap`] sits between a frontend and the backends of one mount. Until the first swap it
+//! is transparent: node ids and handles of the first backend pass through unchanged (so
+//! `st_ino` is what the plugin says), and a request costs one atomic load (`arc-swap`) on
+//! top of the plugin call, no lock and no allocation. The only bookkeeping kept from the
+//! start is what a swap cannot reconstruct afterwards: which node ids the kernel holds and
+//! how many references it has on each (counted from the replies that hand out a node:
+//! lookup, create, mkdir, mknod, symlink, link, readdirplus; and taken off by forget),
+//! with the names under the root each was handed out by. That lives in a sharded table,
+//! touched only by those operations, so the data path (read, write, getattr, ...) never
+//! sees it and namespace operations contend only per shard.
+//!
+//! A swap ([`Swap::swap`]) turns on translation for good:
+//!
+//! - the root (id 1) is the current backend's root, so every path walked from the
+//!   mountpoint reaches the new backend;
+//! - every other node id the kernel holds stays with the backend that handed it out until
+//!   the kernel forgets it; a node id of a newer backend that collides with one the kernel
+//!   still holds for an older backend gets a fresh id (and the other way round for a
+//!   late reply of an older backend), so the kernel never confuses two backends' nodes;
+//! - handles are tracked from then on; a handle not in the table was opened before the
+//!   first swap, on the first backend. Handles of later backends never take a value
+//!   the kernel still holds for an earlier one;
+//! - an earlier backend is released (its plugin instance dropped, which closes it) once
+//!   the kernel holds none of its nodes and handles ([`Swap::collect`]).
+//!
+//! After switching, the kernel's cached entries under the root and the root's attributes
+//! are invalidated through [`Kernel`], so a walk from the mountpoint does not meet an old
+//! backend's dentry. Only the root is shared between backends, so only its entries can
+//! mix them; a process inside an old directory keeps seeing that old directory.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use plugfs_plugin_api::{
+    AttrOut, Capabilities, DirEntry, DirPlusSink, DirSink, Entry, Errno, Error, FileSystem, Handle, NodeId, Opened,
+    ROOT_ID, RenameFlags, Request, Result, SetAttr, StatFs, Whence,
+};
+use tracing::{debug, info, warn};
+
+/// What the layer needs from the frontend that serves the mount: telling the kernel to
+/// drop cached entries and attributes, and which handles it holds open. The FUSE frontend
+/// implements it over fuser's `Notifier`; another frontend can implement it its own way.
+pub trait Kernel: Send + Sync {
+    /// Drops the kernel's cached entry `name` under `parent` (no error if it has none).
+    fn inval_entry(&self, parent: NodeId, name: &OsStr) -> std::io::Result<()>;
+    /// Drops the kernel's cached attributes of `node` and its cached data in
+    /// `offset..offset + len` (`len` 0: to the end).
+    fn inval_inode(&self, node: NodeId, offset: i64, len: i64) -> std::io::Result<()>;
+    /// Every handle the kernel holds open now, with whether it is a directory's.
+    fn open_handles(&self) -> Vec<(HandleKind, Handle)>;
+}
+
+/// A file's handle or a directory's: the two are separate spaces of values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HandleKind {
+    /// From `open` or `create`.
+    File,
+    /// From `opendir`.
+    Dir,
+}
+
+/// A backend's number: 0 for the first, one more for each swap.
+type Gen = u32;
+
+const SHARDS: usize = 64;
+
+/// How long a swap waits for requests that started before it. A plugin call that takes
+/// longer than this (a stuck backing store) makes the swap give up, and the mount is
+/// remounted instead.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn shard_of(id: u64) -> usize {
+    // Ids are often sequential: the low bits spread them evenly.
+    (id % SHARDS as u64) as usize
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn stale() -> Error {
+    Errno::ESTALE.into()
+}
+
+// ---------------------------------------------------------------------------------------
+// Nodes the kernel holds
+// ---------------------------------------------------------------------------------------
+
+/// One node id the kernel holds.
+#[derive(Debug)]
+struct NodeRef {
+    generation: Gen,
+    /// The backend's own id (equal to the kernel's unless remapped).
+    inner: NodeId,
+    /// References the kernel holds (its nlookup).
+    lookups: u64,
+    /// Names under the root it was handed out by: the kernel may have them cached, and a
+    /// swap invalidates them. A few are enough (hard links in the root are rare); a name
+    /// missed here is still found by the swap's listing of the old root.
+    root_names: Vec<OsString>,
+}
+
+const ROOT_NAMES_KEPT: usize = 4;
+
+#[derive(Debug, Default)]
+struct NodeShard {
+    nodes: HashMap<NodeId, NodeRef>,
+    /// Nodes per backend in this shard, so counting a backend's nodes visits each shard
+    /// once instead of every node.
+    per_gen: Vec<(Gen, usize)>,
+}
+
+impl NodeShard {
+    fn count(&mut self, generation: Gen, delta: isize) {
+        match self.per_gen.iter_mut().find(|(g, _)| *g == generation) {
+            Some((_, n)) => *n = n.saturating_add_signed(delta),
+            None => self.per_gen.push((generation, delta.max(0) as usize)),
+        }
+    }
+
+    fn insert(&mut self, outer: NodeId, generation: Gen, inner: NodeId, root_name: Option<&OsStr>) {
+        let root_names = root_name.map(|n| vec![n.to_os_string()]).unwrap_or_default();
+        self.nodes.insert(outer, NodeRef { generation, inner, lookups: 1, root_names });
+        self.count(generation, 1);
+    }
+}
+
+impl NodeRef {
+    fn add_ref(&mut self, root_name: Option<&OsStr>) {
+        self.lookups += 1;
+        if let Some(name) = root_name
+            && self.root_names.len() < ROOT_NAMES_KEPT
+            && !self.root_names.iter().any(|n| n == name)
+        {
+            self.root_names.push(name.to_os_string());
+        }
+    }
+}
+
+/// The node ids the kernel holds, by the kernel's id.
+#[derive(Debug)]
+struct Nodes {
+    shards: Vec<Mutex<NodeShard>>,
+    /// (backend, backend's id) → kernel's id, for the remapped ones only. Once `remapping`
+    /// is set (at the first swap) every new entry is made under this lock, so one backend
+    /// node never gets two kernel ids.
+    remapped: Mutex<HashMap<(Gen, NodeId), NodeId>>,
+    remapping: AtomicBool,
+    /// Where fresh kernel ids are taken from; far above the ids plugins count from, so
+    /// a remapped id rarely collides with a later identity one (which is handled anyway).
+    next_fresh: AtomicU64,
+}
+
+impl Default for Nodes {
+    fn default() -> Self {
+        Nodes {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            remapped: Mutex::default(),
+            remapping: AtomicBool::new(false),
+            next_fresh: AtomicU64::new(1 << 48),
+        }
+    }
+}
+
+impl Nodes {
+    fn shard(&self, id: NodeId) -> MutexGuard<'_, NodeShard> {
+        lock(&self.shards[shard_of(id)])
+    }
+
+    /// Counts one kernel reference on node `inner` of backend `generation`, handed out
+    /// under `parent` as `name`; returns the id the kernel is to get.
+    fn register(&self, generation: Gen, inner: NodeId, parent: NodeId, name: &OsStr) -> NodeId {
+        if inner == ROOT_ID {
+            // The kernel never forgets the root, and it is always the current backend's.
+            return ROOT_ID;
+        }
+        let root_name = (parent == ROOT_ID).then_some(name);
+        {
+            let mut shard = self.shard(inner);
+            match shard.nodes.get_mut(&inner) {
+                Some(r) if r.generation == generation && r.inner == inner => {
+                    r.add_ref(root_name);
+                    return inner;
+                }
+                None if !self.remapping.load(Ordering::SeqCst) => {
+                    shard.insert(inner, generation, inner, root_name);
+                    return inner;
+                }
+                _ => {}
+            }
+        }
+        let mut remapped = lock(&self.remapped);
+        if let Some(&outer) = remapped.get(&(generation, inner)) {
+            let mut shard = self.shard(outer);
+            if let Some(r) = shard.nodes.get_mut(&outer) {
+                r.add_ref(root_name);
+                return outer;
+            }
+            // Forgotten meanwhile (forget takes this lock after the shard's): start over.
+            drop(shard);
+            remapped.remove(&(generation, inner));
+        }
+        let mut shard = self.shard(inner);
+        match shard.nodes.get_mut(&inner) {
+            Some(r) if r.generation == generation && r.inner == inner => {
+                r.add_ref(root_name);
+                inner
+            }
+            None => {
+                shard.insert(inner, generation, inner, root_name);
+                inner
+            }
+            Some(_) => {
+                drop(shard);
+                let outer = loop {
+                    let candidate = self.next_fresh.fetch_add(1, Ordering::Relaxed);
+                    let mut shard = self.shard(candidate);
+                    if candidate > ROOT_ID && !shard.nodes.contains_key(&candidate) {
+                        shard.insert(candidate, generation, inner, root_name);
+                        break candidate;
+                    }
+                };
+                remapped.insert((generation, inner), outer);
+                debug!(generation, inner, outer, "node id taken by an earlier backend's node; remapped");
+                outer
+            }
+        }
+    }
+
+    /// Takes `n` kernel references off `outer`; returns the backend and its id, and
+    /// whether the kernel now holds none.
+    fn forget(&self, outer: NodeId, n: u64) -> Option<(Gen, NodeId)> {
+        let mut shard = self.shard(outer);
+        let r = shard.nodes.get_mut(&outer)?;
+        r.lookups = r.lookups.saturating_sub(n);
+        let target = (r.generation, r.inner);
+        if r.lookups == 0 {
+            shard.nodes.remove(&outer);
+            shard.count(target.0, -1);
+            if target.1 != outer {
+                drop(shard);
+                let mut remapped = lock(&self.remapped);
+                if remapped.get(&target) == Some(&outer) {
+                    remapped.remove(&target);
+                }
+            }
+        }
+        Some(target)
+    }
+
+    /// The backend and its id for the kernel's `outer`.
+    fn route(&self, outer: NodeId) -> Option<(Gen, NodeId)> {
+        self.shard(outer).nodes.get(&outer).map(|r| (r.generation, r.inner))
+    }
+
+    fn count(&self, generation: Gen) -> usize {
+        self.shards.iter().map(|s| lock(s).per_gen.iter().find(|(g, _)| *g == generation).map_or(0, |(_, n)| *n)).sum()
+    }
+
+    fn root_names(&self, generation: Gen) -> Vec<OsString> {
+        let mut names = Vec::new();
+        for s in &self.shards {
+            for r in lock(s).nodes.values().filter(|r| r.generation == generation) {
+                names.extend(r.root_names.iter().cloned());
+            }
+        }
+        names
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Handles, tracked from the first swap on
+// ---------------------------------------------------------------------------------------
+
+type HandleKey = (HandleKind, Handle);
+
+#[derive(Debug, Default)]
+struct HandleAlloc {
+    /// Handles the kernel held open when tracking began (all of the first backend); they
+    /// pass through unchanged, and no later handle may take their value.
+    untracked: HashSet<HandleKey>,
+    next_fresh: u64,
+}
+
+#[derive(Debug)]
+struct Handles {
+    /// Kernel's handle → (backend, backend's handle).
+    shards: Vec<RwLock<HashMap<HandleKey, (Gen, Handle)>>>,
+    /// Taken to hand out or give back a handle, so a value is never handed out twice.
+    alloc: Mutex<HandleAlloc>,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            alloc: Mutex::new(HandleAlloc { untracked: HashSet::new(), next_fresh: 1 << 48 }),
+        }
+    }
+}
+
+impl Handles {
+    fn shard(&self, h: Handle) -> &RwLock<HashMap<HandleKey, (Gen, Handle)>> {
+        &self.shards[shard_of(h)]
+    }
+
+    fn taken(&self, alloc: &HandleAlloc, key: HandleKey) -> bool {
+        alloc.untracked.contains(&key) || self.shard(key.1).read().unwrap_or_else(|p| p.into_inner()).contains_key(&key)
+    }
+
+    fn insert(&self, kind: HandleKind, generation: Gen, inner: Handle) -> Handle {
+        let mut alloc = lock(&self.alloc);
+        let outer = if !self.taken(&alloc, (kind, inner)) {
+            inner
+        } else {
+            loop {
+                let candidate = alloc.next_fresh;
+                alloc.next_fresh = alloc.next_fresh.wrapping_add(1);
+                if !self.taken(&alloc, (kind, candidate)) {
+                    break candidate;
+                }
+            }
+        };
+        self.shard(outer).write().unwrap_or_else(|p| p.into_inner()).insert((kind, outer), (generation, inner));
+        outer
+    }
+
+    /// The backend and its handle for the kernel's `outer`; `None` for a handle opened
+    /// before tracking began.
+    fn route(&self, kind: HandleKind, outer: Handle) -> Option<(Gen, Handle)> {
+        self.shard(outer).read().unwrap_or_else(|p| p.into_inner()).get(&(kind, outer)).copied()
+    }
+
+    fn remove(&self, kind: HandleKind, outer: Handle) {
+        let mut alloc = lock(&self.alloc);
+        let removed = self.shard(outer).write().unwrap_or_else(|p| p.into_inner()).remove(&(kind, outer));
+        if removed.is_none() {
+            alloc.untracked.remove(&(kind, outer));
+        }
+    }
+
+    /// Records the handles the kernel holds that are not tracked: opened before tracking
+    /// began. Runs under the allocation lock, which `remove` takes too, so a handle
+    /// released meanwhile is either absent from `open` or removed after this.
+    fn adopt(&self, kernel: &dyn Kernel) {
+        let mut alloc = lock(&self.alloc);
+        for key in kernel.open_handles() {
+            if self.shard(key.1).read().unwrap_or_else(|p| p.into_inner()).get(&key).is_none() {
+                alloc.untracked.insert(key);
+            }
+        }
+    }
+
+    fn count(&self, generation: Gen, first: Gen) -> usize {
+        let tracked: usize = self
+            .shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|p| p.into_inner()).values().filter(|(g, _)| *g == generation).count())
+            .sum();
+        tracked + if generation == first { lock(&self.alloc).untracked.len() } else { 0 }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The layer
+// ---------------------------------------------------------------------------------------
+
+/// A backend and what status shows of it.
+#[derive(Clone)]
+pub struct Backend {
+    /// The backend.
+    pub fs: Arc<dyn FileSystem>,
+    /// For logs and status: plugin name and version.
+    pub label: String,
+}
+
+/// The backend the root belongs to. Requests routed by the root hold it while they run,
+/// so a swap can wait for those that started before it.
+struct Current {
+    generation: Gen,
+    fs: Arc<dyn FileSystem>,
+}
+
+/// The state after the first swap.
+struct Mapped {
+    current: ArcSwap<Current>,
+    backends: RwLock<HashMap<Gen, Backend>>,
+    handles: Handles,
+    /// Root names to invalidate once more on the next [`Swap::collect`]: a lookup under
+    /// the root answered by the old backend just before the switch may have reached the
+    /// kernel just after the first invalidation.
+    late_invalidation: Mutex<Vec<OsString>>,
+}
+
+enum Mode {
+    /// One backend; ids and handles pass through.
+    Direct(Arc<dyn FileSystem>),
+    Mapped(Arc<Mapped>),
+}
+
+/// Why a swap was not made; the mount is then remounted instead.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// Requests that began before the swap did not end in time.
+    #[error("{0} request(s) begun before the swap were still running after {1}s")]
+    Busy(usize, u64),
+}
+
+/// The layer (see the module).
+pub struct Swap {
+    mode: ArcSwap<Mode>,
+    nodes: Nodes,
+    /// The first backend's label, for status and logs once there are several.
+    first_label: String,
+    swaps: AtomicU64,
+}
+
+/// What [`Swap::collect`] did.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Labels of the earlier backends released.
+    pub released: Vec<String>,
+}
+
+impl Swap {
+    /// Serves `fs` (labelled `label` in logs) until a swap.
+    pub fn new(fs: Arc<dyn FileSystem>, label: impl Into<String>) -> Swap {
+        Swap {
+            mode: ArcSwap::from_pointee(Mode::Direct(fs)),
+            nodes: Nodes::default(),
+            first_label: label.into(),
+            swaps: AtomicU64::new(0),
+        }
+    }
+
+    /// Swaps done.
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(Ordering::Relaxed)
+    }
+
+    /// Backends served: 1, more while earlier ones still hold what the kernel opened or
+    /// looked up before a swap.
+    pub fn backends(&self) -> usize {
+        match &**self.mode.load() {
+            Mode::Direct(_) => 1,
+            Mode::Mapped(m) => m.backends.read().unwrap_or_else(|p| p.into_inner()).len(),
+        }
+    }
+
+    /// Nodes and handles the kernel holds on earlier backends.
+    pub fn earlier_holds(&self) -> (usize, usize) {
+        let Mode::Mapped(m) = &**self.mode.load() else { return (0, 0) };
+        let current = m.current.load().generation;
+        let gens: Vec<Gen> = m.backends.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        gens.into_iter()
+            .filter(|&g| g != current)
+            .fold((0, 0), |(n, h), g| (n + self.nodes.count(g), h + m.handles.count(g, 0)))
+    }
+
+    /// Makes `new` the current backend: the root and every path walked from it reach
+    /// `new`, while the nodes and handles the kernel holds keep their backend until it
+    /// forgets and closes them. Invalidates the kernel's entries under the root and the
+    /// root's attributes through `kernel`.
+    ///
+    /// The first swap turns translation on: it waits (at most [`QUIESCE_TIMEOUT`]) for the
+    /// requests that began untranslated, then takes the kernel's open handles as the first
+    /// backend's. If they do not end in time nothing is switched and the error says why.
+    pub fn swap(&self, new: Backend, kernel: &dyn Kernel) -> std::result::Result<(), SwapError> {
+        self.swap_within(new, kernel, QUIESCE_TIMEOUT)
+    }
+
+    fn swap_within(&self, new: Backend, kernel: &dyn Kernel, timeout: Duration) -> std::result::Result<(), SwapError> {
+        // Not a guard held across the wait below: it would count as a request running.
+        let (existing, direct) = match &**self.mode.load() {
+            Mode::Mapped(m) => (Some(Arc::clone(m)), None),
+            Mode::Direct(fs) => (None, Some(Arc::clone(fs))),
+        };
+        let mapped = match (existing, direct) {
+            (Some(m), _) => m,
+            (None, fs) => {
+                let fs = fs.expect("one of the two");
+                // From now on new nodes are registered under the remap lock, so a late
+                // reply of the first backend and the new backend's nodes cannot both
+                // take one id.
+                self.nodes.remapping.store(true, Ordering::SeqCst);
+                let m = Arc::new(Mapped {
+                    current: ArcSwap::from_pointee(Current { generation: 0, fs: Arc::clone(&fs) }),
+                    backends: RwLock::new(HashMap::from([(0, Backend { fs, label: self.first_label.clone() })])),
+                    handles: Handles::default(),
+                    late_invalidation: Mutex::default(),
+                });
+                // Still the first backend only, but handles are tracked from here on.
+                let old = self.mode.swap(Arc::new(Mode::Mapped(Arc::clone(&m))));
+                // Every untranslated request holds `old` (arc-swap turns the guards of
+                // loads still running into counted references when it swaps): once the
+                // count is ours alone, none is running, so the kernel's open handles that
+                // are not tracked are exactly those opened untranslated.
+                if let Err(running) = wait_alone(&old, timeout) {
+                    return Err(SwapError::Busy(running, timeout.as_secs()));
+                }
+                drop(old);
+                m.handles.adopt(kernel);
+                m
+            }
+        };
+        let generation = {
+            let mut backends = mapped.backends.write().unwrap_or_else(|p| p.into_inner());
+            let generation = backends.keys().max().map_or(0, |g| g + 1);
+            backends.insert(generation, new.clone());
+            generation
+        };
+        let previous = mapped.current.swap(Arc::new(Current { generation, fs: Arc::clone(&new.fs) }));
+        // Requests routed by the root hold `previous`; wait for them so their replies
+        // (entries under the root) reach the kernel before the invalidation, not after.
+        if let Err(running) = wait_alone(&previous, timeout) {
+            warn!(running, "requests on the old root still running; invalidating now and again later");
+        }
+        let mut names = self.nodes.root_names(previous.generation);
+        names.extend(list_root(previous.fs.as_ref()));
+        names.sort();
+        names.dedup();
+        invalidate_root(kernel, &names);
+        *lock(&mapped.late_invalidation) = names;
+        self.swaps.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Releases every earlier backend that the kernel holds nothing of any more, and
+    /// repeats the root's invalidation once after a swap. Call it now and then (the host
+    /// does on every tick).
+    pub fn collect(&self, kernel: &dyn Kernel) -> Collected {
+        let mut out = Collected::default();
+        let Mode::Mapped(m) = &**self.mode.load() else { return out };
+        let late = std::mem::take(&mut *lock(&m.late_invalidation));
+        if !late.is_empty() {
+            invalidate_root(kernel, &late);
+        }
+        let current = m.current.load().generation;
+        let earlier: Vec<Gen> =
+            m.backends.read().unwrap_or_else(|p| p.into_inner()).keys().copied().filter(|&g| g != current).collect();
+        for g in earlier {
+            let (nodes, handles) = (self.nodes.count(g), m.handles.count(g, 0));
+            if nodes > 0 || handles > 0 {
+                continue;
+            }
+            let removed = m.backends.write().unwrap_or_else(|p| p.into_inner()).remove(&g);
+            if let Some(b) = removed {
+                info!(backend = %b.label, "the kernel holds no node or handle of the earlier backend any more; released it");
+                out.released.push(b.label);
+                // Dropped here, or by the last request still inside it.
+            }
+        }
+        out
+    }
+}
+
+/// Waits until `arc` is referenced only by the caller; Err(other references) on timeout.
+fn wait_alone<T>(arc: &Arc<T>, timeout: Duration) -> std::result::Result<(), usize> {
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(50);
+    loop {
+        let others = Arc::strong_count(arc) - 1;
+        if others == 0 {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            return Err(others);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+fn invalidate_root(kernel: &dyn Kernel, names: &[OsString]) {
+    for name in names {
+        if let Err(e) = kernel.inval_entry(ROOT_ID, name) {
+            debug!(?name, "invalidating a cached entry under the root: {e}");
+        }
+    }
+    if let Err(e) = kernel.inval_inode(ROOT_ID, 0, 0) {
+        debug!("invalidating the root's attributes: {e}");
+    }
+}
+
+/// The names in the root of `fs`, as the kernel may have cached them (renames into the
+/// root make entries no lookup handed out). A failure only loses names: logged.
+fn list_root(fs: &dyn FileSystem) -> Vec<OsString> {
+    struct Names(Vec<OsString>, u64);
+    impl DirSink for Names {
+        fn add(&mut self, e: &DirEntry<'_>) -> bool {
+            if e.name != b"." && e.name != b".." {
+                self.0.push(OsStr::from_bytes(e.name).to_os_string());
+            }
+            self.1 = e.cookie;
+            true
+        }
+    }
+    let req = Request::default();
+    let mut names = Names(Vec::new(), 0);
+    let listed = fs.opendir(&req, ROOT_ID, libc::O_RDONLY).and_then(|o| {
+        let mut cookie = 0;
+        let result = loop {
+            let before = names.0.len();
+            if let Err(e) = fs.readdir(&req, ROOT_ID, o.handle, cookie, &mut names) {
+                break Err(e);
+            }
+            if names.0.len() == before || names.1 == cookie {
+                break Ok(());
+            }
+            cookie = names.1;
+        };
+        let _ = fs.releasedir(&req, ROOT_ID, o.handle);
+        result
+    });
+    if let Err(e) = listed {
+        warn!("listing the old backend's root to invalidate its names: {e}");
+    }
+    names.0
+}
+
+// ---------------------------------------------------------------------------------------
+// Routing
+// ---------------------------------------------------------------------------------------
+
+/// A backend and the ids to call it with.
+struct To {
+    generation: Gen,
+    fs: Arc<dyn FileSystem>,
+    node: NodeId,
+    /// The root's current backend, held while the call runs (see [`Current`]).
+    _current: Option<arc_swap::Guard<Arc<Current>>>,
+}
+
+impl Mapped {
+    fn backend(&self, generation: Gen) -> Result<Arc<dyn FileSystem>> {
+        let backends = self.backends.read().unwrap_or_else(|p| p.into_inner());
+        backends.get(&generation).map(|b| Arc::clone(&b.fs)).ok_or_else(stale)
+    }
+
+    fn node(&self, nodes: &Nodes, node: NodeId) -> Result<To> {
+        if node == ROOT_ID {
+            let current = self.current.load();
+            return Ok(To {
+                generation: current.generation,
+                fs: Arc::clone(&current.fs),
+                node: ROOT_ID,
+                _current: Some(current),
+            });
+        }
+        let (generation, inner) = nodes.route(node).ok_or_else(stale)?;
+        Ok(To { generation, fs: self.backend(generation)?, node: inner, _current: None })
+    }
+
+    /// `node` as open through handle `h`: the handle decides the backend (a directory
+    /// handle on the root opened before a swap stays with the old root).
+    fn handle(&self, nodes: &Nodes, kind: HandleKind, node: NodeId, h: Handle) -> Result<(To, Handle)> {
+        let (generation, inner_handle) = self.handles.route(kind, h).unwrap_or((0, h));
+        let inner = if node == ROOT_ID {
+            ROOT_ID
+        } else {
+            let (g, inner) = nodes.route(node).ok_or_else(stale)?;
+            if g != generation {
+                return Err(stale());
+            }
+            inner
+        };
+        Ok((To { generation, fs: self.backend(generation)?, node: inner, _current: None }, inner_handle))
+    }
+}
+
+/// Calls `$direct` with the first backend's `fs` before any swap, `$mapped` with the
+/// mapped state after.
+macro_rules! route {
+    ($self:ident, $fs:ident => $direct:expr, $m:ident => $mapped:expr) => {{
+        let mode = $self.mode.load();
+        match &**mode {
+            Mode::Direct($fs) => $direct,
+            Mode::Mapped($m) => $mapped,
+        }
+    }};
+}
+
+/// Node-addressed operations.
+macro_rules! by_node {
+    ($self:ident, $node:expr, |$fs:ident, $n:ident| $call:expr) => {{
+        route!($self, $fs => { let $n = $node; $call }, m => {
+            let to = m.node(&$self.nodes, $node)?;
+            let ($fs, $n) = (&to.fs, to.node);
+            $call
+        })
+    }};
+}
+
+/// Handle-addressed operations.
+macro_rules! by_handle {
+    ($self:ident, $kind:expr, $node:expr, $h:expr, |$fs:ident, $n:ident, $hh:ident| $call:expr) => {{
+        route!($self, $fs => { let ($n, $hh) = ($node, $h); $call }, m => {
+            let (to, $hh) = m.handle(&$self.nodes, $kind, $node, $h)?;
+            let ($fs, $n) = (&to.fs, to.node);
+            $call
+        })
+    }};
+}
+
+impl Swap {
+    /// Registers an entry a backend handed out, under the kernel's `parent`.
+    fn entry(&self, generation: Gen, parent: NodeId, name: &OsStr, mut e: Entry) -> Entry {
+        e.node = self.nodes.register(generation, e.node, parent, name);
+        e
+    }
+
+    /// A node-returning operation on `parent`.
+    fn make(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        call: impl FnOnce(&dyn FileSystem, NodeId) -> Result<Entry>,
+    ) -> Result<Entry> {
+        route!(self, fs => {
+            let e = call(fs.as_ref(), parent)?;
+            Ok(self.entry(0, parent, name, e))
+        }, m => {
+            let to = m.node(&self.nodes, parent)?;
+            let e = call(to.fs.as_ref(), to.node)?;
+            Ok(self.entry(to.generation, parent, name, e))
+        })
+    }
+
+    /// Two nodes that must be on one backend (rename, link): EXDEV otherwise, as between
+    /// two filesystems.
+    fn pair(&self, m: &Mapped, a: NodeId, b: NodeId) -> Result<(To, NodeId)> {
+        let (a, b) = (m.node(&self.nodes, a)?, m.node(&self.nodes, b)?);
+        if a.generation != b.generation {
+            return Err(Errno::EXDEV.into());
+        }
+        Ok((a, b.node))
+    }
+
+    fn opened(&self, kind: HandleKind, generation: Gen, mut o: Opened) -> Opened {
+        let Mode::Mapped(m) = &**self.mode.load() else { return o };
+        o.handle = m.handles.insert(kind, generation, o.handle);
+        o
+    }
+
+    fn closed(&self, kind: HandleKind, handle: Handle) {
+        if let Mode::Mapped(m) = &**self.mode.load() {
+            m.handles.remove(kind, handle);
+        }
+    }
+}
+
+/// readdirplus: registers each entry the frontend takes.
+struct PlusSink<'a> {
+    swap: &'a Swap,
+    generation: Gen,
+    parent: NodeId,
+    sink: &'a mut dyn DirPlusSink,
+}
+
+impl DirPlusSink for PlusSink<'_> {
+    fn add(&mut self, dirent: &DirEntry<'_>, entry: &Entry) -> bool {
+        if dirent.name == b"." || dirent.name == b".." {
+            return self.sink.add(dirent, entry);
+        }
+        let outer = self.swap.entry(self.generation, self.parent, OsStr::from_bytes(dirent.name), *entry);
+        if self.sink.add(dirent, &outer) {
+            return true;
+        }
+        // Not taken: the plugin counts no reference for it, so neither may we.
+        if outer.node != ROOT_ID {
+            self.swap.nodes.forget(outer.node, 1);
+        }
+        false
+    }
+}
+
+impl FileSystem for Swap {
+    fn lookup(&self, req: &Request, parent: NodeId, name: &OsStr) -> Result<Entry> {
+        self.make(parent, name, |fs, p| fs.lookup(req, p, name))
+    }
+
+    fn forget(&self, node: NodeId, nlookup: u64) {
+        if node == ROOT_ID {
+            return;
+        }
+        let mode = self.mode.load();
+        let Some((generation, inner)) = self.nodes.forget(node, nlookup) else {
+            // Not counted: pass it on as it came (a kernel and a plugin that disagree are
+            // the plugin's to log).
+            if let Mode::Direct(fs) = &**mode {
+                fs.forget(node, nlookup);
+            }
+            return;
+        };
+        match &**mode {
+            Mode::Direct(fs) => fs.forget(inner, nlookup),
+            Mode::Mapped(m) => match m.backend(generation) {
+                Ok(fs) => fs.forget(inner, nlookup),
+                Err(_) => debug!(node, "forget for a released backend"),
+            },
+        }
+    }
+
+    fn getattr(&self, req: &Request, node: NodeId, handle: Option<Handle>) -> Result<AttrOut> {
+        match handle {
+            Some(h) => by_handle!(self, HandleKind::File, node, h, |fs, n, hh| fs.getattr(req, n, Some(hh))),
+            None => by_node!(self, node, |fs, n| fs.getattr(req, n, None)),
+        }
+    }
+
+    fn setattr(&self, req: &Request, node: NodeId, set: &SetAttr) -> Result<AttrOut> {
+        match set.handle {
+            Some(h) => by_handle!(self, HandleKind::File, node, h, |fs, n, hh| fs.setattr(
+                req,
+                n,
+                &SetAttr { handle: Some(hh), ..*set }
+            )),
+            None => by_node!(self, node, |fs, n| fs.setattr(req, n, set)),
+        }
+    }
+
+    fn readlink(&self, req: &Request, node: NodeId, buf: &mut [u8]) -> Result<usize> {
+        by_node!(self, node, |fs, n| fs.readlink(req, n, buf))
+    }
+
+    fn mknod(&self, req: &Request, parent: NodeId, name: &OsStr, mode: u32, rdev: u32) -> Result<Entry> {
+        self.make(parent, name, |fs, p| fs.mknod(req, p, name, mode, rdev))
+    }
+
+    fn mkdir(&self, req: &Request, parent: NodeId, name: &OsStr, mode: u32) -> Result<Entry> {
+        self.make(parent, name, |fs, p| fs.mkdir(req, p, name, mode))
+    }
+
+    fn unlink(&self, req: &Request, parent: NodeId, name: &OsStr) -> Result<()> {
+        by_node!(self, parent, |fs, p| fs.unlink(req, p, name))
+    }
+
+    fn rmdir(&self, req: &Request, parent: NodeId, name: &OsStr) -> Result<()> {
+        by_node!(self, parent, |fs, p| fs.rmdir(req, p, name))
+    }
+
+    fn symlink(&self, req: &Request, parent: NodeId, name: &OsStr, target: &OsStr) -> Result<Entry> {
+        self.make(parent, name, |fs, p| fs.symlink(req, p, name, target))
+    }
+
+    fn link(&self, req: &Request, node: NodeId, new_parent: NodeId, new_name: &OsStr) -> Result<Entry> {
+        route!(self, fs => {
+            let e = fs.link(req, node, new_parent, new_name)?;
+            Ok(self.entry(0, new_parent, new_name, e))
+        }, m => {
+            let (to, inner_parent) = self.pair(m, node, new_parent)?;
+            let e = to.fs.link(req, to.node, inner_parent, new_name)?;
+            Ok(self.entry(to.generation, new_parent, new_name, e))
+        })
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: NodeId,
+        name: &OsStr,
+        new_parent: NodeId,
+        new_name: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<()> {
+        route!(self, fs => fs.rename(req, parent, name, new_parent, new_name, flags), m => {
+            let (to, inner_new_parent) = self.pair(m, parent, new_parent)?;
+            to.fs.rename(req, to.node, name, inner_new_parent, new_name, flags)
+        })
+    }
+
+    fn open(&self, req: &Request, node: NodeId, flags: i32) -> Result<Opened> {
+        route!(self, fs => fs.open(req, node, flags), m => {
+            let to = m.node(&self.nodes, node)?;
+            let o = to.fs.open(req, to.node, flags)?;
+            Ok(self.opened(HandleKind::File, to.generation, o))
+        })
+    }
+
+    fn create(&self, req: &Request, parent: NodeId, name: &OsStr, mode: u32, flags: i32) -> Result<(Entry, Opened)> {
+        route!(self, fs => {
+            let (e, o) = fs.create(req, parent, name, mode, flags)?;
+            Ok((self.entry(0, parent, name, e), o))
+        }, m => {
+            let to = m.node(&self.nodes, parent)?;
+            let (e, o) = to.fs.create(req, to.node, name, mode, flags)?;
+            Ok((self.entry(to.generation, parent, name, e), self.opened(HandleKind::File, to.generation, o)))
+        })
+    }
+
+    fn read(&self, req: &Request, node: NodeId, handle: Handle, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        by_handle!(self, HandleKind::File, node, handle, |fs, n, h| fs.read(req, n, h, offset, buf))
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        node: NodeId,
+        handle: Handle,
+        offset: u64,
+        data: &[u8],
+        flags: i32,
+    ) -> Result<usize> {
+        by_handle!(self, HandleKind::File, node, handle, |fs, n, h| fs.write(req, n, h, offset, data, flags))
+    }
+
+    fn flush(&self, req: &Request, node: NodeId, handle: Handle, lock_owner: u64) -> Result<()> {
+        by_handle!(self, HandleKind::File, node, handle, |fs, n, h| fs.flush(req, n, h, lock_owner))
+    }
+
+    fn release(&self, req: &Request, node: NodeId, handle: Handle, flags: i32, flush: bool) -> Result<()> {
+        let result = by_handle!(self, HandleKind::File, node, handle, |fs, n, h| fs.release(req, n, h, flags, flush));
+        self.closed(HandleKind::File, handle);
+        result
+    }
+
+    fn fsync(&self, req: &Request, node: NodeId, handle: Handle, datasync: bool) -> Result<()> {
+        by_handle!(self, HandleKind::File, node, handle, |fs, n, h| fs.fsync(req, n, h, datasync))
+    }
+
+    fn opendir(&self, req: &Request, node: NodeId, flags: i32) -> Result<Opened> {
+        route!(self, fs => fs.opendir(req, node, flags), m => {
+            let to = m.node(&self.nodes, node)?;
+            let o = to.fs.opendir(req, to.node, flags)?;
+            Ok(self.opened(HandleKind::Dir, to.generation, o))
+        })
+    }
+
+    fn readdir(&self, req: &Request, node: NodeId, handle: Handle, cookie: u64, sink: &mut dyn DirSink) -> Result<()> {
+        by_handle!(self, HandleKind::Dir, node, handle, |fs, n, h| fs.readdir(req, n, h, cookie, sink))
+    }
+
+    fn releasedir(&self, req: &Request, node: NodeId, handle: Handle) -> Result<()> {
+        let result = by_handle!(self, HandleKind::Dir, node, handle, |fs, n, h| fs.releasedir(req, n, h));
+        self.closed(HandleKind::Dir, handle);
+        result
+    }
+
+    fn fsyncdir(&self, req: &Request, node: NodeId, handle: Handle, datasync: bool) -> Result<()> {
+        by_handle!(self, HandleKind::Dir, node, handle, |fs, n, h| fs.fsyncdir(req, n, h, datasync))
+    }
+
+    fn statfs(&self, req: &Request, node: NodeId) -> Result<StatFs> {
+        by_node!(self, node, |fs, n| fs.statfs(req, n))
+    }
+
+    fn setxattr(&self, req: &Request, node: NodeId, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        by_node!(self, node, |fs, n| fs.setxattr(req, n, name, value, flags))
+    }
+
+    fn getxattr(&self, req: &Request, node: NodeId, name: &OsStr, buf: &mut [u8]) -> Result<usize> {
+        by_node!(self, node, |fs, n| fs.getxattr(req, n, name, buf))
+    }
+
+    fn listxattr(&self, req: &Request, node: NodeId, buf: &mut [u8]) -> Result<usize> {
+        by_node!(self, node, |fs, n| fs.listxattr(req, n, buf))
+    }
+
+    fn removexattr(&self, req: &Request, node: NodeId, name: &OsStr) -> Result<()> {
+        by_node!(self, node, |fs, n| fs.removexattr(req, n, name))
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        node: NodeId,
+        handle: Handle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<()> {
+        by_handle!(self, HandleKind::File, node, handle, |fs, n, h| fs.fallocate(req, n, h, offset, length, mode))
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &Request,
+        node_in: NodeId,
+        handle_in: Handle,
+        offset_in: u64,
+        node_out: NodeId,
+        handle_out: Handle,
+        offset_out: u64,
+        len: u64,
+        flags: u32,
+    ) -> Result<usize> {
+        route!(self, fs => fs.copy_file_range(
+            req, node_in, handle_in, offset_in, node_out, handle_out, offset_out, len, flags
+        ), m => {
+            let (a, ha) = m.handle(&self.nodes, HandleKind::File, node_in, handle_in)?;
+            let (b, hb) = m.handle(&self.nodes, HandleKind::File, node_out, handle_out)?;
+            if a.generation != b.generation {
+                return Err(Errno::EXDEV.into());
+            }
+            a.fs.copy_file_range(req, a.node, ha, offset_in, b.node, hb, offset_out, len, flags)
+        })
+    }
+
+    fn lseek(&self, req: &Request, node: NodeId, handle: Handle, offset: i64, whence: Whence) -> Result<u64> {
+        by_handle!(self, HandleKind::File, node, handle, |fs, n, h| fs.lseek(req, n, h, offset, whence))
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        node: NodeId,
+        handle: Handle,
+        cookie: u64,
+        sink: &mut dyn DirPlusSink,
+    ) -> Result<()> {
+        route!(self, fs => {
+            let mut sink = PlusSink { swap: self, generation: 0, parent: node, sink };
+            fs.readdirplus(req, node, handle, cookie, &mut sink)
+        }, m => {
+            let (to, h) = m.handle(&self.nodes, HandleKind::Dir, node, handle)?;
+            let mut sink = PlusSink { swap: self, generation: to.generation, parent: node, sink };
+            to.fs.readdirplus(req, to.node, h, cookie, &mut sink)
+        })
+    }
+
+    fn capabilities(&self) -> Option<Capabilities> {
+        // Asked by the frontend when it starts, i.e. of the first backend.
+        route!(self, fs => fs.capabilities(), m => m.current.load().fs.capabilities())
+    }
+}
