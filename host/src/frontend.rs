@@ -162,6 +162,10 @@ impl Kernel for FuseKernel {
         self.0.inval_inode(node, offset, len)
     }
 
+    fn settle(&self, timeout: std::time::Duration) -> bool {
+        self.0.wait_for_earlier_requests(timeout)
+    }
+
     fn open_handles(&self) -> Vec<(HandleKind, u64)> {
         self.0
             .open_handles()

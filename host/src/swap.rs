@@ -55,6 +55,10 @@ pub trait Kernel: Send + Sync {
     fn inval_inode(&self, node: NodeId, offset: i64, len: i64) -> std::io::Result<()>;
     /// Every handle the kernel holds open now, with whether it is a directory's.
     fn open_handles(&self) -> Vec<(HandleKind, Handle)>;
+    /// Waits until every request the frontend received before the call has been answered
+    /// and its handles recorded (the frontend's own work after the backend returns);
+    /// at most `timeout`. Returns whether they all were.
+    fn settle(&self, timeout: Duration) -> bool;
 }
 
 /// A file's handle or a directory's: the two are separate spaces of values.
@@ -506,6 +510,11 @@ impl Swap {
                     return Err(SwapError::Busy(running, timeout.as_secs()));
                 }
                 drop(old);
+                // The frontend records a handle after the backend's open returns: wait for
+                // that too, or a handle could be missing from its list.
+                if !kernel.settle(timeout) {
+                    return Err(SwapError::Busy(1, timeout.as_secs()));
+                }
                 m.handles.adopt(kernel);
                 m
             }
@@ -519,8 +528,9 @@ impl Swap {
         let previous = mapped.current.swap(Arc::new(Current { generation, fs: Arc::clone(&new.fs) }));
         // Requests routed by the root hold `previous`; wait for them so their replies
         // (entries under the root) reach the kernel before the invalidation, not after.
-        if let Err(running) = wait_alone(&previous, timeout) {
-            warn!(running, "requests on the old root still running; invalidating now and again later");
+        // And for the frontend to have sent their replies.
+        if wait_alone(&previous, timeout).is_err() || !kernel.settle(timeout) {
+            warn!("requests begun before the swap still running; invalidating now and once more later");
         }
         let mut names = self.nodes.root_names(previous.generation);
         names.extend(list_root(previous.fs.as_ref()));
@@ -1028,5 +1038,358 @@ impl FileSystem for Swap {
     fn capabilities(&self) -> Option<Capabilities> {
         // Asked by the frontend when it starts, i.e. of the first backend.
         route!(self, fs => fs.capabilities(), m => m.current.load().fs.capabilities())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugfs_plugin_api::Attr;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A backend whose names, ids and handles the test chooses, so ids collide on purpose.
+    struct Fake {
+        label: &'static str,
+        names: Vec<(&'static str, NodeId)>,
+        handle: Handle,
+        lookups: AtomicUsize,
+        forgets: Mutex<Vec<(NodeId, u64)>>,
+        released: AtomicUsize,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl Fake {
+        fn new(label: &'static str, names: &[(&'static str, NodeId)], handle: Handle) -> (Arc<Fake>, Arc<AtomicBool>) {
+            let dropped = Arc::new(AtomicBool::new(false));
+            let fake = Fake {
+                label,
+                names: names.to_vec(),
+                handle,
+                lookups: AtomicUsize::new(0),
+                forgets: Mutex::default(),
+                released: AtomicUsize::new(0),
+                dropped: Arc::clone(&dropped),
+            };
+            (Arc::new(fake), dropped)
+        }
+
+        fn check(&self, h: Handle) -> Result<()> {
+            if h == self.handle { Ok(()) } else { Err(Errno::EBADF.into()) }
+        }
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl FileSystem for Fake {
+        fn lookup(&self, _: &Request, _: NodeId, name: &OsStr) -> Result<Entry> {
+            let &(_, node) = self.names.iter().find(|(n, _)| OsStr::new(n) == name).ok_or(Errno::ENOENT)?;
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            Ok(Entry { node, attr: Attr { ino: node, ..Attr::default() }, ..Entry::default() })
+        }
+
+        fn forget(&self, node: NodeId, nlookup: u64) {
+            lock(&self.forgets).push((node, nlookup));
+        }
+
+        fn getattr(&self, _: &Request, node: NodeId, _: Option<Handle>) -> Result<AttrOut> {
+            Ok(AttrOut {
+                attr: Attr { ino: node, size: self.label.len() as u64, ..Attr::default() },
+                ..AttrOut::default()
+            })
+        }
+
+        fn open(&self, _: &Request, _: NodeId, _: i32) -> Result<Opened> {
+            Ok(Opened { handle: self.handle, ..Opened::default() })
+        }
+
+        fn opendir(&self, _: &Request, _: NodeId, _: i32) -> Result<Opened> {
+            Ok(Opened { handle: self.handle, ..Opened::default() })
+        }
+
+        fn release(&self, _: &Request, _: NodeId, h: Handle, _: i32, _: bool) -> Result<()> {
+            self.check(h)?;
+            self.released.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+
+        fn releasedir(&self, _: &Request, _: NodeId, h: Handle) -> Result<()> {
+            self.check(h)?;
+            self.released.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+
+        /// Reads "label:node".
+        fn read(&self, _: &Request, node: NodeId, h: Handle, _: u64, buf: &mut [u8]) -> Result<usize> {
+            self.check(h)?;
+            let text = format!("{}:{node}", self.label);
+            buf[..text.len()].copy_from_slice(text.as_bytes());
+            Ok(text.len())
+        }
+
+        fn readdir(&self, _: &Request, _: NodeId, h: Handle, cookie: u64, sink: &mut dyn DirSink) -> Result<()> {
+            self.check(h)?;
+            for (i, (name, node)) in self.names.iter().enumerate().skip(cookie as usize) {
+                let e = DirEntry { ino: *node, kind: Default::default(), name: name.as_bytes(), cookie: i as u64 + 1 };
+                if !sink.add(&e) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+
+        fn readdirplus(
+            &self,
+            req: &Request,
+            _: NodeId,
+            h: Handle,
+            cookie: u64,
+            sink: &mut dyn DirPlusSink,
+        ) -> Result<()> {
+            self.check(h)?;
+            for (i, (name, _)) in self.names.iter().enumerate().skip(cookie as usize) {
+                let entry = self.lookup(req, ROOT_ID, OsStr::new(name))?;
+                let e =
+                    DirEntry { ino: entry.node, kind: Default::default(), name: name.as_bytes(), cookie: i as u64 + 1 };
+                if !sink.add(&e, &entry) {
+                    // Not taken: no reference counted.
+                    self.lookups.fetch_sub(1, Ordering::SeqCst);
+                    break;
+                }
+            }
+            Ok(())
+        }
+
+        fn link(&self, _: &Request, node: NodeId, _: NodeId, _: &OsStr) -> Result<Entry> {
+            Ok(Entry { node, ..Entry::default() })
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeKernel {
+        open: Mutex<Vec<(HandleKind, Handle)>>,
+        entries: Mutex<Vec<(NodeId, OsString)>>,
+        inodes: Mutex<Vec<NodeId>>,
+    }
+
+    impl Kernel for FakeKernel {
+        fn inval_entry(&self, parent: NodeId, name: &OsStr) -> std::io::Result<()> {
+            lock(&self.entries).push((parent, name.to_os_string()));
+            Ok(())
+        }
+        fn inval_inode(&self, node: NodeId, _: i64, _: i64) -> std::io::Result<()> {
+            lock(&self.inodes).push(node);
+            Ok(())
+        }
+        fn open_handles(&self) -> Vec<(HandleKind, Handle)> {
+            lock(&self.open).clone()
+        }
+        fn settle(&self, _: Duration) -> bool {
+            true
+        }
+    }
+
+    fn req() -> Request {
+        Request::default()
+    }
+
+    fn read(fs: &Swap, node: NodeId, h: Handle) -> String {
+        let mut buf = [0u8; 64];
+        let n = fs.read(&req(), node, h, 0, &mut buf).unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    fn label(fs: Arc<Fake>) -> Backend {
+        let label = fs.label.to_string();
+        Backend { fs, label }
+    }
+
+    #[test]
+    fn before_a_swap_ids_and_handles_pass_through_unchanged() {
+        let (old, _) = Fake::new("old", &[("f", 77)], 4242);
+        let swap = Swap::new(old.clone(), "old");
+        let e = swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap();
+        assert_eq!((e.node, e.attr.ino), (77, 77));
+        let o = swap.open(&req(), 77, 0).unwrap();
+        assert_eq!(o.handle, 4242);
+        assert_eq!(read(&swap, 77, 4242), "old:77");
+        swap.forget(77, 1);
+        assert_eq!(*lock(&old.forgets), [(77, 1)]);
+        assert_eq!((swap.backends(), swap.swaps()), (1, 0));
+    }
+
+    /// The whole life of a swap: a file open on the old backend, the same name on the new
+    /// one with the same node id and handle value, invalidation, release of the old one.
+    #[test]
+    fn a_swap_routes_the_root_to_the_new_backend_and_keeps_old_ids_and_handles_on_the_old_one() {
+        let (old, old_dropped) = Fake::new("old", &[("f", 5), ("only-old", 6)], 7);
+        let (new, _) = Fake::new("new", &[("f", 5), ("g", 9)], 7);
+        let kernel = FakeKernel::default();
+        let swap = Swap::new(old.clone(), "old");
+
+        // Before: f looked up twice (one reference counted per reply) and opened.
+        assert_eq!(swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap().node, 5);
+        assert_eq!(swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap().node, 5);
+        let h = swap.open(&req(), 5, 0).unwrap().handle;
+        lock(&kernel.open).push((HandleKind::File, h));
+
+        swap.swap(label(new.clone()), &kernel).unwrap();
+        assert_eq!((swap.backends(), swap.swaps()), (2, 1));
+        // The names under the old root the kernel may cache, and the root's attributes.
+        let entries = lock(&kernel.entries).clone();
+        for name in ["f", "only-old"] {
+            assert!(entries.contains(&(ROOT_ID, OsString::from(name))), "{name} in {entries:?}");
+        }
+        assert_eq!(*lock(&kernel.inodes), [ROOT_ID]);
+
+        // The root is the new backend's now.
+        assert_eq!(swap.getattr(&req(), ROOT_ID, None).unwrap().attr.size, 3);
+        let e = swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap();
+        assert_ne!(e.node, 5, "the new backend's node 5 must not take the id the kernel holds for the old one");
+        assert_eq!(e.attr.ino, 5, "attributes pass through");
+        assert_eq!(swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap().node, e.node, "one id per node");
+        assert_eq!(swap.lookup(&req(), ROOT_ID, OsStr::new("g")).unwrap().node, 9, "no collision: its own id");
+        assert!(swap.lookup(&req(), ROOT_ID, OsStr::new("only-old")).is_err());
+
+        // A new open of the same path reaches the new backend with a handle of its own.
+        let h2 = swap.open(&req(), e.node, 0).unwrap().handle;
+        assert_ne!(h2, h, "the old backend's handle is still open");
+        assert_eq!(read(&swap, e.node, h2), "new:5");
+        // The file opened before reads on from the old backend.
+        assert_eq!(read(&swap, 5, h), "old:5");
+        assert_eq!(swap.getattr(&req(), 5, None).unwrap().attr.size, 3);
+
+        // Released once closed and forgotten, not before.
+        // (The swap listed the old root through a directory handle of its own.)
+        let released = old.released.load(Ordering::SeqCst);
+        swap.release(&req(), 5, h, 0, true).unwrap();
+        assert_eq!(old.released.load(Ordering::SeqCst), released + 1);
+        assert!(swap.collect(&kernel).released.is_empty(), "the kernel still holds node 5");
+        swap.forget(5, 2);
+        assert_eq!(*lock(&old.forgets), [(5, 2)]);
+        drop(old);
+        assert!(!old_dropped.load(Ordering::SeqCst));
+        assert_eq!(swap.collect(&kernel).released, ["old"]);
+        assert!(old_dropped.load(Ordering::SeqCst), "the old plugin instance is dropped");
+        assert_eq!(swap.backends(), 1);
+
+        // The new backend's remapped node goes on working, and its forget reaches it.
+        assert_eq!(read(&swap, e.node, h2), "new:5");
+        swap.release(&req(), e.node, h2, 0, true).unwrap();
+        swap.forget(e.node, 2);
+        assert_eq!(*lock(&new.forgets), [(5, 2)]);
+        // Node 5 is free again: the new backend's node 5 gets its own id now.
+        assert_eq!(swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap().node, 5);
+    }
+
+    #[test]
+    fn a_directory_handle_on_the_root_opened_before_a_swap_lists_the_old_root() {
+        let (old, _) = Fake::new("old", &[("a", 2)], 3);
+        let (new, _) = Fake::new("new", &[("b", 2)], 3);
+        let kernel = FakeKernel::default();
+        let swap = Swap::new(old, "old");
+        let h = swap.opendir(&req(), ROOT_ID, 0).unwrap().handle;
+        lock(&kernel.open).push((HandleKind::Dir, h));
+        swap.swap(label(new), &kernel).unwrap();
+        let h2 = swap.opendir(&req(), ROOT_ID, 0).unwrap().handle;
+        assert_ne!(h2, h);
+
+        struct Names(Vec<String>);
+        impl DirSink for Names {
+            fn add(&mut self, e: &DirEntry<'_>) -> bool {
+                self.0.push(String::from_utf8_lossy(e.name).into_owned());
+                true
+            }
+        }
+        let (mut before, mut after) = (Names(Vec::new()), Names(Vec::new()));
+        swap.readdir(&req(), ROOT_ID, h, 0, &mut before).unwrap();
+        swap.readdir(&req(), ROOT_ID, h2, 0, &mut after).unwrap();
+        assert_eq!((before.0, after.0), (vec!["a".to_string()], vec!["b".to_string()]));
+        swap.releasedir(&req(), ROOT_ID, h).unwrap();
+        swap.releasedir(&req(), ROOT_ID, h2).unwrap();
+        assert_eq!(swap.collect(&kernel).released, ["old"], "no node, no handle left on the old backend");
+    }
+
+    #[test]
+    fn operations_joining_an_old_node_and_a_new_one_fail_with_exdev() {
+        let (old, _) = Fake::new("old", &[("d", 2)], 3);
+        let (new, _) = Fake::new("new", &[("e", 4)], 3);
+        let kernel = FakeKernel::default();
+        let swap = Swap::new(old, "old");
+        let d = swap.lookup(&req(), ROOT_ID, OsStr::new("d")).unwrap().node;
+        swap.swap(label(new), &kernel).unwrap();
+        let e = swap.lookup(&req(), ROOT_ID, OsStr::new("e")).unwrap().node;
+        let exdev = |r: Result<()>| r.unwrap_err().errno();
+        assert_eq!(exdev(swap.link(&req(), d, ROOT_ID, OsStr::new("x")).map(drop)), Errno::EXDEV);
+        assert_eq!(exdev(swap.rename(&req(), d, OsStr::new("x"), e, OsStr::new("y"), RenameFlags(0))), Errno::EXDEV);
+        assert!(swap.link(&req(), e, ROOT_ID, OsStr::new("x")).is_ok(), "within the new backend");
+    }
+
+    #[test]
+    fn readdirplus_counts_only_the_entries_the_frontend_takes() {
+        let (old, _) = Fake::new("old", &[("a", 2), ("b", 3)], 3);
+        let swap = Swap::new(old.clone(), "old");
+        struct TakeOne(usize);
+        impl DirPlusSink for TakeOne {
+            fn add(&mut self, _: &DirEntry<'_>, _: &Entry) -> bool {
+                self.0 += 1;
+                self.0 == 1
+            }
+        }
+        swap.readdirplus(&req(), ROOT_ID, 3, 0, &mut TakeOne(0)).unwrap();
+        assert_eq!(swap.nodes.count(0), 1, "b was not taken");
+        assert_eq!(swap.nodes.route(2), Some((0, 2)));
+        assert_eq!(swap.nodes.route(3), None);
+        swap.forget(2, 1);
+        assert_eq!(swap.nodes.count(0), 0);
+    }
+
+    /// A reply of the old backend that arrives after a newer backend took its id (a
+    /// lookup in an old directory) is remapped instead, and forgetting it frees the remap.
+    #[test]
+    fn node_ids_collide_either_way_and_each_backend_node_keeps_one_kernel_id() {
+        let nodes = Nodes::default();
+        nodes.remapping.store(true, Ordering::SeqCst);
+        assert_eq!(nodes.register(1, 8, ROOT_ID, OsStr::new("n")), 8);
+        let old = nodes.register(0, 8, 20, OsStr::new("o"));
+        assert_ne!(old, 8);
+        assert_eq!(nodes.register(0, 8, 20, OsStr::new("o")), old);
+        assert_eq!((nodes.route(8), nodes.route(old)), (Some((1, 8)), Some((0, 8))));
+        assert_eq!((nodes.count(0), nodes.count(1)), (1, 1));
+        assert_eq!(nodes.root_names(1), [OsString::from("n")]);
+        assert!(nodes.root_names(0).is_empty(), "named under another directory");
+        assert_eq!(nodes.forget(old, 2), Some((0, 8)));
+        assert!(lock(&nodes.remapped).is_empty());
+        assert_eq!(nodes.route(old), None);
+        // Id 8 is still the new backend's; the old one's next reply gets a fresh id again.
+        assert_ne!(nodes.register(0, 8, 20, OsStr::new("o")), 8);
+    }
+
+    /// A request of the first backend still running when a swap begins holds the swap
+    /// back (nothing switched), rather than leave a handle the swap does not know.
+    #[test]
+    fn a_first_swap_waits_for_requests_begun_untranslated_and_gives_up_without_switching() {
+        let (old, _) = Fake::new("old", &[("f", 5)], 7);
+        let (new, _) = Fake::new("new", &[("f", 5)], 7);
+        let kernel = FakeKernel::default();
+        let swap = Swap::new(old, "old");
+        // A request in flight, as one holds the mode while it runs.
+        let running = swap.mode.load();
+        let err = swap.swap_within(label(new.clone()), &kernel, Duration::ZERO).unwrap_err();
+        assert!(matches!(err, SwapError::Busy(1, _)), "{err}");
+        drop(running);
+        assert_eq!((swap.backends(), swap.swaps()), (1, 0));
+        assert_eq!(read_root_size(&swap), 3);
+        assert_eq!(swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap().node, 5);
+        // Nothing running: the next swap goes through.
+        swap.swap_within(label(new), &kernel, Duration::ZERO).unwrap();
+        assert_eq!(swap.swaps(), 1);
+    }
+
+    fn read_root_size(swap: &Swap) -> u64 {
+        swap.getattr(&req(), ROOT_ID, None).unwrap().attr.size
     }
 }

@@ -294,6 +294,13 @@ impl Invalidator {
     pub fn open_handles(&self) -> Vec<(bool, u64)> {
         self.state.handles.snapshot()
     }
+
+    /// Waits until every request that reached this mount before the call has been
+    /// answered (its reply sent, the handles it opened or released recorded), at most
+    /// `timeout`; returns whether they all were.
+    pub fn wait_for_earlier_requests(&self, timeout: Duration) -> bool {
+        self.state.gate.barrier(timeout)
+    }
 }
 
 /// Mounts `fs` at `mountpoint` and serves it from background threads until the returned

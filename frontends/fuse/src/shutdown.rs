@@ -6,41 +6,54 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use plugfs_plugin_api::{FileSystem, Handle, NodeId, Request};
 use tracing::{debug, warn};
 
 /// Counts requests in flight; once closed, admits only the ones that give something back.
+/// It also tells when every request begun before a moment has ended ([`Gate::barrier`]).
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
     closed: AtomicBool,
-    in_flight: AtomicUsize,
+    /// Requests in flight by the epoch they began in: a barrier moves new requests to the
+    /// other epoch and waits for the old one to empty. Entering costs one atomic load more
+    /// than a single counter would.
+    in_flight: [AtomicUsize; 2],
+    epoch: AtomicUsize,
+    /// One barrier at a time, so an epoch is reused only once it has emptied (or its
+    /// barrier gave up).
+    barrier: Mutex<()>,
 }
 
 /// One request in flight; dropping it ends it.
-pub(crate) struct InFlight<'a>(&'a Gate);
+pub(crate) struct InFlight<'a>(&'a Gate, usize);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.in_flight[self.1].fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Gate {
+    fn count(&self) -> InFlight<'_> {
+        let epoch = self.epoch.load(Ordering::SeqCst) & 1;
+        self.in_flight[epoch].fetch_add(1, Ordering::SeqCst);
+        InFlight(self, epoch)
+    }
+
     /// Admits a request, or refuses it (None) once the gate is closed.
     pub(crate) fn enter(&self) -> Option<InFlight<'_>> {
         // Counted before the check, so `close` followed by a zero count means nothing
         // admitted is still running.
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let admitted = InFlight(self);
+        let admitted = self.count();
         if self.closed.load(Ordering::SeqCst) { None } else { Some(admitted) }
     }
 
     /// Admits a request even when closed: release, releasedir, flush and forget only give
     /// back what a caller holds, and must reach the plugin while the mount drains.
     pub(crate) fn enter_always(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(self)
+        self.count()
     }
 
     /// Refuses every later request but those of [`enter_always`](Self::enter_always).
@@ -50,7 +63,24 @@ impl Gate {
 
     /// Requests being served right now.
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
+        self.in_flight.iter().map(|n| n.load(Ordering::SeqCst)).sum()
+    }
+
+    /// Waits until every request that entered before this call has ended, replies and
+    /// bookkeeping included; at most `timeout`. Returns whether they all ended.
+    pub(crate) fn barrier(&self, timeout: Duration) -> bool {
+        let _one = self.barrier.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(50);
+        while self.in_flight[old].load(Ordering::SeqCst) > 0 {
+            if start.elapsed() >= timeout {
+                return false;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        true
     }
 }
 
@@ -181,5 +211,23 @@ mod tests {
         assert!(handles.take(Kind::File, 7).is_some_and(|h| h.passthrough));
         assert!(handles.take(Kind::File, 7).is_none(), "released already");
         assert!(handles.take(Kind::Dir, 7).is_some());
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    #[test]
+    fn a_barrier_waits_for_the_requests_begun_before_it() {
+        let gate = Gate::default();
+        let early = gate.enter().unwrap();
+        assert!(!gate.barrier(Duration::ZERO), "a request begun before is running");
+        drop(early);
+        assert!(gate.barrier(Duration::ZERO));
+        let _late = gate.enter_always();
+        assert_eq!(gate.in_flight(), 1);
+        // Begun after the last barrier, before the next one: the next one waits for it.
+        assert!(!gate.barrier(Duration::ZERO));
     }
 }

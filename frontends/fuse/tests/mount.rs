@@ -607,3 +607,70 @@ fn the_watchdog_of_a_dead_host_leaves_a_live_mount_at_its_path_alone() {
     assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"still here");
     live.unmount().unwrap();
 }
+
+/// Counts the lookups and getattrs the kernel sends, and lets it cache both for an hour,
+/// so only an invalidation makes it ask again.
+struct LongCache {
+    inner: MemFs,
+    lookups: AtomicUsize,
+    getattrs: AtomicUsize,
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+impl FileSystem for LongCache {
+    fn lookup(&self, req: &Request, parent: NodeId, name: &OsStr) -> Result<Entry> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        let e = self.inner.lookup(req, parent, name)?;
+        Ok(Entry { entry_ttl: HOUR, attr_ttl: HOUR, ..e })
+    }
+    fn forget(&self, node: NodeId, nlookup: u64) {
+        self.inner.forget(node, nlookup)
+    }
+    fn getattr(&self, req: &Request, node: NodeId, handle: Option<Handle>) -> Result<AttrOut> {
+        self.getattrs.fetch_add(1, Ordering::SeqCst);
+        let a = self.inner.getattr(req, node, handle)?;
+        Ok(AttrOut { ttl: HOUR, ..a })
+    }
+    fn read(&self, req: &Request, node: NodeId, handle: Handle, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.inner.read(req, node, handle, offset, buf)
+    }
+    fn readdir(&self, req: &Request, node: NodeId, handle: Handle, cookie: u64, sink: &mut dyn DirSink) -> Result<()> {
+        self.inner.readdir(req, node, handle, cookie, sink)
+    }
+}
+
+#[test]
+fn the_invalidator_makes_the_kernel_ask_again_for_a_cached_entry_and_cached_attributes() {
+    let inner = memfs("");
+    let (_, opened) = inner.create(&Request::default(), ROOT_ID, OsStr::new("f"), 0o644, libc::O_RDWR).unwrap();
+    inner.release(&Request::default(), 2, opened.handle, 0, true).ok();
+    let fs = Arc::new(LongCache { inner, lookups: AtomicUsize::new(0), getattrs: AtomicUsize::new(0) });
+    let m = TestMount::new(fs.clone(), &FuseOptions::default());
+    let invalidator = m.mount.as_ref().unwrap().invalidator().expect("a live session");
+    let lookups = || fs.lookups.load(Ordering::SeqCst);
+    let getattrs = || fs.getattrs.load(Ordering::SeqCst);
+
+    fs::metadata(m.path("f")).unwrap();
+    fs::metadata(m.path("f")).unwrap();
+    assert_eq!(lookups(), 1, "the entry is cached");
+    invalidator.inval_entry(ROOT_ID, OsStr::new("f")).unwrap();
+    fs::metadata(m.path("f")).unwrap();
+    assert_eq!(lookups(), 2, "asked again after inval_entry");
+    invalidator.inval_entry(ROOT_ID, OsStr::new("never-looked-up")).expect("nothing cached is no error");
+
+    fs::metadata(m.path("")).unwrap();
+    let before = getattrs();
+    fs::metadata(m.path("")).unwrap();
+    assert_eq!(getattrs(), before, "the root's attributes are cached");
+    invalidator.inval_inode(ROOT_ID, 0, 0).unwrap();
+    fs::metadata(m.path("")).unwrap();
+    assert_eq!(getattrs(), before + 1, "asked again after inval_inode");
+    assert!(invalidator.open_handles().is_empty());
+    let f = File::open(m.path("f")).unwrap();
+    assert_eq!(invalidator.open_handles().len(), 1, "the open file's handle");
+    assert!(!invalidator.open_handles()[0].0, "a file's, not a directory's");
+    drop(f);
+    assert!(wait_for(|| invalidator.open_handles().is_empty()), "released on close");
+    assert!(invalidator.wait_for_earlier_requests(Duration::from_secs(10)), "nothing in flight");
+}
