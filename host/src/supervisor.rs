@@ -134,10 +134,11 @@ fn prepare_one(config: &Config, registry: &mut Registry, index: usize) -> Result
 /// Only the plugin and its settings may differ: the frontend, its options and
 /// `read_only` are fixed when the kernel mounts (mount options, FUSE init), and another
 /// mountpoint is another mount anyway. A volume's lock and image belong to one backend at
-/// a time. And the new settings must name no path the old ones name: the old backend goes
+/// a time. And the new settings must name no existing file or directory the old ones name
+/// (`base_dir` resolves relative ones): the old backend goes
 /// on serving the files open on it, and two backends on one image or directory at once
 /// could corrupt it (the remount opens the new one only after the old one is gone).
-fn swappable(old: &MountSection, new: &MountSection) -> Result<(), String> {
+fn swappable(old: &MountSection, new: &MountSection, base_dir: &Path) -> Result<(), String> {
     if old.volume.is_some() || new.volume.is_some() {
         return Err("it mounts a volume, whose image and lock belong to one backend at a time".into());
     }
@@ -161,21 +162,28 @@ fn swappable(old: &MountSection, new: &MountSection) -> Result<(), String> {
         }
         return Err(format!("its {} changed, which only a new mount can apply", what.join(", ")));
     }
-    fn strings(v: &toml::Value, out: &mut Vec<String>) {
+    // Every string of the settings that names an existing file or directory, as the
+    // plugin would resolve it (relative to the config's directory).
+    fn paths(v: &toml::Value, base: &Path, out: &mut Vec<PathBuf>) {
         match v {
-            toml::Value::String(s) => out.push(s.clone()),
-            toml::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
-            toml::Value::Table(t) => t.values().for_each(|v| strings(v, out)),
+            toml::Value::String(s) if !s.is_empty() => {
+                if let Ok(p) = std::fs::canonicalize(base.join(s)) {
+                    out.push(p);
+                }
+            }
+            toml::Value::Array(a) => a.iter().for_each(|v| paths(v, base, out)),
+            toml::Value::Table(t) => t.values().for_each(|v| paths(v, base, out)),
             _ => {}
         }
     }
     let (mut before, mut after) = (Vec::new(), Vec::new());
-    old.config.values().for_each(|v| strings(v, &mut before));
-    new.config.values().for_each(|v| strings(v, &mut after));
-    if let Some(shared) = after.iter().find(|s| before.contains(s)) {
+    old.config.values().for_each(|v| paths(v, base_dir, &mut before));
+    new.config.values().for_each(|v| paths(v, base_dir, &mut after));
+    if let Some(shared) = after.iter().find(|p| before.contains(p)) {
         return Err(format!(
-            "the old and new settings both name `{shared}`: the old backend keeps serving the files open on it, \
-             and two backends must not share an image or directory"
+            "the old and new settings both name {}: the old backend keeps serving the files open on it, \
+             and two backends must not share an image or directory",
+            shared.display()
         ));
     }
     Ok(())
@@ -319,6 +327,9 @@ struct Live {
     stats: Arc<MountStats>,
     /// Routes requests to its backend, and to earlier ones after a backend swap.
     swap: Arc<Swap>,
+    /// Whether the backend it was mounted with handed over backing files: the frontend
+    /// chose its data path (kernel passthrough or not) from that when it mounted.
+    first_backing_files: bool,
     /// The lock on its volume; released when it is dropped, after the unmount.
     _volume_lock: Option<std::fs::File>,
     /// Set once it is to be unmounted: when to stop waiting for its open files.
@@ -360,6 +371,7 @@ impl Host {
         }
         lock(&self.mountpoints).push(p.mountpoint.clone());
         let stats = Arc::new(MountStats::default());
+        let first_backing_files = p.fs.mount_capabilities().backing_files;
         let swap = Arc::new(Swap::new(p.fs, format!("{} {}", p.plugin, p.version)));
         let fs = Arc::new(Metered::new(Arc::clone(&swap), Arc::clone(&stats)));
         match Mounted::start(fs, &p.mountpoint, section) {
@@ -376,6 +388,7 @@ impl Host {
                     started: Instant::now(),
                     stats,
                     swap,
+                    first_backing_files,
                     _volume_lock: p.volume_lock,
                     draining: None,
                 });
@@ -499,7 +512,7 @@ impl Host {
                 continue;
             }
             let Some(index) = config.mounts.iter().position(|m| m.name == l.name) else { continue };
-            match swappable(&l.section, &config.mounts[index]) {
+            match swappable(&l.section, &config.mounts[index], &config.base_dir) {
                 Ok(()) => swaps.push((i, index)),
                 Err(why) => remount_why.push((l.name.clone(), why)),
             }
@@ -634,6 +647,7 @@ impl Host {
             return Err(("the frontend's session is gone".into(), p.index));
         };
         let from = format!("{} {}", l.plugin, l.version);
+        let backing_files = p.fs.mount_capabilities().backing_files;
         let backend = Backend { fs: p.fs, label: format!("{} {}", p.plugin, p.version) };
         if let Err(e) = l.swap.swap(backend, kernel.as_ref()) {
             return Err((e.to_string(), p.index));
@@ -646,6 +660,13 @@ impl Host {
             p.version,
         );
         info!("{}", p.description);
+        if backing_files && !l.first_backing_files && section.options.passthrough {
+            info!(
+                mount = %l.name,
+                "data path: the daemon for the swapped-in backend too; kernel passthrough is chosen when the kernel \
+                 mounts, and the first backend had no backing files (a remount would use them)"
+            );
+        }
         self.metrics.relabel_mount(&l.stats, &p.plugin);
         self.metrics.swaps.fetch_add(1, Ordering::Relaxed);
         l.section = section;
@@ -945,4 +966,38 @@ pub fn describe_capabilities(c: &Capabilities) -> String {
     let mut parts: Vec<String> = flags.iter().filter(|(on, _)| *on).map(|(_, n)| n.to_string()).collect();
     parts.push(format!("names<={}B", c.max_name_len));
     parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(table: &str) -> MountSection {
+        let text = format!("[[mount]]\nname = \"m\"\nmountpoint = \"mnt\"\n{table}");
+        Config::parse(Path::new("/nonexistent/test.toml"), text).unwrap().mounts.remove(0)
+    }
+
+    #[test]
+    fn only_a_change_of_plugin_or_its_settings_is_swapped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::fs::create_dir(dir.path().join("b")).unwrap();
+        let base = dir.path();
+        let memfs = mount("plugin = \"memfs\"\n");
+        let durable = |root: &str, extra: &str| {
+            mount(&format!(
+                "plugin = \"durable-io\"\n{extra}[mount.config]\nroot = \"{root}\"\ndurability = \"always\"\n"
+            ))
+        };
+        assert_eq!(swappable(&memfs, &durable("a", ""), base), Ok(()));
+        assert_eq!(swappable(&durable("a", ""), &durable("b", ""), base), Ok(()), "a shared non-path string is fine");
+        let why = swappable(&durable("a", ""), &durable("./a", ""), base).unwrap_err();
+        assert!(why.contains("both name") && why.ends_with("share an image or directory"), "{why}");
+        let why = swappable(&memfs, &durable("a", "read_only = true\n"), base).unwrap_err();
+        assert!(why.contains("read_only changed"), "{why}");
+        let why = swappable(&memfs, &mount("plugin = \"memfs\"\n[mount.options]\nthreads = 2\n"), base).unwrap_err();
+        assert!(why.contains("frontend options changed"), "{why}");
+        let why = swappable(&memfs, &mount("volume = \"v\"\n"), base).unwrap_err();
+        assert!(why.contains("volume"), "{why}");
+    }
 }
