@@ -797,10 +797,15 @@ impl FileSystem for Swap {
     }
 
     fn forget(&self, node: NodeId, nlookup: u64) {
+        let mode = self.mode.load();
         if node == ROOT_ID {
+            // Not counted (see `Nodes::register`). Before a swap it goes through as it came;
+            // after, the root has been several backends' and none can tell which it means.
+            if let Mode::Direct(fs) = &**mode {
+                fs.forget(node, nlookup);
+            }
             return;
         }
-        let mode = self.mode.load();
         let Some((generation, inner)) = self.nodes.forget(node, nlookup) else {
             // Not counted: pass it on as it came (a kernel and a plugin that disagree are
             // the plugin's to log).

@@ -151,11 +151,27 @@ fn a_backend_swap_keeps_the_mountpoint_and_a_file_open_before_keeps_the_old_back
     let mut host = Host::start(&config, &[&data]);
     std::fs::write(data.join("f"), b"memfs data").unwrap();
     std::fs::create_dir(data.join("only-in-memfs")).unwrap();
+    std::fs::create_dir(data.join("sub")).unwrap();
+    std::fs::write(data.join("sub/x"), b"old sub").unwrap();
     let dev = dev_of(&data);
     let mut old = std::fs::File::open(data.join("f")).unwrap();
     let root = s.path("data-dir");
-    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(root.join("sub")).unwrap();
     std::fs::write(root.join("f"), b"durable-io data").unwrap();
+    std::fs::write(root.join("sub/x"), b"new sub").unwrap();
+    // A process whose working directory is inside the mount: it reads ./x when told to,
+    // then changes directory through the mountpoint and reads ./x again.
+    let mut inside = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("cd {0}/sub && echo ready && read _ && cat x && echo && cd {0}/sub && cat x", data.display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut inside_out = std::io::BufReader::new(inside.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut inside_out, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o750)).unwrap();
     assert_ne!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o750, "memfs's root differs");
 
@@ -168,9 +184,10 @@ fn a_backend_swap_keeps_the_mountpoint_and_a_file_open_before_keeps_the_old_back
 
     // The root and a fresh listing are the new backend's.
     assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o750);
-    let names: Vec<String> =
+    let mut names: Vec<String> =
         std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert_eq!(names, ["f"], "a fresh listing shows the new backend only");
+    names.sort();
+    assert_eq!(names, ["f", "sub"], "a fresh listing shows the new backend only");
     assert!(!data.join("only-in-memfs").exists());
     // A new open of the same path sees the new backend; the file opened before reads on
     // from the old one, on the same open file description.
@@ -182,6 +199,18 @@ fn a_backend_swap_keeps_the_mountpoint_and_a_file_open_before_keeps_the_old_back
     text.clear();
     old.read_to_string(&mut text).unwrap();
     assert_eq!(text, "memfs data");
+
+    // The working directory stays in the old backend; through the mountpoint again, the new.
+    std::io::Write::write_all(inside.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    drop(inside.stdin.take());
+    let exited = wait_until(Duration::from_secs(20), || inside.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = inside.kill();
+    }
+    assert!(exited, "the process inside the mount finished");
+    let mut seen = String::new();
+    inside_out.read_to_string(&mut seen).unwrap();
+    assert_eq!(seen, "old sub\nnew sub");
 
     let status = s.status();
     let m = find(&status, "data").unwrap();
