@@ -504,17 +504,24 @@ impl Swap {
                 let old = self.mode.swap(Arc::new(Mode::Mapped(Arc::clone(&m))));
                 // Every untranslated request holds `old` (arc-swap turns the guards of
                 // loads still running into counted references when it swaps): once the
-                // count is ours alone, none is running, so the kernel's open handles that
-                // are not tracked are exactly those opened untranslated.
-                if let Err(running) = wait_alone(&old, timeout) {
-                    return Err(SwapError::Busy(running, timeout.as_secs()));
+                // count is ours alone, none is running. Then the frontend, which records a
+                // handle after the backend's open returns, must have done so too. After
+                // that the kernel's open handles that are not tracked are exactly those
+                // opened untranslated.
+                let waited = match wait_alone(&old, timeout) {
+                    Err(running) => Err(SwapError::Busy(running, timeout.as_secs())),
+                    Ok(()) if !kernel.settle(timeout) => Err(SwapError::Busy(1, timeout.as_secs())),
+                    Ok(()) => Ok(()),
+                };
+                if let Err(e) = waited {
+                    // Back to passing through, so a later swap starts over. Requests that
+                    // saw the tracking state routed exactly as untranslated ones, and with
+                    // one backend no id was remapped.
+                    self.mode.store(old);
+                    self.nodes.remapping.store(false, Ordering::SeqCst);
+                    return Err(e);
                 }
                 drop(old);
-                // The frontend records a handle after the backend's open returns: wait for
-                // that too, or a handle could be missing from its list.
-                if !kernel.settle(timeout) {
-                    return Err(SwapError::Busy(1, timeout.as_secs()));
-                }
                 m.handles.adopt(kernel);
                 m
             }
@@ -1381,6 +1388,8 @@ mod tests {
         let (new, _) = Fake::new("new", &[("f", 5)], 7);
         let kernel = FakeKernel::default();
         let swap = Swap::new(old, "old");
+        let h = swap.open(&req(), 5, 0).unwrap().handle;
+        lock(&kernel.open).push((HandleKind::File, h));
         // A request in flight, as one holds the mode while it runs.
         let running = swap.mode.load();
         let err = swap.swap_within(label(new.clone()), &kernel, Duration::ZERO).unwrap_err();
@@ -1389,9 +1398,13 @@ mod tests {
         assert_eq!((swap.backends(), swap.swaps()), (1, 0));
         assert_eq!(read_root_size(&swap), 3);
         assert_eq!(swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap().node, 5);
-        // Nothing running: the next swap goes through.
+        assert!(matches!(&**swap.mode.load(), Mode::Direct(_)), "passing through again");
+        // Nothing running: the next swap goes through, and knows the handle open before.
         swap.swap_within(label(new), &kernel, Duration::ZERO).unwrap();
         assert_eq!(swap.swaps(), 1);
+        let e = swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap();
+        assert_ne!(swap.open(&req(), e.node, 0).unwrap().handle, h);
+        assert_eq!(read(&swap, 5, h), "old:5");
     }
 
     fn read_root_size(swap: &Swap) -> u64 {
