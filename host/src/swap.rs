@@ -776,6 +776,8 @@ impl Swap {
 /// readdirplus: registers each entry the frontend takes.
 struct PlusSink<'a> {
     swap: &'a Swap,
+    /// After a swap, to tell whether `generation` is still the root's.
+    mapped: Option<&'a Mapped>,
     generation: Gen,
     parent: NodeId,
     sink: &'a mut dyn DirPlusSink,
@@ -786,7 +788,14 @@ impl DirPlusSink for PlusSink<'_> {
         if dirent.name == b"." || dirent.name == b".." {
             return self.sink.add(dirent, entry);
         }
-        let outer = self.swap.entry(self.generation, self.parent, OsStr::from_bytes(dirent.name), *entry);
+        let mut outer = self.swap.entry(self.generation, self.parent, OsStr::from_bytes(dirent.name), *entry);
+        if self.parent == ROOT_ID && self.mapped.is_some_and(|m| m.current.load().generation != self.generation) {
+            // Listed through a handle on a root that is no longer the current backend's:
+            // the kernel puts these entries in its cache under the one root directory it
+            // knows, where the new backend's names belong. With no time to live it checks
+            // them again with a lookup, which the current backend answers, before any use.
+            outer.entry_ttl = Duration::ZERO;
+        }
         if self.sink.add(dirent, &outer) {
             return true;
         }
@@ -1038,11 +1047,11 @@ impl FileSystem for Swap {
         sink: &mut dyn DirPlusSink,
     ) -> Result<()> {
         route!(self, fs => {
-            let mut sink = PlusSink { swap: self, generation: 0, parent: node, sink };
+            let mut sink = PlusSink { swap: self, mapped: None, generation: 0, parent: node, sink };
             fs.readdirplus(req, node, handle, cookie, &mut sink)
         }, m => {
             let (to, h) = m.handle(&self.nodes, HandleKind::Dir, node, handle)?;
-            let mut sink = PlusSink { swap: self, generation: to.generation, parent: node, sink };
+            let mut sink = PlusSink { swap: self, mapped: Some(m), generation: to.generation, parent: node, sink };
             to.fs.readdirplus(req, to.node, h, cookie, &mut sink)
         })
     }
@@ -1100,7 +1109,14 @@ mod tests {
         fn lookup(&self, _: &Request, _: NodeId, name: &OsStr) -> Result<Entry> {
             let &(_, node) = self.names.iter().find(|(n, _)| OsStr::new(n) == name).ok_or(Errno::ENOENT)?;
             self.lookups.fetch_add(1, Ordering::SeqCst);
-            Ok(Entry { node, attr: Attr { ino: node, ..Attr::default() }, ..Entry::default() })
+            let ttl = Duration::from_secs(1);
+            Ok(Entry {
+                node,
+                attr: Attr { ino: node, ..Attr::default() },
+                entry_ttl: ttl,
+                attr_ttl: ttl,
+                ..Entry::default()
+            })
         }
 
         fn forget(&self, node: NodeId, nlookup: u64) {
@@ -1320,6 +1336,24 @@ mod tests {
         swap.readdir(&req(), ROOT_ID, h, 0, &mut before).unwrap();
         swap.readdir(&req(), ROOT_ID, h2, 0, &mut after).unwrap();
         assert_eq!((before.0, after.0), (vec!["a".to_string()], vec!["b".to_string()]));
+        // readdirplus through the old handle: the kernel would cache its entries under the
+        // root, so they come with no time to live and are looked up again before use.
+        struct Ttls(Vec<(NodeId, Duration)>);
+        impl DirPlusSink for Ttls {
+            fn add(&mut self, _: &DirEntry<'_>, e: &Entry) -> bool {
+                self.0.push((e.node, e.entry_ttl));
+                true
+            }
+        }
+        let (mut new_ttls, mut old_ttls) = (Ttls(Vec::new()), Ttls(Vec::new()));
+        swap.readdirplus(&req(), ROOT_ID, h2, 0, &mut new_ttls).unwrap();
+        swap.readdirplus(&req(), ROOT_ID, h, 0, &mut old_ttls).unwrap();
+        assert_eq!(new_ttls.0, [(2, Duration::from_secs(1))]);
+        let [(old_b, ttl)] = old_ttls.0[..] else { panic!("{:?}", old_ttls.0) };
+        assert_eq!(ttl, Duration::ZERO);
+        assert_ne!(old_b, 2, "node 2 is held for the new backend's b");
+        swap.forget(2, 1);
+        swap.forget(old_b, 1);
         swap.releasedir(&req(), ROOT_ID, h).unwrap();
         swap.releasedir(&req(), ROOT_ID, h2).unwrap();
         assert_eq!(swap.collect(&kernel).released, ["old"], "no node, no handle left on the old backend");
@@ -1378,6 +1412,36 @@ mod tests {
         assert_eq!(nodes.route(old), None);
         // Id 8 is still the new backend's; the old one's next reply gets a fresh id again.
         assert_ne!(nodes.register(0, 8, 20, OsStr::new("o")), 8);
+    }
+
+    /// Many threads looking nodes of two backends up and forgetting them, their ids
+    /// colliding all the time: while a reference is held its kernel id leads to that node,
+    /// and once all are forgotten nothing is left behind.
+    #[test]
+    fn concurrent_lookups_and_forgets_of_colliding_ids_stay_consistent() {
+        let nodes = Arc::new(Nodes::default());
+        nodes.remapping.store(true, Ordering::SeqCst);
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let nodes = Arc::clone(&nodes);
+                std::thread::spawn(move || {
+                    for i in 0..5_000u64 {
+                        let (generation, inner) = (((t + i) % 2) as Gen, 2 + (t * 7 + i) % 5);
+                        let outer = nodes.register(generation, inner, ROOT_ID, OsStr::new("n"));
+                        assert_eq!(nodes.route(outer), Some((generation, inner)));
+                        let again = nodes.register(generation, inner, 9, OsStr::new("m"));
+                        assert_eq!(again, outer, "one kernel id per node while it is held");
+                        assert_eq!(nodes.forget(outer, 2), Some((generation, inner)));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!((nodes.count(0), nodes.count(1)), (0, 0));
+        assert!(lock(&nodes.remapped).is_empty());
+        assert!(nodes.shards.iter().all(|s| lock(s).nodes.is_empty()));
     }
 
     /// A request of the first backend still running when a swap begins holds the swap

@@ -239,6 +239,71 @@ fn a_backend_swap_keeps_the_mountpoint_and_a_file_open_before_keeps_the_old_back
 }
 
 #[test]
+fn readers_busy_during_a_swap_see_one_backend_or_the_other_and_never_an_error() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let s = Setup::new();
+    let config = s.write_config(&memfs("data"));
+    let data = s.path("data");
+    let mut host = Host::start(&config, &[&data]);
+    std::fs::write(data.join("f"), b"memfs data").unwrap();
+    std::fs::write(data.join("only-memfs"), b"").unwrap();
+    let root = s.path("data-dir");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("f"), b"durable-io data").unwrap();
+    std::fs::write(root.join("only-durable"), b"").unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let new_seen = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (data, stop, new_seen) = (data.clone(), Arc::clone(&stop), Arc::clone(&new_seen));
+            std::thread::spawn(move || -> Result<usize, String> {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                let mut rounds = 0;
+                while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                    let text = std::fs::read(data.join("f")).map_err(|e| format!("read: {e}"))?;
+                    let mut names: Vec<String> = std::fs::read_dir(&data)
+                        .map_err(|e| format!("opendir: {e}"))?
+                        .map(|e| e.map(|e| e.file_name().into_string().unwrap()))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| format!("readdir: {e}"))?;
+                    names.sort();
+                    match &text[..] {
+                        b"memfs data" => {}
+                        b"durable-io data" => {
+                            new_seen.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => return Err(format!("neither backend's data: {other:?}")),
+                    }
+                    if names != ["f", "only-memfs"] && names != ["f", "only-durable"] {
+                        return Err(format!("a listing mixing backends: {names:?}"));
+                    }
+                    rounds += 1;
+                }
+                Ok(rounds)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_config(&durable_io("data", "data-dir"));
+    let (code, out, err) = s.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", host.stderr());
+    assert!(out.contains("data: changed: backend swapped in place"), "{out}");
+    // Once the reload has answered, nothing of the old backend is visible from the root.
+    assert!(!data.join("only-memfs").exists());
+    assert_eq!(std::fs::read(data.join("f")).unwrap(), b"durable-io data");
+    let caught_up = wait_until(Duration::from_secs(20), || new_seen.load(Ordering::SeqCst) >= 30);
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        let rounds = r.join().unwrap().unwrap_or_else(|e| panic!("{e}\n{}", host.stderr()));
+        assert!(rounds > 0);
+    }
+    assert!(caught_up, "the readers see the new backend after the swap");
+    assert_eq!(host.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", host.stderr());
+}
+
+#[test]
 fn a_swap_whose_new_settings_are_refused_leaves_the_old_backend_serving() {
     let s = Setup::new();
     let config = s.write_config(&memfs("data"));
