@@ -7,7 +7,7 @@ use std::sync::Arc;
 use plugfs_plugin_api::FileSystem;
 
 use crate::config::{Frontend, MountSection};
-use crate::swap::{HandleKind, Kernel};
+use crate::swap::Kernel;
 
 /// Whether `frontend` can run in this build on this platform; the reason if not.
 pub fn check_available(frontend: Frontend) -> Result<(), String> {
@@ -166,11 +166,11 @@ impl Kernel for FuseKernel {
         self.0.wait_for_earlier_requests(timeout)
     }
 
-    fn open_handles(&self) -> Vec<(HandleKind, u64)> {
+    fn open_handles(&self) -> Vec<(crate::swap::HandleKind, u64)> {
         self.0
             .open_handles()
             .into_iter()
-            .map(|(dir, h)| (if dir { HandleKind::Dir } else { HandleKind::File }, h))
+            .map(|(dir, h)| (if dir { crate::swap::HandleKind::Dir } else { crate::swap::HandleKind::File }, h))
             .collect()
     }
 }

@@ -30,9 +30,9 @@
 //! backend's dentry. Only the root is shared between backends, so only its entries can
 //! mix them; a process inside an old directory keeps seeing that old directory.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -92,6 +92,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn stale() -> Error {
     Errno::ESTALE.into()
 }
+
+/// A listed name as the frontends take it (names cross the plugin boundary as bytes).
+#[cfg(unix)]
+fn os_name(bytes: &[u8]) -> Cow<'_, OsStr> {
+    Cow::Borrowed(std::os::unix::ffi::OsStrExt::from_bytes(bytes))
+}
+
+#[cfg(not(unix))]
+fn os_name(bytes: &[u8]) -> Cow<'_, OsStr> {
+    Cow::Owned(OsString::from(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// `O_RDONLY`, the same on every platform plugins are built for.
+const O_RDONLY: i32 = 0;
 
 // ---------------------------------------------------------------------------------------
 // Nodes the kernel holds
@@ -613,7 +627,7 @@ fn list_root(fs: &dyn FileSystem) -> Vec<OsString> {
     impl DirSink for Names {
         fn add(&mut self, e: &DirEntry<'_>) -> bool {
             if e.name != b"." && e.name != b".." {
-                self.0.push(OsStr::from_bytes(e.name).to_os_string());
+                self.0.push(os_name(e.name).into_owned());
             }
             self.1 = e.cookie;
             true
@@ -621,7 +635,7 @@ fn list_root(fs: &dyn FileSystem) -> Vec<OsString> {
     }
     let req = Request::default();
     let mut names = Names(Vec::new(), 0);
-    let listed = fs.opendir(&req, ROOT_ID, libc::O_RDONLY).and_then(|o| {
+    let listed = fs.opendir(&req, ROOT_ID, O_RDONLY).and_then(|o| {
         let mut cookie = 0;
         let result = loop {
             let before = names.0.len();
@@ -788,7 +802,7 @@ impl DirPlusSink for PlusSink<'_> {
         if dirent.name == b"." || dirent.name == b".." {
             return self.sink.add(dirent, entry);
         }
-        let mut outer = self.swap.entry(self.generation, self.parent, OsStr::from_bytes(dirent.name), *entry);
+        let mut outer = self.swap.entry(self.generation, self.parent, &os_name(dirent.name), *entry);
         if self.parent == ROOT_ID && self.mapped.is_some_and(|m| m.current.load().generation != self.generation) {
             // Listed through a handle on a root that is no longer the current backend's:
             // the kernel puts these entries in its cache under the one root directory it
