@@ -187,9 +187,64 @@ impl VolumeInfo {
     }
 }
 
+impl VolumeInfo {
+    /// The `FILE_*` file system flags `GetVolumeInformation` reports (Dokan asks for them
+    /// as one word; WinFSP takes them as separate volume parameters).
+    pub fn file_system_flags(&self) -> u32 {
+        const FILE_CASE_SENSITIVE_SEARCH: u32 = 0x0000_0001;
+        const FILE_CASE_PRESERVED_NAMES: u32 = 0x0000_0002;
+        const FILE_UNICODE_ON_DISK: u32 = 0x0000_0004;
+        const FILE_PERSISTENT_ACLS: u32 = 0x0000_0008;
+        const FILE_SUPPORTS_REPARSE_POINTS: u32 = 0x0000_0080;
+        const FILE_READ_ONLY_VOLUME: u32 = 0x0008_0000;
+        const FILE_SUPPORTS_HARD_LINKS: u32 = 0x0040_0000;
+        let mut flags = FILE_UNICODE_ON_DISK;
+        for (on, flag) in [
+            (self.case_sensitive_search, FILE_CASE_SENSITIVE_SEARCH),
+            (self.case_preserved_names, FILE_CASE_PRESERVED_NAMES),
+            (self.persistent_acls, FILE_PERSISTENT_ACLS),
+            (self.reparse_points, FILE_SUPPORTS_REPARSE_POINTS),
+            (self.read_only, FILE_READ_ONLY_VOLUME),
+            (self.hard_links, FILE_SUPPORTS_HARD_LINKS),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        flags
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_system_flags_follow_the_volume_information() {
+        let mut info = VolumeInfo {
+            total_size: 0,
+            free_size: 0,
+            allocation_unit: 4096,
+            sector_size: 512,
+            max_component_length: 255,
+            case_sensitive_search: false,
+            case_preserved_names: false,
+            persistent_acls: false,
+            reparse_points: false,
+            hard_links: false,
+            read_only: false,
+            file_system_name: FILE_SYSTEM_NAME,
+        };
+        assert_eq!(info.file_system_flags(), 0x4, "Unicode names always");
+        info.case_sensitive_search = true;
+        info.case_preserved_names = true;
+        info.persistent_acls = true;
+        assert_eq!(info.file_system_flags(), 0xF);
+        info.read_only = true;
+        info.hard_links = true;
+        info.reparse_points = true;
+        assert_eq!(info.file_system_flags(), 0x0048_008F);
+    }
 
     fn attr(kind: FileKind, perm: u16) -> Attr {
         Attr { kind, perm, size: 10, nlink: 1, ..Attr::default() }

@@ -56,6 +56,34 @@ impl SidMap for UnixSids {
     }
 }
 
+/// The self-relative security descriptor an SDDL string stands for, as both frameworks
+/// want it in their `GetSecurity` answers. An SDDL this crate did not make may be refused:
+/// the error is the NTSTATUS to answer.
+#[cfg(windows)]
+pub fn descriptor_from_sddl(sddl: &str) -> Result<Vec<u8>, u32> {
+    use windows_sys::Win32::Foundation::LocalFree;
+    use windows_sys::Win32::Security::Authorization::{
+        ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
+    };
+
+    let wide: Vec<u16> = sddl.encode_utf16().chain(std::iter::once(0)).collect();
+    let mut descriptor = std::ptr::null_mut();
+    let mut len = 0u32;
+    // SAFETY: `wide` is NUL-terminated and outlives the call; the out-pointers are valid.
+    let ok = unsafe {
+        ConvertStringSecurityDescriptorToSecurityDescriptorW(wide.as_ptr(), SDDL_REVISION_1, &mut descriptor, &mut len)
+    };
+    if ok == 0 || descriptor.is_null() {
+        return Err(crate::ntstatus::STATUS_INVALID_PARAMETER);
+    }
+    // SAFETY: on success the function allocated `len` bytes at `descriptor` with LocalAlloc;
+    // they are copied out, then freed once.
+    let bytes = unsafe { std::slice::from_raw_parts(descriptor.cast::<u8>(), len as usize).to_vec() };
+    // SAFETY: see above; nothing refers to the allocation any more.
+    unsafe { LocalFree(descriptor) };
+    Ok(bytes)
+}
+
 /// The access mask one `rwx` triplet grants.
 pub fn rights(triplet: u32, directory: bool) -> u32 {
     let mut mask = READ_CONTROL | FILE_READ_ATTRIBUTES | SYNCHRONIZE;

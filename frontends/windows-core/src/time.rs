@@ -5,6 +5,8 @@
 //! Windows (rounded toward the past). Times before 1601 become 0 and times after the last
 //! FILETIME a signed 64-bit `LARGE_INTEGER` holds (year 30828) become that maximum.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use plugfs_plugin_api::Timestamp;
 
 /// Seconds from 1601-01-01 to 1970-01-01.
@@ -34,6 +36,27 @@ pub fn from_filetime(ft: u64) -> Timestamp {
 /// on this handle) also change nothing here, so all of them are `None`.
 pub fn settable(ft: u64) -> Option<Timestamp> {
     if ft == 0 || ft > MAX_FILETIME { None } else { Some(from_filetime(ft)) }
+}
+
+/// A FILETIME as a [`SystemTime`] (Dokan's wrapper speaks `SystemTime`).
+pub fn filetime_to_system_time(ft: u64) -> SystemTime {
+    let ft = ft.min(MAX_FILETIME);
+    let since_1601 = Duration::new(ft / TICKS_PER_SEC as u64, (ft % TICKS_PER_SEC as u64) as u32 * 100);
+    let epoch_offset = Duration::from_secs(UNIX_EPOCH_SECS as u64);
+    match since_1601.checked_sub(epoch_offset) {
+        Some(after) => UNIX_EPOCH + after,
+        // SystemTime reaches back to 1601 on Windows; elsewhere this is also fine.
+        None => UNIX_EPOCH - (epoch_offset - since_1601),
+    }
+}
+
+/// A [`SystemTime`] as a FILETIME, clamped to `0..=MAX_FILETIME`.
+pub fn system_time_to_filetime(t: SystemTime) -> u64 {
+    let ticks = match t.duration_since(UNIX_EPOCH) {
+        Ok(after) => after.as_nanos() as i128 / 100 + (UNIX_EPOCH_SECS * TICKS_PER_SEC) as i128,
+        Err(before) => (UNIX_EPOCH_SECS * TICKS_PER_SEC) as i128 - before.duration().as_nanos().div_ceil(100) as i128,
+    };
+    ticks.clamp(0, MAX_FILETIME as i128) as u64
 }
 
 #[cfg(test)]
@@ -69,5 +92,20 @@ mod tests {
         assert_eq!(settable(u64::MAX), None);
         assert_eq!(settable(u64::MAX - 1), None);
         assert_eq!(settable(116_444_736_000_000_000), Some(Timestamp::EPOCH));
+    }
+
+    #[test]
+    fn system_times_round_trip_through_filetime() {
+        let epoch = to_filetime(Timestamp::EPOCH);
+        assert_eq!(filetime_to_system_time(epoch), UNIX_EPOCH);
+        assert_eq!(system_time_to_filetime(UNIX_EPOCH), epoch);
+        let later = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_700);
+        assert_eq!(filetime_to_system_time(system_time_to_filetime(later)), later);
+        assert_eq!(system_time_to_filetime(later), to_filetime(Timestamp::new(1_700_000_000, 123_456_700)));
+        // Before 1970, and the clamp at 1601.
+        let earlier = UNIX_EPOCH - Duration::new(86_400, 500);
+        assert_eq!(system_time_to_filetime(earlier), epoch - 864_000_000_000 - 5);
+        assert_eq!(filetime_to_system_time(epoch - 864_000_000_000 - 5), earlier);
+        assert_eq!(system_time_to_filetime(UNIX_EPOCH - Duration::from_secs(UNIX_EPOCH_SECS as u64 + 1)), 0);
     }
 }

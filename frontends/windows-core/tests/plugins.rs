@@ -6,6 +6,11 @@
 //! Every plugin call goes through [`Counting`], a pass-through layer that keeps the
 //! lookup references the core holds per node, so each test ends by checking that every
 //! reference taken was forgotten exactly once.
+//!
+//! Unix only: durable-io, and the fat images made with mkfs.fat, are Unix tools and
+//! plugins. On Windows the bindings' own tests mount memfs through the real frameworks.
+
+#![cfg(unix)]
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
