@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use plugfs_plugin_api::FileSystem;
+use plugfs_plugin_api::{Capabilities, FileSystem};
 
 use crate::config::{Frontend, MountSection};
 use crate::swap::Kernel;
@@ -30,6 +30,34 @@ pub fn resolve(frontend: Frontend) -> Frontend {
         Frontend::Auto if cfg!(windows) => Frontend::Winfsp,
         Frontend::Auto => Frontend::Fuse,
         other => other,
+    }
+}
+
+/// Why `frontend` cannot switch a live mount from a backend with capabilities `old` to
+/// one with `new`, if it cannot: what it told the operating system at mount time from the
+/// first backend, and relies on for the mount's life.
+pub fn swap_refusal(frontend: Frontend, old: &Capabilities, new: &Capabilities) -> Option<String> {
+    match resolve(frontend) {
+        // Nothing FUSE fixes at mount time is needed later: passthrough (chosen at INIT
+        // from `backing_files`) is per open, and an open without a backing file goes
+        // through the daemon.
+        Frontend::Fuse | Frontend::Auto => None,
+        // The Windows frontends report these as volume properties when they mount, and
+        // path lookups depend on them.
+        Frontend::Winfsp | Frontend::Dokan => {
+            let differs = [
+                (old.case_sensitive != new.case_sensitive, "case sensitivity"),
+                (old.case_preserving != new.case_preserving, "case preservation"),
+                (old.max_name_len != new.max_name_len, "the longest name"),
+            ];
+            let what: Vec<&str> = differs.iter().filter(|(d, _)| *d).map(|(_, w)| *w).collect();
+            (!what.is_empty()).then(|| {
+                format!(
+                    "the {frontend} frontend reported {} when it mounted, and the new plugin differs",
+                    what.join(", ")
+                )
+            })
+        }
     }
 }
 
@@ -172,5 +200,21 @@ impl Kernel for FuseKernel {
             .into_iter()
             .map(|(dir, h)| (if dir { crate::swap::HandleKind::Dir } else { crate::swap::HandleKind::File }, h))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_a_frontend_fixed_at_mount_time_refuses_a_swap() {
+        let old = Capabilities { case_sensitive: true, case_preserving: true, max_name_len: 255, ..Default::default() };
+        let fat =
+            Capabilities { case_sensitive: false, case_preserving: true, max_name_len: 255, ..Default::default() };
+        assert_eq!(swap_refusal(Frontend::Fuse, &old, &fat), None);
+        let why = swap_refusal(Frontend::Winfsp, &old, &fat).unwrap();
+        assert!(why.contains("case sensitivity") && !why.contains("case preservation"), "{why}");
+        assert_eq!(swap_refusal(Frontend::Dokan, &old, &old), None);
     }
 }

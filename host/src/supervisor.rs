@@ -327,9 +327,9 @@ struct Live {
     stats: Arc<MountStats>,
     /// Routes requests to its backend, and to earlier ones after a backend swap.
     swap: Arc<Swap>,
-    /// Whether the backend it was mounted with handed over backing files: the frontend
-    /// chose its data path (kernel passthrough or not) from that when it mounted.
-    first_backing_files: bool,
+    /// The capabilities of the backend it was mounted with: the frontend fixed some things
+    /// from them when it mounted (its data path; on Windows, volume properties).
+    first_caps: Capabilities,
     /// The lock on its volume; released when it is dropped, after the unmount.
     _volume_lock: Option<std::fs::File>,
     /// Set once it is to be unmounted: when to stop waiting for its open files.
@@ -371,7 +371,7 @@ impl Host {
         }
         lock(&self.mountpoints).push(p.mountpoint.clone());
         let stats = Arc::new(MountStats::default());
-        let first_backing_files = p.fs.mount_capabilities().backing_files;
+        let first_caps = p.fs.mount_capabilities();
         let swap = Arc::new(Swap::new(p.fs, format!("{} {}", p.plugin, p.version)));
         let fs = Arc::new(Metered::new(Arc::clone(&swap), Arc::clone(&stats)));
         match Mounted::start(fs, &p.mountpoint, section) {
@@ -388,7 +388,7 @@ impl Host {
                     started: Instant::now(),
                     stats,
                     swap,
-                    first_backing_files,
+                    first_caps,
                     _volume_lock: p.volume_lock,
                     draining: None,
                 });
@@ -647,7 +647,10 @@ impl Host {
             return Err(("the frontend's session is gone".into(), p.index));
         };
         let from = format!("{} {}", l.plugin, l.version);
-        let backing_files = p.fs.mount_capabilities().backing_files;
+        let caps = p.fs.mount_capabilities();
+        if let Some(why) = crate::frontend::swap_refusal(section.frontend, &l.first_caps, &caps) {
+            return Err((why, p.index));
+        }
         let backend = Backend { fs: p.fs, label: format!("{} {}", p.plugin, p.version) };
         if let Err(e) = l.swap.swap(backend, kernel.as_ref()) {
             return Err((e.to_string(), p.index));
@@ -660,7 +663,7 @@ impl Host {
             p.version,
         );
         info!("{}", p.description);
-        if backing_files && !l.first_backing_files && section.options.passthrough {
+        if caps.backing_files && !l.first_caps.backing_files && section.options.passthrough {
             info!(
                 mount = %l.name,
                 "data path: the daemon for the swapped-in backend too; kernel passthrough is chosen when the kernel \

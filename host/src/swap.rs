@@ -411,15 +411,16 @@ struct Mapped {
     current: ArcSwap<Current>,
     backends: RwLock<HashMap<Gen, Backend>>,
     handles: Handles,
-    /// Root names to invalidate once more on the next [`Swap::collect`]: a lookup under
-    /// the root answered by the old backend just before the switch may have reached the
-    /// kernel just after the first invalidation.
+    /// Root names to invalidate once more on the next [`Swap::collect`]: should the wait
+    /// for the requests begun before the switch time out, a lookup under the root that the
+    /// old backend answered may reach the kernel after the first invalidation.
     late_invalidation: Mutex<Vec<OsString>>,
 }
 
 enum Mode {
     /// One backend; ids and handles pass through.
     Direct(Arc<dyn FileSystem>),
+    /// From the first swap on: nodes and handles are looked up in tables.
     Mapped(Arc<Mapped>),
 }
 
