@@ -504,6 +504,30 @@ fn metrics_count_a_known_workload() {
     assert_eq!(host.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", host.stderr());
 }
 
+#[test]
+fn metrics_go_on_across_a_backend_swap_under_the_new_plugin_name() {
+    let s = Setup::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = s.write_config(&format!("metrics_listen = \"{addr}\"\n{}", memfs("m")));
+    let m = s.path("m");
+    let mut host = Host::start(&config, &[&m]);
+    std::fs::write(m.join("f"), vec![1u8; 1000]).unwrap();
+    s.write_config(&format!("metrics_listen = \"{addr}\"\n{}", durable_io("m", "m-data")));
+    let (code, out, err) = s.cli(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("m: changed: backend swapped in place"), "{out}");
+    std::fs::write(m.join("g"), vec![2u8; 500]).unwrap();
+
+    let metrics = scrape(&addr);
+    let get = |k: &str| *metrics.get(k).unwrap_or_else(|| panic!("no {k} in {metrics:#?}"));
+    assert_eq!(get("plugfs_backend_swaps_total"), 1.0);
+    assert_eq!(get("plugfs_written_bytes_total{mount=\"m\",plugin=\"durable-io\"}"), 1500.0, "counted on");
+    assert!(!metrics.keys().any(|k| k.contains("plugin=\"memfs\"")), "one series per mount");
+    assert_eq!(get("plugfs_mounts"), 1.0);
+    assert_eq!(host.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", host.stderr());
+}
+
 /// A volume made by hand the way `plugfs volume create` would: a FAT image from mkfs.fat
 /// and its metadata beside it (no first-party plugin formats images yet on this branch).
 fn hand_made_fat_volume(dir: &Path, name: &str) {
