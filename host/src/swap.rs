@@ -671,6 +671,12 @@ struct To {
 }
 
 impl Mapped {
+    /// A handle a backend handed out, as the kernel is to get it.
+    fn opened(&self, kind: HandleKind, generation: Gen, mut o: Opened) -> Opened {
+        o.handle = self.handles.insert(kind, generation, o.handle);
+        o
+    }
+
     fn backend(&self, generation: Gen) -> Result<Arc<dyn FileSystem>> {
         let backends = self.backends.read().unwrap_or_else(|p| p.into_inner());
         backends.get(&generation).map(|b| Arc::clone(&b.fs)).ok_or_else(stale)
@@ -773,18 +779,6 @@ impl Swap {
             return Err(Errno::EXDEV.into());
         }
         Ok((a, b.node))
-    }
-
-    fn opened(&self, kind: HandleKind, generation: Gen, mut o: Opened) -> Opened {
-        let Mode::Mapped(m) = &**self.mode.load() else { return o };
-        o.handle = m.handles.insert(kind, generation, o.handle);
-        o
-    }
-
-    fn closed(&self, kind: HandleKind, handle: Handle) {
-        if let Mode::Mapped(m) = &**self.mode.load() {
-            m.handles.remove(kind, handle);
-        }
     }
 }
 
@@ -926,7 +920,7 @@ impl FileSystem for Swap {
         route!(self, fs => fs.open(req, node, flags), m => {
             let to = m.node(&self.nodes, node)?;
             let o = to.fs.open(req, to.node, flags)?;
-            Ok(self.opened(HandleKind::File, to.generation, o))
+            Ok(m.opened(HandleKind::File, to.generation, o))
         })
     }
 
@@ -937,7 +931,7 @@ impl FileSystem for Swap {
         }, m => {
             let to = m.node(&self.nodes, parent)?;
             let (e, o) = to.fs.create(req, to.node, name, mode, flags)?;
-            Ok((self.entry(to.generation, parent, name, e), self.opened(HandleKind::File, to.generation, o)))
+            Ok((self.entry(to.generation, parent, name, e), m.opened(HandleKind::File, to.generation, o)))
         })
     }
 
@@ -962,9 +956,14 @@ impl FileSystem for Swap {
     }
 
     fn release(&self, req: &Request, node: NodeId, handle: Handle, flags: i32, flush: bool) -> Result<()> {
-        let result = by_handle!(self, HandleKind::File, node, handle, |fs, n, h| fs.release(req, n, h, flags, flush));
-        self.closed(HandleKind::File, handle);
-        result
+        route!(self, fs => fs.release(req, node, handle, flags, flush), m => {
+            let result = m
+                .handle(&self.nodes, HandleKind::File, node, handle)
+                .and_then(|(to, h)| to.fs.release(req, to.node, h, flags, flush));
+            // Closed whatever the backend answered: the kernel will not use it again.
+            m.handles.remove(HandleKind::File, handle);
+            result
+        })
     }
 
     fn fsync(&self, req: &Request, node: NodeId, handle: Handle, datasync: bool) -> Result<()> {
@@ -975,7 +974,7 @@ impl FileSystem for Swap {
         route!(self, fs => fs.opendir(req, node, flags), m => {
             let to = m.node(&self.nodes, node)?;
             let o = to.fs.opendir(req, to.node, flags)?;
-            Ok(self.opened(HandleKind::Dir, to.generation, o))
+            Ok(m.opened(HandleKind::Dir, to.generation, o))
         })
     }
 
@@ -984,9 +983,12 @@ impl FileSystem for Swap {
     }
 
     fn releasedir(&self, req: &Request, node: NodeId, handle: Handle) -> Result<()> {
-        let result = by_handle!(self, HandleKind::Dir, node, handle, |fs, n, h| fs.releasedir(req, n, h));
-        self.closed(HandleKind::Dir, handle);
-        result
+        route!(self, fs => fs.releasedir(req, node, handle), m => {
+            let result =
+                m.handle(&self.nodes, HandleKind::Dir, node, handle).and_then(|(to, h)| to.fs.releasedir(req, to.node, h));
+            m.handles.remove(HandleKind::Dir, handle);
+            result
+        })
     }
 
     fn fsyncdir(&self, req: &Request, node: NodeId, handle: Handle, datasync: bool) -> Result<()> {
