@@ -1330,6 +1330,45 @@ mod tests {
         assert_eq!(swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap().node, 5);
     }
 
+    /// Two swaps in a row: each backend keeps what it handed out, the root is the last
+    /// one's, and each earlier one is released on its own once the kernel lets go.
+    #[test]
+    fn after_two_swaps_each_backend_keeps_its_own_and_is_released_on_its_own() {
+        let (a, a_dropped) = Fake::new("a", &[("f", 5)], 7);
+        let (b, b_dropped) = Fake::new("b", &[("f", 5)], 7);
+        let (c, _) = Fake::new("c", &[("f", 5)], 7);
+        let kernel = FakeKernel::default();
+        let swap = Swap::new(a, "a");
+        let fa = swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap().node;
+        let ha = swap.open(&req(), fa, 0).unwrap().handle;
+        lock(&kernel.open).push((HandleKind::File, ha));
+        swap.swap(label(b), &kernel).unwrap();
+        let fb = swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap().node;
+        let hb = swap.open(&req(), fb, 0).unwrap().handle;
+        swap.swap(label(c), &kernel).unwrap();
+        let fc = swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap().node;
+        let hc = swap.open(&req(), fc, 0).unwrap().handle;
+        assert_eq!((fa, [fa, fb, fc].iter().collect::<HashSet<_>>().len()), (5, 3), "three kernel ids");
+        assert_eq!([ha, hb, hc].iter().collect::<HashSet<_>>().len(), 3, "three handles");
+        assert_eq!(
+            (read(&swap, fa, ha), read(&swap, fb, hb), read(&swap, fc, hc)),
+            ("a:5".into(), "b:5".into(), "c:5".into())
+        );
+        assert_eq!((swap.backends(), swap.swaps()), (3, 2));
+
+        // b lets go first: released, while a still serves its open file.
+        swap.release(&req(), fb, hb, 0, true).unwrap();
+        swap.forget(fb, 1);
+        assert_eq!(swap.collect(&kernel).released, ["b"]);
+        assert!(b_dropped.load(Ordering::SeqCst) && !a_dropped.load(Ordering::SeqCst));
+        assert_eq!(read(&swap, fa, ha), "a:5");
+        swap.release(&req(), fa, ha, 0, true).unwrap();
+        swap.forget(fa, 1);
+        assert_eq!(swap.collect(&kernel).released, ["a"]);
+        assert_eq!(swap.backends(), 1);
+        assert_eq!(read(&swap, fc, hc), "c:5");
+    }
+
     #[test]
     fn a_directory_handle_on_the_root_opened_before_a_swap_lists_the_old_root() {
         let (old, _) = Fake::new("old", &[("a", 2)], 3);
