@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turn one run's raw results into the Markdown table that bench/run.sh prints and records.
 
-    python3 bench/report.py RESULTS_DIR TARGET...
+    python3 bench/report.py RESULTS_DIR TARGET... [--ratio A/B]...
 
 RESULTS_DIR holds, per target and round R (0, 1, ...), the fio JSON outputs
 <target>.seqwrite.R.json, <target>.seqread.R.json (and the 4-job seqwrite4 and seqread4,
@@ -10,7 +10,8 @@ Each cell is the median over the rounds; a line under the table gives the widest
 (max - min) / median of any cell, a measure of the run's noise. TARGETs are the column
 names, in order; "native" is required. Ratio columns: every other target over native, then
 plugfs and plugfs-nopt over passthrough_ll (libfuse's C peer) and over bindfs, where those
-are measured. Every number is higher-is-better.
+are measured; each --ratio A/B adds the column A/B (bench/wfs.sh: wfs over RedoxFS). Every
+number is higher-is-better.
 """
 
 import glob
@@ -26,6 +27,7 @@ FIO_ROWS = [
     ("seq write 1 MiB 4 jobs, MiB/s", "seqwrite4", "write", "bw"),
     ("seq read 1 MiB 4 jobs, MiB/s", "seqread4", "read", "bw"),
     ("rand read 4 KiB, IOPS", "randread", "read", "iops"),
+    ("rand write 4 KiB, IOPS", "randwrite", "write", "iops"),
 ]
 META_ROWS = [
     ("create, ops/s", "create"),
@@ -65,12 +67,19 @@ def fmt(v):
 def main():
     if len(sys.argv) < 3:
         raise SystemExit(__doc__)
-    results, targets = sys.argv[1], sys.argv[2:]
+    results, args = sys.argv[1], sys.argv[2:]
+    extra = [args[i + 1] for i, a in enumerate(args) if a == "--ratio" and i + 1 < len(args)]
+    targets = [a for i, a in enumerate(args) if a != "--ratio" and (i == 0 or args[i - 1] != "--ratio")]
     if "native" not in targets:
         raise SystemExit("report.py: target native missing")
     ratios = [(t, "native") for t in targets if t != "native"]
     for peer in ("passthrough_ll", "bindfs"):
         ratios += [(t, peer) for t in ("plugfs", "plugfs-nopt") if peer in targets and t in targets]
+    for pair in extra:
+        a, _, b = pair.partition("/")
+        if a not in targets or b not in targets:
+            raise SystemExit(f"report.py: --ratio {pair}: both must be targets")
+        ratios.append((a, b))
 
     samples = {}  # row label -> {target: [value per round]}
     for label, job, ddir, kind in FIO_ROWS:

@@ -5,6 +5,7 @@
 //! (`src/bin/plugfs-wfs.rs`) makes, checks, scrubs and snapshots images with the same engine.
 
 pub mod engine;
+pub mod fuzzing;
 pub mod plugin;
 
 pub use plugin::{WfsFs, WfsPlugin};

@@ -515,6 +515,11 @@ pub fn decode_snapshots(b: &[u8]) -> Result<Vec<Snapshot>> {
         let nl = r.u8()? as usize;
         let name = String::from_utf8(r.bytes(nl)?.to_vec())
             .map_err(|_| Error::Corrupt("snapshot name is not UTF-8".into()))?;
+        // Only what snapshot_create accepts was ever written (found by fuzzing: longer
+        // names decoded, which the tools could then neither show nor delete by name).
+        if name.is_empty() || name.len() > MAX_SNAPSHOT_NAME || name.contains(['/', '\0']) {
+            return Err(Error::Corrupt(format!("snapshot name {name:?} is not one wfs writes")));
+        }
         let root = Ptr { block: r.u64()?, crc: r.u32()? };
         let height = r.u8()?;
         if height == 0 || height > MAX_HEIGHT {
@@ -553,6 +558,21 @@ mod tests {
         b[6] = 0xff;
         assert!(matches!(decode_node(&b), Err(Error::Corrupt(_))));
         assert!(Inode::decode(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn snapshot_tables_with_names_wfs_never_writes_are_corrupt() {
+        let snap = |name: &str| Snapshot {
+            name: name.into(),
+            root: Ptr { block: 5, crc: 1 },
+            height: 1,
+            generation: 2,
+            created: 3,
+        };
+        assert_eq!(decode_snapshots(&encode_snapshots(&[snap("monday")])).unwrap(), vec![snap("monday")]);
+        for bad in ["", "a/b", "nul\0", &"x".repeat(MAX_SNAPSHOT_NAME + 1)] {
+            assert!(matches!(decode_snapshots(&encode_snapshots(&[snap(bad)])), Err(Error::Corrupt(_))), "{bad:?}");
+        }
     }
 
     #[test]
