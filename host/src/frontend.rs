@@ -120,10 +120,12 @@ impl Mounted {
 
     /// What a backend swap needs from the frontend: invalidating the kernel's caches and
     /// listing its open handles. `None` when the session is gone.
-    pub fn kernel(&self) -> Option<Box<dyn Kernel>> {
+    pub fn kernel(&self) -> Option<std::sync::Arc<dyn Kernel>> {
         match self {
             #[cfg(unix)]
-            Mounted::Fuse(m) => m.invalidator().map(|i| Box::new(FuseKernel(i)) as Box<dyn Kernel>),
+            Mounted::Fuse(m) => {
+                m.invalidator().map(|i| std::sync::Arc::new(FuseKernel(i)) as std::sync::Arc<dyn Kernel>)
+            }
         }
     }
 

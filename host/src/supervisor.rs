@@ -652,7 +652,7 @@ impl Host {
             return Err((why, p.index));
         }
         let backend = Backend { fs: p.fs, label: format!("{} {}", p.plugin, p.version) };
-        if let Err(e) = l.swap.swap(backend, kernel.as_ref()) {
+        if let Err(e) = l.swap.swap(backend, kernel) {
             return Err((e.to_string(), p.index));
         }
         info!(
@@ -696,7 +696,7 @@ impl Host {
             if l.swap.swaps() > 0
                 && let Some(kernel) = l.mounted.kernel()
             {
-                for label in l.swap.collect(kernel.as_ref()).released {
+                for label in l.swap.collect(kernel).released {
                     info!(mount = %l.name, "released the earlier backend {label}: nothing opened or looked up before the swap is held any more");
                 }
             }

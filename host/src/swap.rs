@@ -491,11 +491,16 @@ impl Swap {
     /// The first swap turns translation on: it waits (at most [`QUIESCE_TIMEOUT`]) for the
     /// requests that began untranslated, then takes the kernel's open handles as the first
     /// backend's. If they do not end in time nothing is switched and the error says why.
-    pub fn swap(&self, new: Backend, kernel: &dyn Kernel) -> std::result::Result<(), SwapError> {
+    pub fn swap(&self, new: Backend, kernel: Arc<dyn Kernel>) -> std::result::Result<(), SwapError> {
         self.swap_within(new, kernel, QUIESCE_TIMEOUT)
     }
 
-    fn swap_within(&self, new: Backend, kernel: &dyn Kernel, timeout: Duration) -> std::result::Result<(), SwapError> {
+    fn swap_within(
+        &self,
+        new: Backend,
+        kernel: Arc<dyn Kernel>,
+        timeout: Duration,
+    ) -> std::result::Result<(), SwapError> {
         // Not a guard held across the wait below: it would count as a request running.
         let (existing, direct) = match &**self.mode.load() {
             Mode::Mapped(m) => (Some(Arc::clone(m)), None),
@@ -537,7 +542,7 @@ impl Swap {
                     return Err(e);
                 }
                 drop(old);
-                m.handles.adopt(kernel);
+                m.handles.adopt(kernel.as_ref());
                 m
             }
         };
@@ -554,11 +559,7 @@ impl Swap {
         if wait_alone(&previous, timeout).is_err() || !kernel.settle(timeout) {
             warn!("requests begun before the swap still running; invalidating now and once more later");
         }
-        let mut names = self.nodes.root_names(previous.generation);
-        names.extend(list_root(previous.fs.as_ref()));
-        names.sort();
-        names.dedup();
-        invalidate_root(kernel, &names);
+        let names = invalidate_old_root(kernel, self.nodes.root_names(previous.generation), Arc::clone(&previous.fs));
         *lock(&mapped.late_invalidation) = names;
         self.swaps.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -567,12 +568,18 @@ impl Swap {
     /// Releases every earlier backend that the kernel holds nothing of any more, and
     /// repeats the root's invalidation once after a swap. Call it now and then (the host
     /// does on every tick).
-    pub fn collect(&self, kernel: &dyn Kernel) -> Collected {
+    pub fn collect(&self, kernel: Arc<dyn Kernel>) -> Collected {
         let mut out = Collected::default();
         let Mode::Mapped(m) = &**self.mode.load() else { return out };
         let late = std::mem::take(&mut *lock(&m.late_invalidation));
         if !late.is_empty() {
-            invalidate_root(kernel, &late);
+            // In the background, as the first pass: see `invalidate_old_root`. Best effort.
+            let spawned = std::thread::Builder::new()
+                .name("swap-invalidate".into())
+                .spawn(move || invalidate_root(kernel.as_ref(), &late));
+            if let Err(e) = spawned {
+                warn!("cannot start the second invalidation after a swap: {e}");
+            }
         }
         let current = m.current.load().generation;
         let earlier: Vec<Gen> =
@@ -610,11 +617,58 @@ fn wait_alone<T>(arc: &Arc<T>, timeout: Duration) -> std::result::Result<(), usi
     }
 }
 
+/// How long a swap waits for its invalidation (see [`invalidate_old_root`]).
+const INVALIDATION_WAIT: Duration = Duration::from_secs(5);
+
+/// Invalidates the kernel's entries under the root: the `recorded` names and every name
+/// in the root of the `old` backend; returns the names. Runs on a thread of its own, waited
+/// for at most [`INVALIDATION_WAIT`]: listing a stuck old backend would never end, and the
+/// kernel takes the root directory's lock for an invalidation, which a request stuck in
+/// the old backend may hold. The host must go on serving its other mounts meanwhile.
+fn invalidate_old_root(kernel: Arc<dyn Kernel>, recorded: Vec<OsString>, old: Arc<dyn FileSystem>) -> Vec<OsString> {
+    let (done, finished) = std::sync::mpsc::channel();
+    let mut names = recorded.clone();
+    let background = Arc::clone(&kernel);
+    let spawned = std::thread::Builder::new().name("swap-invalidate".into()).spawn(move || {
+        // The names handed out first, and the root's attributes: they need no call into
+        // the old backend. Then the names only its listing knows.
+        invalidate_root(background.as_ref(), &names);
+        let mut known: HashSet<OsString> = names.iter().cloned().collect();
+        for name in list_root(old.as_ref()) {
+            if known.insert(name.clone()) {
+                invalidate_entry(background.as_ref(), &name);
+                names.push(name);
+            }
+        }
+        let _ = done.send(names);
+    });
+    if let Err(e) = spawned {
+        warn!("cannot start a thread for the invalidation after a swap ({e}); invalidating the names handed out only");
+        invalidate_root(kernel.as_ref(), &recorded);
+        return recorded;
+    }
+    match finished.recv_timeout(INVALIDATION_WAIT) {
+        Ok(names) => names,
+        Err(_) => {
+            warn!(
+                "invalidating the kernel's entries under the root is taking more than {}s (the old backend's \
+                 listing, or a request stuck in it on the root); going on, it completes in the background",
+                INVALIDATION_WAIT.as_secs()
+            );
+            recorded
+        }
+    }
+}
+
+fn invalidate_entry(kernel: &dyn Kernel, name: &OsStr) {
+    if let Err(e) = kernel.inval_entry(ROOT_ID, name) {
+        debug!(?name, "invalidating a cached entry under the root: {e}");
+    }
+}
+
 fn invalidate_root(kernel: &dyn Kernel, names: &[OsString]) {
     for name in names {
-        if let Err(e) = kernel.inval_entry(ROOT_ID, name) {
-            debug!(?name, "invalidating a cached entry under the root: {e}");
-        }
+        invalidate_entry(kernel, name);
     }
     if let Err(e) = kernel.inval_inode(ROOT_ID, 0, 0) {
         debug!("invalidating the root's attributes: {e}");
@@ -1272,7 +1326,7 @@ mod tests {
     fn a_swap_routes_the_root_to_the_new_backend_and_keeps_old_ids_and_handles_on_the_old_one() {
         let (old, old_dropped) = Fake::new("old", &[("f", 5), ("only-old", 6)], 7);
         let (new, _) = Fake::new("new", &[("f", 5), ("g", 9)], 7);
-        let kernel = FakeKernel::default();
+        let kernel = Arc::new(FakeKernel::default());
         let swap = Swap::new(old.clone(), "old");
 
         // Before: f looked up twice (one reference counted per reply) and opened.
@@ -1281,7 +1335,7 @@ mod tests {
         let h = swap.open(&req(), 5, 0).unwrap().handle;
         lock(&kernel.open).push((HandleKind::File, h));
 
-        swap.swap(label(new.clone()), &kernel).unwrap();
+        swap.swap(label(new.clone()), kernel.clone()).unwrap();
         assert_eq!((swap.backends(), swap.swaps()), (2, 1));
         // The names under the old root the kernel may cache, and the root's attributes.
         let entries = lock(&kernel.entries).clone();
@@ -1312,12 +1366,12 @@ mod tests {
         let released = old.released.load(Ordering::SeqCst);
         swap.release(&req(), 5, h, 0, true).unwrap();
         assert_eq!(old.released.load(Ordering::SeqCst), released + 1);
-        assert!(swap.collect(&kernel).released.is_empty(), "the kernel still holds node 5");
+        assert!(swap.collect(kernel.clone()).released.is_empty(), "the kernel still holds node 5");
         swap.forget(5, 2);
         assert_eq!(*lock(&old.forgets), [(5, 2)]);
         drop(old);
         assert!(!old_dropped.load(Ordering::SeqCst));
-        assert_eq!(swap.collect(&kernel).released, ["old"]);
+        assert_eq!(swap.collect(kernel.clone()).released, ["old"]);
         assert!(old_dropped.load(Ordering::SeqCst), "the old plugin instance is dropped");
         assert_eq!(swap.backends(), 1);
 
@@ -1337,15 +1391,15 @@ mod tests {
         let (a, a_dropped) = Fake::new("a", &[("f", 5)], 7);
         let (b, b_dropped) = Fake::new("b", &[("f", 5)], 7);
         let (c, _) = Fake::new("c", &[("f", 5)], 7);
-        let kernel = FakeKernel::default();
+        let kernel = Arc::new(FakeKernel::default());
         let swap = Swap::new(a, "a");
         let fa = swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap().node;
         let ha = swap.open(&req(), fa, 0).unwrap().handle;
         lock(&kernel.open).push((HandleKind::File, ha));
-        swap.swap(label(b), &kernel).unwrap();
+        swap.swap(label(b), kernel.clone()).unwrap();
         let fb = swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap().node;
         let hb = swap.open(&req(), fb, 0).unwrap().handle;
-        swap.swap(label(c), &kernel).unwrap();
+        swap.swap(label(c), kernel.clone()).unwrap();
         let fc = swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap().node;
         let hc = swap.open(&req(), fc, 0).unwrap().handle;
         assert_eq!((fa, [fa, fb, fc].iter().collect::<HashSet<_>>().len()), (5, 3), "three kernel ids");
@@ -1359,12 +1413,12 @@ mod tests {
         // b lets go first: released, while a still serves its open file.
         swap.release(&req(), fb, hb, 0, true).unwrap();
         swap.forget(fb, 1);
-        assert_eq!(swap.collect(&kernel).released, ["b"]);
+        assert_eq!(swap.collect(kernel.clone()).released, ["b"]);
         assert!(b_dropped.load(Ordering::SeqCst) && !a_dropped.load(Ordering::SeqCst));
         assert_eq!(read(&swap, fa, ha), "a:5");
         swap.release(&req(), fa, ha, 0, true).unwrap();
         swap.forget(fa, 1);
-        assert_eq!(swap.collect(&kernel).released, ["a"]);
+        assert_eq!(swap.collect(kernel.clone()).released, ["a"]);
         assert_eq!(swap.backends(), 1);
         assert_eq!(read(&swap, fc, hc), "c:5");
     }
@@ -1373,11 +1427,11 @@ mod tests {
     fn a_directory_handle_on_the_root_opened_before_a_swap_lists_the_old_root() {
         let (old, _) = Fake::new("old", &[("a", 2)], 3);
         let (new, _) = Fake::new("new", &[("b", 2)], 3);
-        let kernel = FakeKernel::default();
+        let kernel = Arc::new(FakeKernel::default());
         let swap = Swap::new(old, "old");
         let h = swap.opendir(&req(), ROOT_ID, 0).unwrap().handle;
         lock(&kernel.open).push((HandleKind::Dir, h));
-        swap.swap(label(new), &kernel).unwrap();
+        swap.swap(label(new), kernel.clone()).unwrap();
         let h2 = swap.opendir(&req(), ROOT_ID, 0).unwrap().handle;
         assert_ne!(h2, h);
 
@@ -1412,17 +1466,17 @@ mod tests {
         swap.forget(old_b, 1);
         swap.releasedir(&req(), ROOT_ID, h).unwrap();
         swap.releasedir(&req(), ROOT_ID, h2).unwrap();
-        assert_eq!(swap.collect(&kernel).released, ["old"], "no node, no handle left on the old backend");
+        assert_eq!(swap.collect(kernel.clone()).released, ["old"], "no node, no handle left on the old backend");
     }
 
     #[test]
     fn operations_joining_an_old_node_and_a_new_one_fail_with_exdev() {
         let (old, _) = Fake::new("old", &[("d", 2)], 3);
         let (new, _) = Fake::new("new", &[("e", 4)], 3);
-        let kernel = FakeKernel::default();
+        let kernel = Arc::new(FakeKernel::default());
         let swap = Swap::new(old, "old");
         let d = swap.lookup(&req(), ROOT_ID, OsStr::new("d")).unwrap().node;
-        swap.swap(label(new), &kernel).unwrap();
+        swap.swap(label(new), kernel.clone()).unwrap();
         let e = swap.lookup(&req(), ROOT_ID, OsStr::new("e")).unwrap().node;
         let exdev = |r: Result<()>| r.unwrap_err().errno();
         assert_eq!(exdev(swap.link(&req(), d, ROOT_ID, OsStr::new("x")).map(drop)), Errno::EXDEV);
@@ -1506,13 +1560,13 @@ mod tests {
     fn a_first_swap_waits_for_requests_begun_untranslated_and_gives_up_without_switching() {
         let (old, _) = Fake::new("old", &[("f", 5)], 7);
         let (new, _) = Fake::new("new", &[("f", 5)], 7);
-        let kernel = FakeKernel::default();
+        let kernel = Arc::new(FakeKernel::default());
         let swap = Swap::new(old, "old");
         let h = swap.open(&req(), 5, 0).unwrap().handle;
         lock(&kernel.open).push((HandleKind::File, h));
         // A request in flight, as one holds the mode while it runs.
         let running = swap.mode.load();
-        let err = swap.swap_within(label(new.clone()), &kernel, Duration::ZERO).unwrap_err();
+        let err = swap.swap_within(label(new.clone()), kernel.clone(), Duration::ZERO).unwrap_err();
         assert!(matches!(err, SwapError::Busy(1, _)), "{err}");
         drop(running);
         assert_eq!((swap.backends(), swap.swaps()), (1, 0));
@@ -1520,7 +1574,7 @@ mod tests {
         assert_eq!(swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap().node, 5);
         assert!(matches!(&**swap.mode.load(), Mode::Direct(_)), "passing through again");
         // Nothing running: the next swap goes through, and knows the handle open before.
-        swap.swap_within(label(new), &kernel, Duration::ZERO).unwrap();
+        swap.swap_within(label(new), kernel.clone(), Duration::ZERO).unwrap();
         assert_eq!(swap.swaps(), 1);
         let e = swap.lookup(&req(), ROOT_ID, OsStr::new("f")).unwrap();
         assert_ne!(swap.open(&req(), e.node, 0).unwrap().handle, h);

@@ -240,6 +240,49 @@ fn a_second_signal_ends_a_shutdown_stuck_on_a_request_in_flight() {
 }
 
 #[test]
+fn a_backend_that_hangs_is_swapped_away_without_the_host_waiting_for_it() {
+    let s = Setup::new();
+    let mut inner = memfs_host(&s, "inner");
+    let outer_config = |root: &str| {
+        format!(
+            "{}[[mount]]\nname = \"outer\"\nplugin = \"durable-io\"\nmountpoint = \"outer\"\ncreate_mountpoint = true\n\
+             [mount.config]\nroot = \"{root}\"\n",
+            plugin_dirs()
+        )
+    };
+    let config = s.config(&outer_config("inner"));
+    let outer = s.path("outer");
+    let mut host = Host::start(&config, &[&outer]);
+    // Lookups only, as in the test above: no file of memfs is opened through plugfs.
+    std::fs::write(s.path("inner/f"), b"old").unwrap();
+    assert_eq!(std::fs::metadata(outer.join("f")).unwrap().len(), 3);
+    std::fs::create_dir(s.path("local")).unwrap();
+    std::fs::write(s.path("local/f"), b"new data").unwrap();
+
+    // The old backend's store stops answering: listing its root for the invalidation
+    // would wait forever.
+    let stopped = Stopped::new(inner.pid());
+    s.config(&outer_config("local"));
+    let reload = std::thread::spawn({
+        let config = config.clone();
+        move || plugfs(&["reload", "--config", config.to_str().unwrap()])
+    });
+    let answered = wait_until(std::time::Duration::from_secs(60), || reload.is_finished());
+    let reloaded = answered.then(|| reload.join().unwrap());
+    let new_data = answered.then(|| std::fs::read(outer.join("f")));
+    // Whatever happened, let memfs go on, so nothing waits on it forever.
+    drop(stopped);
+    let (code, out, err) = reloaded.unwrap_or_else(|| panic!("the reload never answered:\n{}", host.stderr()));
+    assert_eq!(code, 0, "{out}{err}\n{}", host.stderr());
+    assert!(out.contains("outer: changed: backend swapped in place"), "{out}");
+    assert_eq!(new_data.unwrap().unwrap(), b"new data");
+    assert!(host.stderr().contains("completes in the background"), "{}", host.stderr());
+
+    assert_eq!(host.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", host.stderr());
+    assert_eq!(inner.signal_and_wait(libc::SIGTERM).and_then(|s| s.code()), Some(0), "{}", inner.stderr());
+}
+
+#[test]
 fn a_tree_of_50000_files_is_walked_and_opened_under_a_soft_open_file_limit_of_1024() {
     use std::os::unix::process::CommandExt;
     const DIRS: usize = 50;
