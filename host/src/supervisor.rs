@@ -696,8 +696,14 @@ impl Host {
             if l.swap.swaps() > 0
                 && let Some(kernel) = l.mounted.kernel()
             {
-                for label in l.swap.collect(kernel).released {
-                    info!(mount = %l.name, "released the earlier backend {label}: nothing opened or looked up before the swap is held any more");
+                for b in l.swap.collect(kernel).released {
+                    info!(mount = %l.name, "released the earlier backend {}: nothing opened or looked up before the swap is held any more", b.label);
+                    // Dropping the plugin instance closes it, which may sync to a store
+                    // that no longer answers: not on this thread, which serves every mount.
+                    let spawned = std::thread::Builder::new().name("swap-release".into()).spawn(move || drop(b));
+                    if let Err(e) = spawned {
+                        warn!(mount = %l.name, "cannot start a thread to close the earlier backend ({e}); it stays open");
+                    }
                 }
             }
         }

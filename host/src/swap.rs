@@ -442,10 +442,11 @@ pub struct Swap {
 }
 
 /// What [`Swap::collect`] did.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Collected {
-    /// Labels of the earlier backends released.
-    pub released: Vec<String>,
+    /// The earlier backends no longer used: dropping one closes its plugin instance (the
+    /// last request still inside it, if any, drops it then).
+    pub released: Vec<Backend>,
 }
 
 impl Swap {
@@ -591,9 +592,7 @@ impl Swap {
             }
             let removed = m.backends.write().unwrap_or_else(|p| p.into_inner()).remove(&g);
             if let Some(b) = removed {
-                info!(backend = %b.label, "the kernel holds no node or handle of the earlier backend any more; released it");
-                out.released.push(b.label);
-                // Dropped here, or by the last request still inside it.
+                out.released.push(b);
             }
         }
         out
@@ -634,7 +633,11 @@ fn invalidate_old_root(kernel: Arc<dyn Kernel>, recorded: Vec<OsString>, old: Ar
         // the old backend. Then the names only its listing knows.
         invalidate_root(background.as_ref(), &names);
         let mut known: HashSet<OsString> = names.iter().cloned().collect();
-        for name in list_root(old.as_ref()) {
+        let listed = list_root(old.as_ref());
+        // Before the answer: whoever releases the old backend next must hold its last
+        // reference.
+        drop(old);
+        for name in listed {
             if known.insert(name.clone()) {
                 invalidate_entry(background.as_ref(), &name);
                 names.push(name);
@@ -1291,6 +1294,11 @@ mod tests {
         }
     }
 
+    /// Drops the released backends, as the host does, and names them.
+    fn labels(c: Collected) -> Vec<String> {
+        c.released.into_iter().map(|b| b.label).collect()
+    }
+
     fn req() -> Request {
         Request::default()
     }
@@ -1366,12 +1374,12 @@ mod tests {
         let released = old.released.load(Ordering::SeqCst);
         swap.release(&req(), 5, h, 0, true).unwrap();
         assert_eq!(old.released.load(Ordering::SeqCst), released + 1);
-        assert!(swap.collect(kernel.clone()).released.is_empty(), "the kernel still holds node 5");
+        assert!(labels(swap.collect(kernel.clone())).is_empty(), "the kernel still holds node 5");
         swap.forget(5, 2);
         assert_eq!(*lock(&old.forgets), [(5, 2)]);
         drop(old);
         assert!(!old_dropped.load(Ordering::SeqCst));
-        assert_eq!(swap.collect(kernel.clone()).released, ["old"]);
+        assert_eq!(labels(swap.collect(kernel.clone())), ["old"]);
         assert!(old_dropped.load(Ordering::SeqCst), "the old plugin instance is dropped");
         assert_eq!(swap.backends(), 1);
 
@@ -1413,12 +1421,12 @@ mod tests {
         // b lets go first: released, while a still serves its open file.
         swap.release(&req(), fb, hb, 0, true).unwrap();
         swap.forget(fb, 1);
-        assert_eq!(swap.collect(kernel.clone()).released, ["b"]);
+        assert_eq!(labels(swap.collect(kernel.clone())), ["b"]);
         assert!(b_dropped.load(Ordering::SeqCst) && !a_dropped.load(Ordering::SeqCst));
         assert_eq!(read(&swap, fa, ha), "a:5");
         swap.release(&req(), fa, ha, 0, true).unwrap();
         swap.forget(fa, 1);
-        assert_eq!(swap.collect(kernel.clone()).released, ["a"]);
+        assert_eq!(labels(swap.collect(kernel.clone())), ["a"]);
         assert_eq!(swap.backends(), 1);
         assert_eq!(read(&swap, fc, hc), "c:5");
     }
@@ -1466,7 +1474,7 @@ mod tests {
         swap.forget(old_b, 1);
         swap.releasedir(&req(), ROOT_ID, h).unwrap();
         swap.releasedir(&req(), ROOT_ID, h2).unwrap();
-        assert_eq!(swap.collect(kernel.clone()).released, ["old"], "no node, no handle left on the old backend");
+        assert_eq!(labels(swap.collect(kernel.clone())), ["old"], "no node, no handle left on the old backend");
     }
 
     #[test]
