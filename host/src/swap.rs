@@ -42,7 +42,7 @@ use plugfs_plugin_api::{
     AttrOut, Capabilities, DirEntry, DirPlusSink, DirSink, Entry, Errno, Error, FileSystem, Handle, NodeId, Opened,
     ROOT_ID, RenameFlags, Request, Result, SetAttr, StatFs, Whence,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// What the layer needs from the frontend that serves the mount: telling the kernel to
 /// drop cached entries and attributes, and which handles it holds open. The FUSE frontend
