@@ -566,7 +566,8 @@ impl Swap {
         Ok(())
     }
 
-    /// Releases every earlier backend that the kernel holds nothing of any more, and
+    /// Takes out every earlier backend that the kernel holds nothing of any more, for
+    /// the caller to drop (which closes it: the host does so on a thread of its own), and
     /// repeats the root's invalidation once after a swap. Call it now and then (the host
     /// does on every tick).
     pub fn collect(&self, kernel: Arc<dyn Kernel>) -> Collected {
