@@ -7,7 +7,7 @@
 # The tests find the venv at $PLUGFS_MOTO_VENV or <repo>/target/moto-venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=${1:-${PLUGFS_MOTO_VENV:-target/moto-venv}}
+venv=${1:-${PLUGFS_MOTO_VENV:-${CARGO_TARGET_DIR:-target}/moto-venv}}
 
 # Already installed: nothing to do (the check imports what the tests import).
 if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import moto.server, boto3, flask_cors' 2>/dev/null; then
