@@ -97,6 +97,10 @@ struct Node {
     opens: u32,
     /// A directory with a `dir/` marker object.
     has_marker: bool,
+    /// A directory whose every entry is in the table since this time (listed whole, or
+    /// made here empty): a name missing from the table is missing, without asking, while
+    /// this is younger than `metadata_ttl`.
+    complete_at: Option<Instant>,
     /// Still has its name (false after unlink, rmdir, or being replaced by rename).
     linked: bool,
     /// s3fs symlink: the target, read on first readlink.
@@ -214,6 +218,7 @@ impl S3Fs {
                 lookups: 1,
                 opens: 0,
                 has_marker: false,
+                complete_at: None,
                 linked: true,
                 link_target: None,
                 data: Arc::default(),
@@ -388,6 +393,7 @@ impl S3Fs {
             lookups: 0,
             opens: 0,
             has_marker,
+            complete_at: None,
             linked: true,
             link_target: None,
             data: Arc::default(),
@@ -475,6 +481,21 @@ impl S3Fs {
         if pending {
             let t = self.table();
             return t.by_key.get(key).copied().ok_or(Errno::ENOENT.into());
+        }
+        {
+            // Creating files in a directory made or listed here moments ago: no requests
+            // to learn that a new name is new.
+            let t = self.table();
+            let known = t.by_key.get(key).and_then(|id| t.nodes.get(id)).is_some_and(|n| n.linked);
+            let complete = t
+                .by_key
+                .get(parent_of(key))
+                .and_then(|id| t.nodes.get(id))
+                .and_then(|p| p.complete_at)
+                .is_some_and(|at| at.elapsed() < self.ttl());
+            if complete && !known && !key.is_empty() {
+                return Err(Errno::ENOENT.into());
+            }
         }
         match self.resolve(key)? {
             Some((kind, info, marker)) => {
@@ -656,6 +677,29 @@ impl S3Fs {
             .collect();
         let mut all = dirs;
         all.extend(files);
+        // Every listed name into the table now (not only those a page takes), so the
+        // directory counts as complete for negative lookups.
+        let started = Instant::now();
+        let mut t = self.table();
+        for l in &all {
+            let child = join(key, &l.name);
+            let known = t
+                .by_key
+                .get(&child)
+                .and_then(|id| t.nodes.get(id))
+                .is_some_and(|n| n.kind == l.kind || n.kind == FileKind::Symlink && l.kind == FileKind::File);
+            if !known {
+                self.upsert(&mut t, &child, l.kind, l.info.as_ref(), false);
+            } else {
+                let kind = t.by_key.get(&child).and_then(|id| t.nodes.get(id)).map(|n| n.kind).unwrap_or(l.kind);
+                self.upsert(&mut t, &child, kind, l.info.as_ref(), false);
+            }
+        }
+        if let Some(&id) = t.by_key.get(key)
+            && let Some(n) = t.nodes.get_mut(&id)
+        {
+            n.complete_at = Some(started);
+        }
         Ok(all)
     }
 
@@ -1020,6 +1064,7 @@ impl FileSystem for S3Fs {
         n.mtime = now;
         n.atime = now;
         n.meta_known = true;
+        n.complete_at = Some(Instant::now());
         n.lookups += 1;
         let n = t.nodes.get(&id).ok_or(Error::new(Errno::ENOENT))?;
         Ok(self.entry_of(id, n))
