@@ -207,7 +207,11 @@ impl S3Client {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let endpoint = config.endpoint.trim_end_matches('/').to_string();
         let url = reqwest::Url::parse(&endpoint).map_err(|e| format!("`{endpoint}` is not a URL: {e}"))?;
-        let base = if config.path_style {
+        // A bucket cannot be a subdomain of an IP address or of `localhost`: such endpoints
+        // are addressed path-style whatever the setting says (as the AWS SDKs do).
+        let host_is_ip = url.host_str().is_some_and(|h| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok())
+            || url.host_str() == Some("localhost");
+        let base = if config.path_style || host_is_ip {
             format!("{endpoint}/{}", utf8_percent_encode(&config.bucket, KEY_SET))
         } else {
             let host = url.host_str().ok_or_else(|| format!("`{endpoint}` has no host"))?;

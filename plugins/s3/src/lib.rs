@@ -125,3 +125,69 @@ fn cache_id(endpoint: &str, bucket: &str, prefix: &str) -> String {
 }
 
 plugfs_plugin_api::export_plugin!(S3Plugin);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opens with `toml`, which must fail before any request, and returns (key, message).
+    fn refused(toml: &str) -> (Option<String>, String) {
+        match S3Plugin::open(&ConfigTable::from_toml(toml), &MountOptions::default()) {
+            Ok(_) => panic!("accepted: {toml}"),
+            Err(e) => (e.key, e.message),
+        }
+    }
+
+    const BASE: &str = "bucket = \"b-1\"\nendpoint = \"http://127.0.0.1:9\"\nallow_http = true\n";
+
+    #[test]
+    fn bad_settings_name_their_key() {
+        let cases = [
+            ("bucket = \"B!\"", "bucket"),
+            ("bucket = \"ok-bucket\"\nendpoint = \"http://127.0.0.1:9\"", "endpoint"),
+            ("bucket = \"ok-bucket\"\nendpoint = \"ftp://x\"", "endpoint"),
+            (&format!("{BASE}part_size = \"1MiB\""), "part_size"),
+            (&format!("{BASE}concurrency = 0"), "concurrency"),
+            (&format!("{BASE}cache_size = 10"), "cache_size"),
+            (&format!("{BASE}metadata_ttl = -1"), "metadata_ttl"),
+            (&format!("{BASE}request_timeout = 0"), "request_timeout"),
+            (&format!("{BASE}file_mode = 0o17777"), "file_mode"),
+            (&format!("{BASE}prefix = \"a/../b\""), "prefix"),
+            (&format!("{BASE}access_key_id = \"id\""), "secret_access_key"),
+        ];
+        for (toml, key) in cases {
+            let (k, msg) = refused(toml);
+            assert_eq!(k.as_deref(), Some(key), "{toml}: {msg}");
+        }
+        let (k, msg) = refused(&format!("{BASE}cache_sise = 1"));
+        assert!(k.as_deref().is_some_and(|k| k.contains("cache_sise")) || msg.contains("cache_sise"), "{k:?} {msg}");
+    }
+
+    #[test]
+    fn the_secret_never_appears_in_an_error_or_debug_output() {
+        for toml in [
+            format!("{BASE}secret_access_key = 12345678"),
+            format!("{BASE}secret_access_key = \"12345678\""),
+            format!("{BASE}secret_access_key = \"12345678\"\naccess_key_id = \"id\"\nconcurrency = 0"),
+        ] {
+            let (k, msg) = refused(&toml);
+            assert!(!msg.contains("12345678") && !k.unwrap_or_default().contains("12345678"), "{msg}");
+        }
+        let raw: config::Raw =
+            ConfigTable::from_toml(format!("{BASE}secret_access_key = \"12345678\"\naccess_key_id = \"id\""))
+                .parse()
+                .unwrap();
+        assert!(!format!("{raw:?}").contains("12345678"));
+        let settings = config::Settings::check(raw).unwrap();
+        assert!(!format!("{settings:?}").contains("12345678"));
+    }
+
+    #[test]
+    fn an_unreachable_endpoint_is_one_error_at_open() {
+        let toml =
+            format!("{BASE}connect_timeout = 1\nretries = 0\naccess_key_id = \"id\"\nsecret_access_key = \"s3cr3t\"");
+        let (k, msg) = refused(&toml);
+        assert_eq!(k, None);
+        assert!(msg.contains("cannot reach http://127.0.0.1:9") && !msg.contains("s3cr3t"), "{msg}");
+    }
+}
