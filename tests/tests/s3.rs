@@ -16,7 +16,7 @@ use plugfs_plugin_api::host::PluginLibrary;
 use plugfs_plugin_api::open_flags::{O_EXCL, O_WRONLY};
 use plugfs_plugin_api::{Errno, FileSystem, MountOptions, Request};
 use plugfs_tests::moto::{Moto, Proxy};
-use plugfs_tests::{Host, plugfs, plugin_library, target_dir};
+use plugfs_tests::{Host, plugfs, plugin_library, target_dir, wait_until};
 
 /// Settings every test mount uses: short timeouts and few retries, so failures are quick.
 const FAST: &str = "connect_timeout = 1\nrequest_timeout = 10\nretries = 2\npart_size = \"5MiB\"\nconcurrency = 4\n";
@@ -306,6 +306,23 @@ fn a_server_cut_mid_upload_gives_errors_then_recovers_without_losing_fsynced_dat
     assert_eq!(std::fs::read(mnt.join("kept")).unwrap(), kept);
     assert_eq!(std::fs::read(mnt.join("pending")).unwrap(), pending);
     assert!(host.stderr().contains("cannot reach"), "the cause is in the log:\n{}", host.stderr());
+    // A close that fails keeps the changes in the local cache, and the background retry
+    // stores them once the server is back.
+    let later = pattern(1 << 20, 7);
+    let mut g = std::fs::File::create(mnt.join("later")).unwrap();
+    g.write_all(&later).unwrap();
+    proxy.cut();
+    // SAFETY: a descriptor we own, closed once (into_raw_fd gives it up).
+    let closed = unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(g)) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert_eq!((closed, errno), (-1, Some(libc::EIO)), "close reports the failed upload");
+    proxy.restore();
+    let want = md5_local(&later);
+    assert!(
+        wait_until(Duration::from_secs(30), || md5_of(&s, "faults", "later") == want),
+        "the retry did not store the file:\n{}",
+        host.stderr()
+    );
     stop(host);
     assert_eq!(md5_of(&s, "faults", "kept"), md5_local(&kept));
     assert_eq!(md5_of(&s, "faults", "pending"), md5_local(&pending));

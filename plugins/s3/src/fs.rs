@@ -140,8 +140,24 @@ struct Table {
     next_id: u64,
 }
 
-/// The s3 filesystem.
+/// The s3 filesystem: [`Core`] and the thread that retries failed uploads.
 pub struct S3Fs {
+    core: Arc<Core>,
+    retry: Option<(Arc<(Mutex<bool>, std::sync::Condvar)>, std::thread::JoinHandle<()>)>,
+}
+
+impl std::ops::Deref for S3Fs {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+/// How often files left with changes by a failed upload are retried in the background.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+/// Everything but the retry thread, which holds a weak reference to it.
+pub struct Core {
     store: Arc<dyn Store>,
     s: Settings,
     cache: Cache,
@@ -200,6 +216,34 @@ fn parent_of(key: &str) -> &str {
 
 impl S3Fs {
     pub(crate) fn new(store: Arc<dyn Store>, s: Settings, cache: Cache, read_only: bool) -> S3Fs {
+        let core = Arc::new(Core::new(store, s, cache, read_only));
+        let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let weak = Arc::downgrade(&core);
+        let signal = stop.clone();
+        let thread = std::thread::Builder::new().name("plugfs-s3-retry".into()).spawn(move || {
+            let (lock, cv) = &*signal;
+            loop {
+                let stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                let (stopped, _) = cv.wait_timeout(stopped, RETRY_EVERY).unwrap_or_else(|p| p.into_inner());
+                if *stopped {
+                    return;
+                }
+                drop(stopped);
+                let Some(core) = weak.upgrade() else { return };
+                if core.has_pending() {
+                    let left = core.retry_pending();
+                    if left == 0 {
+                        tracing::info!("s3: changes a failed upload left behind are stored now");
+                    }
+                }
+            }
+        });
+        S3Fs { core, retry: thread.ok().map(|t| (stop, t)) }
+    }
+}
+
+impl Core {
+    fn new(store: Arc<dyn Store>, s: Settings, cache: Cache, read_only: bool) -> Core {
         let started = now_ts();
         let mut table = Table { next_id: ROOT + 1, ..Table::default() };
         table.nodes.insert(
@@ -226,7 +270,7 @@ impl S3Fs {
         );
         table.by_key.insert(String::new(), ROOT);
         let max_readahead = (s.part_size * s.concurrency as u64).clamp(MIN_READAHEAD, 64 << 20);
-        S3Fs {
+        Core {
             store,
             s,
             cache,
@@ -1497,7 +1541,7 @@ impl FileSystem for S3Fs {
     }
 }
 
-impl S3Fs {
+impl Core {
     /// One open of `node` ended: drop its local copy if it was the last and nothing is
     /// left to store.
     fn close_node(&self, node: NodeId) {
@@ -1549,6 +1593,11 @@ impl S3Fs {
 
 impl Drop for S3Fs {
     fn drop(&mut self) {
+        if let Some((stop, thread)) = self.retry.take() {
+            *stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            stop.1.notify_all();
+            let _ = thread.join();
+        }
         // Unmount: one last try for changes a failed close left behind.
         if self.has_pending() && self.retry_pending() > 0 {
             tracing::error!("s3: unmounting with changes that could not be stored; they are lost");
