@@ -143,8 +143,11 @@ struct Table {
 /// The s3 filesystem: [`Core`] and the thread that retries failed uploads.
 pub struct S3Fs {
     core: Arc<Core>,
-    retry: Option<(Arc<(Mutex<bool>, std::sync::Condvar)>, std::thread::JoinHandle<()>)>,
+    retry: Option<(StopSignal, std::thread::JoinHandle<()>)>,
 }
+
+/// Set to stop the retry thread, which waits on the condvar between rounds.
+type StopSignal = Arc<(Mutex<bool>, std::sync::Condvar)>;
 
 impl std::ops::Deref for S3Fs {
     type Target = Core;
@@ -217,7 +220,7 @@ fn parent_of(key: &str) -> &str {
 impl S3Fs {
     pub(crate) fn new(store: Arc<dyn Store>, s: Settings, cache: Cache, read_only: bool) -> S3Fs {
         let core = Arc::new(Core::new(store, s, cache, read_only));
-        let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let stop: StopSignal = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let weak = Arc::downgrade(&core);
         let signal = stop.clone();
         let thread = std::thread::Builder::new().name("plugfs-s3-retry".into()).spawn(move || {
