@@ -244,6 +244,15 @@ fn what_the_mount_writes_reads_back_through_boto3() {
     // And the mount reads back what it wrote, from the store (a new mount: nothing cached).
     stop(host);
     let (host, mnt) = s.mount("written", "");
+    // Seeks back and forth (ranged GETs), then a sequential read to the end (a streamed GET).
+    let f = std::fs::File::open(mnt.join("big.bin")).unwrap();
+    for off in [9 << 20, 17, 12 << 20, 3 << 20, (13 << 20) - 100] {
+        let mut got = vec![0u8; 70_000];
+        let n = f.read_at(&mut got, off as u64).unwrap();
+        let want = &big[off..(off + 70_000).min(big.len())];
+        assert_eq!(&got[..n], want, "pread at {off}");
+    }
+    drop(f);
     assert_eq!(std::fs::read(mnt.join("big.bin")).unwrap(), big);
     assert_eq!(std::fs::read(mnt.join("edited.bin")).unwrap(), edited);
     assert_eq!(std::fs::read(mnt.join("moved/sub/f")).unwrap(), b"in a subdirectory");

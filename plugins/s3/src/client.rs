@@ -16,7 +16,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
-use crate::store::{FileMeta, ListPage, ObjectInfo, Store, StoreError, StoreResult};
+use crate::store::{ChunkStream, FileMeta, ListPage, ObjectInfo, Store, StoreError, StoreResult};
 
 /// S3 refuses a single PUT or CopyObject above 5 GiB.
 pub const SINGLE_REQUEST_LIMIT: u64 = 5 << 30;
@@ -268,6 +268,15 @@ impl S3Client {
 
     /// Sends once: builds, signs, and reads the whole answer.
     async fn send_once(&self, r: &Req<'_>) -> StoreResult<(StatusCode, reqwest::header::HeaderMap, Bytes)> {
+        let resp = self.request(r).await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.map_err(|e| unreachable(&self.endpoint, &e))?;
+        Ok((status, headers, body))
+    }
+
+    /// Builds, signs and sends a request; returns the answer with its body unread.
+    async fn request(&self, r: &Req<'_>) -> StoreResult<reqwest::Response> {
         let url = reqwest::Url::parse(&self.url(r.key, &r.query))
             .map_err(|e| StoreError::BadResponse(format!("cannot build a URL for key {:?}: {e}", r.key)))?;
         let mut req = reqwest::Request::new(r.method.clone(), url);
@@ -285,11 +294,7 @@ impl S3Client {
         if let Some(cred) = self.credential().await? {
             self.signer.sign(&mut req, &cred).map_err(|e| StoreError::BadResponse(format!("cannot sign: {e}")))?;
         }
-        let resp = self.http.execute(req).await.map_err(|e| unreachable(&self.endpoint, &e))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(|e| unreachable(&self.endpoint, &e))?;
-        Ok((status, headers, body))
+        self.http.execute(req).await.map_err(|e| unreachable(&self.endpoint, &e))
     }
 
     /// Sends with retries, and turns error answers into [`StoreError`]s.
@@ -417,6 +422,29 @@ impl S3Client {
     }
 }
 
+/// A GET's body as it arrives, pumped by a task on the plugin's runtime into a bounded
+/// channel: the reader takes chunks as it needs them and the server is read no faster
+/// (backpressure), so memory stays at a few chunks. Dropping it stops the download.
+struct BodyStream {
+    rx: tokio::sync::mpsc::Receiver<StoreResult<Bytes>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Chunks a body stream may hold unread (hyper's chunks are at most a few hundred KiB).
+const STREAM_CHUNKS: usize = 32;
+
+impl ChunkStream for BodyStream {
+    fn next_chunk(&mut self) -> Option<StoreResult<Bytes>> {
+        self.rx.blocking_recv()
+    }
+}
+
+impl Drop for BodyStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -483,6 +511,51 @@ impl Store for S3Client {
             }
         }
         Ok(Bytes::from(out))
+    }
+
+    fn get_stream(&self, key: &str, offset: u64, len: u64) -> StoreResult<Box<dyn ChunkStream>> {
+        let r = Req::new(Method::GET, key).header("range", format!("bytes={}-{}", offset, offset + len.max(1) - 1));
+        // Retried like any request until the answer's head arrives; a failure of the body
+        // part way reaches the reader, which falls back to ranged GETs.
+        let mut attempt = 0;
+        let resp = loop {
+            let result = match self.block(self.request(&r)) {
+                Ok(resp) if resp.status().is_success() => Ok(resp),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = self.block(resp.bytes()).unwrap_or_default();
+                    Err(self.error_for(status, &body))
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if e.is_transient() && attempt < self.retries => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5)));
+                }
+                other => break other?,
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_CHUNKS);
+        let endpoint = self.endpoint.clone();
+        let task = self.rt.spawn(async move {
+            let mut resp = resp;
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return; // the reader is gone
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(unreachable(&endpoint, &e))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::new(BodyStream { rx, task }))
     }
 
     fn download(&self, key: &str, file: &File) -> StoreResult<u64> {

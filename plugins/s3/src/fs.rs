@@ -22,7 +22,7 @@ use plugfs_plugin_api::{
 
 use crate::cache::Cache;
 use crate::config::Settings;
-use crate::store::{FileMeta, ObjectInfo, Store, StoreError};
+use crate::store::{ChunkStream, FileMeta, ObjectInfo, Store, StoreError};
 
 const ROOT: NodeId = 1;
 const S_IFMT: u32 = 0o170000;
@@ -36,7 +36,7 @@ const MAX_KEY: usize = 1024;
 pub const MAX_FILE: u64 = 5 << 40;
 /// Keys per listing request (S3's maximum).
 const LIST_PAGE: u32 = 1000;
-/// The first read-ahead window; it doubles on each sequential read up to the maximum.
+/// The smallest ranged GET of a read that is not sequential.
 const MIN_READAHEAD: u64 = 256 << 10;
 
 /// What the s3 plugin supports (docs/s3.md says why each is what it is).
@@ -113,13 +113,15 @@ struct OpenFile {
     ra: Mutex<ReadAhead>,
 }
 
+/// A handle's view of the object while it reads without a local copy: the bytes around
+/// the reader, and for a sequential reader one streamed GET of the rest of the object.
 #[derive(Default)]
 struct ReadAhead {
+    /// `buf` holds bytes `start..start + buf.len()` of the object.
     start: u64,
-    buf: Bytes,
-    /// Where a sequential reader reads next.
-    next: u64,
-    window: u64,
+    buf: Vec<u8>,
+    /// The streamed GET, whose next chunk continues `buf`.
+    stream: Option<Box<dyn ChunkStream>>,
 }
 
 struct Listed {
@@ -169,7 +171,6 @@ pub struct Core {
     files: Mutex<HashMap<Handle, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<Handle, Arc<Mutex<DirHandle>>>>,
     next_handle: AtomicU64,
-    max_readahead: u64,
     started: Timestamp,
 }
 
@@ -272,7 +273,6 @@ impl Core {
             },
         );
         table.by_key.insert(String::new(), ROOT);
-        let max_readahead = (s.part_size * s.concurrency as u64).clamp(MIN_READAHEAD, 64 << 20);
         Core {
             store,
             s,
@@ -282,7 +282,6 @@ impl Core {
             files: Mutex::default(),
             dirs: Mutex::default(),
             next_handle: AtomicU64::new(1),
-            max_readahead,
             started,
         }
     }
@@ -807,33 +806,63 @@ impl Core {
         Ok(())
     }
 
-    /// Reads through the handle's read-ahead buffer: ranged GETs whose size doubles while
-    /// the reader is sequential, up to `max_readahead`, and restarts small after a seek.
+    /// Reads without a local copy. The first read (and any read after a seek) is one
+    /// ranged GET of at least 256 KiB; a read that continues where the buffer ends opens one
+    /// streamed GET of the rest of the object, which later sequential reads consume as it
+    /// arrives. Memory per handle: the bytes kept behind the reader (`KEEP_BEHIND`, for the
+    /// kernel's read-ahead, whose reads arrive out of order), the read, and the stream's
+    /// bounded channel.
     fn read_remote(&self, of: &OpenFile, key: &str, size: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        const KEEP_BEHIND: u64 = 4 << 20;
         if offset >= size || buf.is_empty() {
             return Ok(0);
         }
         let want = (buf.len() as u64).min(size - offset);
         let mut ra = of.ra.lock().unwrap_or_else(|p| p.into_inner());
-        let end = ra.start + ra.buf.len() as u64;
-        if !(offset >= ra.start && offset + want <= end) {
-            let window = if offset == ra.next && ra.window > 0 {
-                (ra.window * 2).min(self.max_readahead)
-            } else {
-                MIN_READAHEAD
-            };
-            let len = window.max(want).min(size - offset);
-            let full = self.full(key);
-            let data = self.store.get_range(&full, offset, len).map_err(|e| store_err("GET", &full, e))?;
-            ra.window = window;
-            ra.start = offset;
-            ra.buf = data;
+        let full = self.full(key);
+        let covered = |ra: &ReadAhead| offset >= ra.start && offset + want <= ra.start + ra.buf.len() as u64;
+        if !covered(&ra) {
+            let end = ra.start + ra.buf.len() as u64;
+            let sequential = !ra.buf.is_empty() && offset >= ra.start && offset <= end + MIN_READAHEAD;
+            if sequential && ra.stream.is_none() && end < size {
+                match self.store.get_stream(&full, end, size - end) {
+                    Ok(st) => ra.stream = Some(st),
+                    Err(e) => tracing::warn!("s3: streamed GET {full:?}: {e}; reading by ranges"),
+                }
+            }
+            if sequential {
+                while !covered(&ra) {
+                    let Some(st) = ra.stream.as_mut() else { break };
+                    match st.next_chunk() {
+                        Some(Ok(chunk)) => ra.buf.extend_from_slice(&chunk),
+                        Some(Err(e)) => {
+                            tracing::warn!("s3: streamed GET {full:?} broke: {e}; reading by ranges");
+                            ra.stream = None;
+                        }
+                        None => ra.stream = None,
+                    }
+                }
+                // Keep only a little behind the reader.
+                let behind = (offset.saturating_sub(KEEP_BEHIND).saturating_sub(ra.start) as usize).min(ra.buf.len());
+                if behind > 0 {
+                    ra.buf.drain(..behind);
+                    ra.start += behind as u64;
+                }
+            }
+            if !covered(&ra) {
+                // A seek, or the stream failed: one ranged GET, and no stream until the
+                // reader shows it is sequential again.
+                let len = MIN_READAHEAD.max(want).min(size - offset);
+                let data = self.store.get_range(&full, offset, len).map_err(|e| store_err("GET", &full, e))?;
+                ra.stream = None;
+                ra.start = offset;
+                ra.buf = data.to_vec();
+            }
         }
-        let from = (offset - ra.start) as usize;
+        let from = offset.saturating_sub(ra.start) as usize;
         let avail = ra.buf.len().saturating_sub(from);
         let n = avail.min(want as usize);
         buf[..n].copy_from_slice(&ra.buf[from..from + n]);
-        ra.next = offset + n as u64;
         Ok(n)
     }
 

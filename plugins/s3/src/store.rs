@@ -128,6 +128,12 @@ impl StoreError {
 
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
 
+/// A streamed body: the next chunk, an error, or `None` at its end. Blocks until a chunk
+/// arrives (bounded by the request timeout).
+pub trait ChunkStream: Send {
+    fn next_chunk(&mut self) -> Option<StoreResult<Bytes>>;
+}
+
 /// The operations the filesystem needs from an object store. Synchronous: an
 /// implementation runs its own runtime and blocks on it, and may be called from many
 /// threads at once. Keys are full keys (the mount's prefix included); the filesystem never
@@ -140,6 +146,9 @@ pub trait Store: Send + Sync + 'static {
     /// Bytes `offset..offset + len` of the object (fewer at its end). Large ranges are
     /// fetched as parallel parts.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> StoreResult<Bytes>;
+    /// Bytes `offset..offset + len` as one streamed GET, read chunk by chunk: for
+    /// sequential readers, one request for the rest of the object.
+    fn get_stream(&self, key: &str, offset: u64, len: u64) -> StoreResult<Box<dyn ChunkStream>>;
     /// The whole object into `file` (from offset 0); returns its size.
     fn download(&self, key: &str, file: &File) -> StoreResult<u64>;
     /// Stores a small object in one request. With `if_absent`, fails with
