@@ -414,7 +414,15 @@ impl S3Client {
         }
         let r = Req::new(Method::GET, key).header("range", format!("bytes={}-{}", offset, offset + len - 1));
         match self.send(&r).await {
-            Ok((_, body)) => Ok(body),
+            // A server that ignores Range sends the whole object (200, no Content-Range):
+            // take the range from it rather than hand back the wrong bytes.
+            Ok((h, body)) if h.get("content-range").is_none() => {
+                let from = (offset.min(body.len() as u64)) as usize;
+                let to = (offset.saturating_add(len).min(body.len() as u64)) as usize;
+                Ok(body.slice(from..to))
+            }
+            // Never more than asked, whatever the server sent.
+            Ok((_, body)) => Ok(body.slice(..(len.min(body.len() as u64)) as usize)),
             // At or past the end: nothing to read.
             Err(StoreError::Server { status: 416, .. }) => Ok(Bytes::new()),
             Err(e) => Err(e),
@@ -520,7 +528,15 @@ impl Store for S3Client {
         let mut attempt = 0;
         let resp = loop {
             let result = match self.block(self.request(&r)) {
-                Ok(resp) if resp.status().is_success() => Ok(resp),
+                Ok(resp)
+                    if resp.status() == StatusCode::PARTIAL_CONTENT || resp.status().is_success() && offset == 0 =>
+                {
+                    Ok(resp)
+                }
+                // Range ignored: the body would start at 0, not at `offset`.
+                Ok(resp) if resp.status().is_success() => {
+                    Err(StoreError::BadResponse("the server ignored the Range of a GET".into()))
+                }
                 Ok(resp) => {
                     let status = resp.status();
                     let body = self.block(resp.bytes()).unwrap_or_default();

@@ -1249,11 +1249,12 @@ impl FileSystem for S3Fs {
             let keys = self.all_keys_below(&from)?;
             let (old_prefix, new_prefix) = (self.dir_prefix(&from), self.dir_prefix(&to));
             for o in &keys {
-                let rest = &o.key[old_prefix.len().min(o.key.len())..];
+                // A listing of the prefix holds only keys below it; anything else is skipped.
+                let Some(rest) = o.key.strip_prefix(&old_prefix) else { continue };
                 let dest = format!("{new_prefix}{rest}");
                 self.store.copy(&o.key, &dest, o.size, None).map_err(|e| store_err("COPY", &o.key, e))?;
             }
-            for o in &keys {
+            for o in keys.iter().filter(|o| o.key.starts_with(&old_prefix)) {
                 self.store.delete(&o.key).map_err(|e| store_err("DELETE", &o.key, e))?;
             }
             let mut t = self.table();
