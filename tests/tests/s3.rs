@@ -135,6 +135,18 @@ fn the_conformance_suite_passes_through_a_mount_as_root_and_as_an_unprivileged_u
 }
 
 #[test]
+fn the_conformance_suite_passes_directly_through_the_plugin_api() {
+    let s = Setup::new("direct");
+    let config = format!(
+        "bucket = \"direct\"\nendpoint = {:?}\nallow_http = true\naccess_key_id = \"t\"\nsecret_access_key = \"t\"\n\
+         metadata_ttl = 1\n{FAST}",
+        s.moto.endpoint()
+    );
+    let report = plugfs_conformance::run_direct(&plugin_library("plugfs-s3"), &config).unwrap();
+    assert!(report.ok() && !report.passed.is_empty(), "{}", report.summary());
+}
+
+#[test]
 fn objects_and_directories_made_by_boto3_appear_through_the_mount() {
     let s = Setup::new("interop");
     s.py(
@@ -144,7 +156,8 @@ fn objects_and_directories_made_by_boto3_appear_through_the_mount() {
          s3.put_object(Bucket=b, Key='implicit/deeper/leaf.txt', Body=b'no markers at all')\n\
          s3.put_object(Bucket=b, Key='s3fs.txt', Body=b'owned', Metadata={'mode': '33152', 'uid': '1234', 'gid': '2345', 'mtime': '1600000000'})\n\
          s3.put_object(Bucket=b, Key='plain.bin', Body=bytes(range(256)) * 40)\n\
-         s3.put_object(Bucket=b, Key='with space & plus+.txt', Body=b'odd name')\n",
+         s3.put_object(Bucket=b, Key='with space & plus+.txt', Body=b'odd name')\n\
+         s3.put_object(Bucket=b, Key='link', Body=b'marked/inside.txt', Metadata={'mode': '41471'})\n",
         &[],
     );
     let (host, mnt) = s.mount("interop", "metadata_ttl = 60\nfile_mode = 0o640\nuid = 77\ngid = 88");
@@ -162,11 +175,15 @@ fn objects_and_directories_made_by_boto3_appear_through_the_mount() {
     assert_eq!(std::fs::read(mnt.join("implicit/deeper/leaf.txt")).unwrap(), b"no markers at all");
     assert_eq!(std::fs::read(mnt.join("marked/inside.txt")).unwrap(), b"in a marked dir");
     assert_eq!(std::fs::read(mnt.join("with space & plus+.txt")).unwrap(), b"odd name");
+    // s3fs's symlink: the target as content, 41471 = 0o120777.
+    assert_eq!(std::fs::read_link(mnt.join("link")).unwrap(), PathBuf::from("marked/inside.txt"));
+    assert_eq!(std::fs::read(mnt.join("link")).unwrap(), b"in a marked dir");
+    std::os::unix::fs::symlink("s3fs.txt", mnt.join("made-here")).unwrap();
     assert_eq!(std::fs::read(mnt.join("plain.bin")).unwrap(), (0..=255u8).cycle().take(10_240).collect::<Vec<_>>());
     let mut names: Vec<String> =
         std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
-    assert_eq!(names, ["implicit", "marked", "plain.bin", "s3fs.txt", "with space & plus+.txt"]);
+    assert_eq!(names, ["implicit", "link", "made-here", "marked", "plain.bin", "s3fs.txt", "with space & plus+.txt"]);
     let kinds: Vec<bool> =
         std::fs::read_dir(mnt.join("marked")).unwrap().map(|e| e.unwrap().file_type().unwrap().is_file()).collect();
     assert_eq!(kinds, [true], "the marker itself is not listed as an entry");
@@ -176,6 +193,12 @@ fn objects_and_directories_made_by_boto3_appear_through_the_mount() {
     std::fs::remove_dir(mnt.join("implicit/deeper")).unwrap();
     assert_eq!(std::fs::remove_dir(mnt.join("marked")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
     stop(host);
+    // The symlink the mount made, as s3fs stores one.
+    let made = s.py(
+        "o = s3.get_object(Bucket='interop', Key='made-here')\nprint(o['Body'].read().decode(), o['Metadata']['mode'])",
+        &[],
+    );
+    assert_eq!(made.trim(), "s3fs.txt 41471");
 }
 
 #[test]

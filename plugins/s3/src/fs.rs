@@ -42,8 +42,8 @@ const MIN_READAHEAD: u64 = 256 << 10;
 /// What the s3 plugin supports (docs/s3.md says why each is what it is).
 pub const CAPABILITIES: Capabilities = Capabilities {
     writable: true,
-    // s3fs's symlink objects are shown and read (see `readlink`), not made.
-    symlinks: false,
+    // In s3fs's format: the target as the object's content, S_IFLNK in x-amz-meta-mode.
+    symlinks: true,
     hard_links: false,
     special_files: false,
     xattrs: false,
@@ -235,10 +235,7 @@ impl S3Fs {
                 drop(stopped);
                 let Some(core) = weak.upgrade() else { return };
                 if core.has_pending() {
-                    let left = core.retry_pending();
-                    if left == 0 {
-                        tracing::info!("s3: changes a failed upload left behind are stored now");
-                    }
+                    core.retry_pending();
                 }
             }
         });
@@ -1146,6 +1143,51 @@ impl FileSystem for S3Fs {
         Ok(self.entry_of(id, n))
     }
 
+    fn symlink(&self, req: &Request, parent: NodeId, name: &OsStr, target: &OsStr) -> Result<Entry> {
+        self.writable()?;
+        let key = self.child_key(parent, name)?;
+        match self.lookup_key(&key) {
+            Ok(_) => return Err(Errno::EEXIST.into()),
+            Err(e) if e.errno() == Errno::ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        let target = std::os::unix::ffi::OsStrExt::as_bytes(target).to_vec();
+        let (pgid, psgid) = {
+            let t = self.table();
+            let p = t.nodes.get(&parent).ok_or(Error::new(Errno::ENOENT))?;
+            (p.gid, p.perm & S_ISGID != 0)
+        };
+        let gid = if psgid { pgid } else { req.gid };
+        let now = now_ts();
+        // As s3fs stores one: the target is the object's content, the mode says S_IFLNK.
+        let meta = FileMeta {
+            mode: Some(S_IFLNK | 0o777),
+            uid: Some(req.uid),
+            gid: Some(gid),
+            mtime: Some(now.secs),
+            atime: Some(now.secs),
+        };
+        let full = self.full(&key);
+        self.store
+            .put(&full, Bytes::from(target.clone()), &meta, self.s.conditional_create)
+            .map_err(|e| store_err("PUT", &full, e))?;
+        let mut t = self.table();
+        let id = self.upsert(&mut t, &key, FileKind::Symlink, None, false);
+        let n = t.nodes.get_mut(&id).ok_or(Error::new(Errno::ENOENT))?;
+        n.size = target.len() as u64;
+        n.link_target = Some(target);
+        n.perm = 0o777;
+        n.uid = req.uid;
+        n.gid = gid;
+        n.mtime = now;
+        n.atime = now;
+        n.meta_known = true;
+        n.fetched = Instant::now();
+        n.lookups += 1;
+        let n = t.nodes.get(&id).ok_or(Error::new(Errno::ENOENT))?;
+        Ok(self.entry_of(id, n))
+    }
+
     fn unlink(&self, _req: &Request, parent: NodeId, name: &OsStr) -> Result<()> {
         self.writable()?;
         let key = self.child_key(parent, name)?;
@@ -1484,15 +1526,17 @@ impl FileSystem for S3Fs {
 
     fn release(&self, _req: &Request, node: NodeId, handle: Handle, _flags: i32, _flush: bool) -> Result<()> {
         let of = self.files.lock().unwrap_or_else(|p| p.into_inner()).remove(&handle);
-        let Some(of) = of else { return Err(Errno::EBADF.into()) };
+        if of.is_none() {
+            return Err(Errno::EBADF.into());
+        }
         let mut result = Ok(());
-        if of.flags & O_ACCMODE != O_RDONLY
-            && let Ok(data) = self.data_of(node)
-        {
+        // Through any handle: a read-only one may be the last open of a file whose
+        // metadata (chmod while open) or size (truncate by path) changed meanwhile.
+        if let Ok(data) = self.data_of(node) {
             let mut d = data.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = self.upload(node, &mut d) {
-                // Kept dirty, with its local copy: the next fsync, close or write-back of
-                // this file tries again (docs/s3.md, failures).
+                // Kept dirty, with its local copy: the retry thread, or the next fsync or
+                // close of this file, tries again (docs/s3.md, failures).
                 tracing::error!("s3: upload on release failed; the changes stay in the local cache for a retry");
                 result = Err(e);
             }
@@ -1592,8 +1636,8 @@ impl Core {
         self.maybe_free(&mut t, node);
     }
 
-    /// Stores every file that still has changes (after a failed upload on close). Returns
-    /// how many are still pending.
+    /// Stores every file nobody has open that still has changes (a failed upload on close
+    /// left them). Returns how many are still pending.
     pub fn retry_pending(&self) -> usize {
         let pending: Vec<(NodeId, Arc<Mutex<FileData>>)> = {
             let t = self.table();
@@ -1601,6 +1645,7 @@ impl Core {
         };
         let mut left = 0;
         for (id, data) in pending {
+            // Busy: someone is uploading or writing it now.
             let Ok(mut d) = data.try_lock() else { continue };
             if !d.dirty {
                 continue;
@@ -1608,6 +1653,8 @@ impl Core {
             if self.upload(id, &mut d).is_err() {
                 left += 1;
             } else {
+                let key = self.table().nodes.get(&id).map(|n| n.key.clone()).unwrap_or_default();
+                tracing::info!("s3: stored {key:?}, whose upload on close had failed");
                 self.drop_local_if_idle(id, &mut d);
                 drop(d);
                 let mut t = self.table();
