@@ -96,6 +96,17 @@ impl Moto {
         python_at(&self.endpoint(), code, args)
     }
 
+    /// Stops the server (SIGSTOP to its process group): connections stay open and nothing
+    /// answers, and nothing is lost (moto keeps its data in memory).
+    pub fn pause(&self) {
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGSTOP) };
+    }
+
+    /// Resumes a paused server.
+    pub fn resume(&self) {
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGCONT) };
+    }
+
     fn kill(&mut self) {
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.kill();

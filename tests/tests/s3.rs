@@ -21,6 +21,14 @@ use plugfs_tests::{Host, plugfs, plugin_library, target_dir, wait_until};
 /// Settings every test mount uses: short timeouts and few retries, so failures are quick.
 const FAST: &str = "connect_timeout = 1\nrequest_timeout = 10\nretries = 2\npart_size = \"5MiB\"\nconcurrency = 4\n";
 
+/// [`FAST`] without the keys `extra` sets itself.
+fn fast_except(extra: &str) -> String {
+    FAST.lines()
+        .filter(|l| !extra.lines().any(|e| e.split('=').next().map(str::trim) == l.split('=').next().map(str::trim)))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 struct Setup {
     dir: tempfile::TempDir,
     moto: Moto,
@@ -50,8 +58,9 @@ impl Setup {
                 "[host]\nplugin_dirs = [{:?}]\n\n[[mount]]\nname = \"s3\"\nplugin = \"s3\"\nmountpoint = \"mnt\"\n\
                  create_mountpoint = true\n[mount.options]\nallow_other = true\n[mount.config]\nbucket = {bucket:?}\n\
                  endpoint = {endpoint:?}\nallow_http = true\npath_style = true\naccess_key_id = \"test\"\n\
-                 secret_access_key = \"sekrit-never-shown\"\n{FAST}{extra}\n",
+                 secret_access_key = \"sekrit-never-shown\"\n{}{extra}\n",
                 target_dir().to_str().unwrap(),
+                fast_except(extra),
             ),
         )
         .unwrap();
@@ -427,4 +436,24 @@ fn mount_errors_are_one_clear_line_and_never_show_the_secret() {
     let (code, _, err) = plugfs(&["check", "--config", config.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("cache_size"), "{err}");
+}
+
+#[test]
+fn a_stopped_server_is_eio_within_the_timeouts_and_the_mount_recovers_when_it_resumes() {
+    let s = Setup::new("stopped");
+    s.py("s3.put_object(Bucket='stopped', Key='f', Body=b'before')", &[]);
+    let (host, mnt) = s.mount("stopped", "metadata_ttl = 0\nrequest_timeout = 2\nretries = 1");
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"before");
+    s.moto.pause();
+    let started = std::time::Instant::now();
+    let stalled = std::fs::metadata(mnt.join("f"));
+    let took = started.elapsed();
+    s.moto.resume();
+    assert_eq!(stalled.unwrap_err().raw_os_error(), Some(libc::EIO));
+    // Two attempts of 2 s and a backoff: bounded, not hung.
+    assert!(took < Duration::from_secs(15), "a stopped server held a stat for {took:?}");
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"before");
+    std::fs::write(mnt.join("g"), b"after").unwrap();
+    stop(host);
+    assert_eq!(md5_of(&s, "stopped", "g"), md5_local(b"after"));
 }

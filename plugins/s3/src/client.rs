@@ -57,6 +57,7 @@ pub struct S3Client {
     base: String,
     bucket: String,
     retries: u32,
+    request_timeout: Duration,
     part_size: u64,
     concurrency: usize,
     /// For messages: the endpoint, never a credential.
@@ -88,6 +89,8 @@ fn unreachable(endpoint: &str, e: &reqwest::Error) -> StoreError {
 /// A request to make: method, key, query (already encoded), headers and body. Kept whole
 /// so a retry can rebuild and re-sign it.
 struct Req<'a> {
+    /// A streamed GET: bounded by the idle read timeout, not by a total.
+    stream: bool,
     method: Method,
     key: &'a str,
     query: String,
@@ -97,7 +100,7 @@ struct Req<'a> {
 
 impl<'a> Req<'a> {
     fn new(method: Method, key: &'a str) -> Self {
-        Req { method, key, query: String::new(), headers: Vec::new(), body: Bytes::new() }
+        Req { stream: false, method, key, query: String::new(), headers: Vec::new(), body: Bytes::new() }
     }
     fn query(mut self, q: &[(&str, &str)]) -> Self {
         let mut pairs: Vec<String> = q
@@ -199,9 +202,12 @@ fn parse_iso_date(v: &str) -> Option<SystemTime> {
 impl S3Client {
     /// Builds the client (no request is made: see [`Store::check`]).
     pub fn new(config: ClientConfig, rt: Arc<tokio::runtime::Runtime>) -> Result<S3Client, String> {
+        // No client-wide total timeout: a streamed GET of a large object may rightly take
+        // longer. Every other request gets `request_timeout` as its total (in `request`),
+        // and every read, streams included, fails after `request_timeout` without a byte.
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
+            .read_timeout(config.request_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
@@ -240,6 +246,7 @@ impl S3Client {
             base,
             bucket: config.bucket,
             retries: config.retries,
+            request_timeout: config.request_timeout,
             part_size: config.part_size,
             concurrency: config.concurrency.max(1),
             endpoint,
@@ -280,6 +287,9 @@ impl S3Client {
         let url = reqwest::Url::parse(&self.url(r.key, &r.query))
             .map_err(|e| StoreError::BadResponse(format!("cannot build a URL for key {:?}: {e}", r.key)))?;
         let mut req = reqwest::Request::new(r.method.clone(), url);
+        if !r.stream {
+            *req.timeout_mut() = Some(self.request_timeout);
+        }
         for (k, v) in &r.headers {
             let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
                 .map_err(|e| StoreError::BadResponse(format!("header {k}: {e}")))?;
@@ -522,7 +532,8 @@ impl Store for S3Client {
     }
 
     fn get_stream(&self, key: &str, offset: u64, len: u64) -> StoreResult<Box<dyn ChunkStream>> {
-        let r = Req::new(Method::GET, key).header("range", format!("bytes={}-{}", offset, offset + len.max(1) - 1));
+        let mut r = Req::new(Method::GET, key).header("range", format!("bytes={}-{}", offset, offset + len.max(1) - 1));
+        r.stream = true;
         // Retried like any request until the answer's head arrives; a failure of the body
         // part way reaches the reader, which falls back to ranged GETs.
         let mut attempt = 0;
