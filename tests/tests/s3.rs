@@ -457,3 +457,26 @@ fn a_stopped_server_is_eio_within_the_timeouts_and_the_mount_recovers_when_it_re
     stop(host);
     assert_eq!(md5_of(&s, "stopped", "g"), md5_local(b"after"));
 }
+
+#[test]
+fn renaming_an_object_above_the_copy_threshold_copies_it_in_parts() {
+    let s = Setup::new("bigcopy");
+    // 13 MiB with owner metadata, renamed with multipart copies of 6 MiB and more.
+    let data = pattern(13 << 20, 9);
+    let src = s.path("src.bin");
+    std::fs::write(&src, &data).unwrap();
+    s.py(
+        "s3.upload_file(sys.argv[1], 'bigcopy', 'dir/big', ExtraArgs={'Metadata': {'mode': '33216', 'uid': '7', 'gid': '8'}})",
+        &[src.to_str().unwrap()],
+    );
+    let (host, mnt) = s.mount("bigcopy", "multipart_copy_threshold = \"6MiB\"");
+    std::fs::rename(mnt.join("dir/big"), mnt.join("moved")).unwrap();
+    let m = std::fs::metadata(mnt.join("moved")).unwrap();
+    assert_eq!((m.len(), m.mode() & 0o7777, m.uid(), m.gid()), (13 << 20, 0o700, 7, 8));
+    stop(host);
+    assert_eq!(md5_of(&s, "bigcopy", "moved"), md5_local(&data));
+    let meta = s.py("print(s3.head_object(Bucket='bigcopy', Key='moved')['Metadata']['mode'])", &[]);
+    assert_eq!(meta.trim(), "33216", "the metadata travels with a multipart copy");
+    let gone = s.py("print(s3.list_objects_v2(Bucket='bigcopy', Prefix='dir/big').get('KeyCount'))", &[]);
+    assert_eq!(gone.trim(), "0");
+}

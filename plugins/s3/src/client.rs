@@ -18,8 +18,6 @@ use serde::Deserialize;
 
 use crate::store::{ChunkStream, FileMeta, ListPage, ObjectInfo, Store, StoreError, StoreResult};
 
-/// S3 refuses a single PUT or CopyObject above 5 GiB.
-pub const SINGLE_REQUEST_LIMIT: u64 = 5 << 30;
 /// S3 allows at most 10,000 parts per multipart upload.
 const MAX_PARTS: u64 = 10_000;
 
@@ -46,6 +44,8 @@ pub struct ClientConfig {
     pub retries: u32,
     pub part_size: u64,
     pub concurrency: usize,
+    /// Copies of objects larger than this are multipart (UploadPartCopy).
+    pub copy_threshold: u64,
 }
 
 /// The S3 client.
@@ -58,6 +58,7 @@ pub struct S3Client {
     bucket: String,
     retries: u32,
     request_timeout: Duration,
+    copy_threshold: u64,
     part_size: u64,
     concurrency: usize,
     /// For messages: the endpoint, never a credential.
@@ -247,6 +248,7 @@ impl S3Client {
             bucket: config.bucket,
             retries: config.retries,
             request_timeout: config.request_timeout,
+            copy_threshold: config.copy_threshold,
             part_size: config.part_size,
             concurrency: config.concurrency.max(1),
             endpoint,
@@ -640,7 +642,7 @@ impl Store for S3Client {
 
     fn copy(&self, from: &str, to: &str, size: u64, meta: Option<&FileMeta>) -> StoreResult<()> {
         let source = format!("/{}/{}", utf8_percent_encode(&self.bucket, KEY_SET), utf8_percent_encode(from, KEY_SET));
-        if size <= SINGLE_REQUEST_LIMIT {
+        if size <= self.copy_threshold {
             let mut r = Req::new(Method::PUT, to).header("x-amz-copy-source", source);
             if let Some(m) = meta {
                 r = r.header("x-amz-metadata-directive", "REPLACE").meta(m);

@@ -126,6 +126,8 @@ pub struct Raw {
     pub gid: Option<u32>,
     /// Create files with a conditional PUT (If-None-Match: *).
     pub conditional_create: Option<bool>,
+    /// Copies (renames) of larger objects are multipart.
+    pub multipart_copy_threshold: Option<Size>,
 }
 
 /// The checked settings.
@@ -152,6 +154,7 @@ pub struct Settings {
     pub uid: u32,
     pub gid: u32,
     pub conditional_create: bool,
+    pub multipart_copy_threshold: u64,
 }
 
 /// S3's smallest part (all but the last).
@@ -234,6 +237,14 @@ impl Settings {
             }
             Ok(v)
         };
+        // S3 refuses a single CopyObject over 5 GiB; some servers refuse less.
+        let multipart_copy_threshold = raw.multipart_copy_threshold.map(|s| s.0).unwrap_or(MAX_PART);
+        if !(MIN_PART..=MAX_PART).contains(&multipart_copy_threshold) {
+            return Err(OpenError::config(
+                "multipart_copy_threshold",
+                format!("{multipart_copy_threshold} is outside 5 MiB to 5 GiB"),
+            ));
+        }
         let retries = raw.retries.unwrap_or(4);
         if retries > 20 {
             return Err(OpenError::config("retries", format!("{retries} is more than 20")));
@@ -259,6 +270,7 @@ impl Settings {
             uid: raw.uid.unwrap_or_else(|| rustix::process::getuid().as_raw()),
             gid: raw.gid.unwrap_or_else(|| rustix::process::getgid().as_raw()),
             conditional_create: raw.conditional_create.unwrap_or(true),
+            multipart_copy_threshold,
         })
     }
 }

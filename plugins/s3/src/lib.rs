@@ -54,7 +54,8 @@ impl Plugin for S3Plugin {
                 "retries = 4  # retries of a transient failure, with exponential backoff\n",
                 "file_mode = 0o644  # mode of files without s3fs metadata (dir_mode = 0o755 for directories)\n",
                 "uid = 0  # owner of objects without s3fs metadata (gid likewise); default: the host's\n",
-                "conditional_create = true  # create files with If-None-Match: * (EEXIST on a concurrent creator)",
+                "conditional_create = true  # create files with If-None-Match: * (EEXIST on a concurrent creator)\n",
+                "multipart_copy_threshold = \"5GiB\"  # renames of larger objects copy in parts (UploadPartCopy)",
             ),
             capabilities: CAPABILITIES,
         }
@@ -88,6 +89,7 @@ impl Plugin for S3Plugin {
                 retries: s.retries,
                 part_size: s.part_size,
                 concurrency: s.concurrency,
+                copy_threshold: s.multipart_copy_threshold,
             },
             Arc::new(rt),
         )
