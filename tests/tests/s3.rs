@@ -480,3 +480,23 @@ fn renaming_an_object_above_the_copy_threshold_copies_it_in_parts() {
     let gone = s.py("print(s3.list_objects_v2(Bucket='bigcopy', Prefix='dir/big').get('KeyCount'))", &[]);
     assert_eq!(gone.trim(), "0");
 }
+
+#[test]
+fn a_closed_file_is_read_again_from_the_cache_until_another_client_changes_it() {
+    let s = Setup::new("cached");
+    let proxy = Proxy::start(s.moto.port);
+    let (host, mnt) = s.mount_at(&proxy.endpoint(), "cached", "metadata_ttl = 1");
+    let first = pattern(3 << 20, 10);
+    std::fs::write(mnt.join("f"), &first).unwrap();
+    let before = proxy.requests();
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), first);
+    assert_eq!(proxy.requests() - before, 0, "read back from the copy kept after close");
+    // Another client replaces it; once the cached attributes expire the copy is stale.
+    let second = pattern(2 << 20, 11);
+    let src = s.path("second");
+    std::fs::write(&src, &second).unwrap();
+    s.py("s3.upload_file(sys.argv[1], 'cached', 'f')", &[src.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), second);
+    stop(host);
+}

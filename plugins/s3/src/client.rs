@@ -182,6 +182,13 @@ struct InitiateResult {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
+struct CompleteResult {
+    #[serde(default, rename = "ETag")]
+    etag: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
 struct CopyPartResult {
     #[serde(rename = "ETag")]
     etag: String,
@@ -363,7 +370,13 @@ impl S3Client {
         self.part_size.max(size.div_ceil(MAX_PARTS))
     }
 
-    async fn multipart<F, Fut>(&self, key: &str, meta: Option<&FileMeta>, size: u64, part: F) -> StoreResult<()>
+    async fn multipart<F, Fut>(
+        &self,
+        key: &str,
+        meta: Option<&FileMeta>,
+        size: u64,
+        part: F,
+    ) -> StoreResult<Option<String>>
     where
         F: Fn(String, u32, u64, u64) -> Fut,
         Fut: std::future::Future<Output = StoreResult<String>>,
@@ -405,11 +418,13 @@ impl S3Client {
         }
         xml.push_str("</CompleteMultipartUpload>");
         let done = Req::new(Method::POST, key).query(&[("uploadId", &upload_id)]).body(Bytes::from(xml));
-        if let Err(e) = self.send(&done).await {
-            self.abort(key, &upload_id).await;
-            return Err(e);
+        match self.send(&done).await {
+            Ok((_, body)) => Ok(parse_xml::<CompleteResult>(&body).ok().and_then(|r| r.etag)),
+            Err(e) => {
+                self.abort(key, &upload_id).await;
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     async fn abort(&self, key: &str, upload_id: &str) {
@@ -607,15 +622,15 @@ impl Store for S3Client {
         Ok(off)
     }
 
-    fn put(&self, key: &str, body: Bytes, meta: &FileMeta, if_absent: bool) -> StoreResult<()> {
+    fn put(&self, key: &str, body: Bytes, meta: &FileMeta, if_absent: bool) -> StoreResult<Option<String>> {
         let mut r = Req::new(Method::PUT, key).meta(meta).body(body);
         if if_absent {
             r = r.header("if-none-match", "*");
         }
-        self.block(self.send(&r)).map(|_| ())
+        self.block(self.send(&r)).map(|(h, _)| header_str(&h, "etag").map(str::to_string))
     }
 
-    fn upload(&self, key: &str, file: &File, size: u64, meta: &FileMeta) -> StoreResult<()> {
+    fn upload(&self, key: &str, file: &File, size: u64, meta: &FileMeta) -> StoreResult<Option<String>> {
         let read = |off: u64, len: u64| -> StoreResult<Bytes> {
             let mut buf = vec![0u8; len as usize];
             file.read_exact_at(&mut buf, off)?;
@@ -667,6 +682,7 @@ impl Store for S3Client {
                 Ok(parse_xml::<CopyPartResult>(&body)?.etag)
             }
         }))
+        .map(|_| ())
     }
 
     fn delete(&self, key: &str) -> StoreResult<()> {

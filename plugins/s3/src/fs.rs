@@ -71,6 +71,9 @@ struct FileData {
     local: Option<Local>,
     /// The local copy (or the metadata) has changes the store does not have yet.
     dirty: bool,
+    /// The ETag of the object the clean local copy holds: a copy kept after the last close
+    /// serves reads again only while the object still has this ETag.
+    etag: Option<String>,
 }
 
 struct Local {
@@ -105,6 +108,8 @@ struct Node {
     linked: bool,
     /// s3fs symlink: the target, read on first readlink.
     link_target: Option<Vec<u8>>,
+    /// The object's ETag, as last seen (HEAD, listing, or our own upload).
+    etag: Option<String>,
     data: Arc<Mutex<FileData>>,
 }
 
@@ -172,6 +177,9 @@ pub struct Core {
     dirs: Mutex<HashMap<Handle, Arc<Mutex<DirHandle>>>>,
     next_handle: AtomicU64,
     started: Timestamp,
+    /// Files whose clean local copy is kept after their last close, oldest first: the
+    /// copies `cache_size` evicts first.
+    idle: Mutex<std::collections::VecDeque<NodeId>>,
 }
 
 fn err(e: Errno, msg: impl Into<String>) -> Error {
@@ -266,6 +274,7 @@ impl Core {
                 complete_at: None,
                 linked: true,
                 link_target: None,
+                etag: None,
                 data: Arc::default(),
             },
         );
@@ -280,6 +289,7 @@ impl Core {
             dirs: Mutex::default(),
             next_handle: AtomicU64::new(1),
             started,
+            idle: Mutex::default(),
         }
     }
 
@@ -376,6 +386,7 @@ impl Core {
         if let Some(info) = info {
             if kind != FileKind::Directory {
                 n.size = info.size;
+                n.etag = info.etag.clone();
             }
             let meta = info.meta.unwrap_or_default();
             n.mtime =
@@ -439,6 +450,7 @@ impl Core {
             complete_at: None,
             linked: true,
             link_target: None,
+            etag: None,
             data: Arc::default(),
         };
         self.fill(&mut n, kind, info);
@@ -462,7 +474,15 @@ impl Core {
             !n.linked
                 && n.lookups == 0
                 && n.opens == 0
-                && n.data.try_lock().is_ok_and(|d| !d.dirty && d.local.is_none())
+                && n.data.try_lock().is_ok_and(|mut d| {
+                    // A kept copy of a file that lost its name goes with it.
+                    if !d.dirty
+                        && let Some(old) = d.local.take()
+                    {
+                        self.cache.release(old.reserved);
+                    }
+                    !d.dirty
+                })
         });
         if free
             && let Some(n) = t.nodes.remove(&id)
@@ -575,15 +595,19 @@ impl Core {
     /// `empty`), inside its data lock.
     fn ensure_local(&self, id: NodeId, d: &mut FileData, empty: bool) -> Result<()> {
         if d.local.is_some() && !empty {
-            return Ok(());
+            // A clean copy of an object that changed since is not the file any more.
+            let current = self.table().nodes.get(&id).and_then(|n| n.etag.clone());
+            if d.dirty || current.is_none() || d.etag == current {
+                return Ok(());
+            }
         }
-        let (key, size, linked) = {
+        let (key, size, linked, etag) = {
             let t = self.table();
             let n = t.nodes.get(&id).ok_or(Error::new(Errno::ENOENT))?;
-            (n.key.clone(), n.size, n.linked)
+            (n.key.clone(), n.size, n.linked, n.etag.clone())
         };
         let want = if empty { 0 } else { size };
-        if !self.cache.reserve(want) {
+        if !self.reserve(want) {
             return Err(err(Errno::ENOSPC, format!("cache_size ({} bytes) is full", self.cache.limit())));
         }
         let file = match self.cache.new_file() {
@@ -608,7 +632,37 @@ impl Core {
             self.cache.release(old.reserved);
         }
         d.local = Some(Local { file, reserved: want });
+        d.etag = if empty { None } else { etag };
         Ok(())
+    }
+
+    /// Reserves cache space, evicting kept copies of closed files (oldest first) if needed.
+    fn reserve(&self, bytes: u64) -> bool {
+        if self.cache.reserve(bytes) {
+            return true;
+        }
+        loop {
+            let Some(id) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else {
+                return false;
+            };
+            let data = {
+                let t = self.table();
+                match t.nodes.get(&id) {
+                    Some(n) if n.opens == 0 => n.data.clone(),
+                    _ => continue,
+                }
+            };
+            // try_lock: the caller may hold another file's data lock; never wait for one.
+            if let Ok(mut d) = data.try_lock()
+                && !d.dirty
+                && let Some(old) = d.local.take()
+            {
+                self.cache.release(old.reserved);
+            }
+            if self.cache.reserve(bytes) {
+                return true;
+            }
+        }
     }
 
     /// Stores the local copy if it has changes. Returns when the object is stored.
@@ -630,7 +684,12 @@ impl Core {
         match &d.local {
             Some(local) => {
                 let size = local.file.metadata().map_err(|e| io_err("stat copy", e))?.len();
-                self.store.upload(&full, &local.file, size, &meta).map_err(|e| store_err("PUT", &full, e))?;
+                let etag =
+                    self.store.upload(&full, &local.file, size, &meta).map_err(|e| store_err("PUT", &full, e))?;
+                d.etag = etag.clone();
+                if let Some(n) = self.table().nodes.get_mut(&id) {
+                    n.etag = etag;
+                }
             }
             None => {
                 // Only the metadata changed: a copy onto itself replaces it server-side.
@@ -647,13 +706,24 @@ impl Core {
         Ok(())
     }
 
-    /// Drops the local copy of a file nobody has open and that is stored.
+    /// After a close: a file nobody has open any more keeps its local copy if it is
+    /// stored and its ETag is known (a read cache, bounded by `cache_size`); otherwise the
+    /// copy goes.
     fn drop_local_if_idle(&self, id: NodeId, d: &mut FileData) {
-        let opens = self.table().nodes.get(&id).map(|n| n.opens).unwrap_or(0);
-        if opens == 0
-            && !d.dirty
-            && let Some(old) = d.local.take()
-        {
+        let (opens, keep) = self
+            .table()
+            .nodes
+            .get(&id)
+            .map(|n| (n.opens, n.linked && n.etag.is_some() && n.etag == d.etag))
+            .unwrap_or((0, false));
+        if opens > 0 || d.dirty || d.local.is_none() {
+            return;
+        }
+        if keep {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|&i| i != id);
+            idle.push_back(id);
+        } else if let Some(old) = d.local.take() {
             self.cache.release(old.reserved);
         }
     }
@@ -957,8 +1027,7 @@ impl FileSystem for S3Fs {
         let (key, kind, stale, busy) = {
             let t = self.table();
             let n = t.nodes.get(&node).ok_or(Error::new(Errno::ENOENT))?;
-            let busy =
-                n.opens > 0 || !n.linked || n.data.try_lock().map(|d| d.dirty || d.local.is_some()).unwrap_or(true);
+            let busy = n.opens > 0 || !n.linked || n.data.try_lock().map(|d| d.dirty).unwrap_or(true);
             (n.key.clone(), n.kind, n.fetched.elapsed() >= self.ttl(), busy)
         };
         // Files that nobody here is using are refreshed from the store once stale:
@@ -1001,7 +1070,7 @@ impl FileSystem for S3Fs {
             self.ensure_local(node, &mut d, size == 0)?;
             if let Some(local) = d.local.as_mut() {
                 let grow = size.saturating_sub(local.reserved);
-                if !self.cache.reserve(grow) {
+                if !self.reserve(grow) {
                     return Err(err(Errno::ENOSPC, "cache_size is full"));
                 }
                 local.reserved += grow;
@@ -1347,6 +1416,19 @@ impl FileSystem for S3Fs {
             return Err(Errno::EISDIR.into());
         }
         {
+            // A copy kept from an earlier open serves this one only if the object has not
+            // changed since (the ETag the last lookup or getattr saw).
+            let data = self.data_of(node)?;
+            let mut d = data.lock().unwrap_or_else(|p| p.into_inner());
+            let (opens, etag) = self.table().nodes.get(&node).map(|n| (n.opens, n.etag.clone())).unwrap_or((0, None));
+            if opens == 0
+                && !d.dirty
+                && d.local.is_some()
+                && (etag.is_none() || d.etag != etag)
+                && let Some(old) = d.local.take()
+            {
+                self.cache.release(old.reserved);
+            }
             let mut t = self.table();
             let n = t.nodes.get_mut(&node).ok_or(Error::new(Errno::ENOENT))?;
             n.opens += 1;
@@ -1401,8 +1483,8 @@ impl FileSystem for S3Fs {
             // EEXIST, and the name is visible to listings at once.
             self.store.put(&full, Bytes::new(), &meta, self.s.conditional_create)
         };
-        match stored {
-            Ok(()) => {}
+        let etag = match stored {
+            Ok(etag) => etag,
             Err(StoreError::PreconditionFailed) if flags & O_EXCL == 0 => {
                 // Someone else made it first and the caller did not ask for exclusivity:
                 // open theirs, as open(2) with O_CREAT does.
@@ -1415,7 +1497,7 @@ impl FileSystem for S3Fs {
                 return Ok((self.entry_of(id, n), opened));
             }
             Err(e) => return Err(store_err("PUT", &full, e)),
-        }
+        };
         let id = {
             let mut t = self.table();
             let id = self.upsert(&mut t, &key, FileKind::File, None, false);
@@ -1430,6 +1512,7 @@ impl FileSystem for S3Fs {
             n.fetched = Instant::now();
             n.lookups += 1;
             n.opens += 1;
+            n.etag = etag;
             id
         };
         {
@@ -1500,7 +1583,7 @@ impl FileSystem for S3Fs {
         let end = offset.checked_add(data.len() as u64).ok_or(Error::new(Errno::EFBIG))?;
         self.check_size(end)?;
         let grow = end.saturating_sub(local.reserved.max(cur));
-        if !self.cache.reserve(grow) {
+        if !self.reserve(grow) {
             return Err(err(Errno::ENOSPC, format!("cache_size ({} bytes) is full", self.cache.limit())));
         }
         local.reserved += grow;

@@ -153,10 +153,12 @@ pub trait Store: Send + Sync + 'static {
     fn download(&self, key: &str, file: &File) -> StoreResult<u64>;
     /// Stores a small object in one request. With `if_absent`, fails with
     /// [`StoreError::PreconditionFailed`] if the key exists (conditional PUT).
-    fn put(&self, key: &str, body: Bytes, meta: &FileMeta, if_absent: bool) -> StoreResult<()>;
+    /// Returns the new object's ETag when the server gave one.
+    fn put(&self, key: &str, body: Bytes, meta: &FileMeta, if_absent: bool) -> StoreResult<Option<String>>;
     /// Stores the first `size` bytes of `file`: one PUT up to the part size, a multipart
     /// upload with parts in parallel beyond it. Returns when the object is stored.
-    fn upload(&self, key: &str, file: &File, size: u64, meta: &FileMeta) -> StoreResult<()>;
+    /// Returns the new object's ETag when the server gave one.
+    fn upload(&self, key: &str, file: &File, size: u64, meta: &FileMeta) -> StoreResult<Option<String>>;
     /// Server-side copy. `meta` replaces the metadata (`None`: copied as it is). `size` is
     /// the source's size, which decides between one CopyObject and a multipart copy.
     fn copy(&self, from: &str, to: &str, size: u64, meta: Option<&FileMeta>) -> StoreResult<()>;
