@@ -1126,7 +1126,19 @@ impl FileSystem for S3Fs {
                     }
                     // The root has no object of its own: its attributes live in memory.
                 }
-                _ => d.dirty = true,
+                _ => {
+                    // Only the metadata changed on a closed file: drop a kept copy, so the
+                    // upload is a metadata-only server-side copy, not the whole file again.
+                    let opens = self.table().nodes.get(&node).map(|n| n.opens).unwrap_or(0);
+                    if opens == 0
+                        && !d.dirty
+                        && set.size.is_none()
+                        && let Some(old) = d.local.take()
+                    {
+                        self.cache.release(old.reserved);
+                    }
+                    d.dirty = true;
+                }
             }
         }
         // With no open handle no close will store the change: store it now. With one, the
