@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod moto;
+
 pub use plugfs_conformance::is_fuse_mount;
 
 /// The cargo output directory these tests were built into (`target/debug` or similar).
