@@ -303,6 +303,17 @@ impl Invalidator {
     }
 }
 
+/// Whether this process may mount with `allow_other`: root may; another user only where
+/// /etc/fuse.conf has a `user_allow_other` line.
+fn may_allow_other() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    std::fs::read_to_string("/etc/fuse.conf")
+        .is_ok_and(|conf| conf.lines().any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other"))
+}
+
 /// Mounts `fs` at `mountpoint` and serves it from background threads until the returned
 /// [`FuseMount`] is unmounted or dropped, or the filesystem is unmounted from outside.
 ///
@@ -320,14 +331,26 @@ pub fn mount(fs: Arc<dyn FileSystem>, mountpoint: &Path, options: &FuseOptions) 
     if options.read_only {
         mount_options.push(MountOption::RO);
     }
-    if options.auto_unmount {
+    // fuser refuses auto_unmount with the owner-only ACL, because fusermount needs
+    // allow_other for it; RootAndOwner mounts with allow_other and filters in fuser. A user
+    // other than root gets allow_other only where /etc/fuse.conf says `user_allow_other`;
+    // elsewhere fusermount3 would refuse the whole mount, so such a host mounts without
+    // fusermount3's watcher and relies on its own watchdog (the host starts it for every
+    // mount with auto_unmount).
+    let auto_unmount = options.auto_unmount && (options.allow_other || may_allow_other());
+    if options.auto_unmount && !auto_unmount {
+        info!(
+            mountpoint = %mountpoint.display(),
+            "auto_unmount without fusermount3's watcher: it needs allow_other, which /etc/fuse.conf does not \
+             allow users other than root (user_allow_other); the host's watchdog unmounts after a crash"
+        );
+    }
+    if auto_unmount {
         mount_options.push(MountOption::AutoUnmount);
     }
     let mut config = Config::default();
     config.mount_options = mount_options;
-    // fuser refuses auto_unmount with the owner-only ACL, because fusermount needs
-    // allow_other for it; RootAndOwner mounts with allow_other and filters in fuser.
-    config.acl = match (options.allow_other, options.auto_unmount) {
+    config.acl = match (options.allow_other, auto_unmount) {
         (true, _) => SessionACL::All,
         (false, true) => SessionACL::RootAndOwner,
         (false, false) => SessionACL::Owner,
