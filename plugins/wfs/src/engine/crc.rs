@@ -1,7 +1,12 @@
 //! CRC-32C (Castagnoli), the checksum of every block pointer.
+//!
+//! Every data block is checksummed when written and again when read, so this sits on the
+//! data path of every read and write: the CPU's CRC-32C instruction (SSE 4.2 on x86-64, the
+//! CRC extension on aarch64) is used when the CPU has it, a slicing-by-8 table otherwise.
+//! A byte-at-a-time table ran at about 0.5 GB/s, slower than the disk writes it guarded.
 
-const fn table() -> [u32; 256] {
-    let mut t = [0u32; 256];
+const fn tables() -> [[u32; 256]; 8] {
+    let mut t = [[0u32; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut c = i as u32;
@@ -10,21 +15,95 @@ const fn table() -> [u32; 256] {
             c = if c & 1 != 0 { (c >> 1) ^ 0x82f6_3b78 } else { c >> 1 };
             k += 1;
         }
-        t[i] = c;
+        t[0][i] = c;
         i += 1;
+    }
+    let mut j = 1;
+    while j < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[j - 1][i];
+            t[j][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+            i += 1;
+        }
+        j += 1;
     }
     t
 }
 
-static TABLE: [u32; 256] = table();
+static TABLES: [[u32; 256]; 8] = tables();
+
+/// The portable path: slicing-by-8 over the running (uninverted) state.
+fn software(mut c: u32, data: &[u8]) -> u32 {
+    let t = &TABLES;
+    let mut chunks = data.chunks_exact(8);
+    for ch in &mut chunks {
+        let lo = u32::from_le_bytes([ch[0], ch[1], ch[2], ch[3]]) ^ c;
+        let hi = u32::from_le_bytes([ch[4], ch[5], ch[6], ch[7]]);
+        c = t[7][(lo & 0xff) as usize]
+            ^ t[6][((lo >> 8) & 0xff) as usize]
+            ^ t[5][((lo >> 16) & 0xff) as usize]
+            ^ t[4][(lo >> 24) as usize]
+            ^ t[3][(hi & 0xff) as usize]
+            ^ t[2][((hi >> 8) & 0xff) as usize]
+            ^ t[1][((hi >> 16) & 0xff) as usize]
+            ^ t[0][(hi >> 24) as usize];
+    }
+    for &b in chunks.remainder() {
+        c = t[0][((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
+    }
+    c
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+fn hardware(c: u32, data: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u64};
+    let mut c = u64::from(c);
+    let mut chunks = data.chunks_exact(8);
+    for ch in &mut chunks {
+        let w = u64::from_le_bytes([ch[0], ch[1], ch[2], ch[3], ch[4], ch[5], ch[6], ch[7]]);
+        c = _mm_crc32_u64(c, w);
+    }
+    let mut c = c as u32;
+    for &b in chunks.remainder() {
+        c = _mm_crc32_u8(c, b);
+    }
+    c
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "crc")]
+fn hardware(mut c: u32, data: &[u8]) -> u32 {
+    use std::arch::aarch64::{__crc32cb, __crc32cd};
+    let mut chunks = data.chunks_exact(8);
+    for ch in &mut chunks {
+        let w = u64::from_le_bytes([ch[0], ch[1], ch[2], ch[3], ch[4], ch[5], ch[6], ch[7]]);
+        c = __crc32cd(c, w);
+    }
+    for &b in chunks.remainder() {
+        c = __crc32cb(c, b);
+    }
+    c
+}
+
+fn update(c: u32, data: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("sse4.2") {
+        // SAFETY: the CPU has SSE 4.2, the only feature `hardware` is compiled for.
+        return unsafe { hardware(c, data) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("crc") {
+        // SAFETY: the CPU has the CRC extension, the only feature `hardware` is compiled for.
+        return unsafe { hardware(c, data) };
+    }
+    software(c, data)
+}
 
 /// CRC-32C of `data`.
 pub fn crc32c(data: &[u8]) -> u32 {
-    let mut c = !0u32;
-    for &b in data {
-        c = TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
+    !update(!0, data)
 }
 
 #[cfg(test)]
@@ -33,5 +112,25 @@ mod tests {
     fn crc32c_matches_the_standard_check_value() {
         assert_eq!(super::crc32c(b"123456789"), 0xe306_9283);
         assert_eq!(super::crc32c(b""), 0);
+    }
+
+    #[test]
+    fn the_table_and_the_cpu_agree_on_every_length_and_alignment() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for start in 0..9 {
+            for len in [0, 1, 7, 8, 9, 63, 64, 100, 4096] {
+                let d = &data[start..start + len];
+                // The byte-at-a-time definition, against both fast paths.
+                let mut c = !0u32;
+                for &b in d {
+                    c ^= u32::from(b);
+                    for _ in 0..8 {
+                        c = if c & 1 != 0 { (c >> 1) ^ 0x82f6_3b78 } else { c >> 1 };
+                    }
+                }
+                assert_eq!(!super::software(!0, d), !c, "software, start {start} len {len}");
+                assert_eq!(super::crc32c(d), !c, "crc32c, start {start} len {len}");
+            }
+        }
     }
 }
