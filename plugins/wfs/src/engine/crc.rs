@@ -55,15 +55,70 @@ fn software(mut c: u32, data: &[u8]) -> u32 {
     c
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+/// Bytes per lane of the three-way interleaved hardware path: three lanes cover 4080 bytes
+/// of a 4096-byte block. The CRC instruction has a latency of three cycles and a
+/// throughput of one, so three independent lanes run about three times as fast as one.
+const LANE: usize = 1360;
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+/// `SHIFT[k][b]`: the state after `LANE` zero bytes, from the state `b << 8k`. Running the
+/// state over zeroes is linear, so four lookups move any state past a lane.
+fn shift_tables() -> &'static [[u32; 256]; 4] {
+    static SHIFT: std::sync::OnceLock<[[u32; 256]; 4]> = std::sync::OnceLock::new();
+    SHIFT.get_or_init(|| {
+        let zeros = [0u8; LANE];
+        let mut t = [[0u32; 256]; 4];
+        for (k, row) in t.iter_mut().enumerate() {
+            for (b, e) in row.iter_mut().enumerate() {
+                *e = software((b as u32) << (8 * k), &zeros);
+            }
+        }
+        t
+    })
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn shift(t: &[[u32; 256]; 4], c: u32) -> u32 {
+    t[0][(c & 0xff) as usize]
+        ^ t[1][((c >> 8) & 0xff) as usize]
+        ^ t[2][((c >> 16) & 0xff) as usize]
+        ^ t[3][(c >> 24) as usize]
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn word(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]])
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
 fn hardware(c: u32, data: &[u8]) -> u32 {
     use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u64};
+    let mut c = c;
+    let mut rest = data;
+    if rest.len() >= 3 * LANE {
+        let t = shift_tables();
+        while rest.len() >= 3 * LANE {
+            let (a, tail) = rest.split_at(LANE);
+            let (b, tail) = tail.split_at(LANE);
+            let (d, tail) = tail.split_at(LANE);
+            let (mut ca, mut cb, mut cd) = (u64::from(c), 0u64, 0u64);
+            for i in (0..LANE).step_by(8) {
+                ca = _mm_crc32_u64(ca, word(a, i));
+                cb = _mm_crc32_u64(cb, word(b, i));
+                cd = _mm_crc32_u64(cd, word(d, i));
+            }
+            // The state after a||b is the state after a moved past b, xor b's from zero.
+            c = shift(t, ca as u32) ^ cb as u32;
+            c = shift(t, c) ^ cd as u32;
+            rest = tail;
+        }
+    }
     let mut c = u64::from(c);
-    let mut chunks = data.chunks_exact(8);
+    let mut chunks = rest.chunks_exact(8);
     for ch in &mut chunks {
-        let w = u64::from_le_bytes([ch[0], ch[1], ch[2], ch[3], ch[4], ch[5], ch[6], ch[7]]);
-        c = _mm_crc32_u64(c, w);
+        c = _mm_crc32_u64(c, word(ch, 0));
     }
     let mut c = c as u32;
     for &b in chunks.remainder() {
@@ -78,8 +133,7 @@ fn hardware(mut c: u32, data: &[u8]) -> u32 {
     use std::arch::aarch64::{__crc32cb, __crc32cd};
     let mut chunks = data.chunks_exact(8);
     for ch in &mut chunks {
-        let w = u64::from_le_bytes([ch[0], ch[1], ch[2], ch[3], ch[4], ch[5], ch[6], ch[7]]);
-        c = __crc32cd(c, w);
+        c = __crc32cd(c, word(ch, 0));
     }
     for &b in chunks.remainder() {
         c = __crc32cb(c, b);
@@ -116,9 +170,9 @@ mod tests {
 
     #[test]
     fn the_table_and_the_cpu_agree_on_every_length_and_alignment() {
-        let data: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         for start in 0..9 {
-            for len in [0, 1, 7, 8, 9, 63, 64, 100, 4096] {
+            for len in [0, 1, 7, 8, 9, 63, 64, 100, 4079, 4080, 4096, 8165] {
                 let d = &data[start..start + len];
                 // The byte-at-a-time definition, against both fast paths.
                 let mut c = !0u32;
