@@ -87,8 +87,11 @@ fn shift(t: &[[u32; 256]; 4], c: u32) -> u32 {
 }
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn word(b: &[u8], i: usize) -> u64 {
-    u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]])
+#[inline(always)]
+fn word(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(w)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -104,10 +107,10 @@ fn hardware(c: u32, data: &[u8]) -> u32 {
             let (b, tail) = tail.split_at(LANE);
             let (d, tail) = tail.split_at(LANE);
             let (mut ca, mut cb, mut cd) = (u64::from(c), 0u64, 0u64);
-            for i in (0..LANE).step_by(8) {
-                ca = _mm_crc32_u64(ca, word(a, i));
-                cb = _mm_crc32_u64(cb, word(b, i));
-                cd = _mm_crc32_u64(cd, word(d, i));
+            for ((x, y), z) in a.chunks_exact(8).zip(b.chunks_exact(8)).zip(d.chunks_exact(8)) {
+                ca = _mm_crc32_u64(ca, word(x));
+                cb = _mm_crc32_u64(cb, word(y));
+                cd = _mm_crc32_u64(cd, word(z));
             }
             // The state after a||b is the state after a moved past b, xor b's from zero.
             c = shift(t, ca as u32) ^ cb as u32;
@@ -118,7 +121,7 @@ fn hardware(c: u32, data: &[u8]) -> u32 {
     let mut c = u64::from(c);
     let mut chunks = rest.chunks_exact(8);
     for ch in &mut chunks {
-        c = _mm_crc32_u64(c, word(ch, 0));
+        c = _mm_crc32_u64(c, word(ch));
     }
     let mut c = c as u32;
     for &b in chunks.remainder() {
@@ -133,7 +136,7 @@ fn hardware(mut c: u32, data: &[u8]) -> u32 {
     use std::arch::aarch64::{__crc32cb, __crc32cd};
     let mut chunks = data.chunks_exact(8);
     for ch in &mut chunks {
-        c = __crc32cd(c, word(ch, 0));
+        c = __crc32cd(c, word(ch));
     }
     for &b in chunks.remainder() {
         c = __crc32cb(c, b);

@@ -6,7 +6,7 @@
 //! `write` is called, never over a block a durable tree references; a block written earlier
 //! in the same transaction is rewritten in place, since nothing durable points at it.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use super::cache::BlockCache;
@@ -104,6 +104,13 @@ impl BlockSet {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
+    /// Removes everything.
+    pub fn clear(&mut self) {
+        if self.count > 0 {
+            self.words.fill(0);
+            self.count = 0;
+        }
+    }
 }
 
 /// The attributes of an inode, with its number.
@@ -151,7 +158,7 @@ pub struct Volume {
     /// Blocks the durable state references, plus this transaction's allocations.
     used: BlockSet,
     /// Blocks allocated since the last commit (nothing durable references them).
-    txn: HashSet<u64>,
+    txn: BlockSet,
     /// Blocks reachable from snapshots.
     pinned: BlockSet,
     snapshots: Vec<Snapshot>,
@@ -299,11 +306,11 @@ impl Volume {
         let mut v = Volume {
             used: BlockSet::new(sb.total_blocks),
             pinned: BlockSet::new(sb.total_blocks),
+            txn: BlockSet::new(sb.total_blocks),
             dev,
             read_only,
             sb,
             items,
-            txn: HashSet::new(),
             leaves,
             dirty_keys: BTreeSet::new(),
             snapshots,
@@ -443,7 +450,8 @@ impl Volume {
 
     /// Gives back a block this transaction allocated; others stay until the commit.
     fn release(&mut self, b: u64) {
-        if self.txn.remove(&b) {
+        if self.txn.contains(b) {
+            self.txn.remove(b);
             self.used.remove(b);
         }
         if let Ok(mut c) = self.cache.lock() {
@@ -1023,7 +1031,7 @@ impl Volume {
         let key = format::key_n(ino, kind::DATA, idx);
         let old = self.data_ptr(ino, idx)?;
         let block = match old {
-            Some(p) if self.txn.contains(&p.block) => p.block,
+            Some(p) if self.txn.contains(p.block) => p.block,
             _ => self.alloc()?,
         };
         if let Err(e) = self.dev.write_at(data, block * B) {
@@ -1097,7 +1105,7 @@ impl Volume {
                     None
                 };
                 let block = match old {
-                    Some(p) if self.txn.contains(&p.block) => p.block,
+                    Some(p) if self.txn.contains(p.block) => p.block,
                     _ => self.alloc()?,
                 };
                 Ok(Piece { idx, block, old, merged, at })
