@@ -978,10 +978,11 @@ impl Volume {
         while at < mapped.len() {
             let (idx0, p0) = mapped[at];
             let mut n = 1;
+            // Checked in this order so a damaged pointer near u64::MAX cannot overflow.
             while at + n < mapped.len()
+                && p0.block.saturating_add(n as u64) < self.sb.total_blocks
                 && mapped[at + n].0 == idx0 + n as u64
                 && mapped[at + n].1.block == p0.block + n as u64
-                && p0.block + (n as u64) < self.sb.total_blocks
             {
                 n += 1;
             }
