@@ -632,3 +632,24 @@ fn random_unaligned_writes_and_reads_in_runs_match_a_byte_model() {
     let v = open(&dev);
     assert_eq!(read_all(&v, f), model);
 }
+
+#[test]
+fn the_block_set_finds_free_blocks_and_free_runs_across_words() {
+    let mut s = super::volume::BlockSet::new(300);
+    for b in (0..200).filter(|b| b % 7 != 3) {
+        s.insert(b);
+    }
+    s.insert(199);
+    assert_eq!(s.first_clear(0, 300), Some(3));
+    assert_eq!(s.first_clear(4, 300), Some(10));
+    assert_eq!(s.first_clear(197, 200), None, "197 to 199 are used");
+    assert_eq!(s.first_clear_run(0, 300, 1), Some(3));
+    assert_eq!(s.first_clear_run(0, 300, 2), Some(200), "holes of one block are skipped");
+    assert_eq!(s.first_clear_run(0, 300, 100), Some(200));
+    assert_eq!(s.first_clear_run(0, 300, 101), None);
+    assert_eq!(s.first_clear_run(0, 250, 60), None, "a run must end by the limit");
+    s.insert(260);
+    assert_eq!(s.first_clear_run(0, 300, 50), Some(200));
+    assert_eq!(s.first_clear_run(0, 300, 61), None);
+    assert_eq!(s.first_clear_run(250, 300, 39), Some(261));
+}

@@ -22,6 +22,10 @@ use super::tree::{self, Items};
 const B: u64 = BLOCK as u64;
 /// Blocks read ahead on a cache miss when the file continues contiguously on disk.
 const READ_AHEAD: usize = 32;
+/// The longest free run a write looks for (1 MiB, the largest FUSE write).
+const RUN: u64 = 256;
+/// How far past the hint a write looks for a free run (4 GiB of image).
+const RUN_SEARCH: u64 = 1 << 20;
 
 /// How to open an image.
 #[derive(Clone, Debug, Default)]
@@ -93,6 +97,23 @@ impl BlockSet {
             }
             w += 1;
             mask = !0;
+        }
+        None
+    }
+    /// The first run of at least `len` consecutive blocks not in the set that starts in
+    /// `[from, to)` and ends by `to`.
+    pub fn first_clear_run(&self, from: u64, to: u64, len: u64) -> Option<u64> {
+        let mut b = from;
+        while b < to {
+            let start = self.first_clear(b, to)?;
+            let mut end = start + 1;
+            while end < to && end - start < len && !self.contains(end) {
+                end += 1;
+            }
+            if end - start >= len {
+                return Some(start);
+            }
+            b = end + 1;
         }
         None
     }
@@ -446,6 +467,23 @@ impl Volume {
         self.txn.insert(b);
         self.hint = b + 1;
         Ok(b)
+    }
+
+    /// Moves the allocation hint to the start of a free run of `len` blocks (at most
+    /// [`RUN`]) if the blocks at the hint are not one, so a large write lands in one run
+    /// instead of filling the small holes copy-on-write leaves behind. Looks at most
+    /// [`RUN_SEARCH`] blocks ahead (wrapping once); finding nothing leaves the hint.
+    fn seek_run(&mut self, len: u64) {
+        let len = len.min(RUN);
+        let total = self.sb.total_blocks;
+        let from = self.hint.max(SLOTS);
+        let found = self.used.first_clear_run(from, total.min(from.saturating_add(RUN_SEARCH)), len).or_else(|| {
+            let wrapped = RUN_SEARCH.saturating_sub(total.saturating_sub(from));
+            self.used.first_clear_run(SLOTS, total.min(SLOTS + wrapped).min(from), len)
+        });
+        if let Some(b) = found {
+            self.hint = b;
+        }
     }
 
     /// Gives back a block this transaction allocated; others stay until the commit.
@@ -1082,6 +1120,10 @@ impl Volume {
             let idx = format::split_key(k).and_then(|(_, _, t)| format::tail_n(t));
             let idx = idx.ok_or_else(|| corrupt(format!("inode {ino}: bad data key")))?;
             olds[(idx - first) as usize] = Some(format::decode_data(v)?);
+        }
+        let fresh = olds.iter().filter(|o| o.is_none_or(|p| !self.txn.contains(p.block))).count() as u64;
+        if fresh > 1 {
+            self.seek_run(fresh);
         }
         let mut plan: Vec<Piece> = Vec::with_capacity(olds.len());
         let mut result = Ok(());
