@@ -22,6 +22,11 @@ use super::tree::{self, Items};
 const B: u64 = BLOCK as u64;
 /// Blocks read ahead on a cache miss when the file continues contiguously on disk.
 const READ_AHEAD: usize = 32;
+/// A read of at least this many blocks (64 KiB) is a streaming read: the device is asked
+/// to start on the file's next [`PREFETCH`] blocks.
+const PREFETCH_AFTER: u64 = 16;
+/// How far ahead a streaming read prefetches (1 MiB, the kernel's largest read-ahead).
+const PREFETCH: u64 = 256;
 /// The longest free run a write looks for (1 MiB, the largest FUSE write).
 const RUN: u64 = 256;
 /// How far past the hint a write looks for a free run (4 GiB of image).
@@ -1012,6 +1017,9 @@ impl Volume {
             }
             return Ok(len);
         }
+        if last - first + 1 >= PREFETCH_AFTER {
+            self.prefetch_after(ino, last + 1);
+        }
         let mut at = 0;
         while at < mapped.len() {
             let (idx0, p0) = mapped[at];
@@ -1062,6 +1070,32 @@ impl Volume {
             }
         }
         Ok(len)
+    }
+
+    /// Asks the device to start reading the file's blocks from `idx` on (up to
+    /// [`PREFETCH`] of them), one hint per run of consecutive blocks on disk: data only,
+    /// nothing is verified or served from it until a read checks it.
+    fn prefetch_after(&self, ino: u64, idx: u64) {
+        let lo = format::key_n(ino, kind::DATA, idx);
+        let hi = format::key_n(ino, kind::DATA, idx.saturating_add(PREFETCH));
+        let mut run: Option<(u64, u64)> = None;
+        for v in self.items.range(lo..hi).map(|(_, v)| v) {
+            let Ok(p) = format::decode_data(v) else { break };
+            if p.block < SLOTS || p.block >= self.sb.total_blocks {
+                break;
+            }
+            run = match run {
+                Some((start, n)) if start + n == p.block => Some((start, n + 1)),
+                Some((start, n)) => {
+                    self.dev.prefetch(start * B, n * B);
+                    Some((p.block, 1))
+                }
+                None => Some((p.block, 1)),
+            };
+        }
+        if let Some((start, n)) = run {
+            self.dev.prefetch(start * B, n * B);
+        }
     }
 
     /// Puts one block of file data: in place if this transaction wrote it, else in a new
