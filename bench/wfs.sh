@@ -24,7 +24,8 @@
 #
 # As root (drops caches, mounts). Installs fio (apt) and, for building RedoxFS,
 # libfuse3-dev and pkg-config if missing. With --record appends the table to
-# bench/RESULTS.md.
+# bench/RESULTS.md. The raw results of every round (fio JSON, meta.py output) stay in
+# DIR/wfs-last-results, for a look at a cell with a wide spread.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 bench="$repo/bench"
@@ -97,6 +98,10 @@ cleanup() {
     for m in "$run/wfs/mnt" "$run/redoxfs/mnt"; do
         findmnt -rn --mountpoint "$m" >/dev/null 2>&1 && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }
     done
+    if [[ -d $run/results ]]; then
+        rm -rf "$dir/wfs-last-results"
+        mv "$run/results" "$dir/wfs-last-results"
+    fi
     rm -rf "$run"
     exit "$rc"
 }

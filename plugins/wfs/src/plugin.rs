@@ -302,12 +302,30 @@ impl FileSystem for WfsFs {
     }
 
     fn forget(&self, node: NodeId, nlookup: u64) {
-        let Ok(mut vol) = self.exclusive() else { return };
-        if let Ok(mut t) = self.tracking()
-            && let Some(r) = t.refs.get_mut(&node)
+        // Dropping the kernel's caches forgets every inode it knew: count down under the
+        // shared lock, so lookups go on meanwhile, and take the exclusive one only for an
+        // unlinked inode whose last reference this was. An unlink racing with this either
+        // sees the count at zero and frees the inode itself, or comes first and leaves
+        // nlink at zero for the check below (maybe_evict checks both again).
         {
-            r.lookups = r.lookups.saturating_sub(nlookup);
+            let Ok(vol) = self.shared() else { return };
+            let Ok(mut t) = self.tracking() else { return };
+            let unused = match t.refs.get_mut(&node) {
+                Some(r) => {
+                    r.lookups = r.lookups.saturating_sub(nlookup);
+                    r.lookups == 0 && r.opens == 0
+                }
+                None => true,
+            };
+            if !unused {
+                return;
+            }
+            if vol.inode(node).is_ok_and(|i| i.nlink > 0) {
+                t.refs.remove(&node);
+                return;
+            }
         }
+        let Ok(mut vol) = self.exclusive() else { return };
         if let Err(e) = self.maybe_evict(&mut vol, node) {
             tracing::error!(node, "wfs: freeing an unlinked inode failed: {e}");
         }

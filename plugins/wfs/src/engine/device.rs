@@ -20,6 +20,9 @@ pub trait Device: Send + Sync {
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
     }
+    /// Hints that `len` bytes at `offset` will be read soon (a sequential reader's next
+    /// blocks): the device may start reading them in the background. Never required.
+    fn prefetch(&self, _offset: u64, _len: u64) {}
 }
 
 /// An image file.
@@ -50,6 +53,11 @@ impl Device for FileDevice {
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+    fn prefetch(&self, offset: u64, len: u64) {
+        // Starts the page cache's read of the range without waiting for it, so the disk
+        // reads a sequential reader's next blocks while this request's go through FUSE.
+        let _ = rustix::fs::fadvise(&self.file, offset, std::num::NonZeroU64::new(len), rustix::fs::Advice::WillNeed);
     }
 }
 

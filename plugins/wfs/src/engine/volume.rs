@@ -6,7 +6,7 @@
 //! `write` is called, never over a block a durable tree references; a block written earlier
 //! in the same transaction is rewritten in place, since nothing durable points at it.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use super::cache::BlockCache;
@@ -22,6 +22,15 @@ use super::tree::{self, Items};
 const B: u64 = BLOCK as u64;
 /// Blocks read ahead on a cache miss when the file continues contiguously on disk.
 const READ_AHEAD: usize = 32;
+/// A read of at least this many blocks (64 KiB) is a streaming read: the device is asked
+/// to start on the file's next [`PREFETCH`] blocks.
+const PREFETCH_AFTER: u64 = 16;
+/// How far ahead a streaming read prefetches (1 MiB, the kernel's largest read-ahead).
+const PREFETCH: u64 = 256;
+/// The longest free run a write looks for (1 MiB, the largest FUSE write).
+const RUN: u64 = 256;
+/// How far past the hint a write looks for a free run (4 GiB of image).
+const RUN_SEARCH: u64 = 1 << 20;
 
 /// How to open an image.
 #[derive(Clone, Debug, Default)]
@@ -81,6 +90,38 @@ impl BlockSet {
             self.count -= 1;
         }
     }
+    /// The first block in `[from, to)` not in the set, a word at a time.
+    pub fn first_clear(&self, from: u64, to: u64) -> Option<u64> {
+        let mut w = (from / 64) as usize;
+        let mut mask = !0u64 << (from % 64);
+        while (w as u64) * 64 < to {
+            let free = !*self.words.get(w)? & mask;
+            if free != 0 {
+                let b = w as u64 * 64 + u64::from(free.trailing_zeros());
+                return (b < to).then_some(b);
+            }
+            w += 1;
+            mask = !0;
+        }
+        None
+    }
+    /// The first run of at least `len` consecutive blocks not in the set that starts in
+    /// `[from, to)` and ends by `to`.
+    pub fn first_clear_run(&self, from: u64, to: u64, len: u64) -> Option<u64> {
+        let mut b = from;
+        while b < to {
+            let start = self.first_clear(b, to)?;
+            let mut end = start + 1;
+            while end < to && end - start < len && !self.contains(end) {
+                end += 1;
+            }
+            if end - start >= len {
+                return Some(start);
+            }
+            b = end + 1;
+        }
+        None
+    }
     /// How many.
     pub fn len(&self) -> u64 {
         self.count
@@ -88,6 +129,13 @@ impl BlockSet {
     /// Whether empty.
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+    /// Removes everything.
+    pub fn clear(&mut self) {
+        if self.count > 0 {
+            self.words.fill(0);
+            self.count = 0;
+        }
     }
 }
 
@@ -113,6 +161,17 @@ pub struct Listed {
     pub index: u64,
 }
 
+/// One block of a write: file block `idx` goes to disk block `block`, replacing `old`;
+/// its bytes are `merged` (a partial block merged with the old contents) or the whole
+/// block of the caller's data at `at`.
+struct Piece {
+    idx: u64,
+    block: u64,
+    old: Option<Ptr>,
+    merged: Option<Vec<u8>>,
+    at: usize,
+}
+
 /// What a rename replaced.
 pub type Replaced = Option<u64>;
 
@@ -125,7 +184,7 @@ pub struct Volume {
     /// Blocks the durable state references, plus this transaction's allocations.
     used: BlockSet,
     /// Blocks allocated since the last commit (nothing durable references them).
-    txn: HashSet<u64>,
+    txn: BlockSet,
     /// Blocks reachable from snapshots.
     pinned: BlockSet,
     snapshots: Vec<Snapshot>,
@@ -139,6 +198,8 @@ pub struct Volume {
     inodes: u64,
     hint: u64,
     cache: Mutex<BlockCache>,
+    /// The inode and end offset of the last read: a read starting there is sequential.
+    last_read: Mutex<(u64, u64)>,
 }
 
 fn is_inode_key(k: &[u8]) -> bool {
@@ -271,11 +332,11 @@ impl Volume {
         let mut v = Volume {
             used: BlockSet::new(sb.total_blocks),
             pinned: BlockSet::new(sb.total_blocks),
+            txn: BlockSet::new(sb.total_blocks),
             dev,
             read_only,
             sb,
             items,
-            txn: HashSet::new(),
             leaves,
             dirty_keys: BTreeSet::new(),
             snapshots,
@@ -284,6 +345,7 @@ impl Volume {
             inodes,
             hint: SLOTS,
             cache: Mutex::new(BlockCache::new(opts.cache_blocks)),
+            last_read: Mutex::new((0, 0)),
         };
         v.compute_pinned()?;
         v.recompute_used(&nodes)?;
@@ -400,23 +462,39 @@ impl Volume {
         if self.free_blocks() < need { Err(posix(libc::ENOSPC, "the image is full")) } else { Ok(()) }
     }
 
+    /// The first free block at or after the hint, wrapping once: consecutive calls hand
+    /// out consecutive blocks while they are free, so a large write lands in runs.
     fn alloc(&mut self) -> Result<u64> {
         let total = self.sb.total_blocks;
-        for i in 0..total {
-            let b = (self.hint + i) % total;
-            if b >= SLOTS && !self.used.contains(b) {
-                self.used.insert(b);
-                self.txn.insert(b);
-                self.hint = b + 1;
-                return Ok(b);
-            }
+        let found = self.used.first_clear(self.hint.max(SLOTS), total).or_else(|| self.used.first_clear(SLOTS, total));
+        let b = found.ok_or(posix(libc::ENOSPC, "the image is full"))?;
+        self.used.insert(b);
+        self.txn.insert(b);
+        self.hint = b + 1;
+        Ok(b)
+    }
+
+    /// Moves the allocation hint to the start of a free run of `len` blocks (at most
+    /// [`RUN`]) if the blocks at the hint are not one, so a large write lands in one run
+    /// instead of filling the small holes copy-on-write leaves behind. Looks at most
+    /// [`RUN_SEARCH`] blocks ahead (wrapping once); finding nothing leaves the hint.
+    fn seek_run(&mut self, len: u64) {
+        let len = len.min(RUN);
+        let total = self.sb.total_blocks;
+        let from = self.hint.max(SLOTS);
+        let found = self.used.first_clear_run(from, total.min(from.saturating_add(RUN_SEARCH)), len).or_else(|| {
+            let wrapped = RUN_SEARCH.saturating_sub(total.saturating_sub(from));
+            self.used.first_clear_run(SLOTS, total.min(SLOTS + wrapped).min(from), len)
+        });
+        if let Some(b) = found {
+            self.hint = b;
         }
-        Err(posix(libc::ENOSPC, "the image is full"))
     }
 
     /// Gives back a block this transaction allocated; others stay until the commit.
     fn release(&mut self, b: u64) {
-        if self.txn.remove(&b) {
+        if self.txn.contains(b) {
+            self.txn.remove(b);
             self.used.remove(b);
         }
         if let Ok(mut c) = self.cache.lock() {
@@ -880,6 +958,13 @@ impl Volume {
 
     /// Reads at `offset`; fewer bytes than asked means end of file. A block that fails its
     /// checksum is EIO, never its bytes.
+    ///
+    /// The request's data items are found with one range scan. A small read that continues
+    /// the previous read of the file goes block by block through the cache with read-ahead;
+    /// any other read reads each run of blocks that lie one after another on disk with one
+    /// IO, straight into `buf` where whole blocks land there, and checks every block of
+    /// it: a 4 KiB random read costs one 4 KiB IO (no read-ahead the next read would not
+    /// use), a 1 MiB read a few large ones.
     pub fn read(&self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let i = self.inode(ino)?;
         if i.is_dir() {
@@ -889,25 +974,128 @@ impl Volume {
             return Ok(0);
         }
         let len = (buf.len() as u64).min(i.size - offset) as usize;
-        let mut done = 0;
-        while done < len {
-            let pos = offset + done as u64;
-            let idx = pos / B;
-            let within = (pos % B) as usize;
-            let n = (BLOCK - within).min(len - done);
-            match self.data_ptr(ino, idx)? {
-                Some(p) => {
-                    let b = self.read_file_block(ino, idx, p).map_err(|e| {
-                        tracing::error!(ino, block = idx, "wfs: file data failed its checksum: {e}");
-                        e
-                    })?;
-                    buf[done..done + n].copy_from_slice(&b[within..within + n]);
-                }
-                None => buf[done..done + n].fill(0),
+        let end = offset + len as u64;
+        let sequential = self.last_read.lock().map(|mut l| std::mem::replace(&mut *l, (ino, end)) == (ino, offset));
+        let first = offset / B;
+        let last = (end - 1) / B;
+        let small = last - first < READ_AHEAD as u64 / 4;
+        let lo = format::key_n(ino, kind::DATA, first);
+        let hi = format::key_n(ino, kind::DATA, last + 1);
+        let mut mapped: Vec<(u64, Ptr)> = Vec::with_capacity((last - first + 1) as usize);
+        for (k, v) in self.items.range(lo..hi) {
+            let idx = format::split_key(k).and_then(|(_, _, t)| format::tail_n(t));
+            let idx = idx.ok_or_else(|| corrupt(format!("inode {ino}: bad data key")))?;
+            mapped.push((idx, format::decode_data(v)?));
+        }
+        let fail = |idx: u64, e: Error| {
+            tracing::error!(ino, block = idx, "wfs: file data failed its checksum: {e}");
+            e
+        };
+        // The bytes of file block `idx` that the request covers: (block offset, buf range).
+        let span = |idx: u64| {
+            let start = (idx * B).max(offset);
+            let stop = ((idx + 1) * B).min(end);
+            ((start - idx * B) as usize, (start - offset) as usize..(stop - offset) as usize)
+        };
+        // Holes read as zeroes.
+        let mut next = first;
+        for &(idx, _) in &mapped {
+            for h in next..idx {
+                buf[span(h).1].fill(0);
             }
-            done += n;
+            next = idx + 1;
+        }
+        for h in next..=last {
+            buf[span(h).1].fill(0);
+        }
+        if small && sequential.unwrap_or(false) {
+            for &(idx, p) in &mapped {
+                let b = self.read_file_block(ino, idx, p).map_err(|e| fail(idx, e))?;
+                let (within, r) = span(idx);
+                let n = r.len();
+                buf[r].copy_from_slice(&b[within..within + n]);
+            }
+            return Ok(len);
+        }
+        if last - first + 1 >= PREFETCH_AFTER {
+            self.prefetch_after(ino, last + 1);
+        }
+        let mut at = 0;
+        while at < mapped.len() {
+            let (idx0, p0) = mapped[at];
+            let mut n = 1;
+            // Checked in this order so a damaged pointer near u64::MAX cannot overflow.
+            while at + n < mapped.len()
+                && p0.block.saturating_add(n as u64) < self.sb.total_blocks
+                && mapped[at + n].0 == idx0 + n as u64
+                && mapped[at + n].1.block == p0.block + n as u64
+            {
+                n += 1;
+            }
+            let run = &mapped[at..at + n];
+            at += n;
+            if n == 1 || p0.block < SLOTS {
+                for &(idx, p) in run {
+                    let b = self.read_block(p).map_err(|e| fail(idx, e))?;
+                    let (within, r) = span(idx);
+                    let len = r.len();
+                    buf[r].copy_from_slice(&b[within..within + len]);
+                }
+                continue;
+            }
+            let (within0, r0) = span(idx0);
+            let (_, rn) = span(idx0 + n as u64 - 1);
+            let whole = within0 == 0 && r0.len() == BLOCK && rn.len() == BLOCK;
+            let mut scratch = Vec::new();
+            let bytes: &mut [u8] = if whole {
+                &mut buf[r0.start..rn.end]
+            } else {
+                scratch.resize(n * BLOCK, 0);
+                &mut scratch
+            };
+            self.dev.read_at(bytes, p0.block * B)?;
+            for (j, &(idx, p)) in run.iter().enumerate() {
+                if crc32c(&bytes[j * BLOCK..(j + 1) * BLOCK]) != p.crc {
+                    // The single-block path logs the block and answers EIO.
+                    self.read_block(p).map_err(|e| fail(idx, e))?;
+                    return Err(fail(idx, corrupt(format!("block {}: checksum mismatch", p.block))));
+                }
+            }
+            if !whole {
+                for (j, &(idx, _)) in run.iter().enumerate() {
+                    let (within, r) = span(idx);
+                    let len = r.len();
+                    buf[r].copy_from_slice(&scratch[j * BLOCK + within..j * BLOCK + within + len]);
+                }
+            }
         }
         Ok(len)
+    }
+
+    /// Asks the device to start reading the file's blocks from `idx` on (up to
+    /// [`PREFETCH`] of them), one hint per run of consecutive blocks on disk: data only,
+    /// nothing is verified or served from it until a read checks it.
+    fn prefetch_after(&self, ino: u64, idx: u64) {
+        let lo = format::key_n(ino, kind::DATA, idx);
+        let hi = format::key_n(ino, kind::DATA, idx.saturating_add(PREFETCH));
+        let mut run: Option<(u64, u64)> = None;
+        for v in self.items.range(lo..hi).map(|(_, v)| v) {
+            let Ok(p) = format::decode_data(v) else { break };
+            if p.block < SLOTS || p.block >= self.sb.total_blocks {
+                break;
+            }
+            run = match run {
+                Some((start, n)) if start + n == p.block => Some((start, n + 1)),
+                Some((start, n)) => {
+                    self.dev.prefetch(start * B, n * B);
+                    Some((p.block, 1))
+                }
+                None => Some((p.block, 1)),
+            };
+        }
+        if let Some((start, n)) = run {
+            self.dev.prefetch(start * B, n * B);
+        }
     }
 
     /// Puts one block of file data: in place if this transaction wrote it, else in a new
@@ -916,7 +1104,7 @@ impl Volume {
         let key = format::key_n(ino, kind::DATA, idx);
         let old = self.data_ptr(ino, idx)?;
         let block = match old {
-            Some(p) if self.txn.contains(&p.block) => p.block,
+            Some(p) if self.txn.contains(p.block) => p.block,
             _ => self.alloc()?,
         };
         if let Err(e) = self.dev.write_at(data, block * B) {
@@ -940,6 +1128,12 @@ impl Volume {
 
     /// Writes `data` at `offset`; returns how much was written (all, or an error when
     /// nothing could be).
+    ///
+    /// Three passes: find each block's target (in place if this transaction wrote it, else
+    /// a newly allocated one; the allocator hands out consecutive blocks while they are
+    /// free), then write each run of consecutive targets with one IO (straight from `data`
+    /// when it covers whole blocks), then checksum and record the blocks. A 1 MiB write is
+    /// one or a few IOs instead of 256.
     pub fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<usize> {
         self.writable()?;
         let mut i = self.inode(ino)?;
@@ -948,38 +1142,113 @@ impl Volume {
         }
         let end = offset.checked_add(data.len() as u64).filter(|&e| e <= i64::MAX as u64);
         let end = end.ok_or(posix(libc::EFBIG, "beyond the largest file"))?;
-        let mut done = 0;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let first = offset / B;
+        let last = (end - 1) / B;
+        let mut olds: Vec<Option<Ptr>> = vec![None; (last - first + 1) as usize];
+        let lo = format::key_n(ino, kind::DATA, first);
+        let hi = format::key_n(ino, kind::DATA, last + 1);
+        for (k, v) in self.items.range(lo..hi) {
+            let idx = format::split_key(k).and_then(|(_, _, t)| format::tail_n(t));
+            let idx = idx.ok_or_else(|| corrupt(format!("inode {ino}: bad data key")))?;
+            olds[(idx - first) as usize] = Some(format::decode_data(v)?);
+        }
+        let fresh = olds.iter().filter(|o| o.is_none_or(|p| !self.txn.contains(p.block))).count() as u64;
+        if fresh > 1 {
+            self.seek_run(fresh);
+        }
+        let mut plan: Vec<Piece> = Vec::with_capacity(olds.len());
         let mut result = Ok(());
-        while done < data.len() {
-            let pos = offset + done as u64;
-            let idx = pos / B;
-            let within = (pos % B) as usize;
-            let n = (BLOCK - within).min(data.len() - done);
-            let step = (|| -> Result<bool> {
-                let fresh = self.data_ptr(ino, idx)?.is_none();
+        for (j, &old) in olds.iter().enumerate() {
+            let idx = first + j as u64;
+            let start = (idx * B).max(offset);
+            let stop = ((idx + 1) * B).min(end);
+            let within = (start - idx * B) as usize;
+            let at = (start - offset) as usize;
+            let n = (stop - start) as usize;
+            let step = (|| -> Result<Piece> {
                 // Copy-on-write needs a new block even for an overwrite.
                 self.room_for(1, 40)?;
-                let mut block = vec![0u8; BLOCK];
-                if n < BLOCK && !fresh {
-                    let p = self.data_ptr(ino, idx)?.ok_or_else(|| corrupt("data vanished".into()))?;
-                    block.copy_from_slice(&self.read_block(p)?);
-                }
-                block[within..within + n].copy_from_slice(&data[done..done + n]);
-                self.put_block(ino, idx, &block)
+                let merged = if n < BLOCK {
+                    let mut block = vec![0u8; BLOCK];
+                    if let Some(p) = old {
+                        block.copy_from_slice(&self.read_block(p)?);
+                    }
+                    block[within..within + n].copy_from_slice(&data[at..at + n]);
+                    Some(block)
+                } else {
+                    None
+                };
+                let block = match old {
+                    Some(p) if self.txn.contains(p.block) => p.block,
+                    _ => self.alloc()?,
+                };
+                Ok(Piece { idx, block, old, merged, at })
             })();
             match step {
-                Ok(fresh) => {
-                    if fresh {
-                        i.blocks += 1;
-                    }
-                    done += n;
-                }
+                Ok(piece) => plan.push(piece),
                 Err(e) => {
                     result = Err(e);
                     break;
                 }
             }
         }
+        fn bytes<'a>(p: &'a Piece, data: &'a [u8]) -> &'a [u8] {
+            match &p.merged {
+                Some(m) => m,
+                None => &data[p.at..p.at + BLOCK],
+            }
+        }
+        let mut written = 0;
+        while written < plan.len() {
+            let mut n = 1;
+            while written + n < plan.len() && plan[written + n].block == plan[written].block + n as u64 {
+                n += 1;
+            }
+            let run = &plan[written..written + n];
+            let io = if run.iter().all(|p| p.merged.is_none()) {
+                self.dev.write_at(&data[run[0].at..run[n - 1].at + BLOCK], run[0].block * B)
+            } else {
+                let mut joined = Vec::with_capacity(n * BLOCK);
+                for p in run {
+                    joined.extend_from_slice(bytes(p, data));
+                }
+                self.dev.write_at(&joined, run[0].block * B)
+            };
+            if let Err(e) = io {
+                result = Err(e.into());
+                break;
+            }
+            written += n;
+        }
+        // Blocks allocated for pieces that were not written go back.
+        for p in &plan[written..] {
+            if p.old.is_none_or(|o| o.block != p.block) {
+                self.release(p.block);
+            }
+        }
+        let single = plan.len() == 1;
+        let mut done = 0;
+        for p in &plan[..written] {
+            let b = bytes(p, data);
+            let crc = crc32c(b);
+            if let Ok(mut c) = self.cache.lock() {
+                // A small write is likely read or partly rewritten next: keep it. A large
+                // one would only push the cache's other blocks out; its blocks must still
+                // not be served stale (in place rewrites).
+                if single { c.insert(p.block, Arc::from(b)) } else { c.remove(p.block) }
+            }
+            self.put(format::key_n(ino, kind::DATA, p.idx), format::encode_data(Ptr { block: p.block, crc }));
+            match p.old {
+                None => i.blocks += 1,
+                Some(o) if o.block != p.block => self.release(o.block),
+                Some(_) => {}
+            }
+            done = ((p.idx + 1) * B).min(end) - offset;
+        }
+        let done = done as usize;
         if done > 0 {
             let now = Time::now();
             i.size = i.size.max(offset + done as u64);
@@ -991,7 +1260,6 @@ impl Volume {
             }
             self.set_inode(ino, &i);
         }
-        let _ = end;
         match result {
             Err(e) if done == 0 => Err(e),
             _ => Ok(done),
