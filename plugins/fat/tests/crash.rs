@@ -386,3 +386,28 @@ fn every_cut_of_a_fat32_workload_is_repaired_by_fsck_with_synced_files_intact() 
 fn every_cut_of_a_fat12_workload_is_repaired_by_fsck_with_synced_files_intact() {
     crash_cuts(&["-F", "12", "-s", "8"], 8 * 1024);
 }
+
+/// mkdir's barrier: the new directory's cluster (with `.` and `..`) is synced before any
+/// write to the parent's entries, so no power cut can leave the parent naming a cluster of
+/// old bytes (garbage entries `fsck.fat -a` would not drop).
+#[test]
+fn a_new_directory_cluster_is_durable_before_its_entry_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("fat16.img");
+    let out = tool("mkfs.fat", &["-F", "16", "-C", img.to_str().unwrap(), "65536"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let (disk, log) = Disk::recording(file);
+    let mut vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
+    let before = log.lock().unwrap().len();
+    vol.create(ROOT, "new directory", true).unwrap();
+    let ops: Vec<IoOp> = log.lock().unwrap()[before..].to_vec();
+    let writes = |pred: &dyn Fn(&[u8]) -> bool| {
+        ops.iter().position(|op| matches!(op, IoOp::Write { data, .. } if pred(data)))
+    };
+    // The new cluster starts with the "." entry; the parent's entry holds the short name.
+    let cluster = writes(&|d| d.starts_with(b".          ")).expect("the new cluster is written");
+    let entry = writes(&|d| d.windows(8).any(|w| w == b"NEWDIR~1")).expect("the parent's entry is written");
+    assert!(cluster < entry, "the cluster first: {ops:?}");
+    assert!(ops[cluster..entry].contains(&IoOp::Sync), "no sync between the new cluster and its entry: {ops:?}");
+}

@@ -821,6 +821,11 @@ impl Volume {
                 return Err(e.into());
             }
             self.flush_fat()?;
+            // The barrier: the new directory's cluster and FAT entry reach the disk before
+            // the entry naming it can, so a power cut never leaves the parent pointing at a
+            // cluster of old bytes (garbage entries that `fsck.fat -a` does not drop). One
+            // fdatasync per mkdir; files need none, as a file's garbage is only data.
+            self.file.sync_data()?;
             entry.first_cluster = c;
         }
         let (first_slot, slot) = match self.insert_entries(dir, name, &stored, &entry) {
