@@ -80,6 +80,7 @@ impl<P: Plugin> Decl<P> {
         open: Some(open::<P>),
         ops: &VTable::<P::Fs>::TABLE,
         format: Some(format::<P>),
+        attach_host: Some(crate::log_bridge::attach_host),
     };
 }
 

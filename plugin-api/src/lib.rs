@@ -21,6 +21,7 @@ mod export;
 mod fs;
 #[cfg(feature = "host")]
 pub mod host;
+mod log_bridge;
 mod plugin;
 mod types;
 
