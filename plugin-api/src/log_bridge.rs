@@ -413,6 +413,8 @@ mod tests {
     use std::sync::Mutex;
 
     static RECORDS: Mutex<Vec<(u32, String, String, u32)>> = Mutex::new(Vec::new());
+    /// Both sides share this test binary's one copy of `tracing`: one test at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
     static ASKED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
     unsafe extern "C" fn log(data: *mut c_void, r: *const RawLogRecord) {
@@ -435,6 +437,7 @@ mod tests {
     /// One test: the bridge is this test binary's global subscriber.
     #[test]
     fn events_reach_the_host_formatted_and_filtered() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         // Before the host attaches, nothing is sent, and nothing breaks.
         tracing::warn!("before the attach");
         let offer = RawHost {
@@ -465,13 +468,68 @@ mod tests {
         assert_eq!(records[2].2, "hello there count=2 path=\"a/b\"");
         assert_eq!((records[3].0, records[3].2.as_str()), (LOG_ERROR, "failed error=disk on fire"));
         assert_eq!((records[4].0, records[4].2.as_str()), (LOG_INFO, "from another thread type=\"thread\""));
-        // A site is asked about once (and again only when the attach changes), a span never.
-        let asked = ASKED.lock().unwrap().clone();
-        assert_eq!(asked.iter().filter(|t| *t == "quiet").count(), 1, "{asked:?}");
+        // A site is asked about once (and again only when the attach or the set of
+        // subscribers changes), not per event.
+        let quiet_asked = || ASKED.lock().unwrap().iter().filter(|t| *t == "quiet").count();
+        let before = quiet_asked();
+        assert!(before >= 1);
+        for _ in 0..100 {
+            tracing::info!(target: "quiet", "dropped by the host's answer");
+        }
+        assert_eq!(quiet_asked(), before + 1, "one new call site, a hundred events");
+        assert_eq!(RECORDS.lock().unwrap().len(), 5);
 
         // A later attach (the library loaded again) wins; a host without a sink gets silence.
         unsafe { attach_host(&RawHost::EMPTY) };
         tracing::warn!("after a host without a sink");
         assert_eq!(RECORDS.lock().unwrap().len(), 5);
+    }
+
+    /// The host's side of the sink: a panic in the host's subscriber stays on the host's
+    /// side of the boundary (the callback returns normally), for `log` and `log_enabled`.
+    #[cfg(feature = "host")]
+    #[test]
+    fn a_panic_in_the_hosts_subscriber_never_unwinds_into_the_plugin() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        use tracing_core::span::Current;
+        struct Panics;
+        impl Subscriber for Panics {
+            fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+                Interest::always()
+            }
+            fn enabled(&self, meta: &Metadata<'_>) -> bool {
+                if meta.target() == "panics-in-enabled" {
+                    panic!("the host's filter panicked");
+                }
+                true
+            }
+            fn new_span(&self, _: &Attributes<'_>) -> Id {
+                Id::from_u64(1)
+            }
+            fn record(&self, _: &Id, _: &Record<'_>) {}
+            fn record_follows_from(&self, _: &Id, _: &Id) {}
+            fn event(&self, _: &Event<'_>) {
+                panic!("the host's subscriber panicked");
+            }
+            fn enter(&self, _: &Id) {}
+            fn exit(&self, _: &Id) {}
+            fn current_span(&self) -> Current {
+                Current::none()
+            }
+        }
+        let offer = host_offer("panicky");
+        let (log, enabled) = (offer.log.unwrap(), offer.log_enabled.unwrap());
+        let record = |target: &'static str, message: &'static str| RawLogRecord {
+            level: LOG_WARN,
+            target: RawStr::new(target.as_bytes()),
+            message: RawStr::new(message.as_bytes()),
+            ..RawLogRecord::EMPTY
+        };
+        tracing_core::dispatcher::with_default(&tracing_core::Dispatch::new(Panics), || {
+            // Each returns instead of unwinding (an unwind out of `extern "C"` would abort).
+            unsafe { log(offer.host_data, &record("panics-in-event", "boom")) };
+            assert_eq!(unsafe { enabled(offer.host_data, &record("panics-in-enabled", "")) }, 0);
+            unsafe { log(offer.host_data, &record("panics-in-enabled", "boom")) };
+        });
     }
 }
