@@ -21,7 +21,7 @@
 #define PLUGFS_ABI_MAJOR 2
 
 // The ABI's minor version. Plugins with a newer minor are refused; older ones load.
-#define PLUGFS_ABI_MINOR 0
+#define PLUGFS_ABI_MINOR 1
 
 // Returned by a call whose plugin code panicked. The message buffer holds the panic text.
 // It is `INT32_MIN` so that it can never be mistaken for a `-errno`.
@@ -126,6 +126,25 @@
 
 // [`RawMountOptions::flags`]: the mount is read-only.
 #define PLUGFS_MOUNT_READ_ONLY 1
+
+// Log levels, as [`RawLogRecord::level`] and [`RawHost::log_max_level`] use them (since
+// 2.1): `tracing`'s levels, most severe first. [`LOG_OFF`] is only a maximum: nothing.
+#define PLUGFS_LOG_OFF 0
+
+// Something failed.
+#define PLUGFS_LOG_ERROR 1
+
+// Something is wrong but the call goes on.
+#define PLUGFS_LOG_WARN 2
+
+// Normal operation worth a line.
+#define PLUGFS_LOG_INFO 3
+
+// Detail for debugging.
+#define PLUGFS_LOG_DEBUG 4
+
+// Very verbose detail.
+#define PLUGFS_LOG_TRACE 5
 
 // Identifies a plugin library and the ABI version it was built against.
 typedef struct PlugfsAbiTag {
@@ -497,6 +516,53 @@ typedef struct PlugfsFsVTable {
     int32_t (*capabilities)(const void *object, struct PlugfsCallCtx *ctx, struct PlugfsCapabilities *out);
 } PlugfsFsVTable;
 
+// One log event of a plugin, handed to the host's [`RawHost::log`] (an in-struct, since 2.1:
+// the host reads it as far as its `struct_size` says). Strings are borrowed for the
+// call only and need not be NUL-terminated; the host replaces invalid UTF-8.
+typedef struct PlugfsLogRecord {
+    // `size_of::<RawLogRecord>()` as the plugin was built.
+    size_t struct_size;
+    // One of `LOG_ERROR..=LOG_TRACE`; anything else is dropped.
+    uint32_t level;
+    // The line in `file`, 0 when unknown.
+    uint32_t line;
+    // Where the event comes from, for filtering (`RUST_LOG=target=level`): a Rust
+    // plugin's module path such as `plugfs_wfs::engine`, by `tracing`'s convention. Empty
+    // means the plugin's name.
+    struct PlugfsStr target;
+    // The text: the event's message followed by its fields as `name=value`. Empty when
+    // the plugin asks [`RawHost::log_enabled`].
+    struct PlugfsStr message;
+    // The module the event is in (may be empty).
+    struct PlugfsStr module_path;
+    // The source file the event is in (may be empty).
+    struct PlugfsStr file;
+} PlugfsLogRecord;
+
+// What the host offers a plugin library, handed to [`PluginDecl::attach_host`] (an
+// in-struct, since 2.1). Every entry may be `NULL`: the host offers nothing there.
+typedef struct PlugfsHost {
+    // `size_of::<RawHost>()` as the host was built.
+    size_t struct_size;
+    // The host's pointer for this library, passed back to every callback; valid for the
+    // life of the process.
+    void *host_data;
+    // The host's log sink: re-emits `record` into the host's log, naming the plugin.
+    // Callable from any thread, at any time after `attach_host`, concurrently; it never
+    // unwinds into the plugin.
+    void (*log)(void *host_data, const struct PlugfsLogRecord *record);
+    // Whether the host would log events of a call site: `record` has the site's level,
+    // target, module, file and line, and an empty message; returns 1 or 0. The answer is
+    // stable for a call site while the host runs, so a plugin asks once per site. Without
+    // it, every event up to `log_max_level` is worth sending.
+    uint8_t (*log_enabled)(void *host_data, const struct PlugfsLogRecord *record);
+    // The most verbose level the host's log filter can enable ([`LOG_OFF`]..=[`LOG_TRACE`]):
+    // events beyond it are dropped, so a plugin need not even format them.
+    uint32_t log_max_level;
+    // Reserved, zero.
+    uint32_t reserved;
+} PlugfsHost;
+
 // What [`ENTRY_SYMBOL`] returns: a table in the plugin's static data.
 typedef struct PlugfsPluginDecl {
     // `size_of::<PluginDecl>()` as the plugin was built.
@@ -525,6 +591,12 @@ typedef struct PlugfsPluginDecl {
                       uint64_t size,
                       struct PlugfsBuf key,
                       size_t *key_len);
+    // Since 2.1: receives what the host offers (its log sink). A host of 2.1 or later calls
+    // it once per load of the library, after `info` and before any `open` or `format`; a
+    // library loaded twice is attached twice, and the later call wins. `host` is valid for
+    // the call only: copy it (as far as its `struct_size` says). An older host never calls
+    // it, and the plugin's log lines then go nowhere.
+    void (*attach_host)(const struct PlugfsHost *host);
 } PlugfsPluginDecl;
 
 // Hand-written in plugin-api/cbindgen.toml (tests/c_header.rs checks them): the two symbols

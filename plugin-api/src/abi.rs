@@ -24,7 +24,8 @@
 //! version. The rules:
 //!
 //! - **In-structs** (the caller fills them: [`CallCtx`], [`RawSetAttr`],
-//!   [`RawMountOptions`], [`RawDirEntry`] handed to the host's sink): the reader copies
+//!   [`RawMountOptions`], [`RawDirEntry`] handed to the host's sink, [`RawHost`] and
+//!   [`RawLogRecord`] since 2.1): the reader copies
 //!   `min(struct_size, its own size)` bytes into a zeroed struct of its own, so fields the
 //!   writer is too old to know read as zero.
 //! - **Out-structs** (the caller allocates them zeroed, with `struct_size` set to its own
@@ -61,6 +62,9 @@
 //! - **2.0**: the first version with sized structs everywhere, the operations table in the
 //!   declaration, per-mount capabilities and `readdirplus`. Its C header is frozen as
 //!   `plugin-api/abi-history/plugfs_plugin_2.0.h`.
+//! - **2.1**: the log bridge: the declaration's `attach_host` entry receives a [`RawHost`]
+//!   whose `log` callback carries the plugin's log events ([`RawLogRecord`]) into the
+//!   host's log. Frozen as `plugin-api/abi-history/plugfs_plugin_2.1.h`.
 //! - 1.0 and 1.1 (before sized structs) are refused; 1.0 is kept as a fixture
 //!   (`plugin-api/abi-history/v1_0.rs`) to prove it.
 //!
@@ -75,7 +79,7 @@ use std::ffi::c_void;
 /// The ABI's major version. Plugins of another major are refused.
 pub const ABI_MAJOR: u32 = 2;
 /// The ABI's minor version. Plugins with a newer minor are refused; older ones load.
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 
 /// The magic bytes at the start of [`AbiTag`].
 pub const MAGIC: [u8; 8] = *b"PLUGFS\0\x01";
@@ -424,6 +428,100 @@ pub struct RawMountOptions {
     pub flags: u64,
 }
 
+/// Log levels, as [`RawLogRecord::level`] and [`RawHost::log_max_level`] use them (since
+/// 2.1): `tracing`'s levels, most severe first. [`LOG_OFF`] is only a maximum: nothing.
+pub const LOG_OFF: u32 = 0;
+/// Something failed.
+pub const LOG_ERROR: u32 = 1;
+/// Something is wrong but the call goes on.
+pub const LOG_WARN: u32 = 2;
+/// Normal operation worth a line.
+pub const LOG_INFO: u32 = 3;
+/// Detail for debugging.
+pub const LOG_DEBUG: u32 = 4;
+/// Very verbose detail.
+pub const LOG_TRACE: u32 = 5;
+
+/// One log event of a plugin, handed to the host's [`RawHost::log`] (an in-struct, since 2.1:
+/// the host reads it as far as its `struct_size` says). Strings are borrowed for the
+/// call only and need not be NUL-terminated; the host replaces invalid UTF-8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawLogRecord {
+    /// `size_of::<RawLogRecord>()` as the plugin was built.
+    pub struct_size: usize,
+    /// One of `LOG_ERROR..=LOG_TRACE`; anything else is dropped.
+    pub level: u32,
+    /// The line in `file`, 0 when unknown.
+    pub line: u32,
+    /// Where the event comes from, for filtering (`RUST_LOG=target=level`): a Rust
+    /// plugin's module path such as `plugfs_wfs::engine`, by `tracing`'s convention. Empty
+    /// means the plugin's name.
+    pub target: RawStr,
+    /// The text: the event's message followed by its fields as `name=value`. Empty when
+    /// the plugin asks [`RawHost::log_enabled`].
+    pub message: RawStr,
+    /// The module the event is in (may be empty).
+    pub module_path: RawStr,
+    /// The source file the event is in (may be empty).
+    pub file: RawStr,
+}
+
+/// What the host offers a plugin library, handed to [`PluginDecl::attach_host`] (an
+/// in-struct, since 2.1). Every entry may be `NULL`: the host offers nothing there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawHost {
+    /// `size_of::<RawHost>()` as the host was built.
+    pub struct_size: usize,
+    /// The host's pointer for this library, passed back to every callback; valid for the
+    /// life of the process.
+    pub host_data: *mut c_void,
+    /// The host's log sink: re-emits `record` into the host's log, naming the plugin.
+    /// Callable from any thread, at any time after `attach_host`, concurrently; it never
+    /// unwinds into the plugin.
+    pub log: Option<unsafe extern "C" fn(host_data: *mut c_void, record: *const RawLogRecord)>,
+    /// Whether the host would log events of a call site: `record` has the site's level,
+    /// target, module, file and line, and an empty message; returns 1 or 0. The answer is
+    /// stable for a call site while the host runs, so a plugin asks once per site. Without
+    /// it, every event up to `log_max_level` is worth sending.
+    pub log_enabled: Option<unsafe extern "C" fn(host_data: *mut c_void, record: *const RawLogRecord) -> u8>,
+    /// The most verbose level the host's log filter can enable ([`LOG_OFF`]..=[`LOG_TRACE`]):
+    /// events beyond it are dropped, so a plugin need not even format them.
+    pub log_max_level: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+impl RawHost {
+    /// Offers nothing, its size set to this version's.
+    pub const EMPTY: RawHost = RawHost {
+        struct_size: std::mem::size_of::<RawHost>(),
+        host_data: std::ptr::null_mut(),
+        log: None,
+        log_enabled: None,
+        log_max_level: LOG_OFF,
+        reserved: 0,
+    };
+}
+
+impl RawLogRecord {
+    /// An empty record, its size set to this version's.
+    pub const EMPTY: RawLogRecord = RawLogRecord {
+        struct_size: std::mem::size_of::<RawLogRecord>(),
+        level: LOG_OFF,
+        line: 0,
+        target: RawStr { ptr: std::ptr::null(), len: 0 },
+        message: RawStr { ptr: std::ptr::null(), len: 0 },
+        module_path: RawStr { ptr: std::ptr::null(), len: 0 },
+        file: RawStr { ptr: std::ptr::null(), len: 0 },
+    };
+}
+
+// SAFETY: `host_data` is the host's, which promises its callbacks are thread-safe.
+unsafe impl Send for RawHost {}
+unsafe impl Sync for RawHost {}
+
 /// What [`ENTRY_SYMBOL`] returns: a table in the plugin's static data.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -463,7 +561,17 @@ pub struct PluginDecl {
             key_len: *mut usize,
         ) -> i32,
     >,
+    /// Since 2.1: receives what the host offers (its log sink). A host of 2.1 or later calls
+    /// it once per load of the library, after `info` and before any `open` or `format`; a
+    /// library loaded twice is attached twice, and the later call wins. `host` is valid for
+    /// the call only: copy it (as far as its `struct_size` says). An older host never calls
+    /// it, and the plugin's log lines then go nowhere.
+    pub attach_host: Option<unsafe extern "C" fn(host: *const RawHost)>,
 }
+
+/// The size of the 2.0 declaration: the smallest a 2.x host accepts. Entries beyond a
+/// plugin's size read as `NULL`.
+pub const PLUGIN_DECL_SIZE_2_0: usize = std::mem::offset_of!(PluginDecl, attach_host);
 
 // SAFETY: a declaration is immutable static data: function pointers and a pointer to
 // another static table.
@@ -762,7 +870,8 @@ pub const FS_VTABLE_SIZE_2_0: usize = std::mem::size_of::<FsVTable>();
 /// this host does not know (newer than its own).
 pub fn vtable_size_for_minor(minor: u32) -> Option<usize> {
     match minor {
-        0 => Some(FS_VTABLE_SIZE_2_0),
+        // 2.1 added no operation.
+        0 | 1 => Some(FS_VTABLE_SIZE_2_0),
         _ => None,
     }
 }

@@ -24,7 +24,9 @@ use crate::types::*;
 /// ```
 ///
 /// It defines the two symbols a host looks for: the ABI tag (read from the file before
-/// loading) and the entry function.
+/// loading) and the entry function. Its declaration also takes the host's log sink (ABI
+/// 2.1), so the plugin's `tracing` events reach the host's log without a subscriber of the
+/// plugin's own.
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
@@ -80,6 +82,7 @@ impl<P: Plugin> Decl<P> {
         open: Some(open::<P>),
         ops: &VTable::<P::Fs>::TABLE,
         format: Some(format::<P>),
+        attach_host: Some(crate::log_bridge::attach_host),
     };
 }
 

@@ -240,14 +240,13 @@ impl PluginLibrary {
             open: None,
             ops: std::ptr::null(),
             format: None,
+            attach_host: None,
         };
         // SAFETY: a compatible plugin's declaration starts with its size.
         let declared_size = unsafe { std::ptr::read_unaligned(raw as *const usize) };
-        if declared_size < std::mem::size_of::<PluginDecl>() {
+        if declared_size < PLUGIN_DECL_SIZE_2_0 {
             return Err(failed(format!(
-                "its declaration is {declared_size} bytes, smaller than ABI {}.0's {}",
-                ABI_MAJOR,
-                std::mem::size_of::<PluginDecl>()
+                "its declaration is {declared_size} bytes, smaller than ABI {ABI_MAJOR}.0's {PLUGIN_DECL_SIZE_2_0}"
             )));
         }
         let decl = unsafe { copy_prefix(empty, raw) };
@@ -284,6 +283,13 @@ impl PluginLibrary {
         };
         if info.name.is_empty() {
             return Err(failed("the plugin reports no name (its `info` panicked or is empty)".into()));
+        }
+        // ABI 2.1: the log bridge. A 2.0 plugin has no `attach_host` (its declaration is
+        // too short), and its log lines go nowhere, as they always did.
+        if let Some(attach) = decl.attach_host {
+            let offer = crate::log_bridge::host_offer(&info.name);
+            // SAFETY: the offer is valid for the call; its data lives as long as the process.
+            unsafe { attach(&offer) };
         }
         Ok(PluginLibrary { path: path.to_path_buf(), decl, vt, info: Arc::new(info) })
     }

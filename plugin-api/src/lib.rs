@@ -6,6 +6,9 @@
 //! result, built as a `cdylib`, is a shared library any plugfs host of the same major ABI
 //! version loads at run time.
 //!
+//! Log with `tracing` as usual and install no subscriber: the export macro forwards your
+//! library's events to the host's log (ABI 2.1), named after your plugin.
+//!
 //! With the `host` feature the crate also carries the host side: [`host::PluginLibrary`]
 //! checks and loads a plugin file and hands back a [`FileSystem`] that calls into it.
 //!
@@ -21,6 +24,7 @@ mod export;
 mod fs;
 #[cfg(feature = "host")]
 pub mod host;
+mod log_bridge;
 mod plugin;
 mod types;
 

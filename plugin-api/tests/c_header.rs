@@ -1,7 +1,8 @@
 //! The C header `include/plugfs_plugin.h` is generated from `src/abi.rs` and checked in, so
 //! a diff shows every ABI change. These tests regenerate it with cbindgen (configured by
 //! `cbindgen.toml`, parsing `src/abi.rs` alone) and compare it byte for byte with the
-//! checked-in file, and with the frozen header of the released version.
+//! checked-in file, and with the frozen header of the released version; older released
+//! headers of the same major must stay compatible prefixes.
 //!
 //! After a deliberate change to `src/abi.rs` or `cbindgen.toml`, rewrite the header with
 //!
@@ -73,22 +74,155 @@ fn the_checked_in_c_header_is_generated_from_abi_rs() {
     );
 }
 
+/// The released headers in `abi-history/` of this crate's major, by minor version.
+fn released_headers() -> Vec<(u32, PathBuf)> {
+    let dir = crate_dir().join("abi-history");
+    let prefix = format!("plugfs_plugin_{}.", abi::ABI_MAJOR);
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path.file_name()?.to_str()?;
+            let minor = name.strip_prefix(&prefix)?.strip_suffix(".h")?.parse().ok()?;
+            Some((minor, path))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 #[test]
-fn the_released_abi_2_0_header_is_frozen() {
-    // While this crate speaks 2.0, what it generates must be exactly the frozen 2.0 header.
-    // A later minor freezes its own file and may only append to this one (docs/abi.md).
-    if (abi::ABI_MAJOR, abi::ABI_MINOR) != (2, 0) {
-        return;
-    }
-    let frozen_path = crate_dir().join("abi-history/plugfs_plugin_2.0.h");
+fn the_released_header_of_this_version_is_frozen() {
+    // What this crate generates must be exactly the frozen header of its version: any change
+    // to a released version is caught. A change is appended in a new minor, which freezes
+    // its own file (docs/abi.md, "Released headers are frozen").
+    let frozen_path = crate_dir().join(format!("abi-history/plugfs_plugin_{}.{}.h", abi::ABI_MAJOR, abi::ABI_MINOR));
     let frozen = read(&frozen_path);
     let generated = generate();
     assert!(
         frozen == generated,
-        "ABI 2.0 is released and frozen in {}, but src/abi.rs now generates something else ({}); \
+        "ABI {}.{} is released and frozen in {}, but src/abi.rs now generates something else ({}); \
          append fields and operations in a new minor version instead",
+        abi::ABI_MAJOR,
+        abi::ABI_MINOR,
         frozen_path.display(),
         first_difference(&frozen, &generated)
+    );
+}
+
+/// The structs of a header: each name, and its fields' names in order.
+fn structs(header: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut rest = header;
+    while let Some(at) = rest.find("typedef struct ") {
+        rest = &rest[at + "typedef struct ".len()..];
+        let name = rest.split_whitespace().next().unwrap().to_string();
+        let Some(open) = rest.find('{').filter(|&o| !rest[..o].contains(';')) else { continue };
+        let close = rest.find("\n} ").expect("a struct body ends with `}`");
+        let body: String =
+            rest[open + 1..close].lines().map(str::trim).filter(|l| !l.starts_with("//")).collect::<Vec<_>>().join(" ");
+        let mut fields = Vec::new();
+        let (mut depth, mut field) = (0, String::new());
+        for c in body.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ';' if depth == 0 => {
+                    // `type name`, `type name[8]` or `ret (*name)(args)`.
+                    let name = match field.find("(*") {
+                        Some(p) => field[p + 2..].split(')').next().unwrap().trim().to_string(),
+                        None => field
+                            .split('[')
+                            .next()
+                            .unwrap()
+                            .split_whitespace()
+                            .last()
+                            .unwrap()
+                            .trim_start_matches('*')
+                            .to_string(),
+                    };
+                    fields.push(name);
+                    field.clear();
+                    continue;
+                }
+                _ => {}
+            }
+            field.push(c);
+        }
+        out.push((name, fields));
+        rest = &rest[close..];
+    }
+    out
+}
+
+#[test]
+fn every_older_released_header_is_a_compatible_prefix_of_this_one() {
+    // A minor version may only append: every struct of an older header keeps each field at
+    // its offset with its size, a struct without `struct_size` (a value type) keeps its
+    // size, and every constant keeps its value. Checked by the C compiler on a file that
+    // includes the old header (renamed) and the current one.
+    let older: Vec<(u32, PathBuf)> = released_headers().into_iter().filter(|(m, _)| *m < abi::ABI_MINOR).collect();
+    if abi::ABI_MINOR > 0 {
+        assert!(older.iter().any(|(m, _)| *m == 0), "the frozen {}.0 header is missing", abi::ABI_MAJOR);
+    }
+    let current = generate();
+    let dir = std::env::temp_dir().join(format!("plugfs-c-prefix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c = String::from("#include <stddef.h>\n#include \"plugfs_plugin.h\"\n");
+    for (minor, path) in &older {
+        let old = read(path);
+        for line in old.lines().filter(|l| l.starts_with("#define PLUGFS_")) {
+            let name = line.split_whitespace().nth(1).unwrap();
+            if !["PLUGFS_ABI_MINOR", "PLUGFS_PLUGIN_H"].contains(&name) {
+                assert!(
+                    current.lines().any(|l| l == line),
+                    "{} has `{line}`, which this version changed",
+                    path.display()
+                );
+            }
+        }
+        let tag = format!("V{}_{minor}_", abi::ABI_MAJOR);
+        let renamed = old
+            .replace("PLUGFS_", &format!("{tag}PLUGFS_"))
+            .replace("Plugfs", &format!("{tag}Plugfs"))
+            .replace("plugfs_plugin_entry", &format!("{tag}plugfs_plugin_entry"));
+        let file = format!("old_{minor}.h");
+        std::fs::write(dir.join(&file), renamed).unwrap();
+        c.push_str(&format!("#include \"{file}\"\n"));
+        let structs = structs(&old);
+        assert!(structs.len() > 10, "{} parsed to too few structs: {structs:?}", path.display());
+        for (name, fields) in structs {
+            let old_ty = format!("{tag}{name}");
+            let what = format!("{} {name}", path.display());
+            if fields.iter().any(|f| f == "struct_size") {
+                c.push_str(&format!("_Static_assert(sizeof({old_ty}) <= sizeof({name}), \"{what} shrank\");\n"));
+            } else {
+                c.push_str(&format!("_Static_assert(sizeof({old_ty}) == sizeof({name}), \"{what} changed size\");\n"));
+            }
+            for f in fields {
+                c.push_str(&format!(
+                    "_Static_assert(offsetof({old_ty}, {f}) == offsetof({name}, {f}), \"{what}.{f} moved\");\n\
+                     _Static_assert(sizeof((({old_ty} *)0)->{f}) == sizeof((({name} *)0)->{f}), \"{what}.{f} changed size\");\n"
+                ));
+            }
+        }
+    }
+    let source = dir.join("prefix.c");
+    std::fs::write(&source, &c).unwrap();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = std::process::Command::new(&cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only", "-I"])
+        .arg(crate_dir().join("include"))
+        .arg("-I")
+        .arg(&dir)
+        .arg(&source)
+        .output()
+        .unwrap_or_else(|e| panic!("this test needs a C compiler (`{cc}`, or set CC): {e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "an older header is no prefix of this ABI:\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -167,7 +301,9 @@ fn the_c_compiler_lays_out_every_struct_as_rust_does() {
             "config_help",
         ),
         ("PlugfsMountOptions", size_of::<abi::RawMountOptions>(), offset_of!(abi::RawMountOptions, flags), "flags"),
-        ("PlugfsPluginDecl", size_of::<abi::PluginDecl>(), offset_of!(abi::PluginDecl, format), "format"),
+        ("PlugfsPluginDecl", size_of::<abi::PluginDecl>(), offset_of!(abi::PluginDecl, attach_host), "attach_host"),
+        ("PlugfsHost", size_of::<abi::RawHost>(), offset_of!(abi::RawHost, reserved), "reserved"),
+        ("PlugfsLogRecord", size_of::<abi::RawLogRecord>(), offset_of!(abi::RawLogRecord, file), "file"),
         ("PlugfsFsVTable", size_of::<abi::FsVTable>(), offset_of!(abi::FsVTable, capabilities), "capabilities"),
     ];
     // Static assertions, so a mismatch fails to compile and the compiler names the type.

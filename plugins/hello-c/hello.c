@@ -252,6 +252,30 @@ static void hello_info(PlugfsPluginInfo *out, PlugfsCapabilities *caps) {
     write_out(caps, &c, sizeof c);
 }
 
+/*
+ * The host's log (ABI 2.1): attach_host hands over a callback; a host of 2.0 never calls
+ * it, and then the plugin logs nothing. Read the offer only as far as its struct_size. The
+ * fields are written once, at load, before any open.
+ */
+static PlugfsHost host = {0};
+
+static void hello_attach_host(const PlugfsHost *offer) {
+    PlugfsHost h = {0};
+    size_t n;
+    memcpy(&n, offer, sizeof n);
+    memcpy(&h, offer, n < sizeof h ? n : sizeof h);
+    host = h;
+}
+
+static void log_line(uint32_t level, const char *message) {
+    if (!host.log || level > host.log_max_level) return;
+    PlugfsLogRecord r = {.struct_size = sizeof r, .level = level, .line = (uint32_t)__LINE__};
+    r.target = (PlugfsStr){(const uint8_t *)"hello_c", 7};
+    r.message = (PlugfsStr){(const uint8_t *)message, strlen(message)};
+    r.file = (PlugfsStr){(const uint8_t *)__FILE__, strlen(__FILE__)};
+    host.log(host.host_data, &r);
+}
+
 static const char the_fs = 0; /* all state is static; `object` only has to be non-NULL */
 
 static int32_t hello_open_fs(PlugfsCallCtx *ctx, PlugfsStr config_toml, const PlugfsMountOptions *options,
@@ -265,6 +289,7 @@ static int32_t hello_open_fs(PlugfsCallCtx *ctx, PlugfsStr config_toml, const Pl
         }
     }
     *out_object = (void *)&the_fs;
+    log_line(PLUGFS_LOG_INFO, "hello-c: opened, serving hello.txt, docs/ and link");
     return 0;
 }
 
@@ -274,6 +299,7 @@ static const PlugfsPluginDecl decl = {
     .info = hello_info,
     .open = hello_open_fs,
     .ops = &ops,
+    .attach_host = hello_attach_host,
 };
 
 EXPORT const PlugfsAbiTag PLUGFS_ABI_TAG = PLUGFS_ABI_TAG_INIT;

@@ -10,7 +10,7 @@ use plugfs_plugin_api::host::{AbiVersion, LoadError, PluginLibrary};
 use plugfs_plugin_api::*;
 use plugfs_tests::plugin_library;
 
-const HOST: &str = "2.0";
+const HOST: &str = "2.1";
 
 fn req() -> Request {
     Request { uid: 0, gid: 0, pid: std::process::id() }
@@ -34,7 +34,7 @@ impl DirSink for Names {
 }
 
 #[test]
-fn host_speaks_abi_2_0() {
+fn host_speaks_abi_2_1() {
     assert_eq!(AbiVersion::HOST.to_string(), HOST);
 }
 
@@ -325,14 +325,14 @@ fn a_panic_in_the_hosts_directory_sink_is_caught_before_it_unwinds_through_the_p
 }
 
 #[test]
-fn the_c_example_plugin_loads_with_abi_2_0_and_its_negative_errnos_arrive_as_errnos() {
+fn the_c_example_plugin_loads_with_abi_2_1_logs_through_the_host_and_its_negative_errnos_arrive_as_errnos() {
     // plugins/hello-c: written in C against plugfs_plugin.h alone, answering `-ENOENT`
     // style statuses as libfuse authors do.
     let logs = captured_logs();
     let lib = PluginLibrary::load(&plugin_library("plugfs-hello-c")).unwrap();
     let info = lib.info();
     assert_eq!(info.name, "hello-c");
-    assert_eq!(info.abi, AbiVersion { major: 2, minor: 0 });
+    assert_eq!(info.abi, AbiVersion { major: 2, minor: 1 });
     assert!(!info.capabilities.writable && info.capabilities.symlinks, "{:?}", info.capabilities);
     assert_eq!(info.capabilities.max_name_len, 255);
     let fs = lib.open("", &MountOptions::default()).unwrap();
@@ -367,6 +367,71 @@ fn the_c_example_plugin_loads_with_abi_2_0_and_its_negative_errnos_arrive_as_err
     assert!(err.message.contains("takes no settings"), "{err}");
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    let about_it: Vec<&str> = text.lines().filter(|l| l.contains("hello-c")).collect();
+    // Its one line of its own, through the log bridge (ABI 2.1), from C.
+    let opened = |l: &&str| l.contains("hello-c: opened");
+    let line = text.lines().find(opened).unwrap_or_else(|| panic!("hello-c's INFO line is missing:\n{text}"));
+    assert!(line.contains(" INFO ") && line.contains("hello_c:") && line.contains("plugin=hello-c"), "{line}");
+    let about_it: Vec<&str> = text.lines().filter(|l| l.contains("hello-c") && !opened(l)).collect();
     assert!(about_it.is_empty(), "a negative errno is an answer, not a panic or a bad answer: {about_it:?}");
+}
+
+/// The log lines of the `plugin-logs` fixtures opened with `label`.
+fn lines_labelled(logs: &Captured, label: &str) -> Vec<String> {
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    text.lines().filter(|l| l.contains(&format!("label={label}"))).map(str::to_string).collect()
+}
+
+#[test]
+fn a_plugins_tracing_lines_reach_the_hosts_log_with_its_name_and_target() {
+    // The host's subscriber (this test binary's: INFO and above) is set before the load.
+    let logs = captured_logs();
+    let lib = PluginLibrary::load(&plugin_library("plugfs-fixture-logs")).unwrap();
+    assert_eq!(lib.info().abi, AbiVersion::HOST);
+    let fs = lib.open("label = \"in-process\"", &MountOptions::default()).unwrap();
+    let text = || String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+
+    let opened = lines_labelled(&logs, "in-process");
+    assert_eq!(opened.len(), 1, "one warning from open: {opened:?}\n{}", text());
+    let line = &opened[0];
+    for want in
+        [" WARN ", "plugfs_fixture_logs::logs:", "logs-fixture opened: warning from open", "plugin=logs-fixture"]
+    {
+        assert!(line.contains(want), "{want:?} is missing from {line:?}");
+    }
+    // From a thread the plugin started, not the host's.
+    assert!(
+        text().lines().any(|l| l.contains("warning from a background thread") && l.contains("plugin=logs-fixture")),
+        "{}",
+        text()
+    );
+    // The filter is the host's: DEBUG is off here.
+    assert!(!text().contains("debug detail from open"), "{}", text());
+
+    // A call's warning, with its field.
+    assert_eq!(fs.lookup(&req(), ROOT_ID, OsStr::new("warn-abc")).unwrap_err().errno(), Errno::ENOENT);
+    assert!(
+        text().lines().any(|l| l.contains("lookup of a missing name") && l.contains("name=\"warn-abc\"")),
+        "{}",
+        text()
+    );
+}
+
+#[test]
+fn a_plugin_of_abi_2_0_still_loads_and_serves_and_its_lines_go_nowhere() {
+    let logs = captured_logs();
+    // The logging plugin as a 2.0 build exports it: no `attach_host`.
+    let lib = PluginLibrary::load(&plugin_library("plugfs-fixture-logs-abi-2-0")).unwrap();
+    assert_eq!(lib.info().abi, AbiVersion { major: 2, minor: 0 });
+    assert_eq!(lib.info().name, "logs-fixture-2-0");
+    let fs = lib.open("label = \"abi-2-0\"", &MountOptions::default()).unwrap();
+    assert_eq!(fs.getattr(&req(), ROOT_ID, None).unwrap().attr.kind, FileKind::Directory);
+    assert_eq!(fs.lookup(&req(), ROOT_ID, OsStr::new("warn-2-0")).unwrap_err().errno(), Errno::ENOENT);
+    assert!(lines_labelled(&logs, "abi-2-0").is_empty(), "a 2.0 plugin has no log bridge");
+    assert!(!String::from_utf8(logs.0.lock().unwrap().clone()).unwrap().contains("warn-2-0"));
+
+    // The misbehaving fixture declares 2.0 with 2.0's declaration, written by hand.
+    let lib = PluginLibrary::load(&plugin_library("plugfs-fixture-misbehaves")).unwrap();
+    assert_eq!(lib.info().abi, AbiVersion { major: 2, minor: 0 });
+    let fs = lib.open("", &MountOptions::default()).unwrap();
+    assert!(fs.lookup(&req(), ROOT_ID, OsStr::new("good")).is_ok());
 }

@@ -62,7 +62,6 @@ impl Plugin for S3Plugin {
     }
 
     fn open(config: &ConfigTable, options: &MountOptions) -> Result<S3Fs, OpenError> {
-        init_logging();
         let raw: config::Raw = config.parse()?;
         let s = config::Settings::check(raw)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -103,16 +102,6 @@ impl Plugin for S3Plugin {
             .map_err(|e| OpenError::config("cache_dir", e))?;
         Ok(S3Fs::new(Arc::new(client), s, cache, options.read_only))
     }
-}
-
-/// Sends this library's log lines to stderr, where the host logs, filtered by RUST_LOG
-/// (default `info`). Loaded as a cdylib the plugin has its own copy of `tracing`, which the
-/// host's subscriber never sees; linked as an rlib into a program that set a subscriber,
-/// this does nothing.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 /// A file-name-safe id for the cache directory of one endpoint, bucket and prefix.
