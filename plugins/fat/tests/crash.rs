@@ -402,9 +402,8 @@ fn a_new_directory_cluster_is_durable_before_its_entry_is_written() {
     let before = log.lock().unwrap().len();
     vol.create(ROOT, "new directory", true).unwrap();
     let ops: Vec<IoOp> = log.lock().unwrap()[before..].to_vec();
-    let writes = |pred: &dyn Fn(&[u8]) -> bool| {
-        ops.iter().position(|op| matches!(op, IoOp::Write { data, .. } if pred(data)))
-    };
+    let writes =
+        |pred: &dyn Fn(&[u8]) -> bool| ops.iter().position(|op| matches!(op, IoOp::Write { data, .. } if pred(data)));
     // The new cluster starts with the "." entry; the parent's entry holds the short name.
     let cluster = writes(&|d| d.starts_with(b".          ")).expect("the new cluster is written");
     let entry = writes(&|d| d.windows(8).any(|w| w == b"NEWDIR~1")).expect("the parent's entry is written");
