@@ -161,18 +161,8 @@ path_of() {
         redoxfs) echo "$run/redoxfs/mnt" ;;
     esac
 }
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-fio_job() { # target, job name, round, fio arguments...
-    local target=$1 name=$2 out="$results/$1.$2.$3.json"; shift 3
-    drop_caches
-    fio --name="$name" --filename="$(path_of "$target")/fio.dat" --ioengine=psync --direct=0 \
-        --fallocate=none --numjobs=1 --output-format=json "$@" >"$out" ||
-        die "fio $name on $target failed (output in $out)"
-}
-rotated() {
-    local n=${#targets[@]} i
-    for ((i = 0; i < n; i++)); do echo "${targets[(i + $1) % n]}"; done
-}
+# drop_caches, fio_job and rotated: shared with bench/run.sh.
+source "$bench/lib.sh"
 
 for ((r = 0; r < repeat; r++)); do
     round="round $((r + 1))/$repeat"
