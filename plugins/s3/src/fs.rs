@@ -38,6 +38,8 @@ pub const MAX_FILE: u64 = 5 << 40;
 const LIST_PAGE: u32 = 1000;
 /// The smallest ranged GET of a read that is not sequential.
 const MIN_READAHEAD: u64 = 256 << 10;
+/// S3's smallest part but the last: less unchanged than this is never copied.
+const MIN_PART: u64 = 5 << 20;
 
 /// What the s3 plugin supports (docs/s3.md says why each is what it is).
 pub const CAPABILITIES: Capabilities = Capabilities {
@@ -74,6 +76,10 @@ struct FileData {
     /// The ETag of the object the clean local copy holds: a copy kept after the last close
     /// serves reads again only while the object still has this ETag.
     etag: Option<String>,
+    /// The local copy's first bytes that are still those of the object with `etag`
+    /// (writes and truncates below lower it): an upload copies whole parts of them
+    /// server-side instead of sending them (`Store::upload_over`).
+    same_until: u64,
 }
 
 struct Local {
@@ -730,6 +736,7 @@ impl Core {
         }
         d.local = Some(Local { file, reserved: want });
         d.etag = if empty { None } else { etag };
+        d.same_until = want;
         Ok(())
     }
 
@@ -781,8 +788,32 @@ impl Core {
         match &d.local {
             Some(local) => {
                 let size = local.file.metadata().map_err(|e| io_err("stat copy", e))?.len();
-                let etag =
-                    self.store.upload(&full, &local.file, size, &meta).map_err(|e| store_err("PUT", &full, e))?;
+                let stored = match &d.etag {
+                    // An append or a small overwrite of a large object: its unchanged parts
+                    // are copied server-side, if it is still the object the copy came from.
+                    // The HEAD first because not every server honours the copy's condition
+                    // (moto ignores x-amz-copy-source-if-match); S3 does, which closes the
+                    // race between the two.
+                    Some(base) if d.same_until > 0 && size > self.s.part_size && d.same_until >= MIN_PART => {
+                        let current = self.store.head(&full).map(|i| i.and_then(|i| i.etag));
+                        let same = matches!(&current, Ok(Some(e)) if e == base);
+                        let r = if same {
+                            self.store.upload_over(&full, &local.file, size, &meta, d.same_until, base)
+                        } else {
+                            Err(StoreError::PreconditionFailed)
+                        };
+                        match r {
+                            Err(StoreError::PreconditionFailed | StoreError::NotFound) => {
+                                tracing::info!("s3: {full:?} changed in the store; uploading it whole");
+                                self.store.upload(&full, &local.file, size, &meta)
+                            }
+                            r => r,
+                        }
+                    }
+                    _ => self.store.upload(&full, &local.file, size, &meta),
+                };
+                let etag = stored.map_err(|e| store_err("PUT", &full, e))?;
+                d.same_until = if etag.is_some() { size } else { 0 };
                 d.etag = etag.clone();
                 if let Some(n) = self.table().nodes.get_mut(&id) {
                     n.etag = etag;
@@ -1190,6 +1221,7 @@ impl FileSystem for S3Fs {
                 local.reserved += grow;
                 local.file.set_len(size).map_err(|e| io_err("truncate", e))?;
             }
+            d.same_until = d.same_until.min(size);
             d.dirty = true;
         }
         let meta_change =
@@ -1512,6 +1544,8 @@ impl FileSystem for S3Fs {
                 let mut t = self.table();
                 self.rekey(&mut t, &from, &to);
             }
+            // Nothing to copy parts from under the new name.
+            d.same_until = 0;
             if let Err(e) = self.upload(src, &mut d) {
                 let mut t = self.table();
                 self.rekey(&mut t, &to, &from);
@@ -1714,6 +1748,7 @@ impl FileSystem for S3Fs {
         }
         local.reserved += grow;
         local.file.write_all_at(data, offset).map_err(|e| io_err("write copy", e))?;
+        d.same_until = d.same_until.min(offset);
         d.dirty = true;
         let mut t = self.table();
         if let Some(n) = t.nodes.get_mut(&node) {
