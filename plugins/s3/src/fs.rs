@@ -188,17 +188,18 @@ impl Table {
     /// of `max` (so a walk scans the table once per `max / 8` new names, not once per
     /// name). A directory that loses a child forgets that it was listed whole: the child's
     /// name is no longer in the table. Returns the bytes of kept local copies released
-    /// with their nodes (for the caller to give back to the cache).
-    fn evict(&mut self, max: usize) -> u64 {
+    /// with their nodes (for the caller to give back to the cache), and those nodes.
+    fn evict(&mut self, max: usize) -> (u64, Vec<NodeId>) {
         let len = self.nodes.len().saturating_sub(1);
         if len <= max || len <= self.evict_at {
-            return 0;
+            return (0, Vec::new());
         }
         let mut order: Vec<(u64, NodeId)> =
             self.nodes.iter().filter(|(id, _)| self.evictable(**id)).map(|(id, n)| (n.used, *id)).collect();
         let target = max - max / 8;
         let excess = len.saturating_sub(target).min(order.len());
         let mut released = 0;
+        let mut copies = Vec::new();
         if excess > 0 {
             order.select_nth_unstable(excess - 1);
             for &(_, id) in &order[..excess] {
@@ -216,13 +217,14 @@ impl Table {
                     && let Some(old) = d.local.take()
                 {
                     released += old.reserved;
+                    copies.push(id);
                 }
             }
         }
         // The nodes left are referenced (or busy): scan again after max / 8 more, or
         // sooner as the kernel forgets them (`forgotten`).
         self.evict_at = self.nodes.len().saturating_sub(1) + max / 8;
-        released
+        (released, copies)
     }
 
     /// A node lost its last reference: the next scan may come one node sooner.
@@ -560,9 +562,14 @@ impl Core {
     /// Bounds the table (`max_nodes`, [`Table::evict`]). Called where no node id is held
     /// without a reference: after a lookup has counted its own, at the end of a listing.
     fn trim(&self, t: &mut Table) {
-        let released = t.evict(self.s.max_nodes);
+        let (released, copies) = t.evict(self.s.max_nodes);
         if released > 0 {
             self.cache.release(released);
+        }
+        if !copies.is_empty() {
+            // Lock order: nothing takes the table while holding `idle`.
+            let gone: HashSet<NodeId> = copies.into_iter().collect();
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).retain(|id| !gone.contains(id));
         }
     }
 
@@ -1997,7 +2004,7 @@ mod tests {
         let first = add(&mut t, node("d/f0", FileKind::File));
         for i in 1..200 {
             add(&mut t, node(&format!("d/f{i}"), FileKind::File));
-            assert_eq!(t.evict(32), 0);
+            assert_eq!(t.evict(32), (0, Vec::new()));
             assert!(t.nodes.len() - 1 <= 32 + 4 + 32 / 8, "{} nodes", t.nodes.len());
         }
         for id in [root, d, e, looked, open, dirty, held] {
