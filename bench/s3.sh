@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/s3.sh: the s3 plugin against s3fs-fuse, on one moto server in one run.
 #
-#   bench/s3.sh [--no-build] [--size 256M] [--files 1000] [--dir DIR] [--record]
+#   bench/s3.sh [--no-build] [--size 256M] [--files 1000] [--big 100000] [--dir DIR] [--record]
 #
 # Starts moto (target/moto-venv, made by scripts/setup-s3-test-server.sh) on a free
 # 127.0.0.1 port, one bucket per client, and mounts one with plugfs (the --release build,
@@ -14,18 +14,23 @@
 #   create:      FILES files of 1 KiB into a new directory (open, write, close each)
 #   ls -l cold:  ls -l of that directory after a remount
 #   ls -l warm:  the same again at once
+#   big ls -l:   ls -l of a directory of BIG keys, cold (a new mount) and warm: empty
+#                objects made by boto3 (4 processes of 16 threads) straight into a third
+#                bucket that each client mounts read-only at its own mountpoint for this
+#                row; --big 0 skips it
 # Every row is checked: md5 of what was read, and the number of names ls saw.
 #
 # Prints a table with the ratio plugfs/s3fs (higher is better for plugfs); with --record
 # appends it to bench/RESULTS.md with the date and machine. As root (mounts, drops caches).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-build=1 size=256M files=1000 dir="$repo/bench/work" record=0
+build=1 size=256M files=1000 big=100000 dir="$repo/bench/work" record=0
 while (($#)); do
     case $1 in
         --no-build) build=0 ;;
         --size) size=$2; shift ;;
         --files) files=$2; shift ;;
+        --big) big=$2; shift ;;
         --dir) dir=$2; shift ;;
         --record) record=1 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -56,7 +61,7 @@ fi
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd -P)
 run="$dir/s3"
-for m in "$run/plugfs-mnt" "$run/s3fs-mnt"; do
+for m in "$run/plugfs-mnt" "$run/s3fs-mnt" "$run/plugfs-big" "$run/s3fs-big"; do
     findmnt -rn --mountpoint "$m" >/dev/null 2>&1 && { fusermount3 -u "$m" || umount -l "$m"; }
 done
 rm -rf "$run"
@@ -72,6 +77,8 @@ cleanup() {
     set +e
     [[ -n $plugfs_pid ]] && kill "$plugfs_pid" 2>/dev/null && wait "$plugfs_pid" 2>/dev/null
     fusermount3 -u "$run/s3fs-mnt" 2>/dev/null || umount -l "$run/s3fs-mnt" 2>/dev/null
+    fusermount3 -u "$run/s3fs-big" 2>/dev/null || umount -l "$run/s3fs-big" 2>/dev/null
+    fusermount3 -u -z "$run/plugfs-big" 2>/dev/null
     fusermount3 -u -z "$run/plugfs-mnt" 2>/dev/null
     kill -- -"$moto" 2>/dev/null
 }
@@ -86,6 +93,32 @@ s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='test', aws_
 for b in ('bench-plugfs', 'bench-s3fs'):
     s3.create_bucket(Bucket=b)
 EOF
+if ((big > 0)); then
+    log "making $big keys under big/ in bucket bench-big (boto3, 4 processes x 16 threads)"
+    t0=$(date +%s.%N)
+    "$venv/bin/python" - "$endpoint" "$big" <<'EOF' || die "could not make the keys of big/"
+import sys, threading, multiprocessing, boto3, botocore.config
+endpoint, n = sys.argv[1], int(sys.argv[2])
+def client():
+    return boto3.session.Session().client('s3', endpoint_url=endpoint, aws_access_key_id='test',
+        aws_secret_access_key='test', region_name='us-east-1',
+        config=botocore.config.Config(max_pool_connections=16, retries={'max_attempts': 10}))
+def proc(p):
+    def work(t):
+        s3 = client()
+        for i in range(p * 16 + t, n, 64):
+            s3.put_object(Bucket='bench-big', Key='big/k%06d' % i, Body=b'')
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(16)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+client().create_bucket(Bucket='bench-big')
+ps = [multiprocessing.Process(target=proc, args=(p,)) for p in range(4)]
+for p in ps: p.start()
+for p in ps: p.join()
+sys.exit(max(p.exitcode for p in ps))
+EOF
+    log "made in $(awk "BEGIN { print $(date +%s.%N) - $t0 }") s"
+fi
 
 cat >"$run/plugfs.toml" <<EOF
 [[mount]]
@@ -170,6 +203,34 @@ EOF
     [[ $n == "$files" ]] || die "$who: warm ls -l showed $n files, not $files"
     T[$who,lswarm]=$(secs "$t0" "$t1")
 done
+if ((big > 0)); then
+    umount_plugfs
+    umount_s3fs
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    sed -e "s|bench-plugfs|bench-big|; s|$run/plugfs-mnt|$run/plugfs-big|; s|$run/cache|$run/cache-big|" \
+        -e 's|name = "bench"|name = "big"|' "$run/plugfs.toml" >"$run/plugfs-big.toml"
+    mkdir -p "$run/plugfs-big" "$run/s3fs-big" "$run/cache-big"
+    for who in plugfs s3fs; do
+        m="$run/$who-big"
+        if [[ $who == plugfs ]]; then
+            RUST_LOG=warn "$release/plugfs" mount --config "$run/plugfs-big.toml" 2>>"$run/plugfs.log" &
+            plugfs_pid=$!
+        else
+            s3fs bench-big "$m" -o url="$endpoint" -o use_path_request_style \
+                -o passwd_file="$run/passwd" -o dbglevel=warn
+        fi
+        for _ in $(seq 200); do findmnt -rn --mountpoint "$m" >/dev/null && break; sleep 0.05; done
+        findmnt -rn --mountpoint "$m" >/dev/null || die "$who did not mount bench-big"
+        log "$who: ls -l of $big keys, cold and warm"
+        t0=$(now); n=$(ls -l "$m/big" | grep -c '^-'); t1=$(now)
+        [[ $n == "$big" ]] || die "$who: ls -l big showed $n files, not $big"
+        T[$who,bigcold]=$(secs "$t0" "$t1")
+        t0=$(now); n=$(ls -l "$m/big" | grep -c '^-'); t1=$(now)
+        [[ $n == "$big" ]] || die "$who: warm ls -l big showed $n files, not $big"
+        T[$who,bigwarm]=$(secs "$t0" "$t1")
+        if [[ $who == plugfs ]]; then umount_plugfs; else fusermount3 -u "$m"; fi
+    done
+fi
 
 mib=$(calc "$bytes / 1048576")
 row() { # name, key, kind (rate: MiB/s from seconds | time: seconds)
@@ -188,6 +249,10 @@ table=$(
     row "create $files files of 1 KiB" create time
     row "ls -l of $files files, cold" lscold time
     row "ls -l of $files files, warm" lswarm time
+    if ((big > 0)); then
+        row "ls -l of $big keys, cold" bigcold time
+        row "ls -l of $big keys, warm" bigwarm time
+    fi
 )
 echo "$table"
 if ((record)); then

@@ -168,6 +168,8 @@ struct ProxyState {
     up: AtomicBool,
     stop: AtomicBool,
     requests: AtomicU64,
+    /// Bytes from the client to the server (requests and their bodies).
+    sent: AtomicU64,
     /// Both ends of every open connection, to shut them down when cut.
     conns: Mutex<Vec<(TcpStream, TcpStream)>>,
 }
@@ -182,6 +184,7 @@ impl Proxy {
             up: AtomicBool::new(true),
             stop: AtomicBool::new(false),
             requests: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
             conns: Mutex::default(),
         });
         let st = state.clone();
@@ -217,6 +220,7 @@ impl Proxy {
                         if n == 0 {
                             break;
                         }
+                        counter.sent.fetch_add(n as u64, Ordering::SeqCst);
                         // Count "HTTP/1.1\r\n" (request lines) across read boundaries.
                         tail.extend_from_slice(&buf[..n]);
                         let needle = b" HTTP/1.1\r\n";
@@ -256,6 +260,11 @@ impl Proxy {
     /// Requests forwarded so far.
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Bytes forwarded from the client to the server so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.state.sent.load(Ordering::SeqCst)
     }
 
     /// Makes the server unreachable: open connections are closed, new ones reset.

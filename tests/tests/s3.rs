@@ -500,3 +500,116 @@ fn a_closed_file_is_read_again_from_the_cache_until_another_client_changes_it() 
     assert_eq!(std::fs::read(mnt.join("f")).unwrap(), second);
     stop(host);
 }
+
+/// Nodes in the mount's table, as its statfs reports them (inodes "used").
+fn nodes_in_table(path: &std::path::Path) -> u64 {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "statvfs {path:?}");
+    st.f_files - st.f_ffree
+}
+
+/// Makes the kernel forget every dentry and inode it does not need (FUSE FORGETs).
+fn drop_kernel_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop_caches (tests run as root)");
+}
+
+#[test]
+fn a_walk_of_many_names_keeps_the_node_table_within_max_nodes_and_reads_everything() {
+    const DIRS: usize = 8;
+    const FILES: usize = 150;
+    const MAX: u64 = 64;
+    let s = Setup::new("walk");
+    s.py(
+        "import concurrent.futures as cf\n\
+         keys = ['d%d/f%04d' % (d, i) for d in range(8) for i in range(150)]\n\
+         with cf.ThreadPoolExecutor(16) as ex:\n\
+         \x20   list(ex.map(lambda k: s3.put_object(Bucket='walk', Key=k, Body=k.encode()), keys))\n",
+        &[],
+    );
+    let (host, mnt) = s.mount("walk", "metadata_ttl = 30\nmax_nodes = 64");
+    // Held open through the walk: its node stays, and so does its inode number.
+    let held = std::fs::File::open(mnt.join("d0/f0000")).unwrap();
+    let held_ino = held.metadata().unwrap().ino();
+    let mut peak = 0;
+    for round in 0..2 {
+        for d in 0..DIRS {
+            let dir = mnt.join(format!("d{d}"));
+            let mut names: Vec<String> =
+                std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            names.sort();
+            assert_eq!(names.len(), FILES, "round {round}, d{d}");
+            for (i, name) in names.iter().enumerate() {
+                assert_eq!(name, &format!("f{i:04}"));
+                let key = format!("d{d}/{name}");
+                assert_eq!(std::fs::read(dir.join(name)).unwrap(), key.as_bytes(), "{key}");
+            }
+            drop_kernel_caches();
+            // A stat after the kernel forgot: the next use trims the table.
+            std::fs::metadata(mnt.join(format!("d{d}/f0001"))).unwrap();
+            let n = nodes_in_table(&mnt);
+            peak = peak.max(n);
+            // The bound, the held file, the root and what the kernel still holds (the
+            // directory walked and the file just stat'ed, with its parent).
+            assert!(n <= MAX + 8, "round {round}, d{d}: {n} nodes in the table, max_nodes = {MAX}");
+        }
+    }
+    assert!(peak > 0);
+    // Directories larger than the bound lost names they had listed: a name that is not in
+    // the table any more is still found (no "listed whole, so missing" answer).
+    for d in 0..DIRS {
+        for i in [0, FILES / 2, FILES - 1] {
+            let key = format!("d{d}/f{i:04}");
+            assert_eq!(std::fs::read(mnt.join(&key)).unwrap(), key.as_bytes());
+        }
+    }
+    // Writes still go where they should after eviction.
+    std::fs::write(mnt.join("d3/new"), b"new").unwrap();
+    assert_eq!(s.py("print(s3.get_object(Bucket='walk', Key='d3/new')['Body'].read().decode())", &[]).trim(), "new");
+    assert_eq!(std::fs::metadata(mnt.join("d0/f0000")).unwrap().ino(), held_ino, "a node held open keeps its number");
+    assert_eq!(held.metadata().unwrap().ino(), held_ino);
+    drop(held);
+    stop(host);
+}
+
+#[test]
+fn an_append_to_a_large_object_sends_only_its_tail_and_copies_the_rest_server_side() {
+    let s = Setup::new("append");
+    let proxy = Proxy::start(s.moto.port);
+    let (host, mnt) = s.mount_at(&proxy.endpoint(), "append", "");
+    let mut expect = pattern(24 << 20, 20);
+    std::fs::write(mnt.join("big"), &expect).unwrap();
+    // An append: the 20 MiB of whole 5 MiB parts before the old end are copied.
+    let before = proxy.bytes_sent();
+    let tail = pattern(100_000, 21);
+    let mut f = std::fs::OpenOptions::new().append(true).open(mnt.join("big")).unwrap();
+    f.write_all(&tail).unwrap();
+    f.sync_all().unwrap();
+    let sent = proxy.bytes_sent() - before;
+    expect.extend_from_slice(&tail);
+    assert_eq!(md5_of(&s, "append", "big"), md5_local(&expect), "after the append's fsync");
+    assert!(sent < 6 << 20, "an append to 24 MiB sent {sent} bytes");
+    // A small overwrite at 7 MiB: the first part is copied, the rest sent.
+    drop(f);
+    let before = proxy.bytes_sent();
+    let f = std::fs::OpenOptions::new().write(true).open(mnt.join("big")).unwrap();
+    f.write_all_at(b"overwritten", 7 << 20).unwrap();
+    drop(f);
+    let sent = proxy.bytes_sent() - before;
+    expect[7 << 20..(7 << 20) + 11].copy_from_slice(b"overwritten");
+    assert_eq!(md5_of(&s, "append", "big"), md5_local(&expect), "after the overwrite's close");
+    assert!(sent < 20 << 20, "an overwrite at 7 MiB sent {sent} bytes");
+    // Another client replaces the object while this mount holds a copy of the old one: the
+    // copied parts would be theirs, so the condition fails and the file goes up whole.
+    let mut f = std::fs::OpenOptions::new().append(true).open(mnt.join("big")).unwrap();
+    f.write_all(b"x").unwrap();
+    expect.push(b'x');
+    let other = s.path("other");
+    std::fs::write(&other, pattern(26 << 20, 22)).unwrap();
+    s.py("s3.upload_file(sys.argv[1], 'append', 'big')", &[other.to_str().unwrap()]);
+    f.write_all(b"y").unwrap();
+    expect.push(b'y');
+    drop(f);
+    assert_eq!(md5_of(&s, "append", "big"), md5_local(&expect), "the last close wins, whole");
+    stop(host);
+}

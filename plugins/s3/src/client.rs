@@ -655,6 +655,56 @@ impl Store for S3Client {
         }))
     }
 
+    fn upload_over(
+        &self,
+        key: &str,
+        file: &File,
+        size: u64,
+        meta: &FileMeta,
+        unchanged: u64,
+        etag: &str,
+    ) -> StoreResult<Option<String>> {
+        let psize = self.part_size_for(size);
+        if size <= self.part_size || unchanged < psize {
+            return self.upload(key, file, size, meta);
+        }
+        let source = format!("/{}/{}", utf8_percent_encode(&self.bucket, KEY_SET), utf8_percent_encode(key, KEY_SET));
+        self.block(self.multipart(key, Some(meta), size, |id, n, off, len| {
+            let part = [("partNumber", n.to_string()), ("uploadId", id)];
+            // Parts wholly in the unchanged range are copied from the stored object (if it
+            // is still the one the local copy came from); the others are read here, inside
+            // the bounded stream, so at most `concurrency` parts are in memory at once.
+            let body = if off + len <= unchanged {
+                None
+            } else {
+                let mut buf = vec![0u8; len as usize];
+                Some(file.read_exact_at(&mut buf, off).map(|_| Bytes::from(buf)))
+            };
+            let source = source.clone();
+            async move {
+                let q: Vec<(&str, &str)> = part.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                match body {
+                    None => {
+                        let r = Req::new(Method::PUT, key)
+                            .query(&q)
+                            .header("x-amz-copy-source", source)
+                            .header("x-amz-copy-source-if-match", etag.to_string())
+                            .header("x-amz-copy-source-range", format!("bytes={}-{}", off, off + len - 1));
+                        let (_, body) = self.send(&r).await?;
+                        Ok(parse_xml::<CopyPartResult>(&body)?.etag)
+                    }
+                    Some(body) => {
+                        let r = Req::new(Method::PUT, key).query(&q).body(body?);
+                        let (h, _) = self.send(&r).await?;
+                        header_str(&h, "etag")
+                            .map(str::to_string)
+                            .ok_or_else(|| StoreError::BadResponse("UploadPart answer without an ETag".into()))
+                    }
+                }
+            }
+        }))
+    }
+
     fn copy(&self, from: &str, to: &str, size: u64, meta: Option<&FileMeta>) -> StoreResult<()> {
         let source = format!("/{}/{}", utf8_percent_encode(&self.bucket, KEY_SET), utf8_percent_encode(from, KEY_SET));
         if size <= self.copy_threshold {

@@ -128,6 +128,8 @@ pub struct Raw {
     pub conditional_create: Option<bool>,
     /// Copies (renames) of larger objects are multipart.
     pub multipart_copy_threshold: Option<Size>,
+    /// Nodes the kernel does not reference that the node table keeps (beyond those it does).
+    pub max_nodes: Option<usize>,
 }
 
 /// The checked settings.
@@ -155,6 +157,7 @@ pub struct Settings {
     pub gid: u32,
     pub conditional_create: bool,
     pub multipart_copy_threshold: u64,
+    pub max_nodes: usize,
 }
 
 /// S3's smallest part (all but the last).
@@ -249,6 +252,10 @@ impl Settings {
         if retries > 20 {
             return Err(OpenError::config("retries", format!("{retries} is more than 20")));
         }
+        let max_nodes = raw.max_nodes.unwrap_or(100_000);
+        if max_nodes < 16 {
+            return Err(OpenError::config("max_nodes", format!("{max_nodes} is less than 16")));
+        }
         Ok(Settings {
             bucket: raw.bucket,
             prefix,
@@ -271,6 +278,7 @@ impl Settings {
             gid: raw.gid.unwrap_or_else(|| rustix::process::getgid().as_raw()),
             conditional_create: raw.conditional_create.unwrap_or(true),
             multipart_copy_threshold,
+            max_nodes,
         })
     }
 }

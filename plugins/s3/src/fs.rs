@@ -34,10 +34,14 @@ const S_ISGID: u32 = 0o2000;
 const MAX_KEY: usize = 1024;
 /// S3's largest object.
 pub const MAX_FILE: u64 = 5 << 40;
-/// Keys per listing request (S3's maximum).
-const LIST_PAGE: u32 = 1000;
+/// Keys asked for per listing request. S3 (and MinIO, Ceph RGW) give at most 1,000 and
+/// say the listing is truncated, whatever is asked; servers that give more (moto does)
+/// then need fewer requests, which matters where each page costs a scan of the bucket.
+const LIST_PAGE: u32 = 10_000;
 /// The smallest ranged GET of a read that is not sequential.
 const MIN_READAHEAD: u64 = 256 << 10;
+/// S3's smallest part but the last: less unchanged than this is never copied.
+const MIN_PART: u64 = 5 << 20;
 
 /// What the s3 plugin supports (docs/s3.md says why each is what it is).
 pub const CAPABILITIES: Capabilities = Capabilities {
@@ -74,6 +78,10 @@ struct FileData {
     /// The ETag of the object the clean local copy holds: a copy kept after the last close
     /// serves reads again only while the object still has this ETag.
     etag: Option<String>,
+    /// The local copy's first bytes that are still those of the object with `etag`
+    /// (writes and truncates below lower it): an upload copies whole parts of them
+    /// server-side instead of sending them (`Store::upload_over`).
+    same_until: u64,
 }
 
 struct Local {
@@ -111,6 +119,9 @@ struct Node {
     /// The object's ETag, as last seen (HEAD, listing, or our own upload).
     etag: Option<String>,
     data: Arc<Mutex<FileData>>,
+    /// The table's clock when this node was last made, looked up or listed: eviction
+    /// takes the least recently used first.
+    used: u64,
 }
 
 struct OpenFile {
@@ -145,6 +156,89 @@ struct Table {
     nodes: HashMap<NodeId, Node>,
     by_key: HashMap<String, NodeId>,
     next_id: u64,
+    /// Counts uses of nodes (`Node::used`).
+    clock: u64,
+    /// The number of nodes (root aside) above which the next use scans for eviction.
+    evict_at: usize,
+}
+
+impl Table {
+    fn touch(&mut self, id: NodeId) {
+        self.clock += 1;
+        let now = self.clock;
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.used = now;
+        }
+    }
+
+    /// Whether the table may drop node `id`: it has its name (nameless ones go by
+    /// `maybe_free`), the kernel holds no reference to it, nothing has it open, and its
+    /// data is neither dirty nor held by anyone (an upload or a write in progress holds it).
+    fn evictable(&self, id: NodeId) -> bool {
+        id != ROOT
+            && self.nodes.get(&id).is_some_and(|n| {
+                n.linked
+                    && n.lookups == 0
+                    && n.opens == 0
+                    && Arc::strong_count(&n.data) == 1
+                    && n.data.try_lock().is_ok_and(|d| !d.dirty)
+            })
+    }
+
+    /// Keeps the table at about `max` nodes beyond those the kernel references: once it
+    /// has grown past `evict_at`, drops the least recently used evictable nodes down to 7/8
+    /// of `max` (so a walk scans the table once per `max / 8` new names, not once per
+    /// name). A directory that loses a child forgets that it was listed whole: the child's
+    /// name is no longer in the table. Returns the bytes of kept local copies released
+    /// with their nodes (for the caller to give back to the cache), and those nodes.
+    fn evict(&mut self, max: usize) -> (u64, Vec<NodeId>) {
+        let len = self.nodes.len().saturating_sub(1);
+        if len <= max || len <= self.evict_at {
+            return (0, Vec::new());
+        }
+        let mut order: Vec<(u64, NodeId)> =
+            self.nodes.iter().filter(|(id, _)| self.evictable(**id)).map(|(id, n)| (n.used, *id)).collect();
+        let target = max - max / 8;
+        let excess = len.saturating_sub(target).min(order.len());
+        let mut released = 0;
+        let mut copies = Vec::new();
+        if excess > 0 {
+            order.select_nth_unstable(excess - 1);
+            for &(_, id) in &order[..excess] {
+                let Some(n) = self.nodes.remove(&id) else { continue };
+                if self.by_key.get(&n.key) == Some(&id) {
+                    self.by_key.remove(&n.key);
+                }
+                if let Some(&p) = self.by_key.get(parent_of(&n.key))
+                    && p != id
+                    && let Some(p) = self.nodes.get_mut(&p)
+                {
+                    p.complete_at = None;
+                }
+                if let Ok(mut d) = n.data.try_lock()
+                    && let Some(old) = d.local.take()
+                {
+                    released += old.reserved;
+                    copies.push(id);
+                }
+            }
+        }
+        // The nodes left are referenced (or busy): scan again after max / 8 more, or
+        // sooner as the kernel forgets them (`forgotten`).
+        self.evict_at = self.nodes.len().saturating_sub(1) + max / 8;
+        (released, copies)
+    }
+
+    /// A node lost its last reference: the next scan may come one node sooner.
+    fn forgotten(&mut self) {
+        self.evict_at = self.evict_at.saturating_sub(1);
+    }
+
+    /// Nodes that the kernel may not reference (the root excluded): what `max_nodes` bounds.
+    #[cfg(test)]
+    fn unreferenced(&self) -> usize {
+        self.nodes.iter().filter(|(id, n)| **id != ROOT && n.lookups == 0 && n.opens == 0).count()
+    }
 }
 
 /// The s3 filesystem: [`Core`] and the thread that retries failed uploads.
@@ -276,6 +370,7 @@ impl Core {
                 link_target: None,
                 etag: None,
                 data: Arc::default(),
+                used: 0,
             },
         );
         table.by_key.insert(String::new(), ROOT);
@@ -423,6 +518,7 @@ impl Core {
                         self.fill(n, kind, info);
                     }
                 }
+                t.touch(id);
                 return id;
             }
             t.by_key.remove(key);
@@ -452,6 +548,7 @@ impl Core {
             link_target: None,
             etag: None,
             data: Arc::default(),
+            used: 0,
         };
         self.fill(&mut n, kind, info);
         if kind == FileKind::Directory && info.is_none() {
@@ -460,7 +557,22 @@ impl Core {
         }
         t.nodes.insert(id, n);
         t.by_key.insert(key.to_string(), id);
+        t.touch(id);
         id
+    }
+
+    /// Bounds the table (`max_nodes`, [`Table::evict`]). Called where no node id is held
+    /// without a reference: after a lookup has counted its own, at the end of a listing.
+    fn trim(&self, t: &mut Table) {
+        let (released, copies) = t.evict(self.s.max_nodes);
+        if released > 0 {
+            self.cache.release(released);
+        }
+        if !copies.is_empty() {
+            // Lock order: nothing takes the table while holding `idle`.
+            let gone: HashSet<NodeId> = copies.into_iter().collect();
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).retain(|id| !gone.contains(id));
+        }
     }
 
     /// Frees a node that lost its name and that nobody refers to any more. Nodes with a
@@ -633,6 +745,7 @@ impl Core {
         }
         d.local = Some(Local { file, reserved: want });
         d.etag = if empty { None } else { etag };
+        d.same_until = want;
         Ok(())
     }
 
@@ -684,8 +797,32 @@ impl Core {
         match &d.local {
             Some(local) => {
                 let size = local.file.metadata().map_err(|e| io_err("stat copy", e))?.len();
-                let etag =
-                    self.store.upload(&full, &local.file, size, &meta).map_err(|e| store_err("PUT", &full, e))?;
+                let stored = match &d.etag {
+                    // An append or a small overwrite of a large object: its unchanged parts
+                    // are copied server-side, if it is still the object the copy came from.
+                    // The HEAD first because not every server honours the copy's condition
+                    // (moto ignores x-amz-copy-source-if-match); S3 does, which closes the
+                    // race between the two.
+                    Some(base) if d.same_until > 0 && size > self.s.part_size && d.same_until >= MIN_PART => {
+                        let current = self.store.head(&full).map(|i| i.and_then(|i| i.etag));
+                        let same = matches!(&current, Ok(Some(e)) if e == base);
+                        let r = if same {
+                            self.store.upload_over(&full, &local.file, size, &meta, d.same_until, base)
+                        } else {
+                            Err(StoreError::PreconditionFailed)
+                        };
+                        match r {
+                            Err(StoreError::PreconditionFailed | StoreError::NotFound) => {
+                                tracing::info!("s3: {full:?} changed in the store; uploading it whole");
+                                self.store.upload(&full, &local.file, size, &meta)
+                            }
+                            r => r,
+                        }
+                    }
+                    _ => self.store.upload(&full, &local.file, size, &meta),
+                };
+                let etag = stored.map_err(|e| store_err("PUT", &full, e))?;
+                d.same_until = if etag.is_some() { size } else { 0 };
                 d.etag = etag.clone();
                 if let Some(n) = self.table().nodes.get_mut(&id) {
                     n.etag = etag;
@@ -813,6 +950,9 @@ impl Core {
         {
             n.complete_at = Some(started);
         }
+        // A directory larger than the table's bound loses some of its names again here,
+        // and with them its completeness.
+        self.trim(&mut t);
         Ok(all)
     }
 
@@ -866,10 +1006,12 @@ impl Core {
             if plus && let Some(n) = t.nodes.get_mut(&id) {
                 n.lookups += 1;
             }
+            t.touch(id);
             if !plus {
                 self.maybe_free(&mut t, id);
             }
         }
+        self.trim(&mut self.table());
         Ok(())
     }
 
@@ -1007,20 +1149,32 @@ impl Core {
 impl FileSystem for S3Fs {
     fn lookup(&self, _req: &Request, parent: NodeId, name: &OsStr) -> Result<Entry> {
         let key = self.child_key(parent, name)?;
-        let id = self.lookup_key(&key)?;
-        let mut t = self.table();
-        let n = t.nodes.get_mut(&id).ok_or(Error::new(Errno::ENOENT))?;
-        n.lookups += 1;
-        let n = t.nodes.get(&id).ok_or(Error::new(Errno::ENOENT))?;
-        Ok(self.entry_of(id, n))
+        // Another thread's trim may evict the node between lookup_key and the count below
+        // (it is unreferenced then): look again, which makes a new one.
+        for _ in 0..3 {
+            let id = self.lookup_key(&key)?;
+            let mut t = self.table();
+            let Some(n) = t.nodes.get_mut(&id) else { continue };
+            n.lookups += 1;
+            t.touch(id);
+            let entry = t.nodes.get(&id).map(|n| self.entry_of(id, n));
+            self.trim(&mut t);
+            return entry.ok_or(Error::new(Errno::ENOENT));
+        }
+        Err(err(Errno::EIO, "the node table kept evicting this name"))
     }
 
     fn forget(&self, node: NodeId, nlookup: u64) {
         let mut t = self.table();
         if let Some(n) = t.nodes.get_mut(&node) {
+            let had = n.lookups;
             n.lookups = n.lookups.saturating_sub(nlookup);
+            if had > 0 && n.lookups == 0 {
+                t.forgotten();
+            }
         }
         self.maybe_free(&mut t, node);
+        self.trim(&mut t);
     }
 
     fn getattr(&self, _req: &Request, node: NodeId, _handle: Option<Handle>) -> Result<AttrOut> {
@@ -1076,6 +1230,7 @@ impl FileSystem for S3Fs {
                 local.reserved += grow;
                 local.file.set_len(size).map_err(|e| io_err("truncate", e))?;
             }
+            d.same_until = d.same_until.min(size);
             d.dirty = true;
         }
         let meta_change =
@@ -1398,6 +1553,8 @@ impl FileSystem for S3Fs {
                 let mut t = self.table();
                 self.rekey(&mut t, &from, &to);
             }
+            // Nothing to copy parts from under the new name.
+            d.same_until = 0;
             if let Err(e) = self.upload(src, &mut d) {
                 let mut t = self.table();
                 self.rekey(&mut t, &to, &from);
@@ -1600,6 +1757,7 @@ impl FileSystem for S3Fs {
         }
         local.reserved += grow;
         local.file.write_all_at(data, offset).map_err(|e| io_err("write copy", e))?;
+        d.same_until = d.same_until.min(offset);
         d.dirty = true;
         let mut t = self.table();
         if let Some(n) = t.nodes.get_mut(&node) {
@@ -1695,13 +1853,16 @@ impl FileSystem for S3Fs {
     fn statfs(&self, _req: &Request, _node: NodeId) -> Result<StatFs> {
         // A bucket has no fixed size; report plenty, as s3fs and mountpoint-s3 do, so
         // programs that check free space before writing do not refuse.
+        // Inodes "used" are the nodes in the table (root included), so `df -i` shows
+        // what the mount holds in memory (bounded by `max_nodes`, docs/s3.md).
         let blocks = 1u64 << 40;
+        let used = self.table().nodes.len() as u64;
         Ok(StatFs {
             blocks,
             bfree: blocks,
             bavail: blocks,
             files: 1 << 40,
-            ffree: 1 << 40,
+            ffree: (1 << 40) - used,
             bsize: 4096,
             frsize: 4096,
             namelen: CAPABILITIES.max_name_len,
@@ -1778,5 +1939,106 @@ impl Drop for S3Fs {
             tracing::error!("s3: unmounting with changes that could not be stored; they are lost");
         }
         let _ = self.cache.used();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(key: &str, kind: FileKind) -> Node {
+        Node {
+            key: key.to_string(),
+            kind,
+            size: 0,
+            mtime: Timestamp::new(0, 0),
+            atime: Timestamp::new(0, 0),
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            meta_known: false,
+            fetched: Instant::now(),
+            lookups: 0,
+            opens: 0,
+            has_marker: false,
+            complete_at: None,
+            linked: true,
+            link_target: None,
+            etag: None,
+            data: Arc::default(),
+            used: 0,
+        }
+    }
+
+    fn add(t: &mut Table, n: Node) -> NodeId {
+        let id = t.next_id;
+        t.next_id += 1;
+        t.by_key.insert(n.key.clone(), id);
+        t.nodes.insert(id, n);
+        t.touch(id);
+        id
+    }
+
+    #[test]
+    fn the_table_evicts_least_recently_used_unreferenced_nodes_and_forgets_completeness() {
+        let mut t = Table { next_id: ROOT, ..Table::default() };
+        let root = add(&mut t, node("", FileKind::Directory));
+        t.nodes.get_mut(&root).unwrap().lookups = 1;
+        let mut dir = node("d", FileKind::Directory);
+        dir.lookups = 1;
+        dir.complete_at = Some(Instant::now());
+        let d = add(&mut t, dir);
+        let mut other = node("e", FileKind::Directory);
+        other.lookups = 1;
+        other.complete_at = Some(Instant::now());
+        let e = add(&mut t, other);
+        // Kept whatever their age: referenced, open, dirty, held by someone.
+        let mut looked = node("d/looked", FileKind::File);
+        looked.lookups = 2;
+        let looked = add(&mut t, looked);
+        let mut open = node("d/open", FileKind::File);
+        open.opens = 1;
+        let open = add(&mut t, open);
+        let dirty = add(&mut t, node("d/dirty", FileKind::File));
+        t.nodes[&dirty].data.lock().unwrap().dirty = true;
+        let held = add(&mut t, node("d/held", FileKind::File));
+        let _hold = t.nodes[&held].data.clone();
+        let first = add(&mut t, node("d/f0", FileKind::File));
+        for i in 1..200 {
+            add(&mut t, node(&format!("d/f{i}"), FileKind::File));
+            assert_eq!(t.evict(32), (0, Vec::new()));
+            assert!(t.nodes.len() - 1 <= 32 + 4 + 32 / 8, "{} nodes", t.nodes.len());
+        }
+        for id in [root, d, e, looked, open, dirty, held] {
+            assert!(t.nodes.contains_key(&id), "node {id} was evicted");
+        }
+        assert!(!t.nodes.contains_key(&first), "the oldest unreferenced node is still there");
+        // The newest ones stay; the table and its index agree.
+        assert!(t.by_key.contains_key("d/f199") && t.by_key.contains_key("d/f198"));
+        assert_eq!(t.by_key.len(), t.nodes.len());
+        for (k, id) in &t.by_key {
+            assert_eq!(&t.nodes[id].key, k);
+        }
+        // d lost children, so a name missing from the table may exist: not complete.
+        assert!(t.nodes[&d].complete_at.is_none());
+        assert!(t.nodes[&e].complete_at.is_some());
+        // Touching an old node keeps it through the next scans.
+        let f190 = t.by_key["d/f190"];
+        t.touch(f190);
+        for i in 200..215 {
+            add(&mut t, node(&format!("d/f{i}"), FileKind::File));
+            t.evict(32);
+        }
+        assert!(t.nodes.contains_key(&f190));
+        assert!(!t.by_key.contains_key("d/f185"));
+        // Once the kernel forgets the referenced ones, they go too.
+        t.nodes.get_mut(&looked).unwrap().lookups = 0;
+        t.forgotten();
+        for i in 215..300 {
+            add(&mut t, node(&format!("d/f{i}"), FileKind::File));
+            t.evict(32);
+        }
+        assert!(!t.nodes.contains_key(&looked));
+        assert!(t.unreferenced() <= 32 + 32 / 8);
     }
 }

@@ -55,7 +55,8 @@ impl Plugin for S3Plugin {
                 "file_mode = 0o644  # mode of files without s3fs metadata (dir_mode = 0o755 for directories)\n",
                 "uid = 0  # owner of objects without s3fs metadata (gid likewise); default: the host's\n",
                 "conditional_create = true  # create files with If-None-Match: * (EEXIST on a concurrent creator)\n",
-                "multipart_copy_threshold = \"5GiB\"  # renames of larger objects copy in parts (UploadPartCopy)",
+                "multipart_copy_threshold = \"5GiB\"  # renames of larger objects copy in parts (UploadPartCopy)\n",
+                "max_nodes = 100000  # names kept in memory that the kernel no longer holds (least recently used go first)",
             ),
             capabilities: CAPABILITIES,
         }

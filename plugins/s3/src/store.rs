@@ -159,6 +159,24 @@ pub trait Store: Send + Sync + 'static {
     /// upload with parts in parallel beyond it. Returns when the object is stored.
     /// Returns the new object's ETag when the server gave one.
     fn upload(&self, key: &str, file: &File, size: u64, meta: &FileMeta) -> StoreResult<Option<String>>;
+    /// Like [`Store::upload`], for a file whose first `unchanged` bytes are those of the
+    /// object now stored under `key` with ETag `etag`: a multipart upload whose parts that
+    /// lie wholly in that range are copied server-side from the object (UploadPartCopy,
+    /// on the condition that it still has that ETag) and only the others are sent. Fails
+    /// with [`StoreError::PreconditionFailed`] if the object changed; the caller then
+    /// uploads the whole file. The default sends the whole file.
+    fn upload_over(
+        &self,
+        key: &str,
+        file: &File,
+        size: u64,
+        meta: &FileMeta,
+        unchanged: u64,
+        etag: &str,
+    ) -> StoreResult<Option<String>> {
+        let _ = (unchanged, etag);
+        self.upload(key, file, size, meta)
+    }
     /// Server-side copy. `meta` replaces the metadata (`None`: copied as it is). `size` is
     /// the source's size, which decides between one CopyObject and a multipart copy.
     fn copy(&self, from: &str, to: &str, size: u64, meta: Option<&FileMeta>) -> StoreResult<()>;
