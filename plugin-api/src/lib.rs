@@ -26,6 +26,7 @@ mod fs;
 pub mod host;
 mod log_bridge;
 mod plugin;
+pub mod refs;
 mod types;
 
 pub use error::{Errno, Error, Result};

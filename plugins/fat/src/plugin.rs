@@ -3,7 +3,6 @@
 //! maps ids, reference counts, attributes and errnos, the way Linux's vfat presents a FAT
 //! volume (owner and modes from mount options, the read-only attribute as the write bits).
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +10,7 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use plugfs_plugin_api::open_flags::{O_ACCMODE, O_APPEND, O_RDONLY, O_TRUNC};
+use plugfs_plugin_api::refs::NodeRefs;
 use plugfs_plugin_api::{
     Attr, AttrOut, Capabilities, ConfigTable, DirEntry, DirSink, Entry, Errno, Error, FileKind, FileSystem, Handle,
     MountOptions, NodeId, OpenError, Opened, Plugin, PluginInfo, RenameFlags, Request, Result, SetAttr, SetTime,
@@ -131,7 +131,7 @@ impl Plugin for FatPlugin {
         );
         Ok(FatFs {
             vol: RwLock::new(vol),
-            tracking: Mutex::new(Tracking::default()),
+            tracking: Mutex::new(NodeRefs::default()),
             presentation,
             next_handle: AtomicU64::new(1),
         })
@@ -166,20 +166,6 @@ impl Plugin for FatPlugin {
     }
 }
 
-#[derive(Default)]
-struct Refs {
-    lookups: u64,
-    opens: u64,
-}
-
-/// Who refers to which node: lookup references and open handles.
-#[derive(Default)]
-struct Tracking {
-    refs: HashMap<Ino, Refs>,
-    /// Open handle -> (node, open flags).
-    handles: HashMap<Handle, (Ino, i32)>,
-}
-
 /// A mounted FAT volume.
 ///
 /// **Locking.** The volume sits behind a read-write lock: reads of files whose cluster
@@ -189,7 +175,7 @@ struct Tracking {
 /// own small lock, always taken after the volume's.
 pub struct FatFs {
     vol: RwLock<Volume>,
-    tracking: Mutex<Tracking>,
+    tracking: Mutex<NodeRefs>,
     presentation: Presentation,
     next_handle: AtomicU64,
 }
@@ -220,7 +206,7 @@ impl FatFs {
         self.vol.write().map_err(|_| poisoned())
     }
 
-    fn tracking(&self) -> Result<MutexGuard<'_, Tracking>> {
+    fn tracking(&self) -> Result<MutexGuard<'_, NodeRefs>> {
         self.tracking.lock().map_err(|_| poisoned())
     }
 
@@ -239,11 +225,7 @@ impl FatFs {
 
     /// Lets the engine free an unlinked node once nothing refers to it.
     fn maybe_evict(&self, vol: &mut Volume, ino: Ino) -> Result<()> {
-        let mut t = self.tracking()?;
-        let unused = t.refs.get(&ino).is_none_or(|r| r.lookups == 0 && r.opens == 0);
-        if unused {
-            t.refs.remove(&ino);
-            drop(t);
+        if self.tracking()?.remove_if_unused(ino) {
             vol.evict(ino).map_err(errno)?;
         }
         Ok(())
@@ -283,7 +265,7 @@ impl FatFs {
     fn entry(&self, vol: &Volume, ino: Ino) -> Result<Entry> {
         let m = vol.stat(ino).map_err(errno)?;
         let attr = self.attr(vol, &m);
-        self.tracking()?.refs.entry(ino).or_default().lookups += 1;
+        self.tracking()?.looked_up(ino);
         Ok(Entry { node: ino, generation: 0, attr, entry_ttl: TTL, attr_ttl: TTL })
     }
 
@@ -294,20 +276,14 @@ impl FatFs {
 
     fn open_handle(&self, ino: Ino, flags: i32) -> Result<Opened> {
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let mut t = self.tracking()?;
-        t.handles.insert(handle, (ino, flags));
-        t.refs.entry(ino).or_default().opens += 1;
+        self.tracking()?.opened(handle, ino, flags);
         Ok(Opened { handle, ..Opened::default() })
     }
 
     fn close_handle(&self, handle: Handle) -> Result<()> {
         let mut vol = self.exclusive()?;
-        let mut t = self.tracking()?;
-        if let Some((ino, _)) = t.handles.remove(&handle) {
-            if let Some(r) = t.refs.get_mut(&ino) {
-                r.opens = r.opens.saturating_sub(1);
-            }
-            drop(t);
+        let closed = self.tracking()?.closed(handle);
+        if let Some(ino) = closed {
             self.maybe_evict(&mut vol, ino)?;
         }
         Ok(())
@@ -358,10 +334,8 @@ impl FileSystem for FatFs {
 
     fn forget(&self, node: NodeId, nlookup: u64) {
         let Ok(mut vol) = self.exclusive() else { return };
-        if let Ok(mut t) = self.tracking()
-            && let Some(r) = t.refs.get_mut(&node)
-        {
-            r.lookups = r.lookups.saturating_sub(nlookup);
+        if let Ok(mut t) = self.tracking() {
+            t.forgotten(node, nlookup);
         }
         if let Err(e) = self.maybe_evict(&mut vol, node) {
             tracing::error!(node, "freeing an unlinked file failed: {e}");
@@ -491,7 +465,7 @@ impl FileSystem for FatFs {
         _flags: i32,
     ) -> Result<usize> {
         let mut vol = self.exclusive()?;
-        let append = self.tracking()?.handles.get(&handle).is_some_and(|&(_, f)| f & O_APPEND != 0);
+        let append = self.tracking()?.flags(handle).is_some_and(|f| f & O_APPEND != 0);
         let offset = if append { vol.stat(node).map_err(errno)?.size } else { offset };
         vol.write(node, offset, data).map_err(errno)
     }

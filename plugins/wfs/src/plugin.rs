@@ -2,7 +2,6 @@
 //! answers the host's calls with it. Node ids are inode numbers (never reused, so the
 //! generation is always 0); everything about the format lives in the engine.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -12,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::Duration;
 
 use plugfs_plugin_api::open_flags::{O_ACCMODE, O_APPEND, O_RDONLY, O_TRUNC};
+use plugfs_plugin_api::refs::NodeRefs;
 use plugfs_plugin_api::xattr_flags::{XATTR_CREATE, XATTR_REPLACE};
 use plugfs_plugin_api::{
     Attr, AttrOut, Capabilities, ConfigTable, DirEntry, DirPlusSink, DirSink, Entry, Errno, Error, FileKind,
@@ -112,7 +112,7 @@ impl Plugin for WfsPlugin {
         if interval > 0 && !read_only {
             spawn_committer(Arc::downgrade(&vol), Duration::from_millis(interval));
         }
-        Ok(WfsFs { vol, tracking: Mutex::new(Tracking::default()), next_handle: AtomicU64::new(1) })
+        Ok(WfsFs { vol, tracking: Mutex::new(NodeRefs::default()), next_handle: AtomicU64::new(1) })
     }
 
     fn format(config: &ConfigTable, size: u64) -> Result<(), OpenError> {
@@ -161,24 +161,12 @@ fn spawn_committer(vol: Weak<RwLock<Volume>>, interval: Duration) {
     }
 }
 
-#[derive(Default)]
-struct Refs {
-    lookups: u64,
-    opens: u64,
-}
-
-#[derive(Default)]
-struct Tracking {
-    refs: HashMap<u64, Refs>,
-    handles: HashMap<Handle, (u64, i32)>,
-}
-
 /// A mounted WFS image. The volume sits behind a read-write lock: lookups, stats, reads and
 /// listings share it; changes take it alone. Reference counts have their own lock, always
 /// taken after the volume's.
 pub struct WfsFs {
     vol: Arc<RwLock<Volume>>,
-    tracking: Mutex<Tracking>,
+    tracking: Mutex<NodeRefs>,
     next_handle: AtomicU64,
 }
 
@@ -233,7 +221,7 @@ impl WfsFs {
         self.vol.write().map_err(|_| poisoned())
     }
 
-    fn tracking(&self) -> Result<MutexGuard<'_, Tracking>> {
+    fn tracking(&self) -> Result<MutexGuard<'_, NodeRefs>> {
         self.tracking.lock().map_err(|_| poisoned())
     }
 
@@ -245,7 +233,7 @@ impl WfsFs {
     /// The entry for `ino`, counting one lookup reference.
     fn entry(&self, vol: &Volume, ino: u64) -> Result<Entry> {
         let e = self.entry_of(vol, ino)?;
-        self.tracking()?.refs.entry(ino).or_default().lookups += 1;
+        self.tracking()?.looked_up(ino);
         Ok(e)
     }
 
@@ -255,10 +243,7 @@ impl WfsFs {
 
     /// Frees an unlinked inode once nothing refers to it.
     fn maybe_evict(&self, vol: &mut Volume, ino: u64) -> Result<()> {
-        let mut t = self.tracking()?;
-        if t.refs.get(&ino).is_none_or(|r| r.lookups == 0 && r.opens == 0) {
-            t.refs.remove(&ino);
-            drop(t);
+        if self.tracking()?.remove_if_unused(ino) {
             vol.evict(ino).map_err(errno)?;
         }
         Ok(())
@@ -266,9 +251,7 @@ impl WfsFs {
 
     fn open_handle(&self, ino: u64, flags: i32) -> Result<Opened> {
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let mut t = self.tracking()?;
-        t.handles.insert(handle, (ino, flags));
-        t.refs.entry(ino).or_default().opens += 1;
+        self.tracking()?.opened(handle, ino, flags);
         Ok(Opened { handle, ..Opened::default() })
     }
 
@@ -310,18 +293,11 @@ impl FileSystem for WfsFs {
         {
             let Ok(vol) = self.shared() else { return };
             let Ok(mut t) = self.tracking() else { return };
-            let unused = match t.refs.get_mut(&node) {
-                Some(r) => {
-                    r.lookups = r.lookups.saturating_sub(nlookup);
-                    r.lookups == 0 && r.opens == 0
-                }
-                None => true,
-            };
-            if !unused {
+            if !t.forgotten(node, nlookup) {
                 return;
             }
             if vol.inode(node).is_ok_and(|i| i.nlink > 0) {
-                t.refs.remove(&node);
+                t.remove_if_unused(node);
                 return;
             }
         }
@@ -445,19 +421,15 @@ impl FileSystem for WfsFs {
         _flags: i32,
     ) -> Result<usize> {
         let mut vol = self.exclusive()?;
-        let append = self.tracking()?.handles.get(&handle).is_some_and(|&(_, f)| f & O_APPEND != 0);
+        let append = self.tracking()?.flags(handle).is_some_and(|f| f & O_APPEND != 0);
         let offset = if append { vol.inode(node).map_err(errno)?.size } else { offset };
         vol.write(node, offset, data).map_err(errno)
     }
 
     fn release(&self, _req: &Request, _node: NodeId, handle: Handle, _flags: i32, _flush: bool) -> Result<()> {
         let mut vol = self.exclusive()?;
-        let mut t = self.tracking()?;
-        if let Some((ino, _)) = t.handles.remove(&handle) {
-            if let Some(r) = t.refs.get_mut(&ino) {
-                r.opens = r.opens.saturating_sub(1);
-            }
-            drop(t);
+        let closed = self.tracking()?.closed(handle);
+        if let Some(ino) = closed {
             self.maybe_evict(&mut vol, ino)?;
         }
         Ok(())
@@ -533,7 +505,7 @@ impl FileSystem for WfsFs {
         .map_err(errno)?;
         let mut t = self.tracking()?;
         for ino in &accepted {
-            t.refs.entry(*ino).or_default().lookups += 1;
+            t.looked_up(*ino);
         }
         match failed {
             Some(e) if accepted.is_empty() => Err(e),
