@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Type-checks and lints the Windows frontends (plugfs-winfsp, plugfs-dokan) and the
-# Windows-only parts of plugfs-windows-core for x86_64-pc-windows-msvc, from Linux. Nothing
+# Type-checks and lints the Windows frontends (plugfs-winfsp, plugfs-dokan), the
+# Windows-only parts of plugfs-windows-core, and the plugfs host that mounts through them,
+# for x86_64-pc-windows-msvc, from Linux. Nothing
 # is linked or run: that needs Windows (.github/workflows/windows.yml).
 #
 # Where the Windows target cannot be installed (no rustup, no network), prints a SKIP line
@@ -39,7 +40,12 @@ cp frontends/dokan/cross-check/build.rs "$patched/build.rs"
 sed -i '1i #![allow(warnings)]' "$patched/src/lib.rs"
 
 cargo clippy --target "$target" --all-targets \
-    -p plugfs-windows-core -p plugfs-winfsp -p plugfs-dokan --features plugfs-winfsp/cross-check \
+    -p plugfs-windows-core -p plugfs-winfsp -p plugfs-dokan -p plugfs \
+    --features plugfs-winfsp/cross-check,plugfs/winfsp-cross-check \
     --config "patch.crates-io.dokan-sys.path=\"$patched\"" \
     -- -D warnings
-echo "check-windows: plugfs-winfsp, plugfs-dokan and plugfs-windows-core type-check for $target without warnings"
+# The default Windows build of the host: Dokan only (WinFSP's GPL feature off).
+cargo clippy --target "$target" --all-targets -p plugfs \
+    --config "patch.crates-io.dokan-sys.path=\"$patched\"" \
+    -- -D warnings
+echo "check-windows: plugfs, plugfs-winfsp, plugfs-dokan and plugfs-windows-core type-check for $target without warnings"

@@ -112,6 +112,12 @@ pub struct FrontendOptions {
     /// Use the kernel's FUSE passthrough for files the plugin hands a backing file for
     /// (where the kernel and the host's privileges allow it).
     pub passthrough: bool,
+    /// Windows frontends: show names starting with `.` as hidden. FUSE ignores it.
+    pub hide_dot_files: bool,
+    /// Windows frontends: a replacing rename replaces a target that is open too, as
+    /// `FILE_RENAME_POSIX_SEMANTICS` asks (the default when a program does not say).
+    /// FUSE ignores it: POSIX renames always do.
+    pub posix_rename: bool,
 }
 
 impl Default for FrontendOptions {
@@ -123,6 +129,8 @@ impl Default for FrontendOptions {
             default_permissions: true,
             fsname: None,
             passthrough: true,
+            hide_dot_files: false,
+            posix_rename: false,
         }
     }
 }

@@ -1,9 +1,13 @@
 //! The control socket: how `plugfs status`, `plugfs reload` and `plugfs unmount NAME`
 //! reach a running host. A Unix socket (mode 0600) that takes one request line and answers
 //! with one JSON document; no network listener is ever opened for control.
+//!
+//! On Windows it is an AF_UNIX socket too (Windows 10 1803 and later), through
+//! `uds_windows`, which has std's API. There is no mode to set: the socket file takes the
+//! access list of its directory, as every file created there does.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+#[cfg(unix)]
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -12,6 +16,9 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
+
+#[cfg(windows)]
+use uds_windows::{UnixListener, UnixStream};
 
 use crate::config::Config;
 
@@ -171,8 +178,12 @@ pub fn serve(path: &Path, to_host: mpsc::Sender<Incoming>) -> anyhow::Result<Ser
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+    }
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {

@@ -9,26 +9,111 @@ use plugfs_plugin_api::{Capabilities, FileSystem};
 use crate::config::{Frontend, MountSection};
 use crate::swap::Kernel;
 
-/// Whether `frontend` can run in this build on this platform; the reason if not.
+/// Whether this build has the WinFSP frontend (Windows, with the `winfsp` feature).
+#[cfg(windows)]
+const WINFSP_BUILT_IN: bool = plugfs_winfsp::BUILT_IN;
+#[cfg(not(windows))]
+const WINFSP_BUILT_IN: bool = false;
+
+/// Whether `frontend` can run in this build on this platform; the reason if not. Whether
+/// WinFSP or Dokan is *installed* is found out when mounting, not here.
 pub fn check_available(frontend: Frontend) -> Result<(), String> {
     match frontend {
         Frontend::Auto => Ok(()),
         Frontend::Fuse if cfg!(unix) => Ok(()),
         Frontend::Fuse => Err("the fuse frontend needs Linux or macOS; use \"winfsp\", \"dokan\" or \"auto\"".into()),
-        Frontend::Winfsp | Frontend::Dokan if cfg!(windows) => {
-            Err(format!("this build of plugfs does not include the {frontend} frontend yet"))
+        Frontend::Winfsp if cfg!(windows) && !WINFSP_BUILT_IN => {
+            Err("this build of plugfs does not include the winfsp frontend: the winfsp crate is GPL-3.0, so it is \
+             left out unless plugfs is built with `--features winfsp` (docs/windows.md); use \"dokan\" or \"auto\""
+                .into())
         }
+        Frontend::Winfsp | Frontend::Dokan if cfg!(windows) => Ok(()),
         Frontend::Winfsp | Frontend::Dokan => {
             Err(format!("the {frontend} frontend runs only on Windows; use \"fuse\" or \"auto\" here"))
         }
     }
 }
 
-/// The frontend `auto` means here.
+/// What `auto` can choose from on Windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowsFrontends {
+    /// This build has the WinFSP frontend.
+    pub winfsp_built_in: bool,
+    /// WinFSP is installed (its DLL loads).
+    pub winfsp_installed: bool,
+    /// Dokan is installed (its DLL loads and its driver answers).
+    pub dokan_installed: bool,
+}
+
+/// What `auto` means: FUSE off Windows; on Windows WinFSP (the faster and better kept of
+/// the two) when this build has it and it is installed, then Dokan; the reason if neither.
+pub fn choose_auto(windows: bool, found: WindowsFrontends) -> Result<Frontend, String> {
+    if !windows {
+        return Ok(Frontend::Fuse);
+    }
+    match found {
+        WindowsFrontends { winfsp_built_in: true, winfsp_installed: true, .. } => Ok(Frontend::Winfsp),
+        WindowsFrontends { dokan_installed: true, .. } => Ok(Frontend::Dokan),
+        WindowsFrontends { winfsp_built_in, winfsp_installed, .. } => Err(format!(
+            "frontend = \"auto\" found no Windows frontend to use: {}, and Dokan is not installed \
+             (https://github.com/dokan-dev/dokany/releases); docs/windows.md",
+            match (winfsp_built_in, winfsp_installed) {
+                (true, false) => "WinFSP is not installed (https://winfsp.dev/rel/)",
+                _ => "this build has no WinFSP frontend (it is built with `--features winfsp`)",
+            }
+        )),
+    }
+}
+
+/// The choice of `auto` here, found out once per process (it loads the frameworks' DLLs).
+fn auto_choice() -> &'static Result<Frontend, String> {
+    static CHOICE: std::sync::OnceLock<Result<Frontend, String>> = std::sync::OnceLock::new();
+    CHOICE.get_or_init(|| {
+        #[cfg(windows)]
+        let found = WindowsFrontends {
+            winfsp_built_in: WINFSP_BUILT_IN,
+            winfsp_installed: winfsp_installed(),
+            dokan_installed: plugfs_dokan::is_installed(),
+        };
+        #[cfg(not(windows))]
+        let found = WindowsFrontends { winfsp_built_in: false, winfsp_installed: false, dokan_installed: false };
+        choose_auto(cfg!(windows), found)
+    })
+}
+
+#[cfg(windows)]
+fn winfsp_installed() -> bool {
+    #[cfg(any(feature = "winfsp", feature = "winfsp-cross-check"))]
+    return plugfs_winfsp::is_installed();
+    #[cfg(not(any(feature = "winfsp", feature = "winfsp-cross-check")))]
+    false
+}
+
+/// The drive letter a Windows mountpoint names (`X:`, `X:\` or `X:/`), if it names one
+/// rather than a directory.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub fn drive_letter(mountpoint: &str) -> Option<char> {
+    let mut chars = mountpoint.chars();
+    let letter = chars.next().filter(char::is_ascii_alphabetic)?;
+    (chars.next() == Some(':') && matches!(chars.as_str(), "" | "\\" | "/")).then(|| letter.to_ascii_uppercase())
+}
+
+/// WinFSP mounts on a directory it creates (and removes at unmount), so an empty directory
+/// left there, by an operator or an earlier mount, is removed first.
+#[cfg(all(windows, any(feature = "winfsp", feature = "winfsp-cross-check")))]
+fn clear_for_winfsp(mountpoint: &Path) -> std::io::Result<()> {
+    let is_drive = mountpoint.to_str().and_then(drive_letter).is_some();
+    if !is_drive && mountpoint.is_dir() {
+        std::fs::remove_dir(mountpoint)?;
+    }
+    Ok(())
+}
+
+/// The frontend `auto` means here; `auto` itself on Windows when neither WinFSP nor Dokan
+/// can be used (mounting then fails with the reason).
 pub fn resolve(frontend: Frontend) -> Frontend {
     match frontend {
-        Frontend::Auto if cfg!(windows) => Frontend::Winfsp,
-        Frontend::Auto => Frontend::Fuse,
+        Frontend::Auto => auto_choice().clone().unwrap_or(Frontend::Auto),
         other => other,
     }
 }
@@ -41,7 +126,8 @@ pub fn swap_refusal(frontend: Frontend, old: &Capabilities, new: &Capabilities) 
         // Nothing FUSE fixes at mount time is needed later: passthrough (chosen at INIT
         // from `backing_files`) is per open, and an open without a backing file goes
         // through the daemon.
-        Frontend::Fuse | Frontend::Auto => None,
+        Frontend::Fuse => None,
+        Frontend::Auto => Some("no frontend serves it".into()),
         // The Windows frontends report these as volume properties when they mount, and
         // path lookups depend on them.
         Frontend::Winfsp | Frontend::Dokan => {
@@ -75,12 +161,30 @@ pub enum Mounted {
     /// Served through FUSE.
     #[cfg(unix)]
     Fuse(plugfs_fuse::FuseMount),
+    /// Served through WinFSP.
+    #[cfg(all(windows, any(feature = "winfsp", feature = "winfsp-cross-check")))]
+    Winfsp(plugfs_winfsp::WinfspMount),
+    /// Served through Dokan.
+    #[cfg(windows)]
+    Dokan(plugfs_dokan::DokanMount),
 }
 
 impl Mounted {
-    /// Starts serving `fs` at `mountpoint` as `section` says.
-    pub fn start(fs: Arc<dyn FileSystem>, mountpoint: &Path, section: &MountSection) -> anyhow::Result<Mounted> {
-        match resolve(section.frontend) {
+    /// Starts serving `fs` at `mountpoint` as `section` says. `caps` are the capabilities
+    /// of its backend: the Windows frontends report some of them as volume properties.
+    pub fn start(
+        fs: Arc<dyn FileSystem>,
+        caps: &Capabilities,
+        mountpoint: &Path,
+        section: &MountSection,
+    ) -> anyhow::Result<Mounted> {
+        let frontend = match section.frontend {
+            Frontend::Auto => auto_choice().clone().map_err(|why| anyhow::anyhow!(why))?,
+            other => other,
+        };
+        #[cfg(not(windows))]
+        let _ = caps;
+        match frontend {
             #[cfg(unix)]
             Frontend::Fuse => {
                 let o = &section.options;
@@ -96,7 +200,21 @@ impl Mounted {
                 };
                 Ok(Mounted::Fuse(plugfs_fuse::mount(fs, mountpoint, &options)?))
             }
+            #[cfg(all(windows, any(feature = "winfsp", feature = "winfsp-cross-check")))]
+            Frontend::Winfsp => {
+                let options = windows_options(section);
+                let label = volume_label(section);
+                clear_for_winfsp(mountpoint)?;
+                Ok(Mounted::Winfsp(plugfs_winfsp::mount(fs, *caps, mountpoint, &label, options)?))
+            }
+            #[cfg(windows)]
+            Frontend::Dokan => {
+                let options = windows_options(section);
+                let label = volume_label(section);
+                Ok(Mounted::Dokan(plugfs_dokan::mount(fs, *caps, mountpoint, &label, options)?))
+            }
             other => {
+                let _ = (fs, mountpoint);
                 anyhow::bail!("{}", check_available(other).err().unwrap_or_else(|| format!("{other} unavailable")))
             }
         }
@@ -107,6 +225,11 @@ impl Mounted {
         match self {
             #[cfg(unix)]
             Mounted::Fuse(m) => m.is_finished(),
+            // WinFSP volumes are removed only by the process serving them.
+            #[cfg(all(windows, any(feature = "winfsp", feature = "winfsp-cross-check")))]
+            Mounted::Winfsp(_) => false,
+            #[cfg(windows)]
+            Mounted::Dokan(m) => m.is_finished(),
         }
     }
 
@@ -115,17 +238,26 @@ impl Mounted {
         match self {
             #[cfg(unix)]
             Mounted::Fuse(m) => m.mountpoint(),
+            #[cfg(all(windows, any(feature = "winfsp", feature = "winfsp-cross-check")))]
+            Mounted::Winfsp(m) => m.mountpoint(),
+            #[cfg(windows)]
+            Mounted::Dokan(m) => m.mountpoint(),
         }
     }
 
     /// What a backend swap needs from the frontend: invalidating the kernel's caches and
-    /// listing its open handles. `None` when the session is gone.
-    pub fn kernel(&self) -> Option<std::sync::Arc<dyn Kernel>> {
+    /// listing its open handles. The reason when it cannot be had.
+    pub fn kernel(&self) -> Result<Arc<dyn Kernel>, String> {
         match self {
             #[cfg(unix)]
-            Mounted::Fuse(m) => {
-                m.invalidator().map(|i| std::sync::Arc::new(FuseKernel(i)) as std::sync::Arc<dyn Kernel>)
-            }
+            Mounted::Fuse(m) => m
+                .invalidator()
+                .map(|i| Arc::new(FuseKernel(i)) as Arc<dyn Kernel>)
+                .ok_or_else(|| "the frontend's session is gone".to_string()),
+            // The Windows core caches names and keeps plugin handles of its own, which a
+            // swap would have to move over; it cannot yet (docs/windows.md).
+            #[cfg(windows)]
+            _ => Err("backend swaps under a live mount are not supported by the Windows frontends yet".into()),
         }
     }
 
@@ -134,6 +266,10 @@ impl Mounted {
         match self {
             #[cfg(unix)]
             Mounted::Fuse(m) => m.begin_shutdown(),
+            #[cfg(all(windows, any(feature = "winfsp", feature = "winfsp-cross-check")))]
+            Mounted::Winfsp(m) => m.volume().begin_shutdown(),
+            #[cfg(windows)]
+            Mounted::Dokan(m) => m.volume().begin_shutdown(),
         }
     }
 
@@ -142,18 +278,27 @@ impl Mounted {
         match self {
             #[cfg(unix)]
             Mounted::Fuse(m) => m.in_flight(),
+            #[cfg(all(windows, any(feature = "winfsp", feature = "winfsp-cross-check")))]
+            Mounted::Winfsp(m) => m.volume().in_flight(),
+            #[cfg(windows)]
+            Mounted::Dokan(m) => m.volume().in_flight(),
         }
     }
 
-    /// Files and directories the kernel holds open on it.
+    /// Files and directories the operating system holds open on it.
     pub fn open_handles(&self) -> usize {
         match self {
             #[cfg(unix)]
             Mounted::Fuse(m) => m.open_handles(),
+            #[cfg(all(windows, any(feature = "winfsp", feature = "winfsp-cross-check")))]
+            Mounted::Winfsp(m) => m.volume().open_handles(),
+            #[cfg(windows)]
+            Mounted::Dokan(m) => m.volume().open_handles(),
         }
     }
 
     /// Releases every handle still open through the plugin, then unmounts (lazily if busy).
+    /// On Windows the volume is removed first, then what was left open is released.
     pub fn finish_shutdown(self) -> (Released, std::io::Result<()>) {
         match self {
             #[cfg(unix)]
@@ -161,8 +306,30 @@ impl Mounted {
                 let (r, unmounted) = m.finish_shutdown();
                 (Released { released: r.released, failed: r.failed }, unmounted)
             }
+            #[cfg(all(windows, any(feature = "winfsp", feature = "winfsp-cross-check")))]
+            Mounted::Winfsp(m) => {
+                let r = m.unmount();
+                (Released { released: r.released, failed: r.failed }, Ok(()))
+            }
+            #[cfg(windows)]
+            Mounted::Dokan(m) => {
+                let r = m.unmount();
+                (Released { released: r.released, failed: r.failed }, Ok(()))
+            }
         }
     }
+}
+
+/// The core's settings for a Windows mount.
+#[cfg(windows)]
+fn windows_options(section: &MountSection) -> plugfs_windows_core::VolumeOptions {
+    plugfs_windows_core::VolumeOptions { read_only: section.read_only, ..plugfs_windows_core::VolumeOptions::default() }
+}
+
+/// The volume label Windows shows: the mount's name (WinFSP keeps 32 characters of it).
+#[cfg(windows)]
+fn volume_label(section: &MountSection) -> String {
+    section.name.clone()
 }
 
 /// Detaches a mount left behind by a host that was killed.
@@ -208,6 +375,48 @@ impl Kernel for FuseKernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_is_fuse_off_windows_and_winfsp_then_dokan_on_windows() {
+        let none = WindowsFrontends { winfsp_built_in: false, winfsp_installed: false, dokan_installed: false };
+        assert_eq!(choose_auto(false, none), Ok(Frontend::Fuse));
+        let all = WindowsFrontends { winfsp_built_in: true, winfsp_installed: true, dokan_installed: true };
+        assert_eq!(choose_auto(true, all), Ok(Frontend::Winfsp));
+        // WinFSP installed but left out of this build (the GPL feature is off): Dokan.
+        let no_feature = WindowsFrontends { winfsp_built_in: false, ..all };
+        assert_eq!(choose_auto(true, no_feature), Ok(Frontend::Dokan));
+        let only_dokan = WindowsFrontends { winfsp_installed: false, ..all };
+        assert_eq!(choose_auto(true, only_dokan), Ok(Frontend::Dokan));
+        let why = choose_auto(true, WindowsFrontends { dokan_installed: false, ..only_dokan }).unwrap_err();
+        assert!(why.contains("WinFSP is not installed") && why.contains("Dokan is not installed"), "{why}");
+        let why = choose_auto(true, none).unwrap_err();
+        assert!(why.contains("--features winfsp"), "{why}");
+        // This build, on this machine.
+        assert_eq!(resolve(Frontend::Auto), if cfg!(windows) { resolve(Frontend::Auto) } else { Frontend::Fuse });
+    }
+
+    #[test]
+    fn a_windows_mountpoint_is_a_drive_letter_or_a_directory() {
+        assert_eq!(drive_letter("X:"), Some('X'));
+        assert_eq!(drive_letter("p:\\"), Some('P'));
+        assert_eq!(drive_letter("Q:/"), Some('Q'));
+        for dir in ["C:\\mnt", "mnt", "\\\\server\\share", "1:", "X", ""] {
+            assert_eq!(drive_letter(dir), None, "{dir}");
+        }
+    }
+
+    #[test]
+    fn the_windows_frontends_are_refused_off_windows_with_the_reason() {
+        if cfg!(windows) {
+            return;
+        }
+        for f in [Frontend::Winfsp, Frontend::Dokan] {
+            let why = check_available(f).unwrap_err();
+            assert!(why.contains("only on Windows"), "{why}");
+        }
+        assert_eq!(check_available(Frontend::Fuse), Ok(()));
+        assert_eq!(check_available(Frontend::Auto), Ok(()));
+    }
 
     #[test]
     fn only_what_a_frontend_fixed_at_mount_time_refuses_a_swap() {

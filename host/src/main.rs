@@ -5,8 +5,8 @@ mod control;
 mod frontend;
 mod metered;
 mod metrics;
-mod mount_helper;
 #[cfg(unix)]
+mod mount_helper;
 mod notify;
 mod registry;
 mod supervisor;
@@ -291,8 +291,11 @@ impl ControlArgs {
 
 fn main() -> ExitCode {
     // Installed (or linked) as /sbin/mount.plugfs, this binary is mount(8)'s helper.
-    let argv0 = std::env::args_os().next().unwrap_or_default();
-    if std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "mount.plugfs") {
+    #[cfg(unix)]
+    if std::path::Path::new(&std::env::args_os().next().unwrap_or_default())
+        .file_name()
+        .is_some_and(|n| n == "mount.plugfs")
+    {
         return mount_helper::main(std::env::args_os().skip(1).collect());
     }
     let cli = Cli::parse();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use plugfs_plugin_api::host::LoadedFs;
 use plugfs_plugin_api::{Capabilities, MountOptions};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, KeySeg, MountSection};
 use crate::control::{self, Incoming, MountStatus, Reply, Request};
@@ -77,7 +77,8 @@ fn prepare_one(config: &Config, registry: &mut Registry, index: usize) -> Result
     let plugin_spec =
         if plugin.contains('/') { config.resolve(Path::new(&plugin)).display().to_string() } else { plugin };
     let lib = registry.find(&plugin_spec).map_err(|e| config.mount_error(index, "plugin", e.to_string()))?;
-    check_mountpoint(&mountpoint, m.create_mountpoint).map_err(|why| config.mount_error(index, "mountpoint", why))?;
+    check_mountpoint(&mountpoint, m.create_mountpoint, crate::frontend::resolve(m.frontend))
+        .map_err(|why| config.mount_error(index, "mountpoint", why))?;
     let volume_lock = match &volume {
         Some((v, _)) => Some(v.lock(&mountpoint).map_err(|e| config.mount_error(index, "volume", format!("{e:#}")))?),
         None => None,
@@ -189,8 +190,42 @@ fn swappable(old: &MountSection, new: &MountSection, base_dir: &Path) -> Result<
     Ok(())
 }
 
+/// On Windows, a free drive letter (`X:`), or a directory: an empty one for Dokan (created
+/// when asked), and for WinFSP one that does not exist or is empty (WinFSP makes it itself
+/// and removes it at unmount, so an empty one is removed just before mounting).
+#[cfg(windows)]
+fn check_mountpoint(path: &Path, create: bool, frontend: crate::config::Frontend) -> Result<(), String> {
+    if let Some(letter) = path.to_str().and_then(crate::frontend::drive_letter) {
+        if Path::new(&format!("{letter}:\\")).exists() {
+            return Err(format!("drive {letter}: is in use; pick a free drive letter"));
+        }
+        return Ok(());
+    }
+    let empty = |p: &Path| std::fs::read_dir(p).map(|mut d| d.next().is_none());
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => Err(format!("{} is not a directory", path.display())),
+        Ok(_) if !empty(path).unwrap_or(false) => Err(format!("{} is not empty", path.display())),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match frontend {
+            crate::config::Frontend::Winfsp => match path.parent() {
+                Some(parent) if create => {
+                    std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))
+                }
+                Some(parent) if parent.is_dir() => Ok(()),
+                _ => Err(format!("the directory {} is to be in does not exist", path.display())),
+            },
+            _ if create => {
+                std::fs::create_dir_all(path).map_err(|e| format!("cannot create mountpoint {}: {e}", path.display()))
+            }
+            _ => Err(format!("{}: {e} (set create_mountpoint = true to create it)", path.display())),
+        },
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 /// The mountpoint must be a directory; it is created first when asked.
-fn check_mountpoint(path: &Path, create: bool) -> Result<(), String> {
+#[cfg(not(windows))]
+fn check_mountpoint(path: &Path, create: bool, _frontend: crate::config::Frontend) -> Result<(), String> {
     // Only a missing directory is created: a dead mount also fails `exists()`.
     let missing = matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
     if create && missing {
@@ -239,6 +274,8 @@ pub fn run(config: Config) -> anyhow::Result<ExitCode> {
     let (to_host, requests) = mpsc::channel::<Incoming>();
     #[cfg(unix)]
     watch_signals(Arc::clone(&stop), Arc::clone(&mountpoints), to_host.clone())?;
+    #[cfg(windows)]
+    watch_console(Arc::clone(&stop))?;
     #[cfg(unix)]
     raise_open_file_limit();
 
@@ -374,7 +411,7 @@ impl Host {
         let first_caps = p.fs.mount_capabilities();
         let swap = Arc::new(Swap::new(p.fs, format!("{} {}", p.plugin, p.version)));
         let fs = Arc::new(Metered::new(Arc::clone(&swap), Arc::clone(&stats)));
-        match Mounted::start(fs, &p.mountpoint, section) {
+        match Mounted::start(fs, &first_caps, &p.mountpoint, section) {
             Ok(mounted) => {
                 info!("{}", p.description);
                 self.metrics.add_mount(&section.name, &p.plugin, &stats);
@@ -643,8 +680,9 @@ impl Host {
     fn swap_backend(&mut self, i: usize, config: &Config, p: Prepared) -> Result<String, (String, usize)> {
         let section = config.mounts[p.index].clone();
         let l = &mut self.live[i];
-        let Some(kernel) = l.mounted.kernel() else {
-            return Err(("the frontend's session is gone".into(), p.index));
+        let kernel = match l.mounted.kernel() {
+            Ok(kernel) => kernel,
+            Err(why) => return Err((why, p.index)),
         };
         let from = format!("{} {}", l.plugin, l.version);
         let caps = p.fs.mount_capabilities();
@@ -694,7 +732,7 @@ impl Host {
     fn tick(&mut self) {
         for l in &self.live {
             if l.swap.swaps() > 0
-                && let Some(kernel) = l.mounted.kernel()
+                && let Ok(kernel) = l.mounted.kernel()
             {
                 for b in l.swap.collect(kernel).released {
                     info!(mount = %l.name, "released the earlier backend {}: nothing opened or looked up before the swap is held any more", b.label);
@@ -807,6 +845,23 @@ fn watch_signals(
     Ok(())
 }
 
+/// Windows' counterpart of [`watch_signals`]: the first Ctrl-C, Ctrl-Break or closing of
+/// the console sets `stop`; the second ends the process at once with status 1. Nothing
+/// needs detaching first: WinFSP and Dokan remove a volume when the process serving it
+/// ends. (No SIGHUP there: `plugfs reload` reloads.)
+#[cfg(windows)]
+fn watch_console(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            error!("second Ctrl-C: exiting now, without waiting for the shutdown to finish");
+            // Not `exit`: other threads are still inside plugins (see watch_signals).
+            // SAFETY: _exit ends the process at once; it has no preconditions.
+            unsafe { libc::_exit(1) };
+        }
+    })
+    .context("installing the Ctrl-C handler")
+}
+
 /// Raises the soft limit on open files to the hard limit. Plugins hold descriptors per
 /// node and per open file (durable-io: one per node the kernel remembers), so the usual
 /// soft limit of 1024 runs out on a tree of a few thousand files with `EMFILE`.
@@ -815,11 +870,11 @@ fn raise_open_file_limit() {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current == limit.maximum {
-        debug!(limit = ?limit.current, "RLIMIT_NOFILE soft limit is already the hard limit");
+        tracing::debug!(limit = ?limit.current, "RLIMIT_NOFILE soft limit is already the hard limit");
         return;
     }
     match setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum }) {
-        Ok(()) => debug!(from = ?limit.current, to = ?limit.maximum, "raised the RLIMIT_NOFILE soft limit"),
+        Ok(()) => tracing::debug!(from = ?limit.current, to = ?limit.maximum, "raised the RLIMIT_NOFILE soft limit"),
         Err(e) => warn!(soft = ?limit.current, hard = ?limit.maximum, "cannot raise the RLIMIT_NOFILE soft limit: {e}"),
     }
 }
@@ -904,7 +959,7 @@ impl Watchdog {
             });
             match spawned {
                 Ok(w) => {
-                    debug!(pid = w.pid(), "started the watchdog");
+                    tracing::debug!(pid = w.pid(), "started the watchdog");
                     Some(w)
                 }
                 Err(e) => {

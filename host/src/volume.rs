@@ -2,13 +2,13 @@
 //! `NAME.img` with their metadata beside them in `NAME.toml`, and mounted by name
 //! (`volume = "NAME"` in a `[[mount]]`).
 //!
-//! A host that mounts a volume holds an exclusive `flock` on `NAME.lock`, whose content is
-//! the mountpoint: `volume rm` refuses a volume whose lock is held, and `volume inspect`
-//! asks the mounted filesystem for its free space there.
+//! A host that mounts a volume holds an exclusive lock on `NAME.lock` (`flock`; on Windows
+//! `LockFileEx`) and writes its mountpoint to `NAME.mountpoint`: `volume rm` refuses a
+//! volume whose lock is held, and `volume inspect` asks the mounted filesystem for its free
+//! space there. (The mountpoint is not in the lock file itself because a Windows lock is
+//! mandatory: nobody else could read it.)
 
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,6 +42,8 @@ pub struct Volume {
     pub image: PathBuf,
     meta: PathBuf,
     lock: PathBuf,
+    /// Where the holder of the lock mounted it; meaningful only while the lock is held.
+    mountpoint: PathBuf,
     name: String,
 }
 
@@ -59,6 +61,7 @@ impl Volume {
             image: dir.join(format!("{name}.img")),
             meta: dir.join(format!("{name}.toml")),
             lock: dir.join(format!("{name}.lock")),
+            mountpoint: dir.join(format!("{name}.mountpoint")),
             name: name.into(),
         })
     }
@@ -79,27 +82,62 @@ impl Volume {
     /// Takes the volume for a mount at `mountpoint`; held until the returned file is
     /// dropped. Fails if another mount holds it.
     pub fn lock(&self, mountpoint: &Path) -> anyhow::Result<File> {
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&self.lock)
             .with_context(|| format!("cannot open {}", self.lock.display()))?;
-        rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        file.try_lock()
             .map_err(|_| anyhow::anyhow!("volume `{}` is mounted already (by another mount or host)", self.name))?;
-        file.set_len(0)?;
-        file.write_all(mountpoint.as_os_str().as_encoded_bytes())?;
+        // Written only while holding the lock, so whoever sees the lock held reads ours.
+        std::fs::write(&self.mountpoint, mountpoint.as_os_str().as_encoded_bytes())
+            .with_context(|| format!("cannot write {}", self.mountpoint.display()))?;
         Ok(file)
     }
 
     /// The mountpoint of the mount holding the volume, if one does.
     fn mounted_at(&self) -> Option<PathBuf> {
         let file = File::open(&self.lock).ok()?;
-        match rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::NonBlockingLockShared) {
+        match file.try_lock_shared() {
             Ok(()) => None,
-            Err(_) => Some(PathBuf::from(std::fs::read_to_string(&self.lock).ok()?)),
+            Err(_) => {
+                let bytes = std::fs::read(&self.mountpoint).ok()?;
+                #[cfg(unix)]
+                let path = PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes));
+                #[cfg(not(unix))]
+                let path = PathBuf::from(String::from_utf8_lossy(&bytes).into_owned());
+                Some(path)
+            }
         }
     }
+}
+
+/// Total bytes, free bytes and free file slots of the filesystem mounted at `mountpoint`.
+#[cfg(unix)]
+fn space_of(mountpoint: &Path) -> anyhow::Result<(u64, u64, u64)> {
+    let s = rustix::fs::statvfs(mountpoint).with_context(|| format!("statfs {}", mountpoint.display()))?;
+    Ok((s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize, s.f_ffree))
+}
+
+/// Total bytes, free bytes and free file slots of the volume mounted at `mountpoint`.
+/// Windows does not say how many more files fit, so that is `u64::MAX` ("no limit known").
+#[cfg(windows)]
+fn space_of(mountpoint: &Path) -> anyhow::Result<(u64, u64, u64)> {
+    use std::os::windows::ffi::OsStrExt;
+    use windows_sys::Win32::Storage::FileSystem::GetDiskFreeSpaceExW;
+    let mut dir: Vec<u16> = mountpoint.as_os_str().encode_wide().collect();
+    if dir.last() != Some(&u16::from(b'\\')) {
+        dir.push(u16::from(b'\\'));
+    }
+    dir.push(0);
+    let (mut free, mut total) = (0u64, 0u64);
+    // SAFETY: `dir` is NUL-terminated and the out-pointers are valid for the call.
+    let ok = unsafe { GetDiskFreeSpaceExW(dir.as_ptr(), &mut free, &mut total, std::ptr::null_mut()) };
+    if ok == 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("free space of {}", mountpoint.display()));
+    }
+    Ok((total, free, u64::MAX))
 }
 
 /// Parses `64M`, `1G`, `512K`, `1048576` (binary units; a trailing `B`/`iB` is allowed).
@@ -212,8 +250,8 @@ pub fn inspect(dir: &Path, registry: &mut Registry, name: &str) -> anyhow::Resul
     let (total, free, files, source) = match v.mounted_at() {
         Some(mountpoint) => {
             println!("mounted:  yes, at {}", mountpoint.display());
-            let s = rustix::fs::statvfs(&mountpoint).with_context(|| format!("statfs {}", mountpoint.display()))?;
-            (s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize, s.f_ffree, "the mount")
+            let (total, free, files) = space_of(&mountpoint)?;
+            (total, free, files, "the mount")
         }
         None => {
             println!("mounted:  no");
@@ -226,7 +264,11 @@ pub fn inspect(dir: &Path, registry: &mut Registry, name: &str) -> anyhow::Resul
         }
     };
     println!("space:    {} free of {} ({source}'s statfs)", human(free), human(total));
-    println!("files:    {files} more can be created");
+    if files == u64::MAX {
+        println!("files:    no limit known");
+    } else {
+        println!("files:    {files} more can be created");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -240,7 +282,7 @@ pub fn remove(dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
             at.display()
         );
     }
-    for p in [&v.image, &v.meta, &v.lock] {
+    for p in [&v.image, &v.meta, &v.lock, &v.mountpoint] {
         match std::fs::remove_file(p) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -2,7 +2,7 @@
 //! its answer into Dokan's structures; the rules live in the core.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once, mpsc};
 use std::thread::JoinHandle;
 
@@ -16,7 +16,7 @@ use plugfs_windows_core::attributes::FILE_ATTRIBUTE_DIRECTORY;
 use plugfs_windows_core::ntstatus::{STATUS_END_OF_FILE, STATUS_INVALID_PARAMETER};
 use plugfs_windows_core::security::{UnixSids, descriptor_from_sddl};
 use plugfs_windows_core::time::{filetime_to_system_time, system_time_to_filetime};
-use plugfs_windows_core::{CreateAction, CreateRequest, FileId, Volume, VolumeOptions};
+use plugfs_windows_core::{CreateAction, CreateRequest, FileId, Released, Volume, VolumeOptions};
 use tracing::{debug, warn};
 use widestring::{U16CStr, U16CString};
 
@@ -44,7 +44,7 @@ pub struct Handle(FileId);
 
 /// The handler Dokan calls.
 struct Handler {
-    volume: Volume,
+    volume: Arc<Volume>,
     label: String,
 }
 
@@ -316,9 +316,21 @@ impl<'c, 'h: 'c> FileSystemHandler<'c, 'h> for Handler {
 /// Dokan's library is initialised once per process.
 static INIT: Once = Once::new();
 
-/// Whether Dokan's driver is installed. (Its DLL is linked normally, so a build with
-/// this frontend needs `dokan2.dll` to start at all: docs/windows.md.)
+/// The library Dokan installs (in System32). plugfs links it delay-loaded (host/build.rs),
+/// so a plugfs without Dokan installed still starts, and this check must come before any
+/// call into it: a delay-loaded call to a missing DLL ends the process.
+const DOKAN_DLL: &str = "dokan2.dll";
+
+/// Whether Dokan is installed: its library loads and its driver answers.
 pub fn is_installed() -> bool {
+    // SAFETY: loading Dokan's own library runs only its DllMain, which has no
+    // preconditions; the handle is dropped at once (the library stays loaded for the
+    // delay-load stubs, which load it again by name).
+    let loads = unsafe { libloading::Library::new(DOKAN_DLL) }.is_ok();
+    if !loads {
+        debug!("{DOKAN_DLL} does not load: Dokan is not installed");
+        return false;
+    }
     INIT.call_once(dokan::init);
     dokan::get_driver_version() != 0
 }
@@ -326,18 +338,39 @@ pub fn is_installed() -> bool {
 /// A mounted Dokan volume, served by a thread of its own. Dropping it unmounts.
 pub struct DokanMount {
     mountpoint: U16CString,
+    path: PathBuf,
+    volume: Arc<Volume>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl DokanMount {
-    /// Unmounts and waits until Dokan has stopped serving.
-    pub fn unmount(mut self) {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.path
+    }
+
+    /// The core serving it: the host asks it for open handles and calls in flight, and
+    /// tells it to refuse new opens while shutting down.
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.volume
+    }
+
+    /// Whether Dokan stopped serving on its own (unmounted from outside, for example with
+    /// `dokanctl /u`).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Unmounts, waits until Dokan has stopped serving, then releases through the plugin
+    /// whatever Windows programs still had open.
+    pub fn unmount(mut self) -> Released {
         self.stop();
+        self.volume.release_all()
     }
 
     fn stop(&mut self) {
         if let Some(thread) = self.thread.take() {
-            if !dokan::unmount(&self.mountpoint) {
+            if !thread.is_finished() && !dokan::unmount(&self.mountpoint) {
                 warn!("Dokan refused to unmount {}", self.mountpoint.to_string_lossy());
             }
             let _ = thread.join();
@@ -360,7 +393,11 @@ pub fn mount(
     label: &str,
     options: VolumeOptions,
 ) -> io::Result<DokanMount> {
-    INIT.call_once(dokan::init);
+    if !is_installed() {
+        return Err(io::Error::other(format!(
+            "Dokan is not installed ({DOKAN_DLL} does not load, or its driver does not answer)"
+        )));
+    }
     let point = U16CString::from_os_str(mountpoint.as_os_str())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount point contains a NUL character"))?;
     let mut flags = MountFlags::empty();
@@ -370,7 +407,8 @@ pub fn mount(
     if options.read_only {
         flags |= MountFlags::WRITE_PROTECT;
     }
-    let handler = Handler { volume: Volume::new(fs, caps, options), label: label.to_owned() };
+    let volume = Arc::new(Volume::new(fs, caps, options));
+    let handler = Handler { volume: Arc::clone(&volume), label: label.to_owned() };
     let (ready_tx, ready_rx) = mpsc::channel();
     let thread_point = point.clone();
     // Dokan's file system borrows the handler and the mount point for as long as it is
@@ -390,7 +428,9 @@ pub fn mount(
         }
     })?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok(DokanMount { mountpoint: point, thread: Some(thread) }),
+        Ok(Ok(())) => {
+            Ok(DokanMount { mountpoint: point, path: mountpoint.to_path_buf(), volume, thread: Some(thread) })
+        }
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(io::Error::other(format!("Dokan could not mount at {}: {e}", mountpoint.display())))

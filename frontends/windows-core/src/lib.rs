@@ -25,4 +25,4 @@ mod volume;
 
 pub use access::CreateAction;
 pub use attributes::{FileInfo, VolumeInfo};
-pub use volume::{CreateRequest, Created, DirInfo, FileId, Volume, VolumeOptions};
+pub use volume::{CreateRequest, Created, DirInfo, FileId, Released, Volume, VolumeOptions};

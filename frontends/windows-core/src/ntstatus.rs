@@ -87,6 +87,8 @@ statuses! {
     STATUS_IO_DEVICE_ERROR = 0xC000_0185;
     /// Too many hard links (`EMLINK`).
     STATUS_TOO_MANY_LINKS = 0xC000_0265;
+    /// The volume is being unmounted: new opens are refused ([`crate::Volume::begin_shutdown`]).
+    STATUS_VOLUME_DISMOUNTED = 0xC000_026E;
     /// A symbolic link loop (`ELOOP`).
     STATUS_REPARSE_POINT_NOT_RESOLVED = 0xC000_0280;
     /// The disk quota is exhausted (`EDQUOT`).

@@ -12,7 +12,10 @@
 //! follows are atomic for this mount. Reads and writes run outside it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use tracing::warn;
 
 use plugfs_plugin_api::open_flags::{O_APPEND, O_DSYNC, O_EXCL, O_RDONLY, O_RDWR, O_WRONLY};
 use plugfs_plugin_api::{
@@ -146,6 +149,28 @@ pub struct Volume {
     caps: Capabilities,
     opts: VolumeOptions,
     state: Mutex<State>,
+    /// Calls being served now ([`Volume::in_flight`]).
+    busy: AtomicUsize,
+    /// Set by [`Volume::begin_shutdown`]: new opens are refused.
+    closing: AtomicBool,
+}
+
+/// Counts a call as in flight while it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What [`Volume::release_all`] gave back to the plugin.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Open files and directories released.
+    pub released: usize,
+    /// Of those, the releases the plugin failed.
+    pub failed: usize,
 }
 
 fn st(errno: Errno) -> u32 {
@@ -160,7 +185,51 @@ impl Volume {
     /// A volume over `fs`, with the capabilities of this mount (`LoadedFs::mount_capabilities`).
     pub fn new(fs: Arc<dyn FileSystem>, caps: Capabilities, opts: VolumeOptions) -> Volume {
         let state = State { nodes: Nodes::new(caps.case_sensitive), next_id: 1, ..State::default() };
-        Volume { fs, caps, opts, state: Mutex::new(state) }
+        Volume { fs, caps, opts, state: Mutex::new(state), busy: AtomicUsize::new(0), closing: AtomicBool::new(false) }
+    }
+
+    fn busy(&self) -> Busy<'_> {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(&self.busy)
+    }
+
+    /// The host is unmounting: from now on every new open or create answers
+    /// `STATUS_VOLUME_DISMOUNTED`, while handles already open go on working until they are
+    /// closed or [`Volume::release_all`] releases them.
+    pub fn begin_shutdown(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// Calls of the binding being served right now: the host waits for these to finish
+    /// before it unmounts.
+    pub fn in_flight(&self) -> usize {
+        self.busy.load(Ordering::SeqCst)
+    }
+
+    /// Releases through the plugin every handle still open and forgets every reference,
+    /// as the last close of each would: what a shutdown does after the framework stopped
+    /// calling (so that plugins sync and close what Windows programs left open). Handles
+    /// closed later by the binding are unknown by then and ignored.
+    pub fn release_all(&self) -> Released {
+        let mut s = self.lock();
+        let mut out = Released::default();
+        for (_, h) in s.handles.drain() {
+            if let Some(p) = h.plugin {
+                out.released += 1;
+                let r = if h.kind == FileKind::Directory {
+                    self.fs.releasedir(&self.opts.request, h.node, p)
+                } else {
+                    self.fs.release(&self.opts.request, h.node, p, 0, true)
+                };
+                if let Err(e) = r {
+                    out.failed += 1;
+                    warn!(node = h.node, "releasing a handle left open at unmount: {e}");
+                }
+            }
+        }
+        s.files.clear();
+        s.nodes.clear(&*self.fs);
+        out
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -206,6 +275,10 @@ impl Volume {
     /// Opens or creates a file or directory: `NtCreateFile`'s semantics for every
     /// disposition and the options that matter. See docs/windows.md for the table.
     pub fn create(&self, r: &CreateRequest<'_>) -> Result<Created, u32> {
+        let _busy = self.busy();
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(STATUS_VOLUME_DISMOUNTED);
+        }
         let comps = parse_path(r.path)?;
         let dir_only = r.options & FILE_DIRECTORY_FILE != 0;
         let file_only = r.options & FILE_NON_DIRECTORY_FILE != 0;
@@ -419,6 +492,7 @@ impl Volume {
     /// Marks the file to be deleted when its last handle is cleaned up, or clears the mark
     /// (`FileDispositionInformation`; Dokan's `DeleteFile`/`DeleteDirectory`).
     pub fn set_delete_on_close(&self, id: FileId, delete: bool) -> Result<(), u32> {
+        let _busy = self.busy();
         let mut s = self.lock();
         let h = s.handles.get(&id).ok_or(STATUS_INVALID_HANDLE)?;
         let (node, kind, access) = (h.node, h.kind, h.access);
@@ -435,6 +509,7 @@ impl Volume {
     /// The last user handle closed (`IRP_MJ_CLEANUP`): its share mode no longer counts, and
     /// if the file is marked for deletion and this was its last handle, it is deleted.
     pub fn cleanup(&self, id: FileId) -> Result<(), u32> {
+        let _busy = self.busy();
         let mut s = self.lock();
         let s = &mut *s;
         let h = s.handles.get_mut(&id).ok_or(STATUS_INVALID_HANDLE)?;
@@ -467,6 +542,7 @@ impl Volume {
     /// The handle is gone (`IRP_MJ_CLOSE`): the plugin's handle is released and the
     /// references it pinned given back. Cleans up first if the binding did not.
     pub fn close(&self, id: FileId) {
+        let _busy = self.busy();
         let _ = self.cleanup(id);
         let mut s = self.lock();
         let s = &mut *s;
@@ -489,6 +565,7 @@ impl Volume {
     /// `STATUS_ACCESS_DENIED`, as NTFS answers. A directory with open files below it does
     /// not move. A rename that changes only case is a rename of the file onto itself.
     pub fn rename(&self, id: FileId, new_path: &[u16], replace: bool, posix: bool) -> Result<(), u32> {
+        let _busy = self.busy();
         let comps = parse_path(new_path)?;
         let Some((new_name, dirs)) = comps.split_last() else { return Err(STATUS_ACCESS_DENIED) };
         let mut s = self.lock();
@@ -575,6 +652,7 @@ impl Volume {
 
     /// Reads at `offset`; `STATUS_END_OF_FILE` at or past the end.
     pub fn read(&self, id: FileId, offset: u64, buf: &mut [u8]) -> Result<usize, u32> {
+        let _busy = self.busy();
         let (node, plugin) = {
             let s = self.lock();
             let h = s.handles.get(&id).ok_or(STATUS_INVALID_HANDLE)?;
@@ -597,6 +675,7 @@ impl Volume {
     /// (`FILE_WRITE_TO_END_OF_FILE`). A `constrained` write (paging IO) never extends the
     /// file. A write-through handle's data is durable when this returns.
     pub fn write(&self, id: FileId, offset: Option<u64>, data: &[u8], constrained: bool) -> Result<usize, u32> {
+        let _busy = self.busy();
         let (node, plugin, write_through) = {
             let s = self.lock();
             let h = s.handles.get(&id).ok_or(STATUS_INVALID_HANDLE)?;
@@ -635,6 +714,7 @@ impl Volume {
 
     /// Makes the file's data durable (`FlushFileBuffers`).
     pub fn flush(&self, id: FileId) -> Result<(), u32> {
+        let _busy = self.busy();
         let (node, plugin, kind) = self.handle_parts(id)?;
         match plugin {
             Some(h) if kind == FileKind::Directory => self.fs.fsyncdir(self.req(), node, h, false).map_err(err),
@@ -655,6 +735,7 @@ impl Volume {
 
     /// The file's information (`GetFileInformationByHandle`).
     pub fn file_info(&self, id: FileId) -> Result<FileInfo, u32> {
+        let _busy = self.busy();
         let (node, plugin, kind) = self.handle_parts(id)?;
         let attr = self.getattr(node, plugin.filter(|_| kind != FileKind::Directory))?;
         Ok(self.info(&attr, &self.name_of(node)))
@@ -678,6 +759,7 @@ impl Volume {
         last_access: u64,
         last_write: u64,
     ) -> Result<FileInfo, u32> {
+        let _busy = self.busy();
         let (node, plugin, _) = self.handle_parts(id)?;
         let attr = self.getattr(node, None)?;
         let set = SetAttr {
@@ -698,6 +780,7 @@ impl Volume {
     /// Sets the file size (`FileEndOfFileInformation`), or with `allocation` the allocation
     /// size (`FileAllocationInformation`), which only ever shrinks a larger file.
     pub fn set_file_size(&self, id: FileId, size: u64, allocation: bool) -> Result<FileInfo, u32> {
+        let _busy = self.busy();
         let (node, plugin, kind) = self.handle_parts(id)?;
         if kind == FileKind::Directory {
             return Err(STATUS_INVALID_DEVICE_REQUEST);
@@ -714,12 +797,14 @@ impl Volume {
 
     /// The volume's sizes and parameters.
     pub fn volume_info(&self) -> Result<VolumeInfo, u32> {
+        let _busy = self.busy();
         let stat = self.fs.statfs(self.req(), ROOT_ID).map_err(err)?;
         Ok(VolumeInfo::new(&stat, &self.caps, self.opts.read_only))
     }
 
     /// The file's security descriptor as SDDL.
     pub fn security(&self, id: FileId, sids: &dyn SidMap) -> Result<String, u32> {
+        let _busy = self.busy();
         let (node, _, kind) = self.handle_parts(id)?;
         let attr = self.getattr(node, None)?;
         Ok(sddl(attr.uid, attr.gid, attr.perm as u32, kind == FileKind::Directory, sids))
@@ -731,6 +816,7 @@ impl Volume {
     /// mount's case rule. A query without a marker reads the directory afresh; queries with
     /// one continue the same listing, so a name removed in between does not lose the place.
     pub fn read_directory(&self, id: FileId, pattern: &[u16], marker: Option<&[u16]>) -> Result<Vec<DirInfo>, u32> {
+        let _busy = self.busy();
         let (node, plugin, kind) = self.handle_parts(id)?;
         if kind != FileKind::Directory {
             return Err(STATUS_NOT_A_DIRECTORY);
@@ -837,18 +923,7 @@ impl Volume {
 
 impl Drop for Volume {
     fn drop(&mut self) {
-        let s = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-        for (_, h) in s.handles.drain() {
-            if let Some(p) = h.plugin {
-                let _ = if h.kind == FileKind::Directory {
-                    self.fs.releasedir(&self.opts.request, h.node, p)
-                } else {
-                    self.fs.release(&self.opts.request, h.node, p, 0, true)
-                };
-            }
-        }
-        s.files.clear();
-        s.nodes.clear(&*self.fs);
+        self.release_all();
     }
 }
 

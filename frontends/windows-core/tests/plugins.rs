@@ -893,3 +893,30 @@ fn renaming_a_file_onto_another_of_its_hard_links_leaves_only_the_new_name() {
         assert_eq!(m.get("\\two"), b"linked");
     });
 }
+
+#[test]
+fn a_shutdown_refuses_new_opens_and_releases_what_windows_left_open() {
+    each(ALL, |m| {
+        m.mkdir("\\d");
+        let file = m.open("\\left-open", GENERIC_READ | GENERIC_WRITE, SHARE_ALL, FILE_CREATE, 0).unwrap();
+        let dir = m.open("\\d", FILE_READ_DATA, SHARE_ALL, FILE_OPEN, FILE_DIRECTORY_FILE).unwrap();
+        // An attribute-only open of a file holds no plugin handle: nothing to release.
+        let attrs = m.open("\\left-open", FILE_READ_ATTRIBUTES, SHARE_ALL, FILE_OPEN, 0).unwrap();
+        assert_eq!(m.v().in_flight(), 0, "{}: nothing is being served between calls", m.name);
+
+        m.v().begin_shutdown();
+        assert_eq!(m.status("\\left-open"), STATUS_VOLUME_DISMOUNTED, "{}: no new opens", m.name);
+        // What is open still works until it is released.
+        assert_eq!(m.v().write(file.id, Some(0), b"written before the unmount", false), Ok(26));
+
+        let released = m.v().release_all();
+        assert_eq!((released.released, released.failed), (2, 0), "{}: the file and the directory", m.name);
+        assert_eq!(m.v().open_handles(), 0);
+        assert_eq!(m.fs.leaks(), Vec::<String>::new(), "{}: every reference given back", m.name);
+        // The framework's late closes find nothing and do nothing.
+        for id in [file.id, dir.id, attrs.id] {
+            m.v().close(id);
+        }
+        assert_eq!(m.v().release_all(), plugfs_windows_core::Released::default());
+    });
+}

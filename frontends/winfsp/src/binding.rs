@@ -3,7 +3,7 @@
 
 use std::ffi::c_void;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use plugfs_plugin_api::{Capabilities, FileSystem};
@@ -12,7 +12,7 @@ use plugfs_plugin_api::{Capabilities, FileSystem};
 use plugfs_windows_core::access::{FILE_CREATE, FILE_OPEN, FILE_SHARE_DELETE, FILE_SHARE_READ, FILE_SHARE_WRITE};
 use plugfs_windows_core::attributes::FILE_ATTRIBUTE_NORMAL;
 use plugfs_windows_core::security::{FILE_READ_ATTRIBUTES, READ_CONTROL, UnixSids, descriptor_from_sddl};
-use plugfs_windows_core::{CreateRequest, FileId, Volume, VolumeOptions};
+use plugfs_windows_core::{CreateRequest, FileId, Released, Volume, VolumeOptions};
 use tracing::{debug, warn};
 use winfsp::filesystem::{
     DirInfo, DirMarker, FileInfo, FileSecurity, FileSystemContext, OpenFileInfo, VolumeInfo, WideNameInfo,
@@ -68,7 +68,7 @@ pub struct Handle(FileId);
 
 /// The file system context WinFSP calls.
 struct Context {
-    volume: Volume,
+    volume: Arc<Volume>,
     label: String,
 }
 
@@ -333,18 +333,36 @@ pub fn is_installed() -> bool {
 /// A mounted WinFSP volume. Dropping it unmounts.
 pub struct WinfspMount {
     host: FileSystemHost<Context, FineGuard>,
+    volume: Arc<Volume>,
+    mountpoint: PathBuf,
+    stopped: bool,
     _init: FspInit,
 }
 
 impl WinfspMount {
-    /// Unmounts and stops serving. Open handles are closed by WinFSP through `close`.
-    pub fn unmount(mut self) {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The core serving it: the host asks it for open handles and calls in flight, and
+    /// tells it to refuse new opens while shutting down.
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.volume
+    }
+
+    /// Unmounts and stops serving, then releases through the plugin whatever Windows
+    /// programs still had open (WinFSP sends no `close` for those once it is stopped).
+    pub fn unmount(mut self) -> Released {
         self.stop();
+        self.volume.release_all()
     }
 
     fn stop(&mut self) {
-        self.host.stop();
-        self.host.unmount();
+        if !std::mem::replace(&mut self.stopped, true) {
+            self.host.stop();
+            self.host.unmount();
+        }
     }
 }
 
@@ -387,7 +405,8 @@ pub fn mount(
         // Metadata is cached by WinFSP for a second, as the FUSE frontend's default TTL.
         .file_info_timeout(1000);
 
-    let context = Context { volume, label: label.chars().take(32).collect() };
+    let volume = Arc::new(volume);
+    let context = Context { volume: Arc::clone(&volume), label: label.chars().take(32).collect() };
     // FineGuard: WinFSP calls from several threads at once; the core is Sync.
     let mut host: FileSystemHost<Context, FineGuard> =
         FileSystemHost::new(params, context).map_err(|e| io::Error::other(format!("WinFSP: {e:?}")))?;
@@ -397,5 +416,5 @@ pub fn mount(
         host.unmount();
         return Err(io::Error::other(format!("WinFSP could not start serving: {e:?}")));
     }
-    Ok(WinfspMount { host, _init: init })
+    Ok(WinfspMount { host, volume, mountpoint: mountpoint.to_path_buf(), stopped: false, _init: init })
 }
