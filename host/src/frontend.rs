@@ -9,11 +9,9 @@ use plugfs_plugin_api::{Capabilities, FileSystem};
 use crate::config::{Frontend, MountSection};
 use crate::swap::Kernel;
 
-/// Whether this build has the WinFSP frontend (Windows, with the `winfsp` feature).
-#[cfg(windows)]
-const WINFSP_BUILT_IN: bool = plugfs_winfsp::BUILT_IN;
-#[cfg(not(windows))]
-const WINFSP_BUILT_IN: bool = false;
+/// Whether this build has the WinFSP frontend (Windows, with this crate's `winfsp`
+/// feature: the one that also adds [`Mounted::Winfsp`] and delay-loads the DLL).
+const WINFSP_BUILT_IN: bool = cfg!(all(windows, any(feature = "winfsp", feature = "winfsp-cross-check")));
 
 /// Whether `frontend` can run in this build on this platform; the reason if not. Whether
 /// WinFSP or Dokan is *installed* is found out when mounting, not here.
@@ -98,15 +96,19 @@ pub fn drive_letter(mountpoint: &str) -> Option<char> {
     (chars.next() == Some(':') && matches!(chars.as_str(), "" | "\\" | "/")).then(|| letter.to_ascii_uppercase())
 }
 
-/// WinFSP mounts on a directory it creates (and removes at unmount), so an empty directory
-/// left there, by an operator or an earlier mount, is removed first.
+/// The mountpoint as WinFSP takes it: a drive exactly as `X:` (anything longer is taken
+/// for a directory to create), and a directory that does not exist yet, since WinFSP creates
+/// it (and removes it at unmount): an empty one left there, by an operator or an earlier
+/// mount, is removed first.
 #[cfg(all(windows, any(feature = "winfsp", feature = "winfsp-cross-check")))]
-fn clear_for_winfsp(mountpoint: &Path) -> std::io::Result<()> {
-    let is_drive = mountpoint.to_str().and_then(drive_letter).is_some();
-    if !is_drive && mountpoint.is_dir() {
+fn winfsp_mountpoint(mountpoint: &Path) -> std::io::Result<std::path::PathBuf> {
+    if let Some(letter) = mountpoint.to_str().and_then(drive_letter) {
+        return Ok(std::path::PathBuf::from(format!("{letter}:")));
+    }
+    if mountpoint.is_dir() {
         std::fs::remove_dir(mountpoint)?;
     }
-    Ok(())
+    Ok(mountpoint.to_path_buf())
 }
 
 /// The frontend `auto` means here; `auto` itself on Windows when neither WinFSP nor Dokan
@@ -204,8 +206,8 @@ impl Mounted {
             Frontend::Winfsp => {
                 let options = windows_options(section);
                 let label = volume_label(section);
-                clear_for_winfsp(mountpoint)?;
-                Ok(Mounted::Winfsp(plugfs_winfsp::mount(fs, *caps, mountpoint, &label, options)?))
+                let mountpoint = winfsp_mountpoint(mountpoint)?;
+                Ok(Mounted::Winfsp(plugfs_winfsp::mount(fs, *caps, &mountpoint, &label, options)?))
             }
             #[cfg(windows)]
             Frontend::Dokan => {
@@ -285,15 +287,15 @@ impl Mounted {
         }
     }
 
-    /// Files and directories the operating system holds open on it.
+    /// Files and directories programs hold open on it (on Windows: not yet cleaned up).
     pub fn open_handles(&self) -> usize {
         match self {
             #[cfg(unix)]
             Mounted::Fuse(m) => m.open_handles(),
             #[cfg(all(windows, any(feature = "winfsp", feature = "winfsp-cross-check")))]
-            Mounted::Winfsp(m) => m.volume().open_handles(),
+            Mounted::Winfsp(m) => m.volume().active_handles(),
             #[cfg(windows)]
-            Mounted::Dokan(m) => m.volume().open_handles(),
+            Mounted::Dokan(m) => m.volume().active_handles(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! `plugfs`: mounts filesystems whose implementations are plugins loaded at run time.
 
 mod config;
+#[cfg(windows)]
+mod console;
 mod control;
 mod frontend;
 mod metered;

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use plugfs_plugin_api::host::LoadedFs;
 use plugfs_plugin_api::{Capabilities, MountOptions};
 use tracing::{error, info, warn};
@@ -196,7 +195,9 @@ fn swappable(old: &MountSection, new: &MountSection, base_dir: &Path) -> Result<
 #[cfg(windows)]
 fn check_mountpoint(path: &Path, create: bool, frontend: crate::config::Frontend) -> Result<(), String> {
     if let Some(letter) = path.to_str().and_then(crate::frontend::drive_letter) {
-        if Path::new(&format!("{letter}:\\")).exists() {
+        // SAFETY: no arguments; a bit per drive letter that names a drive, with media or not.
+        let drives = unsafe { windows_sys::Win32::Storage::FileSystem::GetLogicalDrives() };
+        if drives & (1 << (letter as u32 - 'A' as u32)) != 0 {
             return Err(format!("drive {letter}: is in use; pick a free drive letter"));
         }
         return Ok(());
@@ -275,7 +276,7 @@ pub fn run(config: Config) -> anyhow::Result<ExitCode> {
     #[cfg(unix)]
     watch_signals(Arc::clone(&stop), Arc::clone(&mountpoints), to_host.clone())?;
     #[cfg(windows)]
-    watch_console(Arc::clone(&stop))?;
+    let _console = crate::console::watch(Arc::clone(&stop))?;
     #[cfg(unix)]
     raise_open_file_limit();
 
@@ -806,6 +807,7 @@ fn watch_signals(
     mountpoints: Arc<Mutex<Vec<PathBuf>>>,
     to_host: mpsc::Sender<Incoming>,
 ) -> anyhow::Result<()> {
+    use anyhow::Context;
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut hangups = signal_hook::iterator::Signals::new([SIGHUP]).context("installing the SIGHUP handler")?;
     std::thread::Builder::new()
@@ -843,23 +845,6 @@ fn watch_signals(
         })
         .context("starting the signal thread")?;
     Ok(())
-}
-
-/// Windows' counterpart of [`watch_signals`]: the first Ctrl-C, Ctrl-Break or closing of
-/// the console sets `stop`; the second ends the process at once with status 1. Nothing
-/// needs detaching first: WinFSP and Dokan remove a volume when the process serving it
-/// ends. (No SIGHUP there: `plugfs reload` reloads.)
-#[cfg(windows)]
-fn watch_console(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    ctrlc::set_handler(move || {
-        if stop.swap(true, Ordering::SeqCst) {
-            error!("second Ctrl-C: exiting now, without waiting for the shutdown to finish");
-            // Not `exit`: other threads are still inside plugins (see watch_signals).
-            // SAFETY: _exit ends the process at once; it has no preconditions.
-            unsafe { libc::_exit(1) };
-        }
-    })
-    .context("installing the Ctrl-C handler")
 }
 
 /// Raises the soft limit on open files to the hard limit. Plugins hold descriptors per

@@ -96,13 +96,15 @@ impl Volume {
         Ok(file)
     }
 
-    /// The mountpoint of the mount holding the volume, if one does.
+    /// The mountpoint of the mount holding the volume, if one does. The lock alone says
+    /// whether it is mounted; the path is empty when it cannot be read (the holder has not
+    /// written it yet, or is an older plugfs that kept it in the lock file).
     fn mounted_at(&self) -> Option<PathBuf> {
         let file = File::open(&self.lock).ok()?;
         match file.try_lock_shared() {
             Ok(()) => None,
             Err(_) => {
-                let bytes = std::fs::read(&self.mountpoint).ok()?;
+                let bytes = std::fs::read(&self.mountpoint).unwrap_or_default();
                 #[cfg(unix)]
                 let path = PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes));
                 #[cfg(not(unix))]
@@ -248,6 +250,10 @@ pub fn inspect(dir: &Path, registry: &mut Registry, name: &str) -> anyhow::Resul
     println!("label:    {}", m.label);
     println!("image:    {}", v.image.display());
     let (total, free, files, source) = match v.mounted_at() {
+        Some(mountpoint) if mountpoint.as_os_str().is_empty() => {
+            println!("mounted:  yes (where is not known)");
+            return Ok(ExitCode::SUCCESS);
+        }
         Some(mountpoint) => {
             println!("mounted:  yes, at {}", mountpoint.display());
             let (total, free, files) = space_of(&mountpoint)?;
@@ -277,9 +283,9 @@ pub fn remove(dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
     let v = Volume::new(dir, name)?;
     v.metadata()?;
     if let Some(at) = v.mounted_at() {
+        let at = if at.as_os_str().is_empty() { "by a running plugfs".into() } else { format!("at {}", at.display()) };
         bail!(
-            "volume `{name}` is mounted at {}; unmount it first (plugfs unmount, or remove it from the config and reload)",
-            at.display()
+            "volume `{name}` is mounted {at}; unmount it first (plugfs unmount, or remove it from the config and reload)"
         );
     }
     for p in [&v.image, &v.meta, &v.lock, &v.mountpoint] {
@@ -322,6 +328,9 @@ mod tests {
         let held = v.lock(Path::new("/mnt/v")).unwrap();
         assert_eq!(v.mounted_at(), Some(PathBuf::from("/mnt/v")));
         assert!(v.lock(Path::new("/elsewhere")).is_err());
+        // Held, with the path unreadable: still mounted, so `volume rm` refuses.
+        std::fs::remove_file(dir.path().join("v.mountpoint")).unwrap();
+        assert_eq!(v.mounted_at(), Some(PathBuf::new()));
         drop(held);
         assert_eq!(v.mounted_at(), None);
     }

@@ -33,7 +33,7 @@ fn mount_use_and_unmount(frontend: &str) {
     std::fs::write(
         &config,
         format!(
-            "[host]\nplugin_dirs = ['{}']\n\n[[mount]]\nname = \"scratch\"\nplugin = \"memfs\"\n\
+            "[host]\nplugin_dirs = ['{}']\n# Below the test's wait for the exit, whatever Windows keeps open.\ndrain_timeout = 10\n\n[[mount]]\nname = \"scratch\"\nplugin = \"memfs\"\n\
              mountpoint = '{}'\ncreate_mountpoint = true\nfrontend = \"{frontend}\"\n",
             build_dir().display(),
             mountpoint.display()

@@ -919,6 +919,14 @@ impl Volume {
     pub fn open_handles(&self) -> usize {
         self.lock().handles.len()
     }
+
+    /// How many handles programs still hold: open and not yet cleaned up. Windows may hold
+    /// back the final close of a handle a program closed long after (the cache manager and
+    /// scanners keep files open), so this, not [`Volume::open_handles`], says whether a
+    /// mount is still in use.
+    pub fn active_handles(&self) -> usize {
+        self.lock().handles.values().filter(|h| !h.cleaned_up).count()
+    }
 }
 
 impl Drop for Volume {
