@@ -129,12 +129,7 @@ impl Plugin for FatPlugin {
             read_only = vol.is_read_only(),
             "mounted a FAT volume"
         );
-        Ok(FatFs {
-            vol: RwLock::new(vol),
-            tracking: Mutex::new(NodeRefs::default()),
-            presentation,
-            next_handle: AtomicU64::new(1),
-        })
+        Ok(FatFs::new(vol, presentation))
     }
 
     /// Creates the image file `image` names (refusing an existing file) as
@@ -168,13 +163,20 @@ impl Plugin for FatPlugin {
 
 /// A mounted FAT volume.
 ///
-/// **Locking.** The volume sits behind a read-write lock: reads of files whose cluster
-/// chain is cached, `getattr`, and lookups and listings of directories already read run
-/// under the shared lock, in parallel (the image is read with `pread`); everything that
-/// changes the volume or fills a cache takes it exclusively. Reference counts have their
-/// own small lock, always taken after the volume's.
+/// **Locking.** The engine's [`Volume`] locks itself, per file, for the namespace and for
+/// the FAT (its lock order is written down in `engine/volume.rs`), so calls reach it in
+/// parallel: reads and writes of different files overlap. The glue has two locks of its
+/// own, in this order around the engine's:
+///
+/// 1. `names`: taken shared by calls that find or create a node and count a lookup
+///    reference on it (lookup, create, mkdir, mknod), exclusively by calls that take a name
+///    away and may free its node at once (unlink, rmdir, rename), so a lookup never counts
+///    a reference on a node being freed. Reads, writes and the rest do not take it.
+/// 2. (the engine's locks)
+/// 3. `tracking`: the reference counts, a leaf, never held across an engine call.
 pub struct FatFs {
-    vol: RwLock<Volume>,
+    vol: Volume,
+    names: RwLock<()>,
     tracking: Mutex<NodeRefs>,
     presentation: Presentation,
     next_handle: AtomicU64,
@@ -198,42 +200,39 @@ fn poisoned() -> Error {
 }
 
 impl FatFs {
-    fn shared(&self) -> Result<RwLockReadGuard<'_, Volume>> {
-        self.vol.read().map_err(|_| poisoned())
+    fn new(vol: Volume, presentation: Presentation) -> FatFs {
+        FatFs {
+            vol,
+            names: RwLock::new(()),
+            tracking: Mutex::new(NodeRefs::default()),
+            presentation,
+            next_handle: AtomicU64::new(1),
+        }
     }
 
-    fn exclusive(&self) -> Result<RwLockWriteGuard<'_, Volume>> {
-        self.vol.write().map_err(|_| poisoned())
+    fn names_shared(&self) -> Result<RwLockReadGuard<'_, ()>> {
+        self.names.read().map_err(|_| poisoned())
+    }
+
+    fn names_exclusive(&self) -> Result<RwLockWriteGuard<'_, ()>> {
+        self.names.write().map_err(|_| poisoned())
     }
 
     fn tracking(&self) -> Result<MutexGuard<'_, NodeRefs>> {
         self.tracking.lock().map_err(|_| poisoned())
     }
 
-    /// Answers from the shared lock when `fast` can (it returns None when it needs a cache
-    /// filled), else from the exclusive lock with `slow`.
-    fn shared_or_exclusive<T>(
-        &self,
-        fast: impl FnOnce(&Volume) -> Option<engine::Result<T>>,
-        slow: impl FnOnce(&mut Volume) -> engine::Result<T>,
-    ) -> Result<T> {
-        if let Some(r) = fast(&*self.shared()?) {
-            return r.map_err(errno);
-        }
-        slow(&mut *self.exclusive()?).map_err(errno)
-    }
-
     /// Lets the engine free an unlinked node once nothing refers to it.
-    fn maybe_evict(&self, vol: &mut Volume, ino: Ino) -> Result<()> {
+    fn maybe_evict(&self, ino: Ino) -> Result<()> {
         if self.tracking()?.remove_if_unused(ino) {
-            vol.evict(ino).map_err(errno)?;
+            self.vol.evict(ino).map_err(errno)?;
         }
         Ok(())
     }
 
-    fn attr(&self, vol: &Volume, m: &Meta) -> Attr {
+    fn attr(&self, m: &Meta) -> Attr {
         let p = &self.presentation;
-        let tz = vol.tz_offset();
+        let tz = self.vol.tz_offset();
         let (kind, mut perm) =
             if m.is_dir { (FileKind::Directory, 0o777 & !p.dmask) } else { (FileKind::File, 0o777 & !p.fmask) };
         if !m.is_dir && m.attr & ATTR_READ_ONLY != 0 {
@@ -257,21 +256,21 @@ impl FatFs {
             uid: p.uid,
             gid: p.gid,
             rdev: 0,
-            blksize: vol.bpb().cluster_size(),
+            blksize: self.vol.bpb().cluster_size(),
         }
     }
 
     /// The entry for `ino`, counting one lookup reference.
-    fn entry(&self, vol: &Volume, ino: Ino) -> Result<Entry> {
-        let m = vol.stat(ino).map_err(errno)?;
-        let attr = self.attr(vol, &m);
+    fn entry(&self, ino: Ino) -> Result<Entry> {
+        let m = self.vol.stat(ino).map_err(errno)?;
+        let attr = self.attr(&m);
         self.tracking()?.looked_up(ino);
         Ok(Entry { node: ino, generation: 0, attr, entry_ttl: TTL, attr_ttl: TTL })
     }
 
-    fn attr_out(&self, vol: &Volume, ino: Ino) -> Result<AttrOut> {
-        let m = vol.stat(ino).map_err(errno)?;
-        Ok(AttrOut { attr: self.attr(vol, &m), ttl: TTL })
+    fn attr_out(&self, ino: Ino) -> Result<AttrOut> {
+        let m = self.vol.stat(ino).map_err(errno)?;
+        Ok(AttrOut { attr: self.attr(&m), ttl: TTL })
     }
 
     fn open_handle(&self, ino: Ino, flags: i32) -> Result<Opened> {
@@ -281,10 +280,9 @@ impl FatFs {
     }
 
     fn close_handle(&self, handle: Handle) -> Result<()> {
-        let mut vol = self.exclusive()?;
         let closed = self.tracking()?.closed(handle);
         if let Some(ino) = closed {
-            self.maybe_evict(&mut vol, ino)?;
+            self.maybe_evict(ino)?;
         }
         Ok(())
     }
@@ -305,9 +303,9 @@ impl FatFs {
         is_dir: bool,
         open_flags: Option<i32>,
     ) -> Result<(Entry, Option<Opened>)> {
-        let mut vol = self.exclusive()?;
-        let ino = vol.create(parent, name_str(name)?, is_dir).map_err(errno)?;
-        let entry = self.entry(&vol, ino)?;
+        let _names = self.names_shared()?;
+        let ino = self.vol.create(parent, name_str(name)?, is_dir).map_err(errno)?;
+        let entry = self.entry(ino)?;
         let opened = open_flags.map(|f| self.open_handle(ino, f)).transpose()?;
         Ok((entry, opened))
     }
@@ -320,37 +318,28 @@ impl FileSystem for FatFs {
         if name.encode_utf16().count() > 255 {
             return Err(Errno::ENAMETOOLONG.into());
         }
-        {
-            let vol = self.shared()?;
-            if let Some(r) = vol.lookup_loaded(parent, name) {
-                let ino = r.map_err(errno)?;
-                return self.entry(&vol, ino);
-            }
-        }
-        let mut vol = self.exclusive()?;
-        let ino = vol.lookup(parent, name).map_err(errno)?;
-        self.entry(&vol, ino)
+        let _names = self.names_shared()?;
+        let ino = self.vol.lookup(parent, name).map_err(errno)?;
+        self.entry(ino)
     }
 
     fn forget(&self, node: NodeId, nlookup: u64) {
-        let Ok(mut vol) = self.exclusive() else { return };
         if let Ok(mut t) = self.tracking() {
             t.forgotten(node, nlookup);
         }
-        if let Err(e) = self.maybe_evict(&mut vol, node) {
+        if let Err(e) = self.maybe_evict(node) {
             tracing::error!(node, "freeing an unlinked file failed: {e}");
         }
     }
 
     fn getattr(&self, _req: &Request, node: NodeId, _handle: Option<Handle>) -> Result<AttrOut> {
-        let vol = self.shared()?;
-        self.attr_out(&vol, node)
+        self.attr_out(node)
     }
 
     fn setattr(&self, _req: &Request, node: NodeId, set: &SetAttr) -> Result<AttrOut> {
-        let mut vol = self.exclusive()?;
+        let vol = &self.vol;
         let p = self.presentation;
-        let cur = self.attr_out(&vol, node)?.attr;
+        let cur = self.attr_out(node)?.attr;
         if set.uid.is_some_and(|u| u != cur.uid) || set.gid.is_some_and(|g| g != cur.gid) {
             self.refuse("an owner or group")?;
         }
@@ -382,7 +371,7 @@ impl FileSystem for FatFs {
         if set.mtime.is_some() || set.atime.is_some() {
             vol.set_times(node, set.mtime.map(to_fat), set.atime.map(to_fat)).map_err(errno)?;
         }
-        self.attr_out(&vol, node)
+        self.attr_out(node)
     }
 
     fn mknod(&self, _req: &Request, parent: NodeId, name: &OsStr, mode: u32, _rdev: u32) -> Result<Entry> {
@@ -397,15 +386,15 @@ impl FileSystem for FatFs {
     }
 
     fn unlink(&self, _req: &Request, parent: NodeId, name: &OsStr) -> Result<()> {
-        let mut vol = self.exclusive()?;
-        let ino = vol.unlink(parent, name_str(name)?).map_err(errno)?;
-        self.maybe_evict(&mut vol, ino)
+        let _names = self.names_exclusive()?;
+        let ino = self.vol.unlink(parent, name_str(name)?).map_err(errno)?;
+        self.maybe_evict(ino)
     }
 
     fn rmdir(&self, _req: &Request, parent: NodeId, name: &OsStr) -> Result<()> {
-        let mut vol = self.exclusive()?;
-        let ino = vol.rmdir(parent, name_str(name)?).map_err(errno)?;
-        self.maybe_evict(&mut vol, ino)
+        let _names = self.names_exclusive()?;
+        let ino = self.vol.rmdir(parent, name_str(name)?).map_err(errno)?;
+        self.maybe_evict(ino)
     }
 
     fn rename(
@@ -420,22 +409,23 @@ impl FileSystem for FatFs {
         if flags.0 & !RenameFlags::NOREPLACE != 0 {
             return Err(Error::with_message(Errno::EINVAL, "FAT supports only RENAME_NOREPLACE"));
         }
-        let mut vol = self.exclusive()?;
-        let replaced =
-            vol.rename(parent, name_str(name)?, new_parent, name_str(new_name)?, flags.noreplace()).map_err(errno)?;
+        let _names = self.names_exclusive()?;
+        let replaced = self
+            .vol
+            .rename(parent, name_str(name)?, new_parent, name_str(new_name)?, flags.noreplace())
+            .map_err(errno)?;
         match replaced {
-            Some(ino) => self.maybe_evict(&mut vol, ino),
+            Some(ino) => self.maybe_evict(ino),
             None => Ok(()),
         }
     }
 
     fn open(&self, _req: &Request, node: NodeId, flags: i32) -> Result<Opened> {
-        let mut vol = self.exclusive()?;
-        if vol.stat(node).map_err(errno)?.is_dir {
+        if self.vol.stat(node).map_err(errno)?.is_dir {
             return Err(Errno::EISDIR.into());
         }
         if flags & O_TRUNC != 0 && flags & O_ACCMODE != O_RDONLY {
-            vol.truncate(node, 0).map_err(errno)?;
+            self.vol.truncate(node, 0).map_err(errno)?;
         }
         self.open_handle(node, flags)
     }
@@ -446,13 +436,7 @@ impl FileSystem for FatFs {
     }
 
     fn read(&self, _req: &Request, node: NodeId, _handle: Handle, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        {
-            let vol = self.shared()?;
-            if let Some(r) = vol.read_cached(node, offset, buf) {
-                return r.map_err(errno);
-            }
-        }
-        self.exclusive()?.read(node, offset, buf).map_err(errno)
+        self.vol.read(node, offset, buf).map_err(errno)
     }
 
     fn write(
@@ -464,10 +448,8 @@ impl FileSystem for FatFs {
         data: &[u8],
         _flags: i32,
     ) -> Result<usize> {
-        let mut vol = self.exclusive()?;
         let append = self.tracking()?.flags(handle).is_some_and(|f| f & O_APPEND != 0);
-        let offset = if append { vol.stat(node).map_err(errno)?.size } else { offset };
-        vol.write(node, offset, data).map_err(errno)
+        if append { self.vol.append(node, data) } else { self.vol.write(node, offset, data) }.map_err(errno)
     }
 
     fn release(&self, _req: &Request, _node: NodeId, handle: Handle, _flags: i32, _flush: bool) -> Result<()> {
@@ -475,11 +457,11 @@ impl FileSystem for FatFs {
     }
 
     fn fsync(&self, _req: &Request, _node: NodeId, _handle: Handle, _datasync: bool) -> Result<()> {
-        self.exclusive()?.sync().map_err(errno)
+        self.vol.sync().map_err(errno)
     }
 
     fn opendir(&self, _req: &Request, node: NodeId, _flags: i32) -> Result<Opened> {
-        if !self.shared()?.stat(node).map_err(errno)?.is_dir {
+        if !self.vol.stat(node).map_err(errno)?.is_dir {
             return Err(Errno::ENOTDIR.into());
         }
         Ok(Opened::default())
@@ -497,14 +479,13 @@ impl FileSystem for FatFs {
         if cookie < 1 && !sink.add(&dot(b".", node, 1)) {
             return Ok(());
         }
-        let parent = self.shared()?.parent(node).map_err(errno)?;
+        let parent = self.vol.parent(node).map_err(errno)?;
         if cookie < 2 && !sink.add(&dot(b"..", parent, 2)) {
             return Ok(());
         }
         let mut after = cookie.checked_sub(FIRST_ENTRY_COOKIE).map(|s| s as u32);
         loop {
-            let page =
-                self.shared_or_exclusive(|vol| vol.list_loaded(node, after, 128), |vol| vol.list(node, after, 128))?;
+            let page = self.vol.list(node, after, 128).map_err(errno)?;
             if page.is_empty() {
                 return Ok(());
             }
@@ -520,11 +501,11 @@ impl FileSystem for FatFs {
     }
 
     fn fsyncdir(&self, _req: &Request, _node: NodeId, _handle: Handle, _datasync: bool) -> Result<()> {
-        self.exclusive()?.sync().map_err(errno)
+        self.vol.sync().map_err(errno)
     }
 
     fn statfs(&self, _req: &Request, _node: NodeId) -> Result<StatFs> {
-        let space = self.shared()?.space();
+        let space = self.vol.space();
         Ok(StatFs {
             blocks: space.clusters as u64,
             bfree: space.free_clusters as u64,
@@ -538,16 +519,13 @@ impl FileSystem for FatFs {
     }
 
     fn capabilities(&self) -> Option<Capabilities> {
-        let ro = self.vol.read().map(|vol| vol.is_read_only()).unwrap_or(true);
-        Some(Capabilities { writable: !ro, ..CAPABILITIES })
+        Some(Capabilities { writable: !self.vol.is_read_only(), ..CAPABILITIES })
     }
 }
 
 impl Drop for FatFs {
     fn drop(&mut self) {
-        if let Ok(mut vol) = self.vol.write()
-            && let Err(e) = vol.unmount()
-        {
+        if let Err(e) = self.vol.unmount() {
             tracing::error!("unmounting the FAT volume: {e}");
         }
     }
@@ -630,5 +608,136 @@ mod tests {
         let flags = RenameFlags(RenameFlags::EXCHANGE);
         let e = fs.rename(&req, root, OsStr::new("f"), root, OsStr::new("d"), flags).unwrap_err();
         assert_eq!(e.errno(), Errno::EINVAL);
+    }
+
+    /// Two files A and B on a floppy image, served by a `FatFs` whose IO layer stops any
+    /// write whose data starts with `STUCK` until the test lets it go.
+    struct Gated {
+        fs: std::sync::Arc<FatFs>,
+        entered: std::sync::mpsc::Receiver<()>,
+        release: std::sync::mpsc::Sender<()>,
+        img: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    fn gated() -> Gated {
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path());
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+        let hook: engine::io::WriteHook = std::sync::Arc::new(move |_offset, data: &[u8]| {
+            if data.starts_with(b"STUCK") {
+                let _ = entered_tx.lock().unwrap().send(());
+                // Bounded, so a broken test fails instead of hanging.
+                let _ = release_rx.lock().unwrap().recv_timeout(Duration::from_secs(30));
+            }
+        });
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+        let disk = engine::io::Disk::new(file).with_write_hook(hook);
+        let vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
+        let presentation = Presentation { uid: 0, gid: 0, fmask: 0o022, dmask: 0o022, quiet: false, tz_offset: 0 };
+        let fs = std::sync::Arc::new(FatFs::new(vol, presentation));
+        Gated { fs, entered, release, img, _dir: dir }
+    }
+
+    /// Runs `f` on another thread and fails (after letting the gate go) when it does not
+    /// finish within 10 seconds.
+    fn within_timeout(g: &Gated, what: &str, f: impl FnOnce() + Send + 'static) {
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            f();
+            let _ = done_tx.send(());
+        });
+        if done.recv_timeout(Duration::from_secs(10)).is_err() {
+            let _ = g.release.send(());
+            panic!("{what} was blocked by a write to another file stuck in the IO layer");
+        }
+        t.join().unwrap();
+    }
+
+    /// The parallelism is real: while a write to file B is stuck inside the IO layer (an
+    /// overwrite inside B's clusters, then a write that allocated clusters for B), reads,
+    /// overwrites and allocating writes of file A, stat, lookup, create and unlink in the
+    /// same directory, listing, statfs and fsync all finish. With the volume behind one
+    /// lock (as before per-file locks) the first read of A waits for B's write and fails.
+    #[test]
+    fn io_to_one_file_is_not_blocked_by_a_write_to_another_stuck_in_the_io_layer() {
+        let g = gated();
+        let req = Request::default();
+        let root = plugfs_plugin_api::ROOT_ID;
+        let mut a_data = (0..10_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>();
+        let (a, ha) = g.fs.create(&req, root, OsStr::new("file a.txt"), 0o644, 0o2).unwrap();
+        g.fs.write(&req, a.node, ha.handle, 0, &a_data, 0).unwrap();
+        let (b, hb) = g.fs.create(&req, root, OsStr::new("file b.txt"), 0o644, 0o2).unwrap();
+        g.fs.write(&req, b.node, hb.handle, 0, &[7u8; 10_000], 0).unwrap();
+        // First an overwrite inside B's chain, then a write far past B's end (allocating).
+        for (round, b_offset) in [(0u32, 100u64), (1, 30_000)] {
+            let fs = g.fs.clone();
+            let (b_node, b_handle) = (b.node, hb.handle);
+            let stuck = std::thread::spawn(move || {
+                let mut data = b"STUCK".to_vec();
+                data.extend_from_slice(&[round as u8; 3000]);
+                fs.write(&Request::default(), b_node, b_handle, b_offset, &data, 0)
+            });
+            g.entered.recv_timeout(Duration::from_secs(10)).expect("the write to B never reached the IO layer");
+            let fs = g.fs.clone();
+            let (a_node, a_handle, want) = (a.node, ha.handle, a_data.clone());
+            within_timeout(&g, "reading file A", move || {
+                let mut buf = vec![0u8; want.len()];
+                let n = fs.read(&Request::default(), a_node, a_handle, 0, &mut buf).unwrap();
+                assert!(n == want.len() && buf == want, "file A reads differently");
+            });
+            let fs = g.fs.clone();
+            within_timeout(&g, "writing file A", move || {
+                let req = Request::default();
+                fs.write(&req, a_node, a_handle, 5, b"overwritten", 0).unwrap();
+                // Allocates a cluster: the FAT's lock is not held by B's write.
+                fs.write(&req, a_node, a_handle, 20_000 + round as u64 * 1000, b"appended", 0).unwrap();
+                assert!(fs.getattr(&req, a_node, None).unwrap().attr.size > 20_000);
+            });
+            let fs = g.fs.clone();
+            within_timeout(&g, "namespace operations in the same directory", move || {
+                let req = Request::default();
+                let root = plugfs_plugin_api::ROOT_ID;
+                assert_eq!(fs.lookup(&req, root, OsStr::new("FILE A.TXT")).unwrap().node, a_node);
+                let name = format!("c{round}.txt");
+                let (c, hc) = fs.create(&req, root, OsStr::new(&name), 0o644, 0o2).unwrap();
+                fs.write(&req, c.node, hc.handle, 0, b"c", 0).unwrap();
+                fs.release(&req, c.node, hc.handle, 0, false).unwrap();
+                fs.unlink(&req, root, OsStr::new(&name)).unwrap();
+                // The kernel's lookup reference goes too: the clusters are freed.
+                fs.forget(c.node, 1);
+                fs.mkdir(&req, root, OsStr::new(&format!("d{round}")), 0o755).unwrap();
+                struct Count(usize);
+                impl DirSink for Count {
+                    fn add(&mut self, _: &DirEntry<'_>) -> bool {
+                        self.0 += 1;
+                        true
+                    }
+                }
+                let mut count = Count(0);
+                fs.readdir(&req, root, 0, 0, &mut count).unwrap();
+                assert!(count.0 >= 4);
+                fs.statfs(&req, root).unwrap();
+                fs.fsync(&req, a_node, a_handle, true).unwrap();
+            });
+            a_data[5..16].copy_from_slice(b"overwritten");
+            g.release.send(()).unwrap();
+            assert_eq!(stuck.join().unwrap().unwrap(), 3005);
+        }
+        let mut buf = vec![0u8; 40_000];
+        let n = g.fs.read(&req, b.node, hb.handle, 0, &mut buf).unwrap();
+        assert_eq!(n, 33_005);
+        assert_eq!(&buf[100..105], b"STUCK");
+        assert_eq!(&buf[30_000..30_005], b"STUCK");
+        assert_eq!(buf[10_000..30_000].iter().filter(|&&x| x != 0).count(), 0, "the gap is zeroes");
+        g.fs.release(&req, a.node, ha.handle, 0, false).unwrap();
+        g.fs.release(&req, b.node, hb.handle, 0, false).unwrap();
+        let Gated { fs, img, _dir, .. } = g;
+        drop(std::sync::Arc::into_inner(fs).expect("no thread holds the volume"));
+        let out = std::process::Command::new("fsck.fat").args(["-n", img.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "fsck.fat: {}", String::from_utf8_lossy(&out.stdout));
     }
 }

@@ -77,7 +77,7 @@ struct Expect {
 fn workload(img: &Path, seed: u64) -> (Vec<IoOp>, Vec<Expect>) {
     let file = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
     let (disk, log) = Disk::recording(file);
-    let mut vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
+    let vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
     let len = |log: &io::WriteLog| log.lock().unwrap().len();
     let mut rng = Rng(seed | 1);
     let sub = vol.create(ROOT, "sub", true).unwrap();
@@ -398,7 +398,7 @@ fn a_new_directory_cluster_is_durable_before_its_entry_is_written() {
     assert!(out.status.success(), "{}", text(&out));
     let file = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
     let (disk, log) = Disk::recording(file);
-    let mut vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
+    let vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
     let before = log.lock().unwrap().len();
     vol.create(ROOT, "new directory", true).unwrap();
     let ops: Vec<IoOp> = log.lock().unwrap()[before..].to_vec();

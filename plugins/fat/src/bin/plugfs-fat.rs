@@ -157,7 +157,7 @@ fn info(image: PathBuf) -> Result<(), String> {
 
 fn label(image: PathBuf, new_label: Option<String>) -> Result<(), String> {
     let read_only = new_label.is_none();
-    let mut vol = Volume::open(&image, OpenOptions { read_only, tz_offset: plugfs_fat::engine::time::local_offset() })
+    let vol = Volume::open(&image, OpenOptions { read_only, tz_offset: plugfs_fat::engine::time::local_offset() })
         .map_err(|e| format!("{}: {e}", image.display()))?;
     match new_label {
         Some(l) => vol.set_label(&l).and_then(|()| vol.unmount()).map_err(|e| format!("{}: {e}", image.display())),

@@ -19,22 +19,34 @@ pub enum IoOp {
 /// A shared, growing record of the writes and syncs made through a [`Disk`].
 pub type WriteLog = Arc<Mutex<Vec<IoOp>>>;
 
+/// Called with (offset, data) before each write reaches the image: tests use it to stop a
+/// write inside the IO layer (see `Disk::with_write_hook`).
+pub type WriteHook = Arc<dyn Fn(u64, &[u8]) + Send + Sync>;
+
 /// The image file, with an optional write record.
 pub struct Disk {
     file: File,
     log: Option<WriteLog>,
+    hook: Option<WriteHook>,
 }
 
 impl Disk {
     /// The image file, not recorded.
     pub fn new(file: File) -> Disk {
-        Disk { file, log: None }
+        Disk { file, log: None, hook: None }
     }
 
     /// The image file, recording every write and sync into the returned log.
     pub fn recording(file: File) -> (Disk, WriteLog) {
         let log = WriteLog::default();
-        (Disk { file, log: Some(log.clone()) }, log)
+        (Disk { file, log: Some(log.clone()), hook: None }, log)
+    }
+
+    /// Calls `hook` before every write (for tests: a hook that blocks holds the writing
+    /// thread inside the IO layer, with whatever locks it holds, for as long as it likes).
+    pub fn with_write_hook(mut self, hook: WriteHook) -> Disk {
+        self.hook = Some(hook);
+        self
     }
 
     /// The file underneath.
@@ -54,6 +66,9 @@ impl Disk {
 
     /// Writes all of `data` at `offset` (recorded as one write).
     pub fn write_all_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        if let Some(hook) = &self.hook {
+            hook(offset, data);
+        }
         self.file.write_all_at(data, offset)?;
         self.record(IoOp::Write { offset, data: data.to_vec() });
         Ok(())

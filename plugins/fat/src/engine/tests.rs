@@ -329,7 +329,7 @@ fn the_dirty_bit_is_set_while_mounted_and_cleared_on_unmount() {
     let img = mkfs(dir.path(), &["-F", "32", "-s", "1"], 128 * 1024);
     let state = |img: &Path| std::fs::read(img).unwrap()[65];
     assert_eq!(state(&img) & 1, 0);
-    let mut vol = open_rw(&img);
+    let vol = open_rw(&img);
     assert_eq!(state(&img) & 1, 1);
     let f = vol.create(ROOT, "f", false).unwrap();
     vol.write(f, 0, &pattern(100_000, 1)).unwrap();
@@ -354,7 +354,7 @@ fn read_only_volumes_refuse_changes() {
     let dir = tempfile::tempdir().unwrap();
     let img = mkfs(dir.path(), &[], 1440);
     let before = std::fs::read(&img).unwrap();
-    let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    let vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
     assert!(matches!(vol.create(ROOT, "x", false), Err(Error::ReadOnly)));
     drop(vol);
     assert!(std::fs::read(&img).unwrap() == before);
@@ -365,7 +365,7 @@ fn a_directory_of_thousands_of_entries_is_created_and_looked_up() {
     let dir = tempfile::tempdir().unwrap();
     let img = mkfs(dir.path(), &["-F", "32", "-s", "1"], 128 * 1024);
     {
-        let mut vol = open_rw(&img);
+        let vol = open_rw(&img);
         let d = vol.create(ROOT, "many", true).unwrap();
         for i in 0..3000 {
             vol.create(d, &format!("a long file name number {i}.txt"), false).unwrap();
@@ -388,7 +388,7 @@ fn a_looping_chain_is_eio_on_that_file_only() {
     tree.insert("fine.bin".to_string(), Some(pattern(10_000, 2)));
     fill_with_mtools(&img, &tree);
     let (cluster, fat_at) = {
-        let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+        let vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
         let ino = vol.lookup(ROOT, "loop.bin").unwrap();
         let first = vol.first_cluster(ino).unwrap();
         (first, vol.bpb().fat_offset(0))
@@ -477,7 +477,7 @@ fn a_file_sharing_clusters_with_another_is_eio_and_never_written() {
     tree.insert("B.BIN".to_string(), Some(pattern(10_000, 2)));
     fill_with_mtools(&img, &tree);
     let (a_cluster, root_at) = {
-        let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+        let vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
         let a = vol.lookup(ROOT, "A.BIN").unwrap();
         (vol.first_cluster(a).unwrap(), vol.bpb().root_dir_offset as usize)
     };
@@ -507,7 +507,7 @@ fn a_full_volume_is_enospc_and_the_image_stays_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let img = mkfs(dir.path(), &[], 1440);
     {
-        let mut vol = open_rw(&img);
+        let vol = open_rw(&img);
         let f = vol.create(ROOT, "filler", false).unwrap();
         let chunk = pattern(64 * 1024, 3);
         let mut written = 0u64;
@@ -580,4 +580,142 @@ fn a_block_device_is_served_like_an_image_file() {
     }
     run_ok("fsck.fat", &["-n", &dev]);
     assert_eq!(run_ok("mcopy", &["-n", "-i", &dev, "::/written to the device", "-"]), b"device");
+}
+
+/// A small xorshift generator per thread, seeded, so a failure repeats.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Many threads write and read their own files at once while one thread creates, writes,
+/// unlinks, makes and removes directories in the same directory: every file reads back
+/// what its writer wrote (through the engine and with mcopy), and fsck.fat finds nothing.
+fn check_concurrent_io(mkfs_args: &[&str], kib: u64) {
+    const WRITERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), mkfs_args, kib);
+    let vol = std::sync::Arc::new(open_rw(&img));
+    let shared = vol.create(ROOT, "shared directory", true).unwrap();
+    // A file every writer also reads while the others write.
+    let common = vol.create(shared, "read by everyone.bin", false).unwrap();
+    vol.write(common, 0, &pattern(40_000, 99)).unwrap();
+    let mut threads = Vec::new();
+    for w in 0..WRITERS {
+        let vol = vol.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
+            let name = format!("writer {w} with a long name.dat");
+            let ino = vol.create(shared, &name, false).unwrap();
+            let mut model: Vec<u8> = Vec::new();
+            for round in 0..300u32 {
+                let data = pattern(1 + rng.below(6000) as usize, round * 64 + w as u32);
+                let offset = match rng.below(10) {
+                    // Overwrite inside the file (no allocation when it fits).
+                    0..=2 if !model.is_empty() => rng.below(model.len() as u64),
+                    // Past the end: a gap of zeroes.
+                    3 => model.len() as u64 + rng.below(3000),
+                    _ => model.len() as u64,
+                } as usize;
+                assert_eq!(vol.write(ino, offset as u64, &data).unwrap(), data.len());
+                if model.len() < offset + data.len() {
+                    model.resize(offset + data.len(), 0);
+                }
+                model[offset..offset + data.len()].copy_from_slice(&data);
+                if rng.below(20) == 0 {
+                    let keep = rng.below(model.len() as u64 + 1) as usize;
+                    vol.truncate(ino, keep as u64).unwrap();
+                    model.truncate(keep);
+                }
+                // Read back a random range of its own file, and of the common one.
+                let at = rng.below(model.len() as u64 + 1) as usize;
+                let len = (1 + rng.below(9000) as usize).min(model.len() - at);
+                let mut buf = vec![0u8; len];
+                let mut got = 0;
+                while got < len {
+                    let n = vol.read(ino, (at + got) as u64, &mut buf[got..]).unwrap();
+                    assert!(n > 0, "short read of {name}");
+                    got += n;
+                }
+                assert!(buf == model[at..at + len], "{name}: read {len} at {at} differs in round {round}");
+                let at = rng.below(40_000) as usize;
+                let mut buf = vec![0u8; 4096.min(40_000 - at)];
+                let n = vol.read(common, at as u64, &mut buf).unwrap();
+                assert!(buf[..n] == pattern(40_000, 99)[at..at + n], "the common file reads differently");
+            }
+            (name, model)
+        }));
+    }
+    let churn = {
+        let vol = vol.clone();
+        std::thread::spawn(move || {
+            let mut rng = Rng(42);
+            let mut alive: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            for i in 0..400u32 {
+                match rng.below(4) {
+                    0 | 1 => {
+                        let name = format!("churn file {i} of the creating thread.txt");
+                        let ino = vol.create(shared, &name, false).unwrap();
+                        let data = pattern(rng.below(5000) as usize, 10_000 + i);
+                        vol.write(ino, 0, &data).unwrap();
+                        alive.insert(name, data);
+                    }
+                    2 if !alive.is_empty() => {
+                        let name = alive.keys().nth(rng.below(alive.len() as u64) as usize).unwrap().clone();
+                        let ino = vol.unlink(shared, &name).unwrap();
+                        vol.evict(ino).unwrap();
+                        alive.remove(&name);
+                    }
+                    _ => {
+                        let name = format!("churn dir {i}");
+                        vol.create(shared, &name, true).unwrap();
+                        // Half stay, so the directory keeps growing.
+                        if rng.below(2) == 0 {
+                            vol.rmdir(shared, &name).unwrap();
+                        }
+                    }
+                }
+            }
+            alive
+        })
+    };
+    let mut want: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for t in threads {
+        let (name, model) = t.join().expect("a writer failed");
+        want.insert(name, model);
+    }
+    want.extend(churn.join().expect("the creating thread failed"));
+    want.insert("read by everyone.bin".into(), pattern(40_000, 99));
+    let mut vol = std::sync::Arc::into_inner(vol).expect("every thread is done");
+    for (name, data) in &want {
+        let ino = vol.lookup(shared, name).unwrap();
+        assert!(read_all(&mut vol, ino) == *data, "{name} reads back differently through the engine");
+    }
+    let files = vol.list(shared, None, usize::MAX).unwrap().into_iter().filter(|e| !e.is_dir).count();
+    assert_eq!(files, want.len(), "files in the shared directory");
+    drop(vol);
+    fsck(&img);
+    for (name, data) in &want {
+        assert!(mcopy_out(&img, &format!("shared directory/{name}")) == *data, "mcopy reads {name} differently");
+    }
+}
+
+#[test]
+fn fat16_concurrent_writers_readers_and_a_creator_leave_a_clean_image() {
+    check_concurrent_io(&["-F", "16", "-s", "2"], 32 * 1024);
+}
+
+#[test]
+fn fat32_concurrent_writers_readers_and_a_creator_leave_a_clean_image() {
+    check_concurrent_io(&["-F", "32", "-s", "1"], 64 * 1024);
 }

@@ -7,11 +7,43 @@
 //! then the entry in its parent. Shrinking and removing go the other way: the directory
 //! entry first, then the FAT. A crash between the steps leaves at worst lost clusters or a
 //! size shorter than the chain, both of which `fsck.fat` repairs without touching other
-//! files.
+//! files. With several writers at once, one operation's FAT flush may carry another's
+//! allocation before that one has written its data; that is the same state as a crash
+//! between its data and its FAT (its entry, written last, does not name the clusters yet,
+//! or names them only up to its old size), so the rule that matters, the directory entry
+//! last, holds for every operation.
+//!
+//! **Locking.** A volume is used from many threads at once (every method takes `&self`).
+//! Its state is split by who changes it, each part behind its own lock:
+//!
+//! - `cell` (one `RwLock<FileState>` per file): the file's cluster chain cache, size and
+//!   first cluster as its IO sees them. Reads take it shared, writes and truncates
+//!   exclusively, for the whole call including the data IO; IO to different files
+//!   therefore runs in parallel, and IO to one file is ordered.
+//! - `ns` (one `RwLock<Namespace>`): every node's name, parent, slots and directory entry,
+//!   every directory's entries, index and chain, the label. One lock for the whole tree,
+//!   not one per directory: rename changes two directories and walks the parents of its
+//!   target to refuse moving a directory into itself, so per-directory locks would need a
+//!   tree-wide lock or an ordering of their own for it, and every namespace operation is
+//!   short (memory, plus a few writes of 32-byte entries; mkdir's barrier `fdatasync` runs
+//!   before the lock is taken). No file data is read or written under it. Lookups,
+//!   listings and stat take it shared.
+//! - `fat` (one `Mutex<Fat>`): the FAT in memory, the free count and next-free hint, the
+//!   map of claimed clusters, and flushing changed sectors to every FAT copy and FSInfo,
+//!   so copies stay identical and flushes never interleave. Held only for in-memory
+//!   allocation, freeing or chain walking, and for a flush.
+//! - `files` (one `RwLock` around the table of file cells): held only to find, add or
+//!   remove a cell, never while taking another lock.
+//!
+//! **Lock order**, the only one: file cell, then `ns`, then `fat`. `files` and `fat` are
+//! leaves: nothing is taken while one of them is held. A thread holding `ns` never takes a
+//! file cell; a thread holding `fat` takes nothing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::bpb::{Bpb, FatType};
 use super::dir::{self, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_VOLUME_ID, DELETED, ENTRY_SIZE, ShortEntry};
@@ -83,29 +115,51 @@ struct DirState {
     holes: u32,
 }
 
+/// A node as the namespace knows it (under `ns`).
 struct Node {
     parent: Ino,
     slot: u32,
     first_slot: u32,
     name: String,
+    /// The directory entry as on disk. For a file, `size` and `first_cluster` follow its
+    /// [`FileState`] each time a write or truncate writes the entry.
     entry: ShortEntry,
+    /// A directory's cluster chain, cached (files keep theirs in their [`FileState`]).
     chain: Option<Vec<u32>>,
     /// False once removed from its directory (an unlinked file still open).
     linked: bool,
     dir: Option<DirState>,
 }
 
+/// What a file's IO needs, under the file's own lock.
+struct FileState {
+    first_cluster: u32,
+    size: u32,
+    /// The cluster chain, cached once walked (None: not walked yet).
+    chain: Option<Vec<u32>>,
+}
+
+type FileCell = Arc<RwLock<FileState>>;
+
+/// The tree: every node, every loaded directory, the label (under `ns`).
+struct Namespace {
+    nodes: HashMap<Ino, Node>,
+    next_ino: Ino,
+    /// The boot sector's label.
+    boot_label: [u8; 11],
+}
+
 /// A mounted FAT volume.
 pub struct Volume {
     file: Disk,
     bpb: Bpb,
-    fat: Fat,
-    read_only: bool,
     tz_offset: i64,
     fsinfo_ok: bool,
-    nodes: HashMap<Ino, Node>,
-    next_ino: Ino,
-    unmounted: bool,
+    read_only: AtomicBool,
+    unmounted: AtomicBool,
+    ns: RwLock<Namespace>,
+    fat: Mutex<Fat>,
+    files: RwLock<HashMap<Ino, FileCell>>,
 }
 
 fn corrupt_context(name: &str, e: Error) -> Error {
@@ -116,6 +170,18 @@ fn corrupt_context(name: &str, e: Error) -> Error {
         }
         e => e,
     }
+}
+
+fn poisoned<T>(_: T) -> Error {
+    Error::Io(std::io::Error::other("a lock of the FAT volume was poisoned by a panic"))
+}
+
+fn read<T>(lock: &RwLock<T>) -> Result<RwLockReadGuard<'_, T>> {
+    lock.read().map_err(poisoned)
+}
+
+fn write<T>(lock: &RwLock<T>) -> Result<RwLockWriteGuard<'_, T>> {
+    lock.write().map_err(poisoned)
 }
 
 impl Volume {
@@ -201,19 +267,20 @@ impl Volume {
             linked: true,
             dir: None,
         };
-        let mut vol = Volume {
+        let boot_label = bpb.label;
+        let vol = Volume {
             file,
             bpb,
-            fat,
-            read_only: options.read_only,
             tz_offset: options.tz_offset,
             fsinfo_ok,
-            nodes: HashMap::from([(ROOT, root)]),
-            next_ino: ROOT + 1,
-            unmounted: false,
+            read_only: AtomicBool::new(options.read_only),
+            unmounted: AtomicBool::new(false),
+            ns: RwLock::new(Namespace { nodes: HashMap::from([(ROOT, root)]), next_ino: ROOT + 1, boot_label }),
+            fat: Mutex::new(fat),
+            files: RwLock::new(HashMap::new()),
         };
-        vol.load_dir(ROOT)?;
-        if !vol.read_only {
+        vol.ns_write()?.load_dir(&vol, ROOT)?;
+        if !vol.is_read_only() {
             let mut state = [0u8];
             vol.file.read_exact_at(&mut state, vol.bpb.state_byte_offset())?;
             if state[0] & 1 != 0 {
@@ -224,14 +291,14 @@ impl Volume {
         Ok(vol)
     }
 
-    /// The boot sector's parameters.
+    /// The boot sector's parameters (as at mount: `label` reads the label).
     pub fn bpb(&self) -> &Bpb {
         &self.bpb
     }
 
     /// Whether the volume refuses changes.
     pub fn is_read_only(&self) -> bool {
-        self.read_only
+        self.read_only.load(Ordering::Acquire)
     }
 
     /// The tz offset timestamps are read and written with.
@@ -239,7 +306,19 @@ impl Volume {
         self.tz_offset
     }
 
-    fn set_dirty(&mut self, dirty: bool) -> Result<()> {
+    fn ns_read(&self) -> Result<RwLockReadGuard<'_, Namespace>> {
+        read(&self.ns)
+    }
+
+    fn ns_write(&self) -> Result<RwLockWriteGuard<'_, Namespace>> {
+        write(&self.ns)
+    }
+
+    fn fat(&self) -> Result<MutexGuard<'_, Fat>> {
+        self.fat.lock().map_err(poisoned)
+    }
+
+    fn set_dirty(&self, dirty: bool) -> Result<()> {
         let at = self.bpb.state_byte_offset();
         let mut b = [0u8];
         self.file.read_exact_at(&mut b, at)?;
@@ -252,36 +331,45 @@ impl Volume {
 
     /// Writes what is pending, clears the dirty bit and syncs. Called by `Drop` too; after
     /// it the volume refuses changes.
-    pub fn unmount(&mut self) -> Result<()> {
-        if self.unmounted || self.read_only {
-            self.unmounted = true;
+    pub fn unmount(&self) -> Result<()> {
+        if self.unmounted.load(Ordering::Acquire) || self.is_read_only() {
+            self.unmounted.store(true, Ordering::Release);
             return Ok(());
         }
-        self.flush_fat()?;
+        self.flush()?;
         self.file.sync_data()?;
         self.set_dirty(false)?;
         self.file.sync_data()?;
-        self.unmounted = true;
-        self.read_only = true;
+        self.unmounted.store(true, Ordering::Release);
+        self.read_only.store(true, Ordering::Release);
         Ok(())
     }
 
     /// Makes everything written so far durable.
-    pub fn sync(&mut self) -> Result<()> {
-        if !self.read_only {
-            self.flush_fat()?;
+    pub fn sync(&self) -> Result<()> {
+        if !self.is_read_only() {
+            self.flush()?;
             self.file.sync_data()?;
         }
         Ok(())
     }
 
     fn check_writable(&self) -> Result<()> {
-        if self.read_only { Err(Error::ReadOnly) } else { Ok(()) }
+        if self.is_read_only() { Err(Error::ReadOnly) } else { Ok(()) }
     }
 
-    fn flush_fat(&mut self) -> Result<()> {
+    /// Writes the FAT's changed sectors to every copy (and FSInfo).
+    fn flush(&self) -> Result<()> {
+        let mut fat = self.fat()?;
+        self.flush_fat(&mut fat)
+    }
+
+    /// [`Volume::flush`] with the FAT already locked: the writes are issued under the lock,
+    /// so once a thread holds it, every change made before is on its way to every copy.
+    fn flush_fat(&self, fat: &mut Fat) -> Result<()> {
         let bpb = &self.bpb;
-        let dirty = self.fat.take_dirty();
+        let (free, hint) = (fat.free_clusters(), fat.next_free_hint());
+        let dirty = fat.take_dirty();
         if dirty.is_empty() {
             return Ok(());
         }
@@ -294,291 +382,115 @@ impl Volume {
         if self.fsinfo_ok {
             let at = bpb.fsinfo_sector as u64 * bpb.bytes_per_sector as u64 + 488;
             let mut b = [0u8; 8];
-            b[..4].copy_from_slice(&self.fat.free_clusters().to_le_bytes());
-            b[4..].copy_from_slice(&self.fat.next_free_hint().to_le_bytes());
+            b[..4].copy_from_slice(&free.to_le_bytes());
+            b[4..].copy_from_slice(&hint.to_le_bytes());
             self.file.write_all_at(&b, at)?;
         }
         Ok(())
-    }
-
-    fn node(&self, ino: Ino) -> Result<&Node> {
-        self.nodes.get(&ino).ok_or(Error::NotFound)
-    }
-
-    fn node_mut(&mut self, ino: Ino) -> Result<&mut Node> {
-        self.nodes.get_mut(&ino).ok_or(Error::NotFound)
     }
 
     fn now(&self) -> FatTime {
         time::now(self.tz_offset)
     }
 
-    /// The cluster chain of a node, cached.
-    fn chain(&mut self, ino: Ino) -> Result<&Vec<u32>> {
-        let node = self.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
-        if node.chain.is_none() {
-            let chain = self
-                .fat
-                .chain(node.entry.first_cluster)
-                .and_then(|chain| self.fat.claim(&chain).map(|()| chain))
-                .map_err(|e| corrupt_context(&node.name, e))?;
-            node.chain = Some(chain);
+    /// The lock of file `ino`'s IO state; `IsDir` for a directory.
+    fn file_cell(&self, ino: Ino) -> Result<FileCell> {
+        if let Some(cell) = read(&self.files)?.get(&ino) {
+            return Ok(cell.clone());
         }
-        Ok(node.chain.as_ref().expect("just filled"))
+        match self.ns_read()?.node(ino)?.entry.is_dir() {
+            true => Err(Error::IsDir),
+            false => Err(Error::NotFound),
+        }
     }
 
-    /// Byte extents (offset, length) holding directory `ino`'s entries, in order.
-    fn dir_extents(&mut self, ino: Ino) -> Result<Vec<(u64, u64)>> {
-        if ino == ROOT && self.bpb.fat_type != FatType::Fat32 {
-            return Ok(vec![(self.bpb.root_dir_offset, self.bpb.root_entries as u64 * ENTRY_SIZE as u64)]);
+    /// Walks (once) and claims the chain of a file whose lock the caller holds. `name`
+    /// names it in errors; it is called with no lock of the volume's held.
+    fn load_chain<'s>(&self, st: &'s mut FileState, name: impl FnOnce() -> String) -> Result<&'s mut Vec<u32>> {
+        if st.chain.is_none() {
+            let loaded = {
+                let mut fat = self.fat()?;
+                fat.chain(st.first_cluster).and_then(|chain| fat.claim(&chain).map(|()| chain))
+            };
+            match loaded {
+                Ok(chain) => st.chain = Some(chain),
+                Err(e) => return Err(corrupt_context(&name(), e)),
+            }
         }
-        let cs = self.bpb.cluster_size() as u64;
-        let chain = self.chain(ino)?.clone();
-        Ok(chain.iter().map(|&c| (self.bpb.cluster_offset(c), cs)).collect())
+        Ok(st.chain.as_mut().expect("just filled"))
     }
 
-    fn load_dir(&mut self, ino: Ino) -> Result<()> {
-        let node = self.node(ino)?;
-        if !node.entry.is_dir() {
-            return Err(Error::NotDir);
-        }
-        if node.dir.is_some() {
-            return Ok(());
-        }
-        if !node.linked {
-            return Err(Error::NotFound);
-        }
-        let extents = self.dir_extents(ino)?;
-        let total: u64 = extents.iter().map(|e| e.1).sum();
-        if total > MAX_DIR_SLOTS * ENTRY_SIZE as u64 * 2 {
-            let name = self.node(ino)?.name.clone();
-            return Err(corrupt_context(&name, Error::Corrupt(format!("directory of {total} bytes is too large"))));
-        }
-        let mut raw = vec![0u8; total as usize];
-        let mut at = 0usize;
-        for (off, len) in extents {
-            self.file.read_exact_at(&mut raw[at..at + len as usize], off)?;
-            at += len as usize;
-        }
-        let listing = dir::parse(&raw);
-        // Whatever follows the end marker is free; keep it zero in memory.
-        let end_byte = listing.end as usize * ENTRY_SIZE;
-        raw[end_byte..].fill(0);
-        let mut state = DirState {
-            raw,
-            end: listing.end,
-            by_slot: BTreeMap::new(),
-            index: HashMap::new(),
-            shorts: HashSet::new(),
-            label_slot: listing.label.map(|l| l.0),
-            holes: 0,
+    /// Name of `ino` for an error message (empty when it is gone).
+    fn name_for_error(&self, ino: Ino) -> String {
+        self.name(ino).unwrap_or_default()
+    }
+
+    /// Writes the directory entry of file `ino` (whose cell the caller holds) from its
+    /// state: size, first cluster, modification time (and access date with `access`), the
+    /// archive bit. Writes nothing when the entry would not change (most overwrites within
+    /// FAT's 2-second resolution), so such writes do not take the namespace exclusively.
+    fn update_entry(&self, ino: Ino, st: &FileState, access: bool) -> Result<()> {
+        let now = self.now();
+        let apply = |e: &mut ShortEntry| {
+            e.size = st.size;
+            e.first_cluster = st.first_cluster;
+            e.modified = FatTime { tenths: 0, ..now };
+            if access {
+                e.access_date = now.date;
+            }
+            e.attr |= ATTR_ARCHIVE;
         };
-        state.holes = (0..state.end as usize).filter(|&s| state.raw[s * ENTRY_SIZE] == DELETED).count() as u32;
-        for p in listing.entries {
-            state.shorts.insert(p.entry.name);
-            let key = fold(&p.name);
-            if state.index.contains_key(&key) {
-                tracing::warn!(name = p.name, "a second entry with the same name in one directory is hidden");
-                continue;
-            }
-            let child = self.next_ino;
-            self.next_ino += 1;
-            state.by_slot.insert(p.slot, child);
-            state.index.insert(key, child);
-            self.nodes.insert(
-                child,
-                Node {
-                    parent: ino,
-                    slot: p.slot,
-                    first_slot: p.first_slot,
-                    name: p.name,
-                    entry: p.entry,
-                    chain: None,
-                    linked: true,
-                    dir: None,
-                },
-            );
-        }
-        self.node_mut(ino)?.dir = Some(state);
-        Ok(())
-    }
-
-    fn dir_state(&self, ino: Ino) -> Result<&DirState> {
-        self.node(ino)?.dir.as_ref().ok_or(Error::NotDir)
-    }
-
-    fn dir_state_mut(&mut self, ino: Ino) -> Result<&mut DirState> {
-        self.node_mut(ino)?.dir.as_mut().ok_or(Error::NotDir)
-    }
-
-    /// Writes slots `first..first + count` of directory `ino` from memory to the image.
-    fn write_dir_slots(&mut self, ino: Ino, first: u32, count: u32) -> Result<()> {
-        let extents = self.dir_extents(ino)?;
-        let state = self.dir_state(ino)?;
-        let mut start = first as u64 * ENTRY_SIZE as u64;
-        let end = (first + count) as u64 * ENTRY_SIZE as u64;
-        let mut base = 0u64;
-        for (off, len) in extents {
-            if start < base + len && start < end {
-                let piece_end = end.min(base + len);
-                let bytes = &state.raw[start as usize..piece_end as usize];
-                self.file.write_all_at(bytes, off + (start - base))?;
-                start = piece_end;
-            }
-            base += len;
-        }
-        Ok(())
-    }
-
-    /// Finds `n` consecutive free slots in directory `ino`, growing it by zeroed clusters
-    /// when there are none.
-    fn free_slots(&mut self, ino: Ino, n: u32) -> Result<u32> {
-        let state = self.dir_state(ino)?;
-        let total = (state.raw.len() / ENTRY_SIZE) as u32;
-        let mut run = 0u32;
-        let start = if state.holes == 0 { state.end } else { 0 };
-        for s in start..total {
-            let free = s >= state.end || state.raw[s as usize * ENTRY_SIZE] == DELETED;
-            run = if free { run + 1 } else { 0 };
-            if run == n {
-                return Ok(s + 1 - n);
+        {
+            let ns = self.ns_read()?;
+            let node = ns.node(ino)?;
+            let mut e = node.entry;
+            apply(&mut e);
+            if e == node.entry {
+                return Ok(());
             }
         }
-        if ino == ROOT && self.bpb.fat_type != FatType::Fat32 {
-            return Err(Error::NoSpace);
-        }
-        let per_cluster = self.bpb.cluster_size() / ENTRY_SIZE as u32;
-        let clusters = (n - run).div_ceil(per_cluster);
-        if total as u64 + (clusters * per_cluster) as u64 > MAX_DIR_SLOTS {
-            return Err(Error::NoSpace);
-        }
-        let last = *self.chain(ino)?.last().ok_or_else(|| Error::Corrupt("directory without clusters".into()))?;
-        let new = self.fat.allocate(Some(last), clusters)?;
-        let zeros = vec![0u8; self.bpb.cluster_size() as usize];
-        for &c in &new {
-            if let Err(e) = self.file.write_all_at(&zeros, self.bpb.cluster_offset(c)) {
-                self.undo_allocation(Some(last), &new);
-                return Err(e.into());
-            }
-        }
-        self.flush_fat()?;
-        let node = self.node_mut(ino)?;
-        node.chain.as_mut().expect("chain loaded").extend_from_slice(&new);
-        let state = node.dir.as_mut().expect("dir loaded");
-        state.raw.resize(state.raw.len() + (clusters * per_cluster) as usize * ENTRY_SIZE, 0);
-        Ok(total - run)
-    }
-
-    fn undo_allocation(&mut self, after: Option<u32>, new: &[u32]) {
-        self.fat.free_chain(new);
-        if let Some(a) = after {
-            self.fat.set(a, Entry::End);
-        }
-    }
-
-    /// Writes `name`'s entries (long-name entries, then `entry`) into directory `dir`.
-    /// Returns (first slot, short entry slot).
-    fn insert_entries(
-        &mut self,
-        dir: Ino,
-        name: &str,
-        stored: &names::StoredName,
-        entry: &ShortEntry,
-    ) -> Result<(u32, u32)> {
-        let mut slots: Vec<[u8; 32]> =
-            if stored.needs_lfn { names::lfn_entries(name, &stored.short) } else { Vec::new() };
-        slots.push(entry.encode());
-        let n = slots.len() as u32;
-        let first = self.free_slots(dir, n)?;
-        let state = self.dir_state_mut(dir)?;
-        for (i, s) in slots.iter().enumerate() {
-            let at = (first as usize + i) * ENTRY_SIZE;
-            if state.raw[at] == DELETED {
-                state.holes -= 1;
-            }
-            state.raw[at..at + ENTRY_SIZE].copy_from_slice(s);
-        }
-        let mut count = n;
-        if first + n > state.end {
-            state.end = first + n;
-            // What follows on disk may be stale: make sure an end marker follows.
-            if ((first + n) as usize) < state.raw.len() / ENTRY_SIZE {
-                count += 1;
-            }
-        }
-        state.shorts.insert(stored.short);
-        self.write_dir_slots(dir, first, count)?;
-        Ok((first, first + n - 1))
-    }
-
-    fn remove_entries(&mut self, dir: Ino, first: u32, last: u32) -> Result<()> {
-        let state = self.dir_state_mut(dir)?;
-        for s in first..=last {
-            state.raw[s as usize * ENTRY_SIZE] = DELETED;
-            state.holes += 1;
-        }
-        self.write_dir_slots(dir, first, last - first + 1)
-    }
-
-    /// Writes a node's short entry from memory to its directory.
-    fn write_entry(&mut self, ino: Ino) -> Result<()> {
-        let node = self.node(ino)?;
-        if ino == ROOT || !node.linked {
-            return Ok(());
-        }
-        let (parent, slot, bytes) = (node.parent, node.slot, node.entry.encode());
-        let state = self.dir_state_mut(parent)?;
-        let at = slot as usize * ENTRY_SIZE;
-        state.raw[at..at + ENTRY_SIZE].copy_from_slice(&bytes);
-        self.write_dir_slots(parent, slot, 1)
+        let mut ns = self.ns_write()?;
+        apply(&mut ns.node_mut(ino)?.entry);
+        ns.write_entry(self, ino)
     }
 
     /// Looks `name` up in directory `dir`, case-insensitively.
-    pub fn lookup(&mut self, dir: Ino, name: &str) -> Result<Ino> {
-        self.load_dir(dir)?;
-        self.lookup_loaded(dir, name).unwrap_or(Err(Error::NotDir))
-    }
-
-    /// [`Volume::lookup`] without changing anything: None when `dir` has not been read
-    /// yet (then call `lookup`).
-    pub fn lookup_loaded(&self, dir: Ino, name: &str) -> Option<Result<Ino>> {
-        let state = match self.node(dir) {
-            Err(e) => return Some(Err(e)),
-            Ok(n) if !n.entry.is_dir() => return Some(Err(Error::NotDir)),
-            Ok(n) => n.dir.as_ref()?,
-        };
-        let name = name.trim_end_matches(['.', ' ']);
-        Some(state.index.get(&fold(name)).copied().ok_or(Error::NotFound))
+    pub fn lookup(&self, dir: Ino, name: &str) -> Result<Ino> {
+        if let Some(r) = self.ns_read()?.lookup_loaded(dir, name) {
+            return r;
+        }
+        self.ns_write()?.lookup(self, dir, name)
     }
 
     /// The directory holding `ino` (the root's is the root).
     pub fn parent(&self, ino: Ino) -> Result<Ino> {
-        Ok(self.node(ino)?.parent)
+        Ok(self.ns_read()?.node(ino)?.parent)
     }
 
     /// The name of `ino` as stored.
-    pub fn name(&self, ino: Ino) -> Result<&str> {
-        Ok(&self.node(ino)?.name)
+    pub fn name(&self, ino: Ino) -> Result<String> {
+        Ok(self.ns_read()?.node(ino)?.name.clone())
     }
 
     /// The first cluster of a node's data (0: none).
     pub fn first_cluster(&self, ino: Ino) -> Result<u32> {
-        Ok(self.node(ino)?.entry.first_cluster)
+        Ok(self.ns_read()?.node(ino)?.entry.first_cluster)
     }
 
     /// A node's metadata.
     pub fn stat(&self, ino: Ino) -> Result<Meta> {
         let cs = self.bpb.cluster_size() as u64;
-        let node = self.node(ino)?;
+        let ns = self.ns_read()?;
+        let node = ns.node(ino)?;
         let e = node.entry;
         let allocated = if e.is_dir() {
-            let len = match &node.chain {
-                Some(c) => c.len(),
-                None => self.fat.chain(e.first_cluster).map(|c| c.len()).unwrap_or(0),
-            } as u64;
             if ino == ROOT && self.bpb.fat_type != FatType::Fat32 {
                 self.bpb.root_entries as u64 * ENTRY_SIZE as u64
             } else {
+                let len = match &node.chain {
+                    Some(c) => c.len(),
+                    None => self.fat()?.chain(e.first_cluster).map(|c| c.len()).unwrap_or(0),
+                } as u64;
                 len * cs
             }
         } else {
@@ -599,62 +511,43 @@ impl Volume {
 
     /// Lists directory `dir` after slot `after` (None: from the start), at most `max`
     /// entries.
-    pub fn list(&mut self, dir: Ino, after: Option<u32>, max: usize) -> Result<Vec<Listed>> {
-        self.load_dir(dir)?;
-        self.list_loaded(dir, after, max).unwrap_or(Err(Error::NotDir))
-    }
-
-    /// [`Volume::list`] without changing anything: None when `dir` has not been read yet.
-    pub fn list_loaded(&self, dir: Ino, after: Option<u32>, max: usize) -> Option<Result<Vec<Listed>>> {
-        let state = match self.node(dir) {
-            Err(e) => return Some(Err(e)),
-            Ok(n) if !n.entry.is_dir() => return Some(Err(Error::NotDir)),
-            Ok(n) => n.dir.as_ref()?,
-        };
-        let range = match after {
-            Some(a) => state.by_slot.range(a.saturating_add(1)..),
-            None => state.by_slot.range(0..),
-        };
-        Some(
-            range
-                .take(max)
-                .map(|(&slot, &ino)| {
-                    let n = self.node(ino)?;
-                    Ok(Listed { slot, name: n.name.clone(), ino, is_dir: n.entry.is_dir() })
-                })
-                .collect(),
-        )
-    }
-
-    /// Reads up to `buf.len()` bytes at `offset`; fewer at the end of the file.
-    pub fn read(&mut self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        if self.node(ino)?.entry.is_dir() {
-            return Err(Error::IsDir);
+    pub fn list(&self, dir: Ino, after: Option<u32>, max: usize) -> Result<Vec<Listed>> {
+        if let Some(r) = self.ns_read()?.list_loaded(dir, after, max) {
+            return r;
         }
-        self.chain(ino)?;
-        self.read_cached(ino, offset, buf).unwrap_or(Err(Error::Corrupt("chain not cached".into())))
+        let mut ns = self.ns_write()?;
+        ns.load_dir(self, dir)?;
+        ns.list_loaded(dir, after, max).unwrap_or(Err(Error::NotDir))
     }
 
-    /// [`Volume::read`] without changing anything, so many readers can share the volume:
-    /// None when the file's cluster chain is not cached yet (then call `read`).
-    pub fn read_cached(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Option<Result<usize>> {
-        let node = match self.node(ino) {
-            Err(e) => return Some(Err(e)),
-            Ok(n) if n.entry.is_dir() => return Some(Err(Error::IsDir)),
-            Ok(n) => n,
-        };
-        let size = node.entry.size as u64;
+    /// Reads up to `buf.len()` bytes at `offset`; fewer at the end of the file. Takes only
+    /// the file's lock, shared once its chain is cached.
+    pub fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let cell = self.file_cell(ino)?;
+        {
+            let st = read(&cell)?;
+            if st.chain.is_some() {
+                return self.read_locked(ino, &st, offset, buf);
+            }
+        }
+        let mut st = write(&cell)?;
+        self.load_chain(&mut st, || self.name_for_error(ino))?;
+        self.read_locked(ino, &st, offset, buf)
+    }
+
+    fn read_locked(&self, ino: Ino, st: &FileState, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let size = st.size as u64;
         if offset >= size || buf.is_empty() {
-            return Some(Ok(0));
+            return Ok(0);
         }
-        let chain = node.chain.as_ref()?;
+        let chain = st.chain.as_deref().unwrap_or(&[]);
         let n = (size - offset).min(buf.len() as u64) as usize;
         let cs = self.bpb.cluster_size() as u64;
         if (chain.len() as u64) * cs < size {
             let why = format!("size {size} is larger than its {} clusters", chain.len());
-            return Some(Err(corrupt_context(&node.name, Error::Corrupt(why))));
+            return Err(corrupt_context(&self.name_for_error(ino), Error::Corrupt(why)));
         }
-        Some(self.span_io(chain, offset, &mut Span::Read(&mut buf[..n])).map(|()| n))
+        self.span_io(chain, offset, &mut Span::Read(&mut buf[..n])).map(|()| n)
     }
 
     /// Reads or writes bytes at `offset` of a file with `chain`, one IO per run of
@@ -693,113 +586,115 @@ impl Volume {
         Ok(())
     }
 
-    /// Makes sure file `ino` has clusters for `bytes` bytes: allocates the missing ones
-    /// (after its last cluster when possible), without flushing the FAT.
-    fn ensure_clusters(&mut self, ino: Ino, bytes: u64) -> Result<bool> {
+    /// Makes sure the file whose state is `st` has clusters for `bytes` bytes: allocates
+    /// the missing ones (after its last cluster when possible) under the FAT's lock, without
+    /// flushing the FAT. Returns whether it allocated.
+    fn ensure_clusters(&self, ino: Ino, st: &mut FileState, bytes: u64) -> Result<bool> {
         let cs = self.bpb.cluster_size() as u64;
         let need = bytes.div_ceil(cs) as usize;
-        let have = self.chain(ino)?.len();
+        let chain = self.load_chain(st, || self.name_for_error(ino))?;
+        let have = chain.len();
         if have >= need {
             return Ok(false);
         }
-        let last = self.chain(ino)?.last().copied();
-        let new = self.fat.allocate(last, (need - have) as u32)?;
-        let node = self.node_mut(ino)?;
+        let last = chain.last().copied();
+        let new = self.fat()?.allocate(last, (need - have) as u32)?;
+        chain.extend_from_slice(&new);
         if last.is_none() {
-            node.entry.first_cluster = new[0];
+            st.first_cluster = new[0];
         }
-        node.chain.as_mut().expect("chain loaded").extend_from_slice(&new);
         Ok(true)
     }
 
     /// Writes `data` at `offset`, zero-filling any gap after the current end.
-    pub fn write(&mut self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
+    pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
+        self.write_at(ino, Some(offset), data)
+    }
+
+    /// Writes `data` at the end of the file (`O_APPEND`): the end is read under the file's
+    /// lock, so appends never overlap.
+    pub fn append(&self, ino: Ino, data: &[u8]) -> Result<usize> {
+        self.write_at(ino, None, data)
+    }
+
+    fn write_at(&self, ino: Ino, offset: Option<u64>, data: &[u8]) -> Result<usize> {
         self.check_writable()?;
-        if self.node(ino)?.entry.is_dir() {
-            return Err(Error::IsDir);
-        }
+        let cell = self.file_cell(ino)?;
+        let mut st = write(&cell)?;
+        let size = st.size as u64;
+        let offset = offset.unwrap_or(size);
         let end = offset.checked_add(data.len() as u64).ok_or(Error::FileTooBig)?;
         if end > MAX_FILE_SIZE {
             return Err(Error::FileTooBig);
         }
-        let size = self.node(ino)?.entry.size as u64;
-        self.grow(ino, size, end.max(size))?;
-        // Borrowed, not cloned: a large file's chain is long and writes come in small pieces.
-        self.chain(ino)?;
-        let chain = self.node(ino)?.chain.as_deref().unwrap_or(&[]);
+        let allocated = self.ensure_clusters(ino, &mut st, end.max(size))?;
+        // Data first, under the file's lock only.
+        let chain = st.chain.as_deref().unwrap_or(&[]);
         if offset > size {
             self.span_io(chain, size, &mut Span::Zero(offset - size))?;
         }
         self.span_io(chain, offset, &mut Span::Write(data))?;
-        self.flush_fat()?;
-        let now = self.now();
-        let node = self.node_mut(ino)?;
-        node.entry.size = end.max(size) as u32;
-        node.entry.modified = FatTime { tenths: 0, ..now };
-        node.entry.access_date = now.date;
-        node.entry.attr |= ATTR_ARCHIVE;
-        self.write_entry(ino)?;
+        // Then the FAT, then the entry.
+        if allocated {
+            self.flush()?;
+        }
+        st.size = end.max(size) as u32;
+        self.update_entry(ino, &st, true)?;
         Ok(data.len())
     }
 
-    fn grow(&mut self, ino: Ino, _size: u64, new_size: u64) -> Result<()> {
-        self.ensure_clusters(ino, new_size)?;
-        Ok(())
-    }
-
     /// Sets a file's size: shrinking frees clusters, growing adds zeroes.
-    pub fn truncate(&mut self, ino: Ino, new_size: u64) -> Result<()> {
+    pub fn truncate(&self, ino: Ino, new_size: u64) -> Result<()> {
         self.check_writable()?;
-        if self.node(ino)?.entry.is_dir() {
-            return Err(Error::IsDir);
-        }
+        let cell = self.file_cell(ino)?;
         if new_size > MAX_FILE_SIZE {
             return Err(Error::FileTooBig);
         }
-        let size = self.node(ino)?.entry.size as u64;
-        let now = self.now();
+        let mut st = write(&cell)?;
+        let size = st.size as u64;
+        self.load_chain(&mut st, || self.name_for_error(ino))?;
         if new_size > size {
-            self.grow(ino, size, new_size)?;
-            let chain = self.chain(ino)?.clone();
-            self.span_io(&chain, size, &mut Span::Zero(new_size - size))?;
-            self.flush_fat()?;
+            self.ensure_clusters(ino, &mut st, new_size)?;
+            let chain = st.chain.as_deref().unwrap_or(&[]);
+            self.span_io(chain, size, &mut Span::Zero(new_size - size))?;
+            self.flush()?;
         }
         let cs = self.bpb.cluster_size() as u64;
         let keep = new_size.div_ceil(cs) as usize;
-        let chain = self.chain(ino)?.clone();
-        let node = self.node_mut(ino)?;
-        node.entry.size = new_size as u32;
-        node.entry.modified = FatTime { tenths: 0, ..now };
-        node.entry.attr |= ATTR_ARCHIVE;
+        st.size = new_size as u32;
         if keep == 0 {
-            node.entry.first_cluster = 0;
+            st.first_cluster = 0;
         }
-        self.write_entry(ino)?;
+        // Shrinking: the entry first, then the FAT.
+        self.update_entry(ino, &st, false)?;
+        let chain = st.chain.as_mut().expect("chain loaded");
         if keep < chain.len() {
-            self.fat.free_chain(&chain[keep..]);
+            let mut fat = self.fat()?;
+            fat.free_chain(&chain[keep..]);
             if keep > 0 {
-                self.fat.set(chain[keep - 1], Entry::End);
+                fat.set(chain[keep - 1], Entry::End);
             }
-            self.flush_fat()?;
-            self.node_mut(ino)?.chain.as_mut().expect("chain loaded").truncate(keep);
+            self.flush_fat(&mut fat)?;
+            chain.truncate(keep);
         }
         Ok(())
     }
 
+    fn free_clusters(&self, chain: &[u32]) -> Result<()> {
+        let mut fat = self.fat()?;
+        fat.free_chain(chain);
+        self.flush_fat(&mut fat)
+    }
+
     /// Creates a file or (with `is_dir`) a directory named `name` in `dir`.
-    pub fn create(&mut self, dir: Ino, name: &str, is_dir: bool) -> Result<Ino> {
+    pub fn create(&self, dir: Ino, name: &str, is_dir: bool) -> Result<Ino> {
         self.check_writable()?;
-        self.load_dir(dir)?;
         let name = names::check_long_name(name)?;
-        if self.dir_state(dir)?.index.contains_key(&fold(name)) {
-            return Err(Error::Exists);
-        }
-        let stored = names::short_name_for(name, &self.dir_state(dir)?.shorts)?;
         let now = self.now();
         let mut entry = ShortEntry {
-            name: stored.short,
+            name: [b' '; 11],
             attr: if is_dir { ATTR_DIRECTORY } else { ATTR_ARCHIVE },
-            nt_flags: stored.nt_flags,
+            nt_flags: 0,
             created: now,
             access_date: now.date,
             modified: FatTime { tenths: 0, ..now },
@@ -807,20 +702,34 @@ impl Volume {
             size: 0,
         };
         let mut chain = Vec::new();
+        let mut parent_cluster = 0;
         if is_dir {
-            chain = self.fat.allocate(None, 1)?;
+            {
+                let mut ns = self.ns_write()?;
+                ns.load_dir(self, dir)?;
+                let state = ns.dir_state(dir)?;
+                if state.index.contains_key(&fold(name)) {
+                    return Err(Error::Exists);
+                }
+                let stored = names::short_name_for(name, &state.shorts)?;
+                entry.name = stored.short;
+                entry.nt_flags = stored.nt_flags;
+                parent_cluster = if dir == ROOT { 0 } else { ns.node(dir)?.entry.first_cluster };
+            }
+            // The new directory's cluster, its FAT entry and the barrier are made without
+            // the namespace lock: an fdatasync must not stop every lookup.
+            chain = self.fat()?.allocate(None, 1)?;
             let c = chain[0];
             let mut block = vec![0u8; self.bpb.cluster_size() as usize];
             let dot = ShortEntry { name: *b".          ", first_cluster: c, ..entry };
-            let parent_cluster = if dir == ROOT { 0 } else { self.node(dir)?.entry.first_cluster };
             let dotdot = ShortEntry { name: *b"..         ", first_cluster: parent_cluster, ..entry };
             block[..32].copy_from_slice(&dot.encode());
             block[32..64].copy_from_slice(&dotdot.encode());
             if let Err(e) = self.file.write_all_at(&block, self.bpb.cluster_offset(c)) {
-                self.undo_allocation(None, &chain);
+                self.fat()?.free_chain(&chain);
                 return Err(e.into());
             }
-            self.flush_fat()?;
+            self.flush()?;
             // The barrier: the new directory's cluster and FAT entry reach the disk before
             // the entry naming it can, so a power cut never leaves the parent pointing at a
             // cluster of old bytes (garbage entries that `fsck.fat -a` does not drop). One
@@ -828,40 +737,474 @@ impl Volume {
             self.file.sync_data()?;
             entry.first_cluster = c;
         }
-        let (first_slot, slot) = match self.insert_entries(dir, name, &stored, &entry) {
-            Ok(s) => s,
-            Err(e) => {
-                if !chain.is_empty() {
-                    self.fat.free_chain(&chain);
-                    self.flush_fat()?;
-                }
-                return Err(e);
+        let mut ns = self.ns_write()?;
+        let added = (|| {
+            ns.load_dir(self, dir)?;
+            if is_dir && parent_cluster != if dir == ROOT { 0 } else { ns.node(dir)?.entry.first_cluster } {
+                return Err(Error::NotFound);
             }
-        };
-        let ino = self.add_node(dir, name, first_slot, slot, entry);
-        self.node_mut(ino)?.chain = Some(chain);
+            let state = ns.dir_state(dir)?;
+            if state.index.contains_key(&fold(name)) {
+                return Err(Error::Exists);
+            }
+            let stored = names::short_name_for(name, &state.shorts)?;
+            entry.name = stored.short;
+            entry.nt_flags = stored.nt_flags;
+            let (first_slot, slot) = ns.insert_entries(self, dir, name, &stored, &entry)?;
+            ns.add_node(self, dir, name, first_slot, slot, entry, chain.clone())
+        })();
+        if added.is_err() && !chain.is_empty() {
+            self.free_clusters(&chain)?;
+        }
+        added
+    }
+
+    /// Removes file `name` from `dir`. Its clusters stay allocated until [`Volume::evict`]
+    /// (an unlinked file stays readable while open). Returns its id.
+    pub fn unlink(&self, dir: Ino, name: &str) -> Result<Ino> {
+        self.check_writable()?;
+        let mut ns = self.ns_write()?;
+        let ino = ns.lookup(self, dir, name)?;
+        if ns.node(ino)?.entry.is_dir() {
+            return Err(Error::IsDir);
+        }
+        ns.detach(self, ino)?;
         Ok(ino)
     }
 
-    fn add_node(&mut self, dir: Ino, name: &str, first_slot: u32, slot: u32, entry: ShortEntry) -> Ino {
+    /// Forgets node `ino` when nothing refers to it any more: an unlinked node's clusters
+    /// are freed.
+    pub fn evict(&self, ino: Ino) -> Result<()> {
+        let cell = read(&self.files)?.get(&ino).cloned();
+        let mut st = match &cell {
+            Some(c) => Some(write(c)?),
+            None => None,
+        };
+        let mut ns = self.ns_write()?;
+        let Some(node) = ns.nodes.get(&ino) else { return Ok(()) };
+        if node.linked || ino == ROOT {
+            return Ok(());
+        }
+        if !self.is_read_only()
+            && let Some(st) = st.as_mut()
+        {
+            let name = node.name.clone();
+            let chain = self.load_chain(st, || name)?;
+            self.free_clusters(chain)?;
+            chain.clear();
+        }
+        ns.nodes.remove(&ino);
+        write(&self.files)?.remove(&ino);
+        Ok(())
+    }
+
+    /// Removes the empty directory `name` from `dir` and frees its clusters.
+    pub fn rmdir(&self, dir: Ino, name: &str) -> Result<Ino> {
+        self.check_writable()?;
+        self.ns_write()?.rmdir(self, dir, name)
+    }
+
+    /// Renames `name` in `dir` to `new_name` in `new_dir`, replacing a file, or an empty
+    /// directory, of that name unless `noreplace`. Returns the id of a replaced node, which
+    /// the caller evicts when nothing refers to it.
+    pub fn rename(&self, dir: Ino, name: &str, new_dir: Ino, new_name: &str, noreplace: bool) -> Result<Option<Ino>> {
+        self.check_writable()?;
+        self.ns_write()?.rename(self, dir, name, new_dir, new_name, noreplace)
+    }
+
+    /// Sets the modification time and access date.
+    pub fn set_times(&self, ino: Ino, modified: Option<FatTime>, accessed: Option<FatTime>) -> Result<()> {
+        self.check_writable()?;
+        let mut ns = self.ns_write()?;
+        let node = ns.node_mut(ino)?;
+        if let Some(m) = modified {
+            node.entry.modified = FatTime { tenths: 0, ..m };
+        }
+        if let Some(a) = accessed {
+            node.entry.access_date = a.date;
+        }
+        ns.write_entry(self, ino)
+    }
+
+    /// Sets the attribute bits read-only, hidden, system and archive (others are kept).
+    pub fn set_attributes(&self, ino: Ino, attr: u8) -> Result<()> {
+        self.check_writable()?;
+        let mut ns = self.ns_write()?;
+        let node = ns.node_mut(ino)?;
+        node.entry.attr = (node.entry.attr & !0x27) | (attr & 0x27);
+        ns.write_entry(self, ino)
+    }
+
+    /// Space on the volume.
+    pub fn space(&self) -> Space {
+        let free_clusters = self.fat().map(|f| f.free_clusters()).unwrap_or(0);
+        Space { cluster_size: self.bpb.cluster_size(), clusters: self.bpb.cluster_count, free_clusters }
+    }
+
+    /// The volume label: the root directory's label entry, else the boot sector's; None
+    /// when neither holds one.
+    pub fn label(&self) -> Option<String> {
+        let ns = self.ns_read().ok()?;
+        let state = ns.dir_state(ROOT).ok()?;
+        let raw = match state.label_slot {
+            Some(s) => {
+                let mut l = [0u8; 11];
+                l.copy_from_slice(&state.raw[s as usize * ENTRY_SIZE..s as usize * ENTRY_SIZE + 11]);
+                l
+            }
+            None => ns.boot_label,
+        };
+        let s: String = raw.iter().map(|&b| b as char).collect::<String>().trim_end().to_string();
+        (!s.is_empty() && s != "NO NAME").then_some(s)
+    }
+
+    /// Sets the volume label (up to 11 characters that a short name may hold, stored in
+    /// upper case) in the root directory and the boot sector.
+    pub fn set_label(&self, label: &str) -> Result<()> {
+        self.check_writable()?;
+        let upper = label.to_uppercase();
+        if upper.len() > 11 || !upper.chars().all(|c| c.is_ascii_alphanumeric() || " $%'-_@~`!(){}^#&".contains(c)) {
+            return Err(Error::InvalidName(format!("{label:?} is not a FAT volume label (up to 11 ASCII characters)")));
+        }
+        let mut raw = [b' '; 11];
+        raw[..upper.len()].copy_from_slice(upper.as_bytes());
+        let now = self.now();
+        let entry = ShortEntry { name: raw, attr: ATTR_VOLUME_ID, modified: now, ..ShortEntry::default() };
+        let mut ns = self.ns_write()?;
+        let slot = match ns.dir_state(ROOT)?.label_slot {
+            Some(s) => s,
+            None => {
+                let s = ns.free_slots(self, ROOT, 1)?;
+                let state = ns.dir_state_mut(ROOT)?;
+                state.end = state.end.max(s + 1);
+                s
+            }
+        };
+        let state = ns.dir_state_mut(ROOT)?;
+        state.raw[slot as usize * ENTRY_SIZE..(slot as usize + 1) * ENTRY_SIZE].copy_from_slice(&entry.encode());
+        state.label_slot = Some(slot);
+        ns.write_dir_slots(self, ROOT, slot, 1)?;
+        self.file.write_all_at(&raw, self.bpb.label_offset())?;
+        ns.boot_label = raw;
+        Ok(())
+    }
+}
+
+/// The namespace's operations, called with `ns` held (exclusively where `&mut self`);
+/// `v` gives the image, the boot sector and the FAT's lock (taken after `ns`).
+impl Namespace {
+    fn node(&self, ino: Ino) -> Result<&Node> {
+        self.nodes.get(&ino).ok_or(Error::NotFound)
+    }
+
+    fn node_mut(&mut self, ino: Ino) -> Result<&mut Node> {
+        self.nodes.get_mut(&ino).ok_or(Error::NotFound)
+    }
+
+    fn dir_state(&self, ino: Ino) -> Result<&DirState> {
+        self.node(ino)?.dir.as_ref().ok_or(Error::NotDir)
+    }
+
+    fn dir_state_mut(&mut self, ino: Ino) -> Result<&mut DirState> {
+        self.node_mut(ino)?.dir.as_mut().ok_or(Error::NotDir)
+    }
+
+    /// The cluster chain of directory `ino`, cached.
+    fn dir_chain(&mut self, v: &Volume, ino: Ino) -> Result<&Vec<u32>> {
+        let node = self.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
+        if node.chain.is_none() {
+            let loaded = {
+                let mut fat = v.fat()?;
+                fat.chain(node.entry.first_cluster).and_then(|chain| fat.claim(&chain).map(|()| chain))
+            };
+            node.chain = Some(loaded.map_err(|e| corrupt_context(&node.name, e))?);
+        }
+        Ok(node.chain.as_ref().expect("just filled"))
+    }
+
+    /// Byte extents (offset, length) holding directory `ino`'s entries, in order.
+    fn dir_extents(&mut self, v: &Volume, ino: Ino) -> Result<Vec<(u64, u64)>> {
+        if ino == ROOT && v.bpb.fat_type != FatType::Fat32 {
+            return Ok(vec![(v.bpb.root_dir_offset, v.bpb.root_entries as u64 * ENTRY_SIZE as u64)]);
+        }
+        let cs = v.bpb.cluster_size() as u64;
+        let chain = self.dir_chain(v, ino)?;
+        Ok(chain.iter().map(|&c| (v.bpb.cluster_offset(c), cs)).collect())
+    }
+
+    fn load_dir(&mut self, v: &Volume, ino: Ino) -> Result<()> {
+        let node = self.node(ino)?;
+        if !node.entry.is_dir() {
+            return Err(Error::NotDir);
+        }
+        if node.dir.is_some() {
+            return Ok(());
+        }
+        if !node.linked {
+            return Err(Error::NotFound);
+        }
+        let extents = self.dir_extents(v, ino)?;
+        let total: u64 = extents.iter().map(|e| e.1).sum();
+        if total > MAX_DIR_SLOTS * ENTRY_SIZE as u64 * 2 {
+            let name = self.node(ino)?.name.clone();
+            return Err(corrupt_context(&name, Error::Corrupt(format!("directory of {total} bytes is too large"))));
+        }
+        let mut raw = vec![0u8; total as usize];
+        let mut at = 0usize;
+        for (off, len) in extents {
+            v.file.read_exact_at(&mut raw[at..at + len as usize], off)?;
+            at += len as usize;
+        }
+        let listing = dir::parse(&raw);
+        // Whatever follows the end marker is free; keep it zero in memory.
+        let end_byte = listing.end as usize * ENTRY_SIZE;
+        raw[end_byte..].fill(0);
+        let mut state = DirState {
+            raw,
+            end: listing.end,
+            by_slot: BTreeMap::new(),
+            index: HashMap::new(),
+            shorts: HashSet::new(),
+            label_slot: listing.label.map(|l| l.0),
+            holes: 0,
+        };
+        state.holes = (0..state.end as usize).filter(|&s| state.raw[s * ENTRY_SIZE] == DELETED).count() as u32;
+        let mut cells = Vec::new();
+        for p in listing.entries {
+            state.shorts.insert(p.entry.name);
+            let key = fold(&p.name);
+            if state.index.contains_key(&key) {
+                tracing::warn!(name = p.name, "a second entry with the same name in one directory is hidden");
+                continue;
+            }
+            let child = self.next_ino;
+            self.next_ino += 1;
+            state.by_slot.insert(p.slot, child);
+            state.index.insert(key, child);
+            if !p.entry.is_dir() {
+                let st = FileState { first_cluster: p.entry.first_cluster, size: p.entry.size, chain: None };
+                cells.push((child, Arc::new(RwLock::new(st))));
+            }
+            self.nodes.insert(
+                child,
+                Node {
+                    parent: ino,
+                    slot: p.slot,
+                    first_slot: p.first_slot,
+                    name: p.name,
+                    entry: p.entry,
+                    chain: None,
+                    linked: true,
+                    dir: None,
+                },
+            );
+        }
+        write(&v.files)?.extend(cells);
+        self.node_mut(ino)?.dir = Some(state);
+        Ok(())
+    }
+
+    /// Writes slots `first..first + count` of directory `ino` from memory to the image.
+    fn write_dir_slots(&mut self, v: &Volume, ino: Ino, first: u32, count: u32) -> Result<()> {
+        let extents = self.dir_extents(v, ino)?;
+        let state = self.dir_state(ino)?;
+        let mut start = first as u64 * ENTRY_SIZE as u64;
+        let end = (first + count) as u64 * ENTRY_SIZE as u64;
+        let mut base = 0u64;
+        for (off, len) in extents {
+            if start < base + len && start < end {
+                let piece_end = end.min(base + len);
+                let bytes = &state.raw[start as usize..piece_end as usize];
+                v.file.write_all_at(bytes, off + (start - base))?;
+                start = piece_end;
+            }
+            base += len;
+        }
+        Ok(())
+    }
+
+    /// Finds `n` consecutive free slots in directory `ino`, growing it by zeroed clusters
+    /// when there are none.
+    fn free_slots(&mut self, v: &Volume, ino: Ino, n: u32) -> Result<u32> {
+        let state = self.dir_state(ino)?;
+        let total = (state.raw.len() / ENTRY_SIZE) as u32;
+        let mut run = 0u32;
+        let start = if state.holes == 0 { state.end } else { 0 };
+        for s in start..total {
+            let free = s >= state.end || state.raw[s as usize * ENTRY_SIZE] == DELETED;
+            run = if free { run + 1 } else { 0 };
+            if run == n {
+                return Ok(s + 1 - n);
+            }
+        }
+        if ino == ROOT && v.bpb.fat_type != FatType::Fat32 {
+            return Err(Error::NoSpace);
+        }
+        let per_cluster = v.bpb.cluster_size() / ENTRY_SIZE as u32;
+        let clusters = (n - run).div_ceil(per_cluster);
+        if total as u64 + (clusters * per_cluster) as u64 > MAX_DIR_SLOTS {
+            return Err(Error::NoSpace);
+        }
+        let last =
+            *self.dir_chain(v, ino)?.last().ok_or_else(|| Error::Corrupt("directory without clusters".into()))?;
+        let new = v.fat()?.allocate(Some(last), clusters)?;
+        let zeros = vec![0u8; v.bpb.cluster_size() as usize];
+        for &c in &new {
+            if let Err(e) = v.file.write_all_at(&zeros, v.bpb.cluster_offset(c)) {
+                let mut fat = v.fat()?;
+                fat.free_chain(&new);
+                fat.set(last, Entry::End);
+                return Err(e.into());
+            }
+        }
+        v.flush()?;
+        let node = self.node_mut(ino)?;
+        node.chain.as_mut().expect("chain loaded").extend_from_slice(&new);
+        let state = node.dir.as_mut().expect("dir loaded");
+        state.raw.resize(state.raw.len() + (clusters * per_cluster) as usize * ENTRY_SIZE, 0);
+        Ok(total - run)
+    }
+
+    /// Writes `name`'s entries (long-name entries, then `entry`) into directory `dir`.
+    /// Returns (first slot, short entry slot).
+    fn insert_entries(
+        &mut self,
+        v: &Volume,
+        dir: Ino,
+        name: &str,
+        stored: &names::StoredName,
+        entry: &ShortEntry,
+    ) -> Result<(u32, u32)> {
+        let mut slots: Vec<[u8; 32]> =
+            if stored.needs_lfn { names::lfn_entries(name, &stored.short) } else { Vec::new() };
+        slots.push(entry.encode());
+        let n = slots.len() as u32;
+        let first = self.free_slots(v, dir, n)?;
+        let state = self.dir_state_mut(dir)?;
+        for (i, s) in slots.iter().enumerate() {
+            let at = (first as usize + i) * ENTRY_SIZE;
+            if state.raw[at] == DELETED {
+                state.holes -= 1;
+            }
+            state.raw[at..at + ENTRY_SIZE].copy_from_slice(s);
+        }
+        let mut count = n;
+        if first + n > state.end {
+            state.end = first + n;
+            // What follows on disk may be stale: make sure an end marker follows.
+            if ((first + n) as usize) < state.raw.len() / ENTRY_SIZE {
+                count += 1;
+            }
+        }
+        state.shorts.insert(stored.short);
+        self.write_dir_slots(v, dir, first, count)?;
+        Ok((first, first + n - 1))
+    }
+
+    fn remove_entries(&mut self, v: &Volume, dir: Ino, first: u32, last: u32) -> Result<()> {
+        let state = self.dir_state_mut(dir)?;
+        for s in first..=last {
+            state.raw[s as usize * ENTRY_SIZE] = DELETED;
+            state.holes += 1;
+        }
+        self.write_dir_slots(v, dir, first, last - first + 1)
+    }
+
+    /// Writes a node's short entry from memory to its directory.
+    fn write_entry(&mut self, v: &Volume, ino: Ino) -> Result<()> {
+        let node = self.node(ino)?;
+        if ino == ROOT || !node.linked {
+            return Ok(());
+        }
+        let (parent, slot, bytes) = (node.parent, node.slot, node.entry.encode());
+        let state = self.dir_state_mut(parent)?;
+        let at = slot as usize * ENTRY_SIZE;
+        state.raw[at..at + ENTRY_SIZE].copy_from_slice(&bytes);
+        self.write_dir_slots(v, parent, slot, 1)
+    }
+
+    fn lookup(&mut self, v: &Volume, dir: Ino, name: &str) -> Result<Ino> {
+        self.load_dir(v, dir)?;
+        self.lookup_loaded(dir, name).unwrap_or(Err(Error::NotDir))
+    }
+
+    /// A lookup that changes nothing: None when `dir` has not been read yet.
+    fn lookup_loaded(&self, dir: Ino, name: &str) -> Option<Result<Ino>> {
+        let state = match self.node(dir) {
+            Err(e) => return Some(Err(e)),
+            Ok(n) if !n.entry.is_dir() => return Some(Err(Error::NotDir)),
+            Ok(n) => n.dir.as_ref()?,
+        };
+        let name = name.trim_end_matches(['.', ' ']);
+        Some(state.index.get(&fold(name)).copied().ok_or(Error::NotFound))
+    }
+
+    /// A listing that changes nothing: None when `dir` has not been read yet.
+    fn list_loaded(&self, dir: Ino, after: Option<u32>, max: usize) -> Option<Result<Vec<Listed>>> {
+        let state = match self.node(dir) {
+            Err(e) => return Some(Err(e)),
+            Ok(n) if !n.entry.is_dir() => return Some(Err(Error::NotDir)),
+            Ok(n) => n.dir.as_ref()?,
+        };
+        let range = match after {
+            Some(a) => state.by_slot.range(a.saturating_add(1)..),
+            None => state.by_slot.range(0..),
+        };
+        Some(
+            range
+                .take(max)
+                .map(|(&slot, &ino)| {
+                    let n = self.node(ino)?;
+                    Ok(Listed { slot, name: n.name.clone(), ino, is_dir: n.entry.is_dir() })
+                })
+                .collect(),
+        )
+    }
+
+    /// Adds a node just written into `dir`: a directory with its chain, or a file (whose
+    /// chain is `chain`, empty for a new file) with its own lock.
+    #[allow(clippy::too_many_arguments)]
+    fn add_node(
+        &mut self,
+        v: &Volume,
+        dir: Ino,
+        name: &str,
+        first_slot: u32,
+        slot: u32,
+        entry: ShortEntry,
+        chain: Vec<u32>,
+    ) -> Result<Ino> {
         let ino = self.next_ino;
         self.next_ino += 1;
-        let node =
-            Node { parent: dir, slot, first_slot, name: name.to_string(), entry, chain: None, linked: true, dir: None };
+        let is_dir = entry.is_dir();
+        if !is_dir {
+            let st = FileState { first_cluster: entry.first_cluster, size: entry.size, chain: Some(chain.clone()) };
+            write(&v.files)?.insert(ino, Arc::new(RwLock::new(st)));
+        }
+        let node = Node {
+            parent: dir,
+            slot,
+            first_slot,
+            name: name.to_string(),
+            entry,
+            chain: is_dir.then_some(chain),
+            linked: true,
+            dir: None,
+        };
         self.nodes.insert(ino, node);
         if let Ok(state) = self.dir_state_mut(dir) {
             state.by_slot.insert(slot, ino);
             state.index.insert(fold(name), ino);
         }
-        ino
+        Ok(ino)
     }
 
     /// Takes node `ino` out of its directory's entries and index.
-    fn detach(&mut self, ino: Ino) -> Result<()> {
+    fn detach(&mut self, v: &Volume, ino: Ino) -> Result<()> {
         let node = self.node(ino)?;
         let (parent, first, slot, key, short) =
             (node.parent, node.first_slot, node.slot, fold(&node.name), node.entry.name);
-        self.remove_entries(parent, first, slot)?;
+        self.remove_entries(v, parent, first, slot)?;
         let state = self.dir_state_mut(parent)?;
         state.by_slot.remove(&slot);
         if state.index.get(&key) == Some(&ino) {
@@ -872,49 +1215,18 @@ impl Volume {
         Ok(())
     }
 
-    /// Removes file `name` from `dir`. Its clusters stay allocated until [`Volume::evict`]
-    /// (an unlinked file stays readable while open). Returns its id.
-    pub fn unlink(&mut self, dir: Ino, name: &str) -> Result<Ino> {
-        self.check_writable()?;
-        let ino = self.lookup(dir, name)?;
-        if self.node(ino)?.entry.is_dir() {
-            return Err(Error::IsDir);
-        }
-        self.detach(ino)?;
-        Ok(ino)
-    }
-
-    /// Forgets node `ino` when nothing refers to it any more: an unlinked node's clusters
-    /// are freed.
-    pub fn evict(&mut self, ino: Ino) -> Result<()> {
-        let Some(node) = self.nodes.get(&ino) else { return Ok(()) };
-        if node.linked || ino == ROOT {
-            return Ok(());
-        }
-        if !self.read_only {
-            let chain = self.chain(ino)?.clone();
-            self.fat.free_chain(&chain);
-            self.flush_fat()?;
-        }
-        self.nodes.remove(&ino);
-        Ok(())
-    }
-
-    /// Removes the empty directory `name` from `dir` and frees its clusters.
-    pub fn rmdir(&mut self, dir: Ino, name: &str) -> Result<Ino> {
-        self.check_writable()?;
-        let ino = self.lookup(dir, name)?;
+    fn rmdir(&mut self, v: &Volume, dir: Ino, name: &str) -> Result<Ino> {
+        let ino = self.lookup(v, dir, name)?;
         if !self.node(ino)?.entry.is_dir() {
             return Err(Error::NotDir);
         }
-        self.load_dir(ino)?;
+        self.load_dir(v, ino)?;
         if !self.dir_state(ino)?.by_slot.is_empty() {
             return Err(Error::NotEmpty);
         }
-        self.detach(ino)?;
-        let chain = self.chain(ino)?.clone();
-        self.fat.free_chain(&chain);
-        self.flush_fat()?;
+        self.detach(v, ino)?;
+        let chain = self.dir_chain(v, ino)?;
+        v.free_clusters(chain)?;
         let node = self.node_mut(ino)?;
         node.chain = Some(Vec::new());
         node.entry.first_cluster = 0;
@@ -934,20 +1246,17 @@ impl Volume {
         }
     }
 
-    /// Renames `name` in `dir` to `new_name` in `new_dir`, replacing a file, or an empty
-    /// directory, of that name unless `noreplace`. Returns the id of a replaced node, which
-    /// the caller evicts when nothing refers to it.
-    pub fn rename(
+    fn rename(
         &mut self,
+        v: &Volume,
         dir: Ino,
         name: &str,
         new_dir: Ino,
         new_name: &str,
         noreplace: bool,
     ) -> Result<Option<Ino>> {
-        self.check_writable()?;
-        let src = self.lookup(dir, name)?;
-        self.load_dir(new_dir)?;
+        let src = self.lookup(v, dir, name)?;
+        self.load_dir(v, new_dir)?;
         let new_name = names::check_long_name(new_name)?;
         let target = self.dir_state(new_dir)?.index.get(&fold(new_name)).copied();
         let src_is_dir = self.node(src)?.entry.is_dir();
@@ -966,10 +1275,10 @@ impl Volume {
                     (true, false) => return Err(Error::NotDir),
                     (false, true) => return Err(Error::IsDir),
                     (true, true) => {
-                        self.rmdir(new_dir, new_name)?;
+                        self.rmdir(v, new_dir, new_name)?;
                     }
                     (false, false) => {
-                        self.detach(t)?;
+                        self.detach(v, t)?;
                         replaced = Some(t);
                     }
                 }
@@ -977,7 +1286,7 @@ impl Volume {
             None => {}
         }
         let old = self.node(src)?;
-        let (old_first, old_slot, old_short) = (old.first_slot, old.slot, old.entry.name);
+        let old_short = old.entry.name;
         let mut entry = old.entry;
         let mut taken = self.dir_state(new_dir)?.shorts.clone();
         if new_dir == dir {
@@ -989,16 +1298,15 @@ impl Volume {
         // The new entry first, then the old one goes: a crash in between leaves two names
         // for one chain (with a case-only rename, two entries with one short name), which
         // fsck.fat resolves, never a lost file.
-        let (first_slot, slot) = self.insert_entries(new_dir, new_name, &stored, &entry)?;
+        let (first_slot, slot) = self.insert_entries(v, new_dir, new_name, &stored, &entry)?;
         if self.node(src)?.linked {
             // A barrier, so that even a power cut (the kernel writing pages back in any
             // order) cannot land the deletion without the new entry.
-            self.file.sync_data()?;
-            self.detach(src)?;
+            v.file.sync_data()?;
+            self.detach(v, src)?;
         }
         // Detaching forgot the old short name, which may be the new one too.
         self.dir_state_mut(new_dir)?.shorts.insert(stored.short);
-        let _ = (old_first, old_slot);
         let node = self.node_mut(src)?;
         node.parent = new_dir;
         node.first_slot = first_slot;
@@ -1010,93 +1318,17 @@ impl Volume {
         state.by_slot.insert(slot, src);
         state.index.insert(fold(new_name), src);
         if src_is_dir && new_dir != dir {
-            self.load_dir(src)?;
+            self.load_dir(v, src)?;
             let parent_cluster = if new_dir == ROOT { 0 } else { self.node(new_dir)?.entry.first_cluster };
             let state = self.dir_state_mut(src)?;
             let mut dotdot = ShortEntry::decode(&state.raw[32..64]);
             if &dotdot.name == b"..         " {
                 dotdot.first_cluster = parent_cluster;
                 state.raw[32..64].copy_from_slice(&dotdot.encode());
-                self.write_dir_slots(src, 1, 1)?;
+                self.write_dir_slots(v, src, 1, 1)?;
             }
         }
         Ok(replaced)
-    }
-
-    /// Sets the modification time and access date.
-    pub fn set_times(&mut self, ino: Ino, modified: Option<FatTime>, accessed: Option<FatTime>) -> Result<()> {
-        self.check_writable()?;
-        let node = self.node_mut(ino)?;
-        if let Some(m) = modified {
-            node.entry.modified = FatTime { tenths: 0, ..m };
-        }
-        if let Some(a) = accessed {
-            node.entry.access_date = a.date;
-        }
-        self.write_entry(ino)
-    }
-
-    /// Sets the attribute bits read-only, hidden, system and archive (others are kept).
-    pub fn set_attributes(&mut self, ino: Ino, attr: u8) -> Result<()> {
-        self.check_writable()?;
-        let node = self.node_mut(ino)?;
-        node.entry.attr = (node.entry.attr & !0x27) | (attr & 0x27);
-        self.write_entry(ino)
-    }
-
-    /// Space on the volume.
-    pub fn space(&self) -> Space {
-        Space {
-            cluster_size: self.bpb.cluster_size(),
-            clusters: self.bpb.cluster_count,
-            free_clusters: self.fat.free_clusters(),
-        }
-    }
-
-    /// The volume label: the root directory's label entry, else the boot sector's; None
-    /// when neither holds one.
-    pub fn label(&self) -> Option<String> {
-        let state = self.dir_state(ROOT).ok()?;
-        let raw = match state.label_slot {
-            Some(s) => {
-                let mut l = [0u8; 11];
-                l.copy_from_slice(&state.raw[s as usize * ENTRY_SIZE..s as usize * ENTRY_SIZE + 11]);
-                l
-            }
-            None => self.bpb.label,
-        };
-        let s: String = raw.iter().map(|&b| b as char).collect::<String>().trim_end().to_string();
-        (!s.is_empty() && s != "NO NAME").then_some(s)
-    }
-
-    /// Sets the volume label (up to 11 characters that a short name may hold, stored in
-    /// upper case) in the root directory and the boot sector.
-    pub fn set_label(&mut self, label: &str) -> Result<()> {
-        self.check_writable()?;
-        let upper = label.to_uppercase();
-        if upper.len() > 11 || !upper.chars().all(|c| c.is_ascii_alphanumeric() || " $%'-_@~`!(){}^#&".contains(c)) {
-            return Err(Error::InvalidName(format!("{label:?} is not a FAT volume label (up to 11 ASCII characters)")));
-        }
-        let mut raw = [b' '; 11];
-        raw[..upper.len()].copy_from_slice(upper.as_bytes());
-        let now = self.now();
-        let entry = ShortEntry { name: raw, attr: ATTR_VOLUME_ID, modified: now, ..ShortEntry::default() };
-        let slot = match self.dir_state(ROOT)?.label_slot {
-            Some(s) => s,
-            None => {
-                let s = self.free_slots(ROOT, 1)?;
-                let state = self.dir_state_mut(ROOT)?;
-                state.end = state.end.max(s + 1);
-                s
-            }
-        };
-        let state = self.dir_state_mut(ROOT)?;
-        state.raw[slot as usize * ENTRY_SIZE..(slot as usize + 1) * ENTRY_SIZE].copy_from_slice(&entry.encode());
-        state.label_slot = Some(slot);
-        self.write_dir_slots(ROOT, slot, 1)?;
-        self.file.write_all_at(&raw, self.bpb.label_offset())?;
-        self.bpb.label = raw;
-        Ok(())
     }
 }
 
