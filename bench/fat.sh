@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # bench/fat.sh: the fat plugin against mtools, in one run on one image.
 #
-#   bench/fat.sh [--no-build] [--size 512M] [--files 1000] [--dir DIR] [--record]
+#   bench/fat.sh [--no-build] [--size 512M] [--files 1000] [--dir DIR] [--warm] [--record]
 #
 # On one FAT32 image made by plugfs-fat mkfs:
 #   large write:  mcopy of a SIZE file in, and cp of the same file into a plugfs mount
 #   large read:   from a cold page cache, mtype of the file plugfs wrote, and cat through
 #                 the mount of the file mcopy wrote (each tool reads the other's file)
+#   4 writers:    the SIZE file split in 4, written by 4 cp at once into the mount, and by one
+#                 mcopy of the 4 files (mtools locks the image, so one after another)
 #   small files:  FILES files of 1 KiB with long names into one new directory, by one mcopy
 #                 and by one cp into the mount
 # then fsck.fat -n, and a byte comparison of what each side wrote, read with the other.
@@ -14,11 +16,14 @@
 # page cache), not synced, for both; a `sync` runs between phases, untimed. The mount is taken down between phases (mtools and
 # plugfs lock the image), untimed too.
 #
+# --warm never drops the page cache (a quick check on a machine others measure on; the read
+# row is then not cold).
+#
 # Prints a table; with --record appends it to bench/RESULTS.md with date and machine.
 # As root (drops caches, mounts). plugfs is the --release build.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-build=1 size=512M files=1000 dir="$repo/bench/work" record=0
+build=1 size=512M files=1000 dir="$repo/bench/work" record=0 warm=0
 while (($#)); do
     case $1 in
         --no-build) build=0 ;;
@@ -26,6 +31,7 @@ while (($#)); do
         --files) files=$2; shift ;;
         --dir) dir=$2; shift ;;
         --record) record=1 ;;
+        --warm) warm=1 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench/fat.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -34,6 +40,7 @@ done
 die() { echo "bench/fat.sh: $*" >&2; exit 1; }
 log() { echo "== $*" >&2; }
 [[ $(id -u) == 0 ]] || die "run as root (drops caches, mounts)"
+((warm && record)) && die "--warm numbers are not recorded"
 for t in mcopy mtype mmd mdir fsck.fat fusermount3 python3; do
     command -v $t >/dev/null || die "$t missing (apt-get install mtools dosfstools fuse3 python3)"
 done
@@ -107,7 +114,10 @@ mount_fat() {
     cat "$run/plugfs.log" >&2
     die "plugfs did not mount $mnt"
 }
-cold() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+cold() {
+    sync
+    ((warm)) || echo 3 >/proc/sys/vm/drop_caches
+}
 # Seconds (with ns precision) that "$@" takes.
 timed() {
     local t0 t1
@@ -120,14 +130,15 @@ timed() {
 bytes=$(python3 -c "
 s='$size'; m={'K':1<<10,'M':1<<20,'G':1<<30}
 print(int(s[:-1])*m[s[-1].upper()] if s[-1].upper() in m else int(s))")
-# The image: FAT32, big enough for two large files and the small ones.
-image_mib=$(( bytes * 2 / 1048576 + 256 ))
+# The image: FAT32, big enough for two large files, two sets of parts and the small ones.
+image_mib=$(( bytes * 4 / 1048576 + 256 ))
 (( image_mib >= 600 )) || image_mib=600
 log "image: plugfs-fat mkfs ${image_mib} MiB"
 "$release/plugfs-fat" mkfs "$img" --size "${image_mib}M" >/dev/null
 log "sources: a ${size} file, $files small files"
 head -c "$bytes" /dev/urandom >"$run/src/large.bin"
-mkdir -p "$run/src/small"
+mkdir -p "$run/src/small" "$run/src/par"
+split -n 4 -d --additional-suffix=.bin "$run/src/large.bin" "$run/src/par/part"
 python3 - "$run/src/small" "$files" <<'EOT'
 import os, sys
 d, n = sys.argv[1], int(sys.argv[2])
@@ -156,6 +167,28 @@ mount_fat
 t_plugfs_r=$(timed sh -c "cat '$mnt/mcopy.bin' >/dev/null")
 unmount
 cold
+log "4 parallel writers: mcopy (the 4 files, one after another)"
+mmd -i "$img" ::/par-mcopy
+cat "$run"/src/par/* >/dev/null
+t_mcopy_p=$(timed mcopy -i "$img" "$run"/src/par/part00.bin "$run"/src/par/part01.bin \
+    "$run"/src/par/part02.bin "$run"/src/par/part03.bin ::/par-mcopy/)
+cold
+log "4 parallel writers: plugfs (4 cp at once)"
+mount_fat
+mkdir "$mnt/par-plugfs"
+cat "$run"/src/par/* >/dev/null
+# Not a bare `wait`: that would wait for the plugfs host too.
+par_cp() {
+    local p=() f
+    for f in "$run"/src/par/*; do
+        cp "$f" "$mnt/par-plugfs/" &
+        p+=($!)
+    done
+    for f in "${p[@]}"; do wait "$f" || die "a parallel cp failed"; done
+}
+t_plugfs_p=$(timed par_cp)
+unmount
+cold
 log "$files small files: mcopy"
 mmd -i "$img" ::/small-mcopy
 cat "$run"/src/small/* >/dev/null
@@ -169,23 +202,31 @@ t_plugfs_s=$(timed cp -r "$run/src/small/." "$mnt/small-plugfs/")
 # Cross-checks, untimed: plugfs reads what mcopy wrote and the other way round.
 cmp "$run/src/large.bin" "$mnt/mcopy.bin" || die "plugfs reads other bytes than mcopy wrote"
 diff -r "$run/src/small" "$mnt/small-mcopy" >/dev/null || die "the small files mcopy wrote read differently through plugfs"
+diff -r "$run/src/par" "$mnt/par-mcopy" >/dev/null || die "the parts mcopy wrote read differently through plugfs"
 unmount
 mcopy -n -i "$img" ::/plugfs.bin "$run/back.bin"
 cmp "$run/src/large.bin" "$run/back.bin" || die "mcopy reads other bytes than plugfs wrote"
 rm -f "$run/back.bin"
+mkdir "$run/back"
+mcopy -n -i "$img" "::/par-plugfs/*" "$run/back/"
+diff -r "$run/src/par" "$run/back" >/dev/null || die "mcopy reads other bytes than the parallel writers wrote"
+rm -rf "$run/back"
 n=$(mdir -i "$img" -b ::/small-plugfs | wc -l)
 [[ $n == "$files" ]] || die "mdir lists $n files in small-plugfs, not $files"
 fsck.fat -n "$img" >/dev/null || die "fsck.fat -n finds problems in the image"
 log "checked: cross reads identical, mdir lists all $files files, fsck.fat -n clean"
 
-table=$(python3 - "$bytes" "$files" "$t_mcopy_w" "$t_plugfs_w" "$t_mcopy_r" "$t_plugfs_r" "$t_mcopy_s" "$t_plugfs_s" <<'EOT'
+table=$(python3 - "$bytes" "$files" "$t_mcopy_w" "$t_plugfs_w" "$t_mcopy_r" "$t_plugfs_r" "$t_mcopy_s" "$t_plugfs_s" \
+    "$t_mcopy_p" "$t_plugfs_p" "$warm" <<'EOT'
 import sys
 b, n = int(sys.argv[1]), int(sys.argv[2])
-mw, pw, mr, pr, ms, ps = map(float, sys.argv[3:])
+mw, pw, mr, pr, ms, ps, mp, pp = map(float, sys.argv[3:11])
+cache = "warm" if sys.argv[11] == "1" else "cold"
 mib = b / 1048576
 rows = [
     (f"large file write ({mib:.0f} MiB), MiB/s", mib / pw, mib / mw),
-    (f"large file read ({mib:.0f} MiB, cold), MiB/s", mib / pr, mib / mr),
+    (f"large file read ({mib:.0f} MiB, {cache}), MiB/s", mib / pr, mib / mr),
+    (f"4 parallel writers ({mib:.0f} MiB in 4 files), MiB/s", mib / pp, mib / mp),
 ]
 print("| workload | plugfs | mcopy | plugfs/mcopy |")
 print("| --- | ---: | ---: | ---: |")
@@ -206,8 +247,10 @@ if ((record)); then
         echo "mount against mtools on one FAT32 image of ${image_mib} MiB made by \`plugfs-fat mkfs\`. Large"
         echo "write: \`cp\` into the mount vs \`mcopy\` in, both from a warm source, both ending with the data in"
         echo "the image's page cache; large read (cold cache): \`cat\` through the mount vs \`mtype\` (each reads"
-        echo "the file the other wrote); small files: one \`cp -r\` vs one \`mcopy\` of $files files into a new"
-        echo "directory. Higher is better in the first two rows; the last row is seconds (lower is better),"
+        echo "the file the other wrote); 4 parallel writers: the large file in 4 parts, 4 \`cp\` at once into"
+        echo "the mount vs one \`mcopy\` of the 4 parts (mtools locks the image: one after another); small"
+        echo "files: one \`cp -r\` vs one \`mcopy\` of $files files into a new"
+        echo "directory. Higher is better in the first three rows; the last row is seconds (lower is better),"
         echo "its ratio mcopy's time over plugfs's."
         echo
         echo "- kernel $(uname -r); CPU $cpu, $(nproc) cores; RAM $(free -g | awk '/^Mem:/{print $2}') GiB;" \
