@@ -581,3 +581,47 @@ fn many_readers_and_a_writer_at_once_all_see_the_right_bytes() {
     stop(host);
     run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
 }
+
+#[test]
+fn parallel_writers_of_different_files_and_a_creator_through_the_mount_leave_a_clean_image() {
+    let s = Setup::new();
+    let img = s.mkfs(&["-F", "32", "-s", "1"], 128 * 1024);
+    let (host, mnt) = s.mount(&img, "");
+    std::fs::create_dir(mnt.join("shared dir")).unwrap();
+    let dir = mnt.join("shared dir");
+    std::thread::scope(|scope| {
+        for i in 0..4u32 {
+            let dir = &dir;
+            scope.spawn(move || {
+                use std::io::Write;
+                // Pieces of odd sizes, so writes and allocations of the 4 files interleave.
+                let want = pattern(700_000 + i as usize * 1000, 100 + i);
+                let mut f = std::fs::File::create(dir.join(format!("parallel writer {i}.bin"))).unwrap();
+                for piece in want.chunks(7_777 + i as usize * 1000) {
+                    f.write_all(piece).unwrap();
+                }
+            });
+        }
+        let dir = &dir;
+        scope.spawn(move || {
+            for n in 0..60u32 {
+                let p = dir.join(format!("churn {n} with a long name.txt"));
+                std::fs::write(&p, pattern(3000, n)).unwrap();
+                if n % 3 != 0 {
+                    std::fs::remove_file(&p).unwrap();
+                }
+            }
+        });
+    });
+    stop(host);
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+    let i = img.to_str().unwrap();
+    for n in 0..4u32 {
+        let got = run_ok("mcopy", &["-n", "-i", i, &format!("::/shared dir/parallel writer {n}.bin"), "-"]);
+        assert!(got == pattern(700_000 + n as usize * 1000, 100 + n), "mcopy reads writer {n}'s file differently");
+    }
+    for n in (0..60u32).filter(|n| n % 3 == 0) {
+        let got = run_ok("mcopy", &["-n", "-i", i, &format!("::/shared dir/churn {n} with a long name.txt"), "-"]);
+        assert!(got == pattern(3000, n), "churn {n}");
+    }
+}
