@@ -228,6 +228,7 @@ pub(crate) fn caps_to_raw(c: &Capabilities) -> RawCapabilities {
         max_name_len: c.max_name_len,
         reserved: 0,
         max_file_size: c.max_file_size,
+        negative_ttl_ns: ttl_to_raw(c.negative_entry_ttl),
     }
 }
 
@@ -253,6 +254,7 @@ pub(crate) fn caps_from_raw(r: &RawCapabilities) -> Capabilities {
         format: has(CAP_FORMAT),
         max_name_len: r.max_name_len,
         max_file_size: r.max_file_size,
+        negative_entry_ttl: Duration::from_nanos(r.negative_ttl_ns),
     }
 }
 
@@ -296,7 +298,12 @@ mod tests {
 
     #[test]
     fn capabilities_round_trip() {
-        for c in [Capabilities::NONE, Capabilities::POSIX, Capabilities { xattrs: false, ..Capabilities::POSIX }] {
+        for c in [
+            Capabilities::NONE,
+            Capabilities::POSIX,
+            Capabilities { xattrs: false, ..Capabilities::POSIX },
+            Capabilities { negative_entry_ttl: Duration::from_secs(3600), ..Capabilities::POSIX },
+        ] {
             assert_eq!(caps_from_raw(&caps_to_raw(&c)), c);
         }
     }

@@ -456,6 +456,13 @@ pub struct Capabilities {
     pub max_name_len: u32,
     /// The largest file, in bytes.
     pub max_file_size: u64,
+    /// How long a frontend may remember that a name does not exist once `lookup` answered
+    /// `ENOENT` for it (a FUSE negative entry), so a repeated lookup of a missing name
+    /// reaches the plugin only once in that time. Zero (the default): never. Only for a
+    /// store that changes through this mount alone: a name created behind its back stays
+    /// invisible that long. A creation through the mount replaces the negative entry at
+    /// once. Since ABI 2.2; older plugins read as zero.
+    pub negative_entry_ttl: Duration,
 }
 
 impl Capabilities {
@@ -480,6 +487,7 @@ impl Capabilities {
         format: false,
         max_name_len: 255,
         max_file_size: i64::MAX as u64,
+        negative_entry_ttl: Duration::ZERO,
     };
 
     /// Supports everything a local POSIX filesystem does.
@@ -503,6 +511,7 @@ impl Capabilities {
         format: false,
         max_name_len: 255,
         max_file_size: i64::MAX as u64,
+        negative_entry_ttl: Duration::ZERO,
     };
 }
 

@@ -186,3 +186,68 @@ fn an_exclusive_mount_with_atomic_replace_shows_the_replaced_file_within_the_sho
     agrees(&m, "f", "a replaced file");
     assert_eq!(std::fs::read(m.mnt("f")).unwrap(), b"the new content");
 }
+
+/// `stat`s `name` under the mount `times` times, each failing with ENOENT, and returns how
+/// many LOOKUP requests (and negative entries) reached the frontend meanwhile.
+fn lookups_for_missing(m: &Mounted, name: &str, times: usize) -> plugfs_fuse::LookupRequests {
+    let mount = m.mount.as_ref().unwrap();
+    let before = mount.lookup_requests();
+    for _ in 0..times {
+        missing(&m.mnt(name));
+    }
+    let after = mount.lookup_requests();
+    plugfs_fuse::LookupRequests {
+        lookups: after.lookups - before.lookups,
+        negative_entries: after.negative_entries - before.negative_entries,
+    }
+}
+
+#[test]
+fn an_exclusive_mount_has_the_kernel_cache_missing_names_until_created_through_it() {
+    let m = Mounted::new("exclusive = true", true);
+    let counted = lookups_for_missing(&m, "absent", 100);
+    assert_eq!((counted.lookups, counted.negative_entries), (1, 1), "100 stats of a missing name: {counted:?}");
+    // In a subdirectory too, and for open(O_RDONLY) as for stat.
+    std::fs::create_dir(m.mnt("d")).unwrap();
+    let counted = lookups_for_missing(&m, "d/absent", 50);
+    assert_eq!(counted.lookups, 1, "{counted:?}");
+    assert!(std::fs::File::open(m.mnt("d/absent")).is_err());
+    assert_eq!(lookups_for_missing(&m, "d/absent", 1).lookups, 0);
+
+    // Every way of creating the name through the mount replaces the negative entry.
+    std::fs::write(m.mnt("absent"), b"here now").unwrap();
+    assert_eq!(std::fs::read(m.mnt("absent")).unwrap(), b"here now");
+    agrees(&m, "absent", "a file created over a cached missing name");
+    for (name, make) in [
+        ("d/dir", &(|p: &Path| std::fs::create_dir(p).unwrap()) as &dyn Fn(&Path)),
+        ("d/link", &|p: &Path| std::os::unix::fs::symlink("target", p).unwrap()),
+        ("d/hard", &|p: &Path| std::fs::hard_link(m.mnt("absent"), p).unwrap()),
+        ("d/renamed", &|p: &Path| std::fs::rename(m.mnt("absent"), p).unwrap()),
+    ] {
+        assert_eq!(lookups_for_missing(&m, name, 3).lookups, 1, "{name}");
+        make(&m.mnt(name));
+        agrees(&m, name, "a name made over a cached missing name");
+    }
+    // A name that goes away through the mount is asked about once more (the kernel's
+    // dentry of an unlinked name is left expired), then cached as missing.
+    missing(&m.mnt("absent"));
+    std::fs::remove_file(m.mnt("d/renamed")).unwrap();
+    assert_eq!(lookups_for_missing(&m, "d/renamed", 20).lookups, 1, "after an unlink");
+
+    // Without `exclusive`, every stat of a missing name asks the plugin.
+    let m = Mounted::new("", true);
+    let counted = lookups_for_missing(&m, "absent", 100);
+    assert_eq!((counted.lookups, counted.negative_entries), (100, 0), "{counted:?}");
+}
+
+#[test]
+fn a_name_created_behind_an_exclusive_mount_stays_missing_for_the_ttl() {
+    // The documented price: a missing name cached by the kernel hides a file created
+    // directly in the backing directory. With a short metadata_ttl it shows after it.
+    let m = Mounted::new("exclusive = true\nmetadata_ttl = 2", true);
+    missing(&m.mnt("late"));
+    std::fs::write(m.data("late"), b"made behind the mount").unwrap();
+    missing(&m.mnt("late"));
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(std::fs::read(m.mnt("late")).unwrap(), b"made behind the mount");
+}

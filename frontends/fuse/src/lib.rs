@@ -124,6 +124,19 @@ pub struct DataRequests {
     pub passthrough_opens: u64,
 }
 
+/// Name lookups that reached this process (for tests and metrics: with negative entries,
+/// a repeated lookup of a missing name is answered by the kernel's cache).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LookupRequests {
+    /// `LOOKUP` requests.
+    pub lookups: u64,
+    /// Of those, answered with a negative entry (the plugin's `ENOENT`, cached by the
+    /// kernel for the mount's [`Capabilities::negative_entry_ttl`]).
+    ///
+    /// [`Capabilities::negative_entry_ttl`]: plugfs_plugin_api::Capabilities::negative_entry_ttl
+    pub negative_entries: u64,
+}
+
 /// A mounted filesystem being served by background threads. Dropping it unmounts (see
 /// [`FuseMount::unmount`]), logging any error.
 pub struct FuseMount {
@@ -187,6 +200,14 @@ impl FuseMount {
             reads: self.state.reads.load(Ordering::Relaxed),
             writes: self.state.writes.load(Ordering::Relaxed),
             passthrough_opens: self.state.passthrough_opens.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The `LOOKUP` requests served so far.
+    pub fn lookup_requests(&self) -> LookupRequests {
+        LookupRequests {
+            lookups: self.state.lookups.load(Ordering::Relaxed),
+            negative_entries: self.state.negative_entries.load(Ordering::Relaxed),
         }
     }
 
@@ -400,6 +421,8 @@ struct MountState {
     reads: AtomicU64,
     writes: AtomicU64,
     passthrough_opens: AtomicU64,
+    lookups: AtomicU64,
+    negative_entries: AtomicU64,
 }
 
 /// The answer to requests that arrive after shutdown began.
@@ -494,6 +517,14 @@ fn reply_entry(reply: ReplyEntry, e: &Entry) {
     reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &file_attr(e.node, &e.attr), Generation(e.generation));
 }
 
+/// A negative entry: "no such name", which the kernel caches for `ttl` (node id 0 with an
+/// entry timeout; an `ENOENT` error reply is never cached). A creation through the mount
+/// replaces it; nothing else drops it before `ttl` but an `inval_entry` notification.
+fn reply_negative(reply: ReplyEntry, ttl: Duration) {
+    let attr = file_attr(0, &Attr { kind: FileKind::File, ..Attr::default() });
+    reply.entry_with_ttls(&Duration::ZERO, &ttl, &attr, Generation(0));
+}
+
 fn fopen_flags(o: &Opened) -> FopenFlags {
     let mut flags = FopenFlags::empty();
     flags.set(FopenFlags::FOPEN_DIRECT_IO, o.direct_io);
@@ -550,6 +581,12 @@ impl DirPlusSink for DirectoryPlusSink<'_> {
 }
 
 impl FuseAdapter {
+    /// How long the kernel may cache a missing name: the mount's capability, asked at each
+    /// `ENOENT` (a cheap copy; the host may swap the backend under the mount), or `None`.
+    fn negative_ttl(&self) -> Option<Duration> {
+        self.fs.capabilities().map(|c| c.negative_entry_ttl).filter(|ttl| !ttl.is_zero())
+    }
+
     fn count_passthrough_open(&self) {
         self.state.passthrough_opens.fetch_add(1, Ordering::Relaxed);
     }
@@ -603,8 +640,16 @@ impl fuser::Filesystem for FuseAdapter {
         if let Err(e) = check_name("lookup", parent.0, name) {
             return reply.error(e);
         }
+        self.state.lookups.fetch_add(1, Ordering::Relaxed);
         match self.fs.lookup(&request(req), parent.0, name) {
             Ok(entry) => reply_entry(reply, &entry),
+            Err(e) if e.errno() == Errno::ENOENT => match self.negative_ttl() {
+                Some(ttl) => {
+                    self.state.negative_entries.fetch_add(1, Ordering::Relaxed);
+                    reply_negative(reply, ttl);
+                }
+                None => reply.error(fail("lookup", parent.0, &e)),
+            },
             Err(e) => reply.error(fail("lookup", parent.0, &e)),
         }
     }

@@ -167,9 +167,19 @@ impl DurableIo {
     /// a negative entry). The one change durable-io makes by itself, outside any request
     /// for that name, is an atomic replace at a release: on such a mount the entries of
     /// regular files keep the short [`TTL`], so a `stat` finds the new file soon.
+    ///
+    /// Missing names are declared through the mount's capabilities
+    /// ([`Capabilities::negative_entry_ttl`], plugin ABI 2.2), not per answer: a negative
+    /// entry is as safe as the store's exclusivity, which is a property of the whole mount,
+    /// and it is how FUSE daemons usually set it (libfuse's `negative_timeout` is a mount
+    /// option). Reusing the entry TTL instead (no ABI change: a frontend caching every
+    /// `ENOENT` for the entry TTL it saw last) would have turned negative caching on for
+    /// every plugin that never asked for it, fat, wfs and s3 included, and the entry TTL
+    /// answers for names that exist, not for names that do not.
     pub fn with_metadata_cache(mut self, exclusive: bool, ttl: Duration) -> Self {
         self.exclusive = exclusive;
         self.ttl = ttl;
+        self.caps.negative_entry_ttl = if exclusive { ttl } else { Duration::ZERO };
         self
     }
 

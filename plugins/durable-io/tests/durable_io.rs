@@ -269,12 +269,14 @@ fn an_exclusive_mount_gives_long_ttls_and_metadata_ttl_sets_them() {
     };
     let fs = open("exclusive = true\n").unwrap();
     assert!(fs.is_exclusive());
+    assert_eq!(fs.capabilities().negative_entry_ttl, EXCLUSIVE_TTL, "missing names are cached as long");
     assert_eq!(ttls(&fs, "a"), (EXCLUSIVE_TTL, EXCLUSIVE_TTL, EXCLUSIVE_TTL));
     let fs = open("exclusive = true\nmetadata_ttl = 60\n").unwrap();
     let minute = Duration::from_secs(60);
     assert_eq!(ttls(&fs, "b"), (minute, minute, minute));
     let fs = open("metadata_ttl = 0\n").unwrap();
     assert!(!fs.is_exclusive());
+    assert_eq!(fs.capabilities().negative_entry_ttl, Duration::ZERO, "no negative entries unless exclusive");
     assert_eq!(ttls(&fs, "c"), (Duration::ZERO, Duration::ZERO, Duration::ZERO));
     // An atomic replace renames files at a release, unseen by the kernel: their names keep
     // the short TTL, directories and attributes get the long one.
