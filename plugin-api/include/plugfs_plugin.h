@@ -71,6 +71,10 @@
 // exactly this file's bytes, which the plugin keeps open until the handle is released.
 #define PLUGFS_OPENED_BACKING_FD 8
 
+// [`crate::Opened::no_flush`] (since 2.2): the plugin's `flush` of this handle does
+// nothing, so the frontend may spare the kernel the request on every `close(2)`.
+#define PLUGFS_OPENED_NO_FLUSH 16
+
 // Files can be created and changed.
 #define PLUGFS_CAP_WRITABLE (1 << 0)
 

@@ -66,7 +66,8 @@
 //!   whose `log` callback carries the plugin's log events ([`RawLogRecord`]) into the
 //!   host's log. Frozen as `plugin-api/abi-history/plugfs_plugin_2.1.h`.
 //! - **2.2**: negative entries: [`RawCapabilities::negative_ttl_ns`], how long a frontend
-//!   may cache a name `lookup` answered `ENOENT` for. Frozen as
+//!   may cache a name `lookup` answered `ENOENT` for; [`OPENED_NO_FLUSH`], a handle whose
+//!   `flush` does nothing. Frozen as
 //!   `plugin-api/abi-history/plugfs_plugin_2.2.h`.
 //! - 1.0 and 1.1 (before sized structs) are refused; 1.0 is kept as a fixture
 //!   (`plugin-api/abi-history/v1_0.rs`) to prove it.
@@ -311,6 +312,9 @@ pub const OPENED_NONSEEKABLE: u32 = 4;
 /// [`crate::Opened::backing_fd`]: `backing_fd` is a descriptor of a local file holding
 /// exactly this file's bytes, which the plugin keeps open until the handle is released.
 pub const OPENED_BACKING_FD: u32 = 8;
+/// [`crate::Opened::no_flush`] (since 2.2): the plugin's `flush` of this handle does
+/// nothing, so the frontend may spare the kernel the request on every `close(2)`.
+pub const OPENED_NO_FLUSH: u32 = 16;
 
 /// [`crate::StatFs`] on the wire (an out-struct).
 #[repr(C)]

@@ -151,6 +151,9 @@ pub(crate) fn opened_to_raw(o: &Opened) -> RawOpened {
     if o.backing_fd.is_some() {
         flags |= OPENED_BACKING_FD;
     }
+    if o.no_flush {
+        flags |= OPENED_NO_FLUSH;
+    }
     RawOpened {
         struct_size: std::mem::size_of::<RawOpened>(),
         handle: o.handle,
@@ -166,6 +169,7 @@ pub(crate) fn opened_from_raw(o: &RawOpened) -> Opened {
         keep_cache: o.flags & OPENED_KEEP_CACHE != 0,
         nonseekable: o.flags & OPENED_NONSEEKABLE != 0,
         backing_fd: (o.flags & OPENED_BACKING_FD != 0).then_some(o.backing_fd),
+        no_flush: o.flags & OPENED_NO_FLUSH != 0,
     }
 }
 

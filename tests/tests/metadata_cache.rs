@@ -251,3 +251,23 @@ fn a_name_created_behind_an_exclusive_mount_stays_missing_for_the_ttl() {
     std::thread::sleep(Duration::from_millis(2200));
     assert_eq!(std::fs::read(m.mnt("late")).unwrap(), b"made behind the mount");
 }
+
+#[test]
+fn a_close_reaches_the_plugin_only_where_its_flush_does_something() {
+    // durable-io's flush syncs under `close` and does nothing otherwise, so under `kernel`
+    // and `always` its handles say `no_flush` and the kernel sends no FLUSH on close(2).
+    for (durability, passthrough, flushed) in
+        [("kernel", true, false), ("kernel", false, false), ("always", false, false), ("close", true, true)]
+    {
+        let m = Mounted::new(&format!("durability = {durability:?}"), passthrough);
+        for i in 0..10 {
+            std::fs::write(m.mnt(&format!("f{i}")), b"data").unwrap();
+            assert_eq!(std::fs::read(m.mnt(&format!("f{i}"))).unwrap(), b"data");
+        }
+        let counts = m.mount.as_ref().unwrap().data_requests();
+        assert_eq!(counts.flushes >= 20, flushed, "{durability}, passthrough {passthrough}: {counts:?}");
+        if !flushed {
+            assert_eq!(counts.flushes, 0, "{durability}: {counts:?}");
+        }
+    }
+}

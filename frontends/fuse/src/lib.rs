@@ -122,6 +122,8 @@ pub struct DataRequests {
     pub writes: u64,
     /// Opens answered with passthrough.
     pub passthrough_opens: u64,
+    /// `FLUSH` requests (one per `close(2)`, unless the plugin said `no_flush`).
+    pub flushes: u64,
 }
 
 /// Name lookups that reached this process (for tests and metrics: with negative entries,
@@ -200,6 +202,7 @@ impl FuseMount {
             reads: self.state.reads.load(Ordering::Relaxed),
             writes: self.state.writes.load(Ordering::Relaxed),
             passthrough_opens: self.state.passthrough_opens.load(Ordering::Relaxed),
+            flushes: self.state.flushes.load(Ordering::Relaxed),
         }
     }
 
@@ -423,6 +426,7 @@ struct MountState {
     passthrough_opens: AtomicU64,
     lookups: AtomicU64,
     negative_entries: AtomicU64,
+    flushes: AtomicU64,
 }
 
 /// The answer to requests that arrive after shutdown began.
@@ -530,6 +534,9 @@ fn fopen_flags(o: &Opened) -> FopenFlags {
     flags.set(FopenFlags::FOPEN_DIRECT_IO, o.direct_io);
     flags.set(FopenFlags::FOPEN_KEEP_CACHE, o.keep_cache);
     flags.set(FopenFlags::FOPEN_NONSEEKABLE, o.nonseekable);
+    // The kernel then skips FLUSH on close (it still sends it with a writeback cache,
+    // which this frontend never asks for).
+    flags.set(FopenFlags::FOPEN_NOFLUSH, o.no_flush);
     flags
 }
 
@@ -887,6 +894,7 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn flush(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         let _in_flight = self.state.gate.enter_always();
+        self.state.flushes.fetch_add(1, Ordering::Relaxed);
         match self.fs.flush(&request(req), ino.0, fh.0, lock_owner.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("flush", ino.0, &e)),

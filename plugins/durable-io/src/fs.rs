@@ -423,7 +423,8 @@ impl DurableIo {
             unseen_writes: passthrough && writable,
             replace: None,
         })));
-        Opened { handle, backing_fd, ..Opened::default() }
+        // Only `close` mode does anything in `flush`.
+        Opened { handle, backing_fd, no_flush: !self.durability.sync_on_close(), ..Opened::default() }
     }
 
     /// Syncs a handle's data if it was written since its last sync (`close` mode). A
@@ -523,7 +524,8 @@ impl DurableIo {
         })));
         // Direct IO: the new content must not enter the page cache of the kernel inode that
         // readers of the old file still use.
-        Ok(Some(Opened { handle, direct_io: true, ..Opened::default() }))
+        let no_flush = !self.durability.sync_on_close();
+        Ok(Some(Opened { handle, direct_io: true, no_flush, ..Opened::default() }))
     }
 
     /// The last release of an atomic-replace handle: sync the new file, give it a hidden
