@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # bench/meta.sh: the metadata rows of bench/run.sh (create, stat, unlink of N files with
 # bench/meta.py) on a tmpfs, for the native directory, plugfs + durable-io with
-# `exclusive = true` (plugfs-excl), plugfs + durable-io by default (plugfs, 1 s TTLs), and
-# libfuse's passthrough_ll, in one run. Both plugfs mounts use durability = "kernel", as
+# `exclusive = true` (plugfs-excl), the same with the mount option default_permissions =
+# false (plugfs-excl-nodp: durable-io checks as each caller, so the kernel need not fetch
+# the parent directory's attributes after every change), plugfs + durable-io by default
+# (plugfs, 1 s TTLs), and libfuse's passthrough_ll, in one run. Both plugfs mounts use durability = "kernel", as
 # run.sh does. Two tables: cold (caches dropped before each phase, run.sh's rows) and warm
 # (no drop: what the kernel's entry, attribute and negative-entry caches save).
 #
 # Usage (as root): bench/meta.sh [--no-build] [--files N] [--repeat N] [--perf TARGET]
-#                  [--no-record]
+#                  [--requests] [--no-record]
 #
 #   --no-build      use the existing target/release build
 #   --files N       files per phase (default 10000)
@@ -15,18 +17,21 @@
 #   --perf TARGET   after the rounds, one more cold run on TARGET (plugfs or plugfs-excl)
 #                   under `perf record -g` of the plugfs host; the report goes to
 #                   $run/perf-TARGET.txt and the script prints where it is
+#   --requests      after the rounds, one more cold and one warm run per FUSE target under
+#                   `perf record -e fuse:fuse_request_send`: FUSE requests per file, by kind
 #   --no-record     do not append the tables to bench/RESULTS.md
 set -euo pipefail
 
 bench=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$bench/.." && pwd)
-build=1 files=10000 repeat=3 perf_target= record=1
+build=1 files=10000 repeat=3 perf_target= record=1 requests=0
 while (($#)); do
     case $1 in
         --no-build) build=0 ;;
         --files) files=$2; shift ;;
         --repeat) repeat=$2; shift ;;
         --perf) perf_target=$2; shift ;;
+        --requests) requests=1 ;;
         --no-record) record=0 ;;
         -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
         *) echo "meta.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -55,7 +60,7 @@ plugfs_pid= peer_pid=
 cleanup() {
     local rc=$?
     [[ -n $plugfs_pid ]] && kill -TERM "$plugfs_pid" 2>/dev/null && wait "$plugfs_pid" 2>/dev/null
-    for m in "$run/plugfs/mnt" "$run/plugfs-excl/mnt" "$run/ll/mnt"; do
+    for m in "$run/plugfs/mnt" "$run/plugfs-excl/mnt" "$run/plugfs-excl-nodp/mnt" "$run/ll/mnt"; do
         findmnt -rn --mountpoint "$m" >/dev/null 2>&1 && { fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m"; }
     done
     [[ -n $peer_pid ]] && wait "$peer_pid" 2>/dev/null
@@ -67,31 +72,33 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mount_table() { # name, extra config lines
+mount_table() { # name, extra config lines, extra option lines
     printf '\n[[mount]]\nname = "%s"\nplugin = "durable-io"\nmountpoint = "%s/mnt"\ncreate_mountpoint = true\n' "$1" "$1"
-    printf '[mount.options]\nauto_unmount = true\n[mount.config]\nroot = "%s/data"\ncreate_root = true\n' "$1"
-    printf 'durability = "kernel"\n%s\n' "${2:-}"
+    printf '[mount.options]\nauto_unmount = true\n%s\n' "${3:-}"
+    printf '[mount.config]\nroot = "%s/data"\ncreate_root = true\ndurability = "kernel"\n%s\n' "$1" "${2:-}"
 }
 {
     printf '[host]\nplugin_dirs = ["%s"]\nlog = "info"\n' "$release"
     mount_table plugfs
     mount_table plugfs-excl "exclusive = true"
+    mount_table plugfs-excl-nodp "exclusive = true" "default_permissions = false"
 } >"$run/plugfs.toml"
 "$plugfs" mount --config "$run/plugfs.toml" 2>"$run/plugfs.log" &
 plugfs_pid=$!
 "$run/bin/passthrough_ll" -f -o source="$run/ll/src" "$run/ll/mnt" 2>"$run/ll.log" &
 peer_pid=$!
-for m in "$run/plugfs/mnt" "$run/plugfs-excl/mnt" "$run/ll/mnt"; do
+for m in "$run/plugfs/mnt" "$run/plugfs-excl/mnt" "$run/plugfs-excl-nodp/mnt" "$run/ll/mnt"; do
     for _ in $(seq 100); do findmnt -rn --mountpoint "$m" >/dev/null && break; sleep 0.1; done
     findmnt -rn --mountpoint "$m" >/dev/null || { cat "$run"/*.log >&2; die "$m did not mount"; }
 done
 
-targets=(native plugfs-excl plugfs passthrough_ll)
+targets=(native plugfs-excl plugfs-excl-nodp plugfs passthrough_ll)
 path_of() {
     case $1 in
         native) echo "$run/native" ;;
         plugfs) echo "$run/plugfs/mnt" ;;
         plugfs-excl) echo "$run/plugfs-excl/mnt" ;;
+        plugfs-excl-nodp) echo "$run/plugfs-excl-nodp/mnt" ;;
         passthrough_ll) echo "$run/ll/mnt" ;;
     esac
 }
@@ -119,7 +126,24 @@ if [[ -n $perf_target ]]; then
     log "perf reports: /tmp/perf-$perf_target.txt and /tmp/perf-$perf_target.children.txt (cold run: $(cat "$run/perf-run.json"))"
 fi
 
-ratios=(--ratio plugfs-excl/passthrough_ll --ratio plugfs-excl/plugfs)
+counts=
+if ((requests)); then
+    log "FUSE requests per file, by kind (perf record -e fuse:fuse_request_send)"
+    for t in plugfs-excl plugfs-excl-nodp plugfs passthrough_ll; do
+        for mode in cold warm; do
+            flag=; [[ $mode == cold ]] && flag=--drop-caches
+            perf record -q -e fuse:fuse_request_send -a -o "$run/req.data" -- \
+                python3 "$bench/meta.py" $flag "$(path_of "$t")" "$files" >/dev/null 2>&1
+            line=$(perf script -i "$run/req.data" 2>/dev/null | grep -o '(FUSE_[A-Z_]*)' | tr -d '()' | sort | uniq -c |
+                awk -v n="$files" '$1 >= n / 2 { total += $1; printf "%s %.1f, ", substr($2, 6), $1 / n } END { printf "total %.1f", total / n }')
+            counts+="| $t | $mode | $line |"$'\n'
+        done
+    done
+    counts="| target | caches | requests per file (create + stat + unlink) |"$'\n'"| --- | --- | --- |"$'\n'"$counts"
+    printf '\n%s\n' "$counts"
+fi
+
+ratios=(--ratio plugfs-excl/passthrough_ll --ratio plugfs-excl-nodp/passthrough_ll --ratio plugfs-excl/plugfs)
 cold=$(python3 "$bench/report.py" "$run/results/cold" "${targets[@]}" "${ratios[@]}")
 warm=$(python3 "$bench/report.py" "$run/results/warm" "${targets[@]}" "${ratios[@]}")
 printf '\nCold (caches dropped before each phase):\n\n%s\n\nWarm:\n\n%s\n' "$cold" "$warm"
@@ -129,7 +153,8 @@ if ((record)); then
         echo "## metadata, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit"
         echo
         echo "\`bench/meta.sh --files $files --repeat $repeat\`: kernel $(uname -r), $(nproc) cores, tmpfs; at start: $busy."
-        echo "plugfs and plugfs-excl: durable-io with durability = \"kernel\", the latter with exclusive = true;"
+        echo "plugfs, plugfs-excl, plugfs-excl-nodp: durable-io with durability = \"kernel\"; the last two with"
+        echo "exclusive = true, the last also with the mount option default_permissions = false;"
         echo "passthrough_ll from libfuse $(pkg-config --modversion fuse3)'s examples, default options."
         echo
         echo "Cold (caches dropped before each phase, as bench/run.sh's rows):"
@@ -140,6 +165,7 @@ if ((record)); then
         echo
         echo "$warm"
         echo
+        if [[ -n $counts ]]; then echo "$counts"; echo; fi
     } >>"$bench/RESULTS.md"
     log "appended to $bench/RESULTS.md"
 fi

@@ -18,13 +18,23 @@ use fuser::{BackingId, ReplyCreate, ReplyOpen};
 use plugfs_plugin_api::NodeId;
 use tracing::{info, warn};
 
+/// How many independently locked parts the table of backing ids has.
+const SHARDS: usize = 32;
+
+type Ids = HashMap<NodeId, (BackingId, usize)>;
+
 /// The backing ids of one mount, by node, and whether passthrough is in use at all.
+///
+/// In shards by node: a node's shard stays locked across its registration and the reply
+/// that names the id (see [`Backing::with_id`]), two syscalls, so one table-wide lock made
+/// every passthrough open and release of the mount wait for each other's; it was the
+/// largest cost of our own in a profile of creating 10,000 files (bench/RESULTS.md).
 #[derive(Debug, Default)]
 pub(crate) struct Backing {
     /// Decided at `init`; turned off for good if the kernel refuses a registration for
     /// lack of privilege.
     enabled: AtomicBool,
-    ids: Mutex<HashMap<NodeId, (BackingId, usize)>>,
+    ids: [Mutex<Ids>; SHARDS],
 }
 
 /// Why passthrough is or is not used, decided at `init`.
@@ -73,6 +83,10 @@ impl PassthroughReply for ReplyCreate {
 }
 
 impl Backing {
+    fn shard(&self, node: NodeId) -> std::sync::MutexGuard<'_, Ids> {
+        self.ids[(node % SHARDS as u64) as usize].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn set_enabled(&self, on: bool) {
         self.enabled.store(on, Ordering::Relaxed);
     }
@@ -95,7 +109,7 @@ impl Backing {
         let Some(fd) = fd.filter(|fd| *fd >= 0 && self.enabled()) else { return Err(reply) };
         // Held across registration and reply, so two first opens of one node cannot
         // register two backing files, and a concurrent release cannot close the id first.
-        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids = self.shard(node);
         if let Some((id, users)) = ids.get_mut(&node) {
             *users += 1;
             send(reply, id);
@@ -124,23 +138,33 @@ impl Backing {
     /// A passthrough handle of `node` was released: the node's backing id is closed with
     /// its last handle.
     pub(crate) fn release(&self, node: NodeId) {
-        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, users)) = ids.get_mut(&node) {
-            *users -= 1;
-            if *users == 0 {
-                ids.remove(&node);
+        let closed = {
+            let mut ids = self.shard(node);
+            match ids.get_mut(&node) {
+                Some((_, users)) if *users > 1 => {
+                    *users -= 1;
+                    None
+                }
+                Some(_) => ids.remove(&node),
+                None => None,
             }
-        }
+        };
+        // The id is closed (an ioctl, in its Drop) outside the lock. A new open of the
+        // node meanwhile registers an id of its own, which the kernel allows: the released
+        // file no longer uses the old one.
+        drop(closed);
     }
 
     /// Closes every backing id (at shutdown, after every handle was released).
     pub(crate) fn clear(&self) {
-        self.ids.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for shard in &self.ids {
+            shard.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
     }
 
     /// Backing ids registered now.
     pub(crate) fn len(&self) -> usize {
-        self.ids.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.ids.iter().map(|shard| shard.lock().unwrap_or_else(|e| e.into_inner()).len()).sum()
     }
 }
 
