@@ -271,3 +271,17 @@ fn a_close_reaches_the_plugin_only_where_its_flush_does_something() {
         }
     }
 }
+
+#[test]
+fn durable_io_passes_the_conformance_suite_through_an_exclusive_mount() {
+    // Long TTLs, negative entries and no FLUSH (durability = "kernel"), with and without
+    // passthrough: everything the suite does goes through the mount, so all must hold.
+    for passthrough in [true, false] {
+        let m = Mounted::new("durability = \"kernel\"\nexclusive = true", passthrough);
+        let caps = m._lib.info().capabilities;
+        let report = plugfs_conformance::run_mounted(&m.mnt(""), &caps, Some((65534, 65534)));
+        assert!(report.ok(), "passthrough = {passthrough}: {}", report.summary());
+        let lookups = m.mount.as_ref().unwrap().lookup_requests();
+        assert!(lookups.negative_entries > 0, "the suite looked up missing names: {lookups:?}");
+    }
+}
