@@ -560,7 +560,15 @@ impl Swap {
         if wait_alone(&previous, timeout).is_err() || !kernel.settle(timeout) {
             warn!("requests begun before the swap still running; invalidating now and once more later");
         }
-        let names = invalidate_old_root(kernel, self.nodes.root_names(previous.generation), Arc::clone(&previous.fs));
+        // The old backend may have let the kernel cache missing names (negative entries);
+        // those the new backend has must go too, and only its listing knows them.
+        let negative = previous.fs.capabilities().is_some_and(|c| !c.negative_entry_ttl.is_zero());
+        let names = invalidate_old_root(
+            kernel,
+            self.nodes.root_names(previous.generation),
+            Arc::clone(&previous.fs),
+            negative.then(|| Arc::clone(&new.fs)),
+        );
         *lock(&mapped.late_invalidation) = names;
         self.swaps.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -620,12 +628,18 @@ fn wait_alone<T>(arc: &Arc<T>, timeout: Duration) -> std::result::Result<(), usi
 /// How long a swap waits for its invalidation (see [`invalidate_old_root`]).
 const INVALIDATION_WAIT: Duration = Duration::from_secs(5);
 
-/// Invalidates the kernel's entries under the root: the `recorded` names and every name
-/// in the root of the `old` backend; returns the names. Runs on a thread of its own, waited
+/// Invalidates the kernel's entries under the root: the `recorded` names, every name in
+/// the root of the `old` backend and, when the old backend had the kernel cache missing
+/// names, every name in the root of the `new` one; returns the names. Runs on a thread of its own, waited
 /// for at most [`INVALIDATION_WAIT`]: listing a stuck old backend would never end, and the
 /// kernel takes the root directory's lock for an invalidation, which a request stuck in
 /// the old backend may hold. The host must go on serving its other mounts meanwhile.
-fn invalidate_old_root(kernel: Arc<dyn Kernel>, recorded: Vec<OsString>, old: Arc<dyn FileSystem>) -> Vec<OsString> {
+fn invalidate_old_root(
+    kernel: Arc<dyn Kernel>,
+    recorded: Vec<OsString>,
+    old: Arc<dyn FileSystem>,
+    new: Option<Arc<dyn FileSystem>>,
+) -> Vec<OsString> {
     let (done, finished) = std::sync::mpsc::channel();
     let mut names = recorded.clone();
     let background = Arc::clone(&kernel);
@@ -634,10 +648,13 @@ fn invalidate_old_root(kernel: Arc<dyn Kernel>, recorded: Vec<OsString>, old: Ar
         // the old backend. Then the names only its listing knows.
         invalidate_root(background.as_ref(), &names);
         let mut known: HashSet<OsString> = names.iter().cloned().collect();
-        let listed = list_root(old.as_ref());
+        let mut listed = list_root(old.as_ref());
         // Before the answer: whoever releases the old backend next must hold its last
         // reference.
         drop(old);
+        if let Some(new) = new {
+            listed.extend(list_root(new.as_ref()));
+        }
         for name in listed {
             if known.insert(name.clone()) {
                 invalidate_entry(background.as_ref(), &name);
@@ -1132,7 +1149,8 @@ impl FileSystem for Swap {
     }
 
     fn capabilities(&self) -> Option<Capabilities> {
-        // Asked by the frontend when it starts, i.e. of the first backend.
+        // Asked by the frontend when it starts, and at each `ENOENT` of a lookup (whether
+        // to cache it): the current backend's.
         route!(self, fs => fs.capabilities(), m => m.current.load().fs.capabilities())
     }
 }
@@ -1152,6 +1170,8 @@ mod tests {
         forgets: Mutex<Vec<(NodeId, u64)>>,
         released: AtomicUsize,
         dropped: Arc<AtomicBool>,
+        /// Its capabilities' negative-entry TTL, in seconds.
+        negative_secs: AtomicU64,
     }
 
     impl Fake {
@@ -1165,6 +1185,7 @@ mod tests {
                 forgets: Mutex::default(),
                 released: AtomicUsize::new(0),
                 dropped: Arc::clone(&dropped),
+                negative_secs: AtomicU64::new(0),
             };
             (Arc::new(fake), dropped)
         }
@@ -1268,6 +1289,11 @@ mod tests {
 
         fn link(&self, _: &Request, node: NodeId, _: NodeId, _: &OsStr) -> Result<Entry> {
             Ok(Entry { node, ..Entry::default() })
+        }
+
+        fn capabilities(&self) -> Option<Capabilities> {
+            let negative_entry_ttl = Duration::from_secs(self.negative_secs.load(Ordering::SeqCst));
+            Some(Capabilities { negative_entry_ttl, ..Capabilities::POSIX })
         }
     }
 
@@ -1491,6 +1517,26 @@ mod tests {
         assert_eq!(exdev(swap.link(&req(), d, ROOT_ID, OsStr::new("x")).map(drop)), Errno::EXDEV);
         assert_eq!(exdev(swap.rename(&req(), d, OsStr::new("x"), e, OsStr::new("y"), RenameFlags(0))), Errno::EXDEV);
         assert!(swap.link(&req(), e, ROOT_ID, OsStr::new("x")).is_ok(), "within the new backend");
+    }
+
+    #[test]
+    fn a_swap_away_from_negative_entries_invalidates_the_new_backends_root_names_too() {
+        // The kernel may hold "no such name" for a name only the new backend has.
+        for negative in [0, 3600] {
+            let (old, _) = Fake::new("old", &[("a", 2)], 3);
+            old.negative_secs.store(negative, Ordering::SeqCst);
+            let (new, _) = Fake::new("new", &[("b", 4), ("c", 5)], 3);
+            let kernel = Arc::new(FakeKernel::default());
+            let swap = Swap::new(old, "old");
+            assert_eq!(swap.capabilities().unwrap().negative_entry_ttl, Duration::from_secs(negative));
+            swap.swap(label(new), kernel.clone()).unwrap();
+            assert_eq!(swap.capabilities().unwrap().negative_entry_ttl, Duration::ZERO, "the new backend's");
+            let mut names: Vec<String> =
+                lock(&kernel.entries).iter().map(|(_, n)| n.to_string_lossy().into_owned()).collect();
+            names.sort();
+            let want: &[&str] = if negative > 0 { &["a", "b", "c"] } else { &["a"] };
+            assert_eq!(names, want, "negative entries for {negative} s");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@
 #define PLUGFS_ABI_MAJOR 2
 
 // The ABI's minor version. Plugins with a newer minor are refused; older ones load.
-#define PLUGFS_ABI_MINOR 1
+#define PLUGFS_ABI_MINOR 2
 
 // Returned by a call whose plugin code panicked. The message buffer holds the panic text.
 // It is `INT32_MIN` so that it can never be mistaken for a `-errno`.
@@ -70,6 +70,10 @@
 // [`crate::Opened::backing_fd`]: `backing_fd` is a descriptor of a local file holding
 // exactly this file's bytes, which the plugin keeps open until the handle is released.
 #define PLUGFS_OPENED_BACKING_FD 8
+
+// [`crate::Opened::no_flush`] (since 2.2): the plugin's `flush` of this handle does
+// nothing, so the frontend may spare the kernel the request on every `close(2)`.
+#define PLUGFS_OPENED_NO_FLUSH 16
 
 // Files can be created and changed.
 #define PLUGFS_CAP_WRITABLE (1 << 0)
@@ -181,6 +185,10 @@ typedef struct PlugfsCapabilities {
     uint32_t max_name_len;
     uint32_t reserved;
     uint64_t max_file_size;
+    // Since 2.2: nanoseconds a frontend may remember that a name does not exist after
+    // `lookup` answered `ENOENT` for it (a negative entry); 0, as a 2.0 or 2.1 plugin
+    // leaves it, caches nothing.
+    uint64_t negative_ttl_ns;
 } PlugfsCapabilities;
 
 // A borrowed, writable buffer.

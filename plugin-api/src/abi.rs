@@ -65,6 +65,10 @@
 //! - **2.1**: the log bridge: the declaration's `attach_host` entry receives a [`RawHost`]
 //!   whose `log` callback carries the plugin's log events ([`RawLogRecord`]) into the
 //!   host's log. Frozen as `plugin-api/abi-history/plugfs_plugin_2.1.h`.
+//! - **2.2**: negative entries: [`RawCapabilities::negative_ttl_ns`], how long a frontend
+//!   may cache a name `lookup` answered `ENOENT` for; [`OPENED_NO_FLUSH`], a handle whose
+//!   `flush` does nothing. Frozen as
+//!   `plugin-api/abi-history/plugfs_plugin_2.2.h`.
 //! - 1.0 and 1.1 (before sized structs) are refused; 1.0 is kept as a fixture
 //!   (`plugin-api/abi-history/v1_0.rs`) to prove it.
 //!
@@ -79,7 +83,7 @@ use std::ffi::c_void;
 /// The ABI's major version. Plugins of another major are refused.
 pub const ABI_MAJOR: u32 = 2;
 /// The ABI's minor version. Plugins with a newer minor are refused; older ones load.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 
 /// The magic bytes at the start of [`AbiTag`].
 pub const MAGIC: [u8; 8] = *b"PLUGFS\0\x01";
@@ -308,6 +312,9 @@ pub const OPENED_NONSEEKABLE: u32 = 4;
 /// [`crate::Opened::backing_fd`]: `backing_fd` is a descriptor of a local file holding
 /// exactly this file's bytes, which the plugin keeps open until the handle is released.
 pub const OPENED_BACKING_FD: u32 = 8;
+/// [`crate::Opened::no_flush`] (since 2.2): the plugin's `flush` of this handle does
+/// nothing, so the frontend may spare the kernel the request on every `close(2)`.
+pub const OPENED_NO_FLUSH: u32 = 16;
 
 /// [`crate::StatFs`] on the wire (an out-struct).
 #[repr(C)]
@@ -364,6 +371,10 @@ pub struct RawCapabilities {
     pub max_name_len: u32,
     pub reserved: u32,
     pub max_file_size: u64,
+    /// Since 2.2: nanoseconds a frontend may remember that a name does not exist after
+    /// `lookup` answered `ENOENT` for it (a negative entry); 0, as a 2.0 or 2.1 plugin
+    /// leaves it, caches nothing.
+    pub negative_ttl_ns: u64,
 }
 
 /// Files can be created and changed.
@@ -870,8 +881,8 @@ pub const FS_VTABLE_SIZE_2_0: usize = std::mem::size_of::<FsVTable>();
 /// this host does not know (newer than its own).
 pub fn vtable_size_for_minor(minor: u32) -> Option<usize> {
     match minor {
-        // 2.1 added no operation.
-        0 | 1 => Some(FS_VTABLE_SIZE_2_0),
+        // 2.1 and 2.2 added no operation.
+        0..=2 => Some(FS_VTABLE_SIZE_2_0),
         _ => None,
     }
 }
@@ -958,6 +969,29 @@ mod tests {
         unsafe { write_out(&mut dst, &value) };
         assert_eq!(dst.struct_size, std::mem::size_of::<RawStatFs>());
         assert_eq!(dst.bsize, 4096);
+    }
+
+    #[test]
+    fn capabilities_of_a_2_1_plugin_have_no_negative_ttl_and_a_2_1_host_gets_none() {
+        let size_2_1 = std::mem::offset_of!(RawCapabilities, negative_ttl_ns);
+        assert_eq!(size_2_1, 32, "2.1's PlugfsCapabilities ended here");
+        // A 2.1 plugin in this host: it writes its 32 bytes; the rest stays as allocated.
+        let mut dst = RawCapabilities { struct_size: std::mem::size_of::<RawCapabilities>(), ..Default::default() };
+        let old = RawCapabilities { struct_size: size_2_1, flags: CAP_WRITABLE, ..Default::default() };
+        unsafe {
+            std::ptr::copy_nonoverlapping(&old as *const _ as *const u8, &mut dst as *mut _ as *mut u8, size_2_1)
+        };
+        assert_eq!((dst.flags, dst.negative_ttl_ns), (CAP_WRITABLE, 0));
+        // This plugin in a host that allocated 2.1's size: the TTL is not written.
+        let mut dst = RawCapabilities { struct_size: size_2_1, negative_ttl_ns: 7, ..Default::default() };
+        let new = RawCapabilities {
+            struct_size: std::mem::size_of::<RawCapabilities>(),
+            flags: CAP_WRITABLE,
+            negative_ttl_ns: 3_600_000_000_000,
+            ..Default::default()
+        };
+        unsafe { write_out(&mut dst, &new) };
+        assert_eq!((dst.struct_size, dst.flags, dst.negative_ttl_ns), (size_2_1, CAP_WRITABLE, 7));
     }
 
     // The panic status can never be mistaken for a `-errno`.

@@ -151,6 +151,9 @@ pub(crate) fn opened_to_raw(o: &Opened) -> RawOpened {
     if o.backing_fd.is_some() {
         flags |= OPENED_BACKING_FD;
     }
+    if o.no_flush {
+        flags |= OPENED_NO_FLUSH;
+    }
     RawOpened {
         struct_size: std::mem::size_of::<RawOpened>(),
         handle: o.handle,
@@ -166,6 +169,7 @@ pub(crate) fn opened_from_raw(o: &RawOpened) -> Opened {
         keep_cache: o.flags & OPENED_KEEP_CACHE != 0,
         nonseekable: o.flags & OPENED_NONSEEKABLE != 0,
         backing_fd: (o.flags & OPENED_BACKING_FD != 0).then_some(o.backing_fd),
+        no_flush: o.flags & OPENED_NO_FLUSH != 0,
     }
 }
 
@@ -228,6 +232,7 @@ pub(crate) fn caps_to_raw(c: &Capabilities) -> RawCapabilities {
         max_name_len: c.max_name_len,
         reserved: 0,
         max_file_size: c.max_file_size,
+        negative_ttl_ns: ttl_to_raw(c.negative_entry_ttl),
     }
 }
 
@@ -253,6 +258,7 @@ pub(crate) fn caps_from_raw(r: &RawCapabilities) -> Capabilities {
         format: has(CAP_FORMAT),
         max_name_len: r.max_name_len,
         max_file_size: r.max_file_size,
+        negative_entry_ttl: Duration::from_nanos(r.negative_ttl_ns),
     }
 }
 
@@ -296,7 +302,12 @@ mod tests {
 
     #[test]
     fn capabilities_round_trip() {
-        for c in [Capabilities::NONE, Capabilities::POSIX, Capabilities { xattrs: false, ..Capabilities::POSIX }] {
+        for c in [
+            Capabilities::NONE,
+            Capabilities::POSIX,
+            Capabilities { xattrs: false, ..Capabilities::POSIX },
+            Capabilities { negative_entry_ttl: Duration::from_secs(3600), ..Capabilities::POSIX },
+        ] {
             assert_eq!(caps_from_raw(&caps_to_raw(&c)), c);
         }
     }

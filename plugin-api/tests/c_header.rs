@@ -162,8 +162,9 @@ fn every_older_released_header_is_a_compatible_prefix_of_this_one() {
     // size, and every constant keeps its value. Checked by the C compiler on a file that
     // includes the old header (renamed) and the current one.
     let older: Vec<(u32, PathBuf)> = released_headers().into_iter().filter(|(m, _)| *m < abi::ABI_MINOR).collect();
-    if abi::ABI_MINOR > 0 {
-        assert!(older.iter().any(|(m, _)| *m == 0), "the frozen {}.0 header is missing", abi::ABI_MAJOR);
+    // Every released minor before this one is frozen (2.0, 2.1, ...), so each is checked.
+    for minor in 0..abi::ABI_MINOR {
+        assert!(older.iter().any(|(m, _)| *m == minor), "the frozen {}.{minor} header is missing", abi::ABI_MAJOR);
     }
     let current = generate();
     let dir = std::env::temp_dir().join(format!("plugfs-c-prefix-{}", std::process::id()));
@@ -291,8 +292,8 @@ fn the_c_compiler_lays_out_every_struct_as_rust_does() {
         (
             "PlugfsCapabilities",
             size_of::<abi::RawCapabilities>(),
-            offset_of!(abi::RawCapabilities, max_file_size),
-            "max_file_size",
+            offset_of!(abi::RawCapabilities, negative_ttl_ns),
+            "negative_ttl_ns",
         ),
         (
             "PlugfsPluginInfo",

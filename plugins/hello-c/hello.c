@@ -246,9 +246,14 @@ static void hello_info(PlugfsPluginInfo *out, PlugfsCapabilities *caps) {
                              str("a read-only in-memory filesystem written in C (the C example plugin)"),
                              str("no settings")};
     write_out(out, &info, sizeof info);
-    /* Honest for a read-only tree: no PLUGFS_CAP_WRITABLE, no PLUGFS_CAP_PERMISSIONS. */
-    PlugfsCapabilities c = {sizeof c, PLUGFS_CAP_SYMLINKS | PLUGFS_CAP_CASE_SENSITIVE | PLUGFS_CAP_CASE_PRESERVING,
-                            NAME_MAX_LEN, 0, 1 << 20};
+    /* Honest for a read-only tree: no PLUGFS_CAP_WRITABLE, no PLUGFS_CAP_PERMISSIONS.
+     * Designated initializers: fields a later minor appends (2.2's negative_ttl_ns) are 0. */
+    PlugfsCapabilities c = {
+        .struct_size = sizeof c,
+        .flags = PLUGFS_CAP_SYMLINKS | PLUGFS_CAP_CASE_SENSITIVE | PLUGFS_CAP_CASE_PRESERVING,
+        .max_name_len = NAME_MAX_LEN,
+        .max_file_size = 1 << 20,
+    };
     write_out(caps, &c, sizeof c);
 }
 

@@ -10,7 +10,7 @@ use plugfs_plugin_api::host::{AbiVersion, LoadError, PluginLibrary};
 use plugfs_plugin_api::*;
 use plugfs_tests::plugin_library;
 
-const HOST: &str = "2.1";
+const HOST: &str = "2.2";
 
 fn req() -> Request {
     Request { uid: 0, gid: 0, pid: std::process::id() }
@@ -325,15 +325,17 @@ fn a_panic_in_the_hosts_directory_sink_is_caught_before_it_unwinds_through_the_p
 }
 
 #[test]
-fn the_c_example_plugin_loads_with_abi_2_1_logs_through_the_host_and_its_negative_errnos_arrive_as_errnos() {
+fn the_c_example_plugin_loads_with_abi_2_2_logs_through_the_host_and_its_negative_errnos_arrive_as_errnos() {
     // plugins/hello-c: written in C against plugfs_plugin.h alone, answering `-ENOENT`
     // style statuses as libfuse authors do.
     let logs = captured_logs();
     let lib = PluginLibrary::load(&plugin_library("plugfs-hello-c")).unwrap();
     let info = lib.info();
     assert_eq!(info.name, "hello-c");
-    assert_eq!(info.abi, AbiVersion { major: 2, minor: 1 });
+    assert_eq!(info.abi, AbiVersion { major: 2, minor: 2 });
     assert!(!info.capabilities.writable && info.capabilities.symlinks, "{:?}", info.capabilities);
+    // Its designated initializer leaves 2.2's field zero: no negative entries.
+    assert_eq!(info.capabilities.negative_entry_ttl, std::time::Duration::ZERO);
     assert_eq!(info.capabilities.max_name_len, 255);
     let fs = lib.open("", &MountOptions::default()).unwrap();
 
@@ -432,6 +434,7 @@ fn a_plugin_of_abi_2_0_still_loads_and_serves_and_its_lines_go_nowhere() {
     // The misbehaving fixture declares 2.0 with 2.0's declaration, written by hand.
     let lib = PluginLibrary::load(&plugin_library("plugfs-fixture-misbehaves")).unwrap();
     assert_eq!(lib.info().abi, AbiVersion { major: 2, minor: 0 });
+    assert_eq!(lib.info().capabilities.negative_entry_ttl, std::time::Duration::ZERO, "2.0: no negative entries");
     let fs = lib.open("", &MountOptions::default()).unwrap();
     assert!(fs.lookup(&req(), ROOT_ID, OsStr::new("good")).is_ok());
 }

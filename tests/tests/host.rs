@@ -418,13 +418,13 @@ fn plugins_lists_every_plugin_with_its_abi_and_the_refusals() {
     let dir = plugfs_tests::fixtures_dir();
     let (code, out, err) = plugfs(&["plugins", "--dir", dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    // The real plugins speak 2.1; the fixtures of 2.0 (misbehaves, logs-2-0) still load.
-    for want in ["name:         memfs", "name:         durable-io", "ABI:          2.1", "ABI:          2.0"] {
+    // The real plugins speak 2.2; the fixtures of 2.0 (misbehaves, logs-2-0) still load.
+    for want in ["name:         memfs", "name:         durable-io", "ABI:          2.2", "ABI:          2.0"] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
     assert!(out.contains("capabilities: writable symlinks hard-links"), "{out}");
-    assert!(out.contains("plugin ABI 1.0 is incompatible with host plugin ABI 2.1"), "{out}");
-    assert!(out.contains("plugin ABI 3.0 is incompatible with host plugin ABI 2.1"), "{out}");
+    assert!(out.contains("plugin ABI 1.0 is incompatible with host plugin ABI 2.2"), "{out}");
+    assert!(out.contains("plugin ABI 3.0 is incompatible with host plugin ABI 2.2"), "{out}");
 }
 
 #[test]
@@ -512,7 +512,7 @@ fn plugins_lists_the_c_example_plugin() {
     }
     let block = blocks.iter().find(|b| b.contains("name:         hello-c")).unwrap_or_else(|| panic!("{out}"));
     assert!(block.starts_with(&dir.join("libplugfs_hello_c.so").display().to_string()), "{block}");
-    assert!(block.contains("ABI:          2.1"), "{block}");
+    assert!(block.contains("ABI:          2.2"), "{block}");
     assert!(block.contains("written in C"), "{block}");
     assert!(block.contains("capabilities: symlinks case-sensitive case-preserving names<=255B"), "{block}");
 }

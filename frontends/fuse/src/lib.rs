@@ -122,6 +122,21 @@ pub struct DataRequests {
     pub writes: u64,
     /// Opens answered with passthrough.
     pub passthrough_opens: u64,
+    /// `FLUSH` requests (one per `close(2)`, unless the plugin said `no_flush`).
+    pub flushes: u64,
+}
+
+/// Name lookups that reached this process (for tests and metrics: with negative entries,
+/// a repeated lookup of a missing name is answered by the kernel's cache).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LookupRequests {
+    /// `LOOKUP` requests.
+    pub lookups: u64,
+    /// Of those, answered with a negative entry (the plugin's `ENOENT`, cached by the
+    /// kernel for the mount's [`Capabilities::negative_entry_ttl`]).
+    ///
+    /// [`Capabilities::negative_entry_ttl`]: plugfs_plugin_api::Capabilities::negative_entry_ttl
+    pub negative_entries: u64,
 }
 
 /// A mounted filesystem being served by background threads. Dropping it unmounts (see
@@ -187,6 +202,15 @@ impl FuseMount {
             reads: self.state.reads.load(Ordering::Relaxed),
             writes: self.state.writes.load(Ordering::Relaxed),
             passthrough_opens: self.state.passthrough_opens.load(Ordering::Relaxed),
+            flushes: self.state.flushes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The `LOOKUP` requests served so far.
+    pub fn lookup_requests(&self) -> LookupRequests {
+        LookupRequests {
+            lookups: self.state.lookups.load(Ordering::Relaxed),
+            negative_entries: self.state.negative_entries.load(Ordering::Relaxed),
         }
     }
 
@@ -400,6 +424,9 @@ struct MountState {
     reads: AtomicU64,
     writes: AtomicU64,
     passthrough_opens: AtomicU64,
+    lookups: AtomicU64,
+    negative_entries: AtomicU64,
+    flushes: AtomicU64,
 }
 
 /// The answer to requests that arrive after shutdown began.
@@ -494,11 +521,22 @@ fn reply_entry(reply: ReplyEntry, e: &Entry) {
     reply.entry_with_ttls(&e.attr_ttl, &e.entry_ttl, &file_attr(e.node, &e.attr), Generation(e.generation));
 }
 
+/// A negative entry: "no such name", which the kernel caches for `ttl` (node id 0 with an
+/// entry timeout; an `ENOENT` error reply is never cached). A creation through the mount
+/// replaces it; nothing else drops it before `ttl` but an `inval_entry` notification.
+fn reply_negative(reply: ReplyEntry, ttl: Duration) {
+    let attr = file_attr(0, &Attr { kind: FileKind::File, ..Attr::default() });
+    reply.entry_with_ttls(&Duration::ZERO, &ttl, &attr, Generation(0));
+}
+
 fn fopen_flags(o: &Opened) -> FopenFlags {
     let mut flags = FopenFlags::empty();
     flags.set(FopenFlags::FOPEN_DIRECT_IO, o.direct_io);
     flags.set(FopenFlags::FOPEN_KEEP_CACHE, o.keep_cache);
     flags.set(FopenFlags::FOPEN_NONSEEKABLE, o.nonseekable);
+    // The kernel then skips FLUSH on close (it still sends it with a writeback cache,
+    // which this frontend never asks for).
+    flags.set(FopenFlags::FOPEN_NOFLUSH, o.no_flush);
     flags
 }
 
@@ -550,6 +588,12 @@ impl DirPlusSink for DirectoryPlusSink<'_> {
 }
 
 impl FuseAdapter {
+    /// How long the kernel may cache a missing name: the mount's capability, asked at each
+    /// `ENOENT` (a cheap copy; the host may swap the backend under the mount), or `None`.
+    fn negative_ttl(&self) -> Option<Duration> {
+        self.fs.capabilities().map(|c| c.negative_entry_ttl).filter(|ttl| !ttl.is_zero())
+    }
+
     fn count_passthrough_open(&self) {
         self.state.passthrough_opens.fetch_add(1, Ordering::Relaxed);
     }
@@ -603,8 +647,16 @@ impl fuser::Filesystem for FuseAdapter {
         if let Err(e) = check_name("lookup", parent.0, name) {
             return reply.error(e);
         }
+        self.state.lookups.fetch_add(1, Ordering::Relaxed);
         match self.fs.lookup(&request(req), parent.0, name) {
             Ok(entry) => reply_entry(reply, &entry),
+            Err(e) if e.errno() == Errno::ENOENT => match self.negative_ttl() {
+                Some(ttl) => {
+                    self.state.negative_entries.fetch_add(1, Ordering::Relaxed);
+                    reply_negative(reply, ttl);
+                }
+                None => reply.error(fail("lookup", parent.0, &e)),
+            },
             Err(e) => reply.error(fail("lookup", parent.0, &e)),
         }
     }
@@ -842,6 +894,7 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn flush(&self, req: &fuser::Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         let _in_flight = self.state.gate.enter_always();
+        self.state.flushes.fetch_add(1, Ordering::Relaxed);
         match self.fs.flush(&request(req), ino.0, fh.0, lock_owner.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("flush", ino.0, &e)),

@@ -11,20 +11,33 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use fuser::{BackingId, ReplyCreate, ReplyOpen};
 use plugfs_plugin_api::NodeId;
 use tracing::{info, warn};
 
+/// How many independently locked parts the table of backing ids has.
+const SHARDS: usize = 32;
+
+/// Per node: its backing id (shared with the opens still replying with it) and how many
+/// handles use it.
+type Ids = HashMap<NodeId, (Arc<BackingId>, usize)>;
+
 /// The backing ids of one mount, by node, and whether passthrough is in use at all.
+///
+/// In shards by node, each locked only for map updates and a node's first registration
+/// (one ioctl), never across a reply: one table-wide lock held across registration and
+/// reply made every passthrough open and release of the mount wait for each other's (a
+/// create's reply wakes the caller, whose close sends the release at once), the largest
+/// cost of our own in a profile of creating 10,000 files (bench/RESULTS.md).
 #[derive(Debug, Default)]
 pub(crate) struct Backing {
     /// Decided at `init`; turned off for good if the kernel refuses a registration for
     /// lack of privilege.
     enabled: AtomicBool,
-    ids: Mutex<HashMap<NodeId, (BackingId, usize)>>,
+    ids: [Mutex<Ids>; SHARDS],
 }
 
 /// Why passthrough is or is not used, decided at `init`.
@@ -73,6 +86,10 @@ impl PassthroughReply for ReplyCreate {
 }
 
 impl Backing {
+    fn shard(&self, node: NodeId) -> std::sync::MutexGuard<'_, Ids> {
+        self.ids[(node % SHARDS as u64) as usize].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn set_enabled(&self, on: bool) {
         self.enabled.store(on, Ordering::Relaxed);
     }
@@ -93,54 +110,72 @@ impl Backing {
         send: impl FnOnce(R, &BackingId),
     ) -> Result<(), R> {
         let Some(fd) = fd.filter(|fd| *fd >= 0 && self.enabled()) else { return Err(reply) };
-        // Held across registration and reply, so two first opens of one node cannot
-        // register two backing files, and a concurrent release cannot close the id first.
-        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((id, users)) = ids.get_mut(&node) {
-            *users += 1;
-            send(reply, id);
-            return Ok(());
-        }
-        // SAFETY: the loader checked that the plugin's descriptor is open, and the plugin
-        // keeps it open until this handle is released, which cannot happen before we reply.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        match reply.open_backing(fd) {
-            Ok(id) => {
-                let (id, _) = ids.entry(node).or_insert((id, 1));
-                send(reply, id);
-                Ok(())
-            }
-            Err(e) => {
-                if e.raw_os_error() == Some(libc::EPERM) && self.enabled.swap(false, Ordering::Relaxed) {
-                    warn!(error = %e, "the kernel refused a backing file; passthrough off for this mount");
-                } else {
-                    info!(node, error = %e, "no passthrough for this open; served by the daemon");
+        // Held across the first registration, so two first opens of one node cannot
+        // register two backing files. Not across the reply: the handle counted here keeps
+        // the id in the table until its release, which cannot come before the reply, and
+        // the `Arc` keeps it open even if other handles' releases empty the table first.
+        let id = {
+            let mut ids = self.shard(node);
+            if let Some((id, users)) = ids.get_mut(&node) {
+                *users += 1;
+                Arc::clone(id)
+            } else {
+                // SAFETY: the loader checked that the plugin's descriptor is open, and the
+                // plugin keeps it open until this handle is released, which cannot happen
+                // before we reply.
+                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                match reply.open_backing(fd) {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        ids.insert(node, (Arc::clone(&id), 1));
+                        id
+                    }
+                    Err(e) => {
+                        drop(ids);
+                        if e.raw_os_error() == Some(libc::EPERM) && self.enabled.swap(false, Ordering::Relaxed) {
+                            warn!(error = %e, "the kernel refused a backing file; passthrough off for this mount");
+                        } else {
+                            info!(node, error = %e, "no passthrough for this open; served by the daemon");
+                        }
+                        return Err(reply);
+                    }
                 }
-                Err(reply)
             }
-        }
+        };
+        send(reply, &id);
+        Ok(())
     }
 
     /// A passthrough handle of `node` was released: the node's backing id is closed with
     /// its last handle.
     pub(crate) fn release(&self, node: NodeId) {
-        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, users)) = ids.get_mut(&node) {
-            *users -= 1;
-            if *users == 0 {
-                ids.remove(&node);
+        let closed = {
+            let mut ids = self.shard(node);
+            match ids.get_mut(&node) {
+                Some((_, users)) if *users > 1 => {
+                    *users -= 1;
+                    None
+                }
+                Some(_) => ids.remove(&node),
+                None => None,
             }
-        }
+        };
+        // The id is closed (an ioctl, in its Drop, once no reply holds it either) outside
+        // the lock. A new open of the node meanwhile registers an id of its own, which the
+        // kernel allows: the released file no longer uses the old one.
+        drop(closed);
     }
 
     /// Closes every backing id (at shutdown, after every handle was released).
     pub(crate) fn clear(&self) {
-        self.ids.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for shard in &self.ids {
+            shard.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
     }
 
     /// Backing ids registered now.
     pub(crate) fn len(&self) -> usize {
-        self.ids.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.ids.iter().map(|shard| shard.lock().unwrap_or_else(|e| e.into_inner()).len()).sum()
     }
 }
 

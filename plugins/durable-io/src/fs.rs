@@ -25,9 +25,14 @@ use crate::probe::{Probed, probe_dir};
 use crate::replace::{Replace, is_replace_temp, remove_stale, temp_flags, temp_name};
 use crate::sys::{InodeKey, ProcFd, attr_from_statx, check_name, decode_dev, err, inode_key, open_beneath, stat_fd};
 
-/// How long the kernel may cache names and attributes. Short, because the backing directory
-/// may be changed behind our back by anything else on the machine.
+/// How long the kernel may cache names and attributes by default. Short, because the
+/// backing directory may be changed behind our back by anything else on the machine.
 pub const TTL: Duration = Duration::from_secs(1);
+
+/// How long the kernel may cache names, attributes and missing names when the mount owns
+/// its backing directory exclusively (config key `exclusive`): every change then goes
+/// through the mount, and the kernel keeps its own cache up to date on each of them.
+pub const EXCLUSIVE_TTL: Duration = Duration::from_secs(3600);
 
 /// Buffers for `O_DIRECT` IO are aligned to this; it covers every logical block size Linux
 /// filesystems ask for.
@@ -69,6 +74,10 @@ pub struct DurableIo {
     atomic_replace: bool,
     /// Open files are handed to the kernel for passthrough.
     passthrough: bool,
+    /// Nothing but this mount changes the backing directory (config key `exclusive`).
+    exclusive: bool,
+    /// How long the kernel may cache names and attributes (config key `metadata_ttl`).
+    ttl: Duration,
     /// Syncs made so far, so tests can check the policy without tracing syscalls.
     file_syncs: AtomicU64,
     dir_syncs: AtomicU64,
@@ -120,6 +129,8 @@ impl DurableIo {
             reflink: probed.reflink,
             atomic_replace: false,
             passthrough: durability.passthrough(),
+            exclusive: false,
+            ttl: TTL,
             file_syncs: AtomicU64::new(0),
             dir_syncs: AtomicU64::new(0),
         })
@@ -144,6 +155,37 @@ impl DurableIo {
             }
         }
         self
+    }
+
+    /// Sets how long the kernel may cache names and attributes (config key
+    /// `metadata_ttl`), and whether the mount owns its backing directory exclusively
+    /// (config key `exclusive`), in which case missing names are cached for as long.
+    ///
+    /// Long TTLs stay coherent for everything done through the mount: the kernel updates
+    /// its cache from each reply (creations, `setattr`, `link`) and on its own for what it
+    /// changes (a write's size and mtime, `unlink`/`rmdir`/`rename`, a new name replacing
+    /// a negative entry). The one change durable-io makes by itself, outside any request
+    /// for that name, is an atomic replace at a release: on such a mount the entries of
+    /// regular files keep the short [`TTL`], so a `stat` finds the new file soon.
+    ///
+    /// Missing names are declared through the mount's capabilities
+    /// ([`Capabilities::negative_entry_ttl`], plugin ABI 2.2), not per answer: a negative
+    /// entry is as safe as the store's exclusivity, which is a property of the whole mount,
+    /// and it is how FUSE daemons usually set it (libfuse's `negative_timeout` is a mount
+    /// option). Reusing the entry TTL instead (no ABI change: a frontend caching every
+    /// `ENOENT` for the entry TTL it saw last) would have turned negative caching on for
+    /// every plugin that never asked for it, fat, wfs and s3 included, and the entry TTL
+    /// answers for names that exist, not for names that do not.
+    pub fn with_metadata_cache(mut self, exclusive: bool, ttl: Duration) -> Self {
+        self.exclusive = exclusive;
+        self.ttl = ttl;
+        self.caps.negative_entry_ttl = if exclusive { ttl } else { Duration::ZERO };
+        self
+    }
+
+    /// Whether the mount owns its backing directory exclusively (config key `exclusive`).
+    pub fn is_exclusive(&self) -> bool {
+        self.exclusive
     }
 
     /// What this mount supports, as probed on its backing directory when it was opened
@@ -245,7 +287,10 @@ impl DurableIo {
         let at = at.filter(|_| self.atomic_replace);
         let attr = attr_from_statx(st);
         let (node, generation) = self.nodes.remember(fd, inode_key(st), attr.kind, at);
-        Entry { node, generation, attr, entry_ttl: TTL, attr_ttl: TTL }
+        // An atomic replace renames a new file over a name at a release, which the kernel
+        // does not see: its entry for that name must not outlive the short TTL.
+        let entry_ttl = if self.atomic_replace && attr.kind == FileKind::File { self.ttl.min(TTL) } else { self.ttl };
+        Entry { node, generation, attr, entry_ttl, attr_ttl: self.ttl }
     }
 
     /// In `always` mode, syncs the changed inode (if given) and the directories.
@@ -378,7 +423,8 @@ impl DurableIo {
             unseen_writes: passthrough && writable,
             replace: None,
         })));
-        Opened { handle, backing_fd, ..Opened::default() }
+        // Only `close` mode does anything in `flush`.
+        Opened { handle, backing_fd, no_flush: !self.durability.sync_on_close(), ..Opened::default() }
     }
 
     /// Syncs a handle's data if it was written since its last sync (`close` mode). A
@@ -478,7 +524,8 @@ impl DurableIo {
         })));
         // Direct IO: the new content must not enter the page cache of the kernel inode that
         // readers of the old file still use.
-        Ok(Some(Opened { handle, direct_io: true, ..Opened::default() }))
+        let no_flush = !self.durability.sync_on_close();
+        Ok(Some(Opened { handle, direct_io: true, no_flush, ..Opened::default() }))
     }
 
     /// The last release of an atomic-replace handle: sync the new file, give it a hidden
@@ -699,7 +746,7 @@ impl FileSystem for DurableIo {
             Some(open) => stat_fd(open.fd())?,
             None => stat_fd(self.node(node)?.fd.as_fd())?,
         };
-        Ok(AttrOut { attr: attr_from_statx(&st), ttl: TTL })
+        Ok(AttrOut { attr: attr_from_statx(&st), ttl: self.ttl })
     }
 
     fn setattr(&self, req: &Request, node: NodeId, set: &SetAttr) -> Result<AttrOut> {

@@ -22,12 +22,16 @@ mod replace;
 mod sys;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use plugfs_plugin_api::{Capabilities, ConfigTable, MountOptions, OpenError, Plugin, PluginInfo};
 use serde::Deserialize;
 
 pub use durability::Durability;
-pub use fs::{DurableIo, TTL};
+pub use fs::{DurableIo, EXCLUSIVE_TTL, TTL};
+
+/// The longest `metadata_ttl` accepted: a day.
+const MAX_METADATA_TTL: u64 = 24 * 3600;
 pub use probe::{Probed, probe};
 
 /// The plugin's config table.
@@ -45,6 +49,14 @@ struct Config {
     /// Replace files opened with `O_TRUNC` atomically (see docs/durable-io.md).
     #[serde(default)]
     atomic_replace: bool,
+    /// Nothing but this mount changes the backing directory, so the kernel may cache
+    /// names, attributes and missing names for long (see docs/durable-io.md).
+    #[serde(default)]
+    exclusive: bool,
+    /// Seconds the kernel may cache names and attributes: default 1, or 3600 with
+    /// `exclusive`.
+    #[serde(default)]
+    metadata_ttl: Option<u64>,
 }
 
 /// The `durable-io` plugin.
@@ -65,7 +77,10 @@ impl Plugin for DurableIoPlugin {
                 "on close | always: every write and every namespace change is durable when it returns\n",
                 "atomic_replace = false  # a file opened for writing with O_TRUNC is written to a temporary file and ",
                 "renamed over the old one on the last close: readers keep the old content, a crash leaves old or new, ",
-                "never a mix (no kernel passthrough on such a mount; files with several hard links are truncated in place)",
+                "never a mix (no kernel passthrough on such a mount; files with several hard links are truncated in place)\n",
+                "exclusive = false  # true: nothing but this mount changes root, so the kernel caches names, attributes ",
+                "and missing names for metadata_ttl; changes made directly in root may then stay unseen that long\n",
+                "metadata_ttl = 1  # seconds the kernel may cache names and attributes (default 1, 3600 with exclusive)",
             ),
             // Each mount reports what its backing directory supports (see `probe`).
             capabilities: Capabilities { checks_permissions: true, backing_files: true, ..Capabilities::POSIX },
@@ -80,7 +95,20 @@ impl Plugin for DurableIoPlugin {
             std::fs::create_dir_all(&root)
                 .map_err(|e| OpenError::config("root", format!("cannot create {}: {e}", root.display())))?;
         }
-        Ok(DurableIo::open(&root, config.durability, options.read_only)?.with_atomic_replace(config.atomic_replace))
+        let ttl = match config.metadata_ttl {
+            Some(secs) if secs > MAX_METADATA_TTL => {
+                return Err(OpenError::config(
+                    "metadata_ttl",
+                    format!("{secs} is more than {MAX_METADATA_TTL} seconds"),
+                ));
+            }
+            Some(secs) => Duration::from_secs(secs),
+            None if config.exclusive => EXCLUSIVE_TTL,
+            None => TTL,
+        };
+        Ok(DurableIo::open(&root, config.durability, options.read_only)?
+            .with_atomic_replace(config.atomic_replace)
+            .with_metadata_cache(config.exclusive, ttl))
     }
 }
 

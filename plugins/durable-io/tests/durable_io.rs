@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use plugfs_durable_io::{Durability, DurableIoPlugin, TTL};
+use plugfs_durable_io::{Durability, DurableIoPlugin, EXCLUSIVE_TTL, TTL};
 use plugfs_plugin_api::{
     Errno, FileKind, FileSystem, MountOptions, Plugin, ROOT_ID, RenameFlags, Request, SetAttr, SetTime, Timestamp,
     Whence, fallocate_mode, open_flags, xattr_flags,
@@ -253,6 +253,39 @@ fn entries_carry_the_documented_ttls() {
     let e = write_file(&m.fs, ROOT_ID, "f", b"");
     assert_eq!((e.entry_ttl, e.attr_ttl), (TTL, TTL));
     assert_eq!(m.fs.getattr(&ROOT_REQ, e.node, None).unwrap().ttl, TTL);
+}
+
+#[test]
+fn an_exclusive_mount_gives_long_ttls_and_metadata_ttl_sets_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |extra: &str| {
+        let toml = format!("root = {:?}\n{extra}", dir.path().to_str().unwrap());
+        DurableIoPlugin::open(&plugfs_plugin_api::ConfigTable::from_toml(toml), &MountOptions::default())
+    };
+    let ttls = |fs: &plugfs_durable_io::DurableIo, name: &str| {
+        let e = write_file(fs, ROOT_ID, name, b"");
+        let attr = fs.getattr(&ROOT_REQ, e.node, None).unwrap().ttl;
+        (e.entry_ttl, e.attr_ttl, attr)
+    };
+    let fs = open("exclusive = true\n").unwrap();
+    assert!(fs.is_exclusive());
+    assert_eq!(fs.capabilities().negative_entry_ttl, EXCLUSIVE_TTL, "missing names are cached as long");
+    assert_eq!(ttls(&fs, "a"), (EXCLUSIVE_TTL, EXCLUSIVE_TTL, EXCLUSIVE_TTL));
+    let fs = open("exclusive = true\nmetadata_ttl = 60\n").unwrap();
+    let minute = Duration::from_secs(60);
+    assert_eq!(ttls(&fs, "b"), (minute, minute, minute));
+    let fs = open("metadata_ttl = 0\n").unwrap();
+    assert!(!fs.is_exclusive());
+    assert_eq!(fs.capabilities().negative_entry_ttl, Duration::ZERO, "no negative entries unless exclusive");
+    assert_eq!(ttls(&fs, "c"), (Duration::ZERO, Duration::ZERO, Duration::ZERO));
+    // An atomic replace renames files at a release, unseen by the kernel: their names keep
+    // the short TTL, directories and attributes get the long one.
+    let fs = open("exclusive = true\natomic_replace = true\n").unwrap();
+    assert_eq!(ttls(&fs, "d"), (TTL, EXCLUSIVE_TTL, EXCLUSIVE_TTL));
+    let d = fs.mkdir(&ROOT_REQ, ROOT_ID, OsStr::new("dir"), 0o755).unwrap();
+    assert_eq!(d.entry_ttl, EXCLUSIVE_TTL);
+    let Err(e) = open("metadata_ttl = 100000000\n") else { panic!("a TTL of years was accepted") };
+    assert_eq!(e.key.as_deref(), Some("metadata_ttl"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     format: false,
     max_name_len: 255,
     max_file_size: MAX_FILE,
+    // Other clients create keys: a missing name is never cached by the kernel.
+    negative_entry_ttl: std::time::Duration::ZERO,
 };
 
 /// A file's local copy and whether it differs from the stored object.
