@@ -301,16 +301,8 @@ pub fn run(config: Config) -> anyhow::Result<ExitCode> {
     {
         error!("cannot serve metrics at {addr}: {e}");
     }
-    for p in prepared {
-        let config = Arc::clone(&host.config);
-        if let Err(e) = host.start(&config, p) {
-            error!("{e:#}");
-            let live = std::mem::take(&mut host.live);
-            shutdown(live, host.config.host.shutdown_timeout(), &mut host.watchdog);
-            host.watchdog.disarm();
-            return Ok(ExitCode::FAILURE);
-        }
-    }
+    // Listening before the first mount appears, so that a client that sees a mountpoint
+    // mounted can reach the host; requests wait in the channel until the loop below.
     let socket = control::socket_path(&host.config);
     let _server = match control::serve(&socket, to_host) {
         Ok(server) => {
@@ -322,6 +314,16 @@ pub fn run(config: Config) -> anyhow::Result<ExitCode> {
             None
         }
     };
+    for p in prepared {
+        let config = Arc::clone(&host.config);
+        if let Err(e) = host.start(&config, p) {
+            error!("{e:#}");
+            let live = std::mem::take(&mut host.live);
+            shutdown(live, host.config.host.shutdown_timeout(), &mut host.watchdog);
+            host.watchdog.disarm();
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     info!("serving {} mount(s); Ctrl-C or SIGTERM unmounts and exits, SIGHUP reloads the config", host.live.len());
     notify::notify(&format!("READY=1\nSTATUS=serving {} mount(s)", host.live.len()));
 
