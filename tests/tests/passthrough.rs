@@ -175,6 +175,64 @@ fn mmap_of_a_passthrough_file_reads_and_writes_the_backing_file() {
 }
 
 #[test]
+fn without_passthrough_writes_cost_no_security_capability_lookup_and_still_clear_suid() {
+    // Without passthrough the frontend asks for FUSE_HANDLE_KILLPRIV_V2 and clears
+    // privileges itself, so the kernel sends no GETXATTR of security.capability before
+    // each write(2). With passthrough it cannot (the kernel writes the backing file as
+    // the mounter), and the kernel asks before every write.
+    for passthrough in [false, true] {
+        let m = Mounted::new("kernel", passthrough);
+        let mut f = std::fs::File::create(m.mnt("f")).unwrap();
+        for block in pattern(16 << 16).chunks(1 << 16) {
+            f.write_all(block).unwrap();
+        }
+        drop(f);
+        let counts = m.mount().data_requests();
+        if passthrough {
+            assert!(counts.getxattrs >= 16, "{counts:?}");
+        } else {
+            assert!(counts.writes >= 16 && counts.getxattrs <= 1, "{counts:?}");
+        }
+        assert_eq!(std::fs::read(m.data("f")).unwrap(), pattern(16 << 16));
+
+        // A file capability goes with the first write by anyone (root here), as the
+        // kernel does it: a capability set (version 2, CAP_NET_RAW permitted) on the
+        // backing file, written through the mount.
+        let caps: [u8; 20] = [0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        xattr_set(&m.data("f"), "security.capability", &caps);
+        let f = std::fs::OpenOptions::new().write(true).open(m.mnt("f")).unwrap();
+        f.write_all_at(b"x", 0).unwrap();
+        drop(f);
+        assert!(!xattr_has(&m.data("f"), "security.capability"), "passthrough = {passthrough}");
+
+        // root (CAP_FSETID) keeps set-user-ID when it writes, as on a local filesystem.
+        std::fs::set_permissions(m.mnt("f"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(m.mnt("f")).unwrap();
+        f.write_all_at(b"y", 0).unwrap();
+        drop(f);
+        let mode = std::fs::metadata(m.data("f")).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o4755, "passthrough = {passthrough}");
+    }
+}
+
+fn xattr_set(path: &std::path::Path, name: &str, value: &[u8]) {
+    let (p, n) = (cstr(path.as_os_str().as_encoded_bytes()), cstr(name.as_bytes()));
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let rc = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    assert_eq!(rc, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
+}
+
+fn xattr_has(path: &std::path::Path, name: &str) -> bool {
+    let (p, n) = (cstr(path.as_os_str().as_encoded_bytes()), cstr(name.as_bytes()));
+    // SAFETY: valid NUL-terminated strings; a size query (no buffer).
+    unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+}
+
+fn cstr(bytes: &[u8]) -> std::ffi::CString {
+    std::ffi::CString::new(bytes).unwrap()
+}
+
+#[test]
 fn durable_io_passes_the_conformance_suite_through_fuse_with_and_without_passthrough() {
     for passthrough in [true, false] {
         let m = Mounted::new("close", passthrough);

@@ -37,7 +37,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -124,6 +124,9 @@ pub struct DataRequests {
     pub passthrough_opens: u64,
     /// `FLUSH` requests (one per `close(2)`, unless the plugin said `no_flush`).
     pub flushes: u64,
+    /// `GETXATTR` requests. Without `FUSE_HANDLE_KILLPRIV_V2` the kernel sends one for
+    /// `security.capability` before each `write(2)`.
+    pub getxattrs: u64,
 }
 
 /// Name lookups that reached this process (for tests and metrics: with negative entries,
@@ -203,6 +206,7 @@ impl FuseMount {
             writes: self.state.writes.load(Ordering::Relaxed),
             passthrough_opens: self.state.passthrough_opens.load(Ordering::Relaxed),
             flushes: self.state.flushes.load(Ordering::Relaxed),
+            getxattrs: self.state.getxattrs.load(Ordering::Relaxed),
         }
     }
 
@@ -427,6 +431,10 @@ struct MountState {
     lookups: AtomicU64,
     negative_entries: AtomicU64,
     flushes: AtomicU64,
+    getxattrs: AtomicU64,
+    /// The kernel was told this process kills privileges itself
+    /// (`FUSE_HANDLE_KILLPRIV_V2`); see [`FuseAdapter::kill_privs`].
+    kill_privs: AtomicBool,
 }
 
 /// The answer to requests that arrive after shutdown began.
@@ -597,6 +605,58 @@ impl FuseAdapter {
     fn count_passthrough_open(&self) {
         self.state.passthrough_opens.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// What the kernel's `file_remove_privs` does before a write, a truncation or an
+    /// fallocate, done here because the mount asked for `FUSE_HANDLE_KILLPRIV_V2` (see
+    /// `init`): remove the file capabilities (`security.capability`), whoever writes, and
+    /// if `suid_sgid` (the caller may lack `CAP_FSETID`) clear set-user-ID, and
+    /// set-group-ID where the group may execute. Done as root, as the kernel does it
+    /// (`ATTR_FORCE`): the writer need not own the file. Nothing on a mount without
+    /// the flag (the kernel then does it itself, at the price of a `GETXATTR` round trip
+    /// per `write(2)`). Failures are logged, never reported: the kernel ignores them too
+    /// where a filesystem has no xattrs or modes.
+    fn kill_privs(&self, req: &fuser::Request, node: u64, suid_sgid: bool) -> Option<u16> {
+        if !self.state.kill_privs.load(Ordering::Relaxed) {
+            return None;
+        }
+        let root = Request { uid: 0, gid: 0, pid: req.pid() };
+        match self.fs.removexattr(&root, node, OsStr::new("security.capability")) {
+            Ok(()) => {}
+            Err(e) if matches!(e.errno(), Errno::ENODATA | Errno::ENOTSUP | Errno::ENOSYS | Errno::EROFS) => {}
+            Err(e) => debug!(node, errno = ?e.errno(), "could not remove security.capability before a write"),
+        }
+        if !suid_sgid {
+            return None;
+        }
+        let attr = self.fs.getattr(&root, node, None).ok()?.attr;
+        let mode = attr.perm & 0o7777;
+        let killed = killed_mode(mode);
+        if attr.kind != FileKind::File || killed == mode {
+            return None;
+        }
+        let set = SetAttr { mode: Some(u32::from(killed)), ..SetAttr::default() };
+        match self.fs.setattr(&root, node, &set) {
+            Ok(_) => Some(killed),
+            Err(e) => {
+                warn!(node, errno = ?e.errno(), "could not clear set-user-ID/set-group-ID before a write");
+                None
+            }
+        }
+    }
+}
+
+/// A mode without set-user-ID, and without set-group-ID if the group may execute (without
+/// group execute the bit marks mandatory locking and stays), as Linux clears them when
+/// someone without `CAP_FSETID` writes or truncates a file.
+fn killed_mode(mode: u16) -> u16 {
+    const SUID: u16 = 0o4000;
+    const SGID: u16 = 0o2000;
+    const GROUP_EXEC: u16 = 0o010;
+    let mut m = mode & !SUID;
+    if m & (SGID | GROUP_EXEC) == SGID | GROUP_EXEC {
+        m &= !SGID;
+    }
+    m
 }
 
 impl fuser::Filesystem for FuseAdapter {
@@ -626,9 +686,21 @@ impl fuser::Filesystem for FuseAdapter {
             Ok(()) => info!(%mountpoint, "data path: the daemon (the kernel refused a passthrough stack depth)"),
             Err(why) => info!(%mountpoint, "data path: the daemon, no kernel passthrough: {why}"),
         }
+        // Without passthrough every write reaches this process, which can then clear
+        // set-user-ID and file capabilities itself (`kill_privs`): the kernel then stops
+        // asking for `security.capability` (one GETXATTR round trip before every
+        // `write(2)`, on a filesystem with xattrs). Not with passthrough: the kernel writes
+        // the backing file as the mounter and would leave those bits on writes by others.
+        if !wanted.contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.capabilities().contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+        {
+            wanted |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            self.state.kill_privs.store(true, Ordering::Relaxed);
+        }
         let offered = wanted & config.capabilities();
         if let Err(missing) = config.add_capabilities(offered) {
             debug!(?missing, "kernel refused FUSE capabilities");
+            self.state.kill_privs.store(false, Ordering::Relaxed);
         }
         // 1 MiB writes (the kernel's maximum of 256 pages); a smaller limit is kept.
         if let Err(nearest) = config.set_max_write(1 << 20) {
@@ -704,7 +776,18 @@ impl fuser::Filesystem for FuseAdapter {
             handle: fh.map(|fh| fh.0),
         };
         match self.fs.setattr(&request(req), ino.0, &set) {
-            Ok(out) => reply.attr(&out.ttl, &file_attr(ino.0, &out.attr)),
+            Ok(mut out) => {
+                // With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves it to us to clear the
+                // privileges a truncation (by a caller who may lack CAP_FSETID: we are
+                // not told, so by anyone but root) or a change of owner (always) clears.
+                // After the change succeeded, so that a refused one changes nothing.
+                let chown = set.uid.is_some() || set.gid.is_some();
+                let kill = out.attr.kind == FileKind::File && set.mode.is_none() && (chown || set.size.is_some());
+                if kill && let Some(mode) = self.kill_privs(req, ino.0, chown || req.uid() != 0) {
+                    out.attr.perm = mode;
+                }
+                reply.attr(&out.ttl, &file_attr(ino.0, &out.attr))
+            }
             Err(e) => reply.error(fail("setattr", ino.0, &e)),
         }
     }
@@ -822,6 +905,9 @@ impl fuser::Filesystem for FuseAdapter {
         let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("open")) };
         match self.fs.open(&request(req), ino.0, flags.0) {
             Ok(o) => {
+                if flags.0 & libc::O_TRUNC != 0 {
+                    self.kill_privs(req, ino.0, req.uid() != 0);
+                }
                 let fh = FileHandle(o.handle);
                 let fopen = fopen_flags(&o);
                 // Recorded before any reply: the kernel may release the file as soon as it
@@ -878,13 +964,15 @@ impl fuser::Filesystem for FuseAdapter {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("write")) };
         self.state.writes.fetch_add(1, Ordering::Relaxed);
+        // The kernel sets the flag when the writer lacks CAP_FSETID.
+        self.kill_privs(req, ino.0, write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID));
         match self.fs.write(&request(req), ino.0, fh.0, offset, data, flags.0) {
             // `data` is at most max_write (1 MiB) long, so the count fits in u32.
             Ok(n) => reply.written(n.min(data.len()) as u32),
@@ -1016,6 +1104,7 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn getxattr(&self, req: &fuser::Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("getxattr")) };
+        self.state.getxattrs.fetch_add(1, Ordering::Relaxed);
         // size 0 asks for the value's size; otherwise the plugin fills a buffer of `size`.
         let mut buf = vec![0u8; size as usize];
         match self.fs.getxattr(&request(req), ino.0, name, &mut buf) {
@@ -1067,7 +1156,13 @@ impl fuser::Filesystem for FuseAdapter {
             return reply.error(e);
         }
         match self.fs.create(&request(req), parent.0, name, mode & 0o7777, flags) {
-            Ok((entry, o)) => {
+            Ok((mut entry, o)) => {
+                // A create that found the name existing truncates it like an open.
+                if flags & libc::O_TRUNC != 0
+                    && let Some(mode) = self.kill_privs(req, entry.node, req.uid() != 0)
+                {
+                    entry.attr.perm = mode;
+                }
                 // fuser has one TTL for both: use the shorter so neither is cached too long.
                 let ttl = entry.entry_ttl.min(entry.attr_ttl);
                 let attr = file_attr(entry.node, &entry.attr);
@@ -1098,6 +1193,8 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let Some(_in_flight) = self.state.gate.enter() else { return reply.error(shutting_down("fallocate")) };
+        // On a handle open for writing, as a write (the kernel's `file_modified`).
+        self.kill_privs(req, ino.0, req.uid() != 0);
         match self.fs.fallocate(&request(req), ino.0, fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("fallocate", ino.0, &e)),
@@ -1136,6 +1233,7 @@ impl fuser::Filesystem for FuseAdapter {
             return reply.error(fail("copy_file_range", ino_in.0, &Error::new(Errno::EINVAL)));
         };
         let r = request(req);
+        self.kill_privs(req, ino_out.0, req.uid() != 0);
         match self.fs.copy_file_range(&r, ino_in.0, fh_in.0, offset_in, ino_out.0, fh_out.0, offset_out, len, flags) {
             // FUSE replies carry a u32 count; a plugin that copied more is clamped.
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
@@ -1162,6 +1260,15 @@ fn reply_xattr(reply: ReplyXattr, op: &'static str, node: u64, buf: &[u8], n: us
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn killing_privileges_clears_suid_and_only_a_group_executable_sgid() {
+        assert_eq!(killed_mode(0o6777), 0o777);
+        assert_eq!(killed_mode(0o4755), 0o755);
+        assert_eq!(killed_mode(0o2766), 0o2766);
+        assert_eq!(killed_mode(0o2775), 0o775);
+        assert_eq!(killed_mode(0o1777), 0o1777);
+    }
 
     #[test]
     fn timestamps_outside_system_time_do_not_panic() {

@@ -195,13 +195,12 @@ impl DurableIo {
         self.caps
     }
 
-    /// Whether `set` is the mode change the kernel sends after a write by a caller other
-    /// than the owner (FUSE without `handle_killpriv`): nothing but the set-user-ID and
-    /// set-group-ID bits removed from a regular file's current mode, by a caller with write
-    /// permission on it.
+    /// Whether `set` is the mode change the kernel sends after a write, or with a
+    /// truncation, by a caller other than the owner (FUSE without `handle_killpriv`):
+    /// nothing but the set-user-ID and set-group-ID bits removed from a regular file's
+    /// current mode (and maybe a new size), by a caller with write permission on it.
     fn clears_set_id_bits_for_a_writer(&self, req: &Request, n: &NodeRef, set: &SetAttr) -> Result<bool> {
-        let only_mode =
-            set.uid.is_none() && set.gid.is_none() && set.size.is_none() && set.atime.is_none() && set.mtime.is_none();
+        let only_mode = set.uid.is_none() && set.gid.is_none() && set.atime.is_none() && set.mtime.is_none();
         let Some(mode) = set.mode else { return Ok(false) };
         if !only_mode || n.kind != FileKind::File || !self.as_caller {
             return Ok(false);
