@@ -620,10 +620,14 @@ impl FuseAdapter {
             return None;
         }
         let root = Request { uid: 0, gid: 0, pid: req.pid() };
-        match self.fs.removexattr(&root, node, OsStr::new("security.capability")) {
-            Ok(()) => {}
-            Err(e) if matches!(e.errno(), Errno::ENODATA | Errno::ENOTSUP | Errno::ENOSYS | Errno::EROFS) => {}
-            Err(e) => debug!(node, errno = ?e.errno(), "could not remove security.capability before a write"),
+        // Only where the plugin stores xattrs: elsewhere there is nothing to remove, and a
+        // refused call per write would only add to the mount's error counts.
+        if self.fs.capabilities().is_some_and(|c| c.xattrs) {
+            match self.fs.removexattr(&root, node, OsStr::new("security.capability")) {
+                Ok(()) => {}
+                Err(e) if matches!(e.errno(), Errno::ENODATA | Errno::ENOTSUP | Errno::ENOSYS | Errno::EROFS) => {}
+                Err(e) => debug!(node, errno = ?e.errno(), "could not remove security.capability before a write"),
+            }
         }
         if !suid_sgid {
             return None;
