@@ -11,7 +11,9 @@
 //! allocation before that one has written its data; that is the same state as a crash
 //! between its data and its FAT (its entry, written last, does not name the clusters yet,
 //! or names them only up to its old size), so the rule that matters, the directory entry
-//! last, holds for every operation.
+//! last, holds for every operation. A directory has no size to hide clusters behind: it
+//! grows by clusters allocated unlinked, zeroed on disk, and only then linked into its
+//! chain (`free_slots`), so no other thread's flush can make it name a cluster of old bytes.
 //!
 //! **Locking.** A volume is used from many threads at once (every method takes `&self`).
 //! Its state is split by who changes it, each part behind its own lock:
@@ -1054,17 +1056,31 @@ impl Namespace {
         }
         let last =
             *self.dir_chain(v, ino)?.last().ok_or_else(|| Error::Corrupt("directory without clusters".into()))?;
-        let new = v.fat()?.allocate(Some(last), clusters)?;
+        // The new clusters join the directory's chain only once they are zeroed on disk.
+        // Linked at once, another thread's FAT flush (a write or fsync elsewhere, which
+        // needs no namespace lock) could write the link before the zeroes, and a crash
+        // then leaves the directory naming a cluster of old bytes: garbage entries that
+        // `fsck.fat -a` cannot repair in one pass, some naming other files' clusters. A
+        // directory has no size to hide them behind, unlike a file. Unlinked, such a
+        // flush only carries a chain nothing names yet (lost clusters).
+        let new = {
+            let mut fat = v.fat()?;
+            let new = fat.allocate(Some(last), clusters)?;
+            fat.set(last, Entry::End);
+            new
+        };
         let zeros = vec![0u8; v.bpb.cluster_size() as usize];
         for &c in &new {
             if let Err(e) = v.file.write_all_at(&zeros, v.bpb.cluster_offset(c)) {
-                let mut fat = v.fat()?;
-                fat.free_chain(&new);
-                fat.set(last, Entry::End);
+                v.fat()?.free_chain(&new);
                 return Err(e.into());
             }
         }
-        v.flush()?;
+        {
+            let mut fat = v.fat()?;
+            fat.set(last, Entry::Next(new[0]));
+            v.flush_fat(&mut fat)?;
+        }
         let node = self.node_mut(ino)?;
         node.chain.as_mut().expect("chain loaded").extend_from_slice(&new);
         let state = node.dir.as_mut().expect("dir loaded");
