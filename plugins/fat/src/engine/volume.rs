@@ -1288,12 +1288,14 @@ impl Namespace {
         }
         let same_name = self.node(src)?.name == new_name && dir == new_dir;
         let mut replaced = None;
+        let mut replaced_short = None;
         match target {
             Some(t) if t == src && same_name => return Ok(None),
             Some(t) if t == src => {}
             Some(_) if noreplace => return Err(Error::Exists),
             Some(t) => {
                 let t_is_dir = self.node(t)?.entry.is_dir();
+                replaced_short = Some(self.node(t)?.entry.name);
                 match (src_is_dir, t_is_dir) {
                     (true, false) => return Err(Error::NotDir),
                     (false, true) => return Err(Error::IsDir),
@@ -1308,19 +1310,19 @@ impl Namespace {
             }
             None => {}
         }
-        let old = self.node(src)?;
-        let old_short = old.entry.name;
-        let mut entry = old.entry;
+        let mut entry = self.node(src)?.entry;
+        // The new entry never gets the old entry's short name (even in a case-only rename),
+        // nor a replaced target's: the old entry stays on disk until after the barrier, and
+        // a power cut may keep the new entry but lose the target's deletion. Two entries
+        // with one short name make `fsck.fat -a` auto-rename one ("Duplicate directory
+        // entry"), a repair the concurrent crash test saw overwrite other files' clusters.
         let mut taken = self.dir_state(new_dir)?.shorts.clone();
-        if new_dir == dir {
-            taken.remove(&old_short);
-        }
+        taken.extend(replaced_short);
         let stored = names::short_name_for(new_name, &taken)?;
         entry.name = stored.short;
         entry.nt_flags = stored.nt_flags;
         // The new entry first, then the old one goes: a crash in between leaves two names
-        // for one chain (with a case-only rename, two entries with one short name), which
-        // fsck.fat resolves, never a lost file.
+        // for one chain, which fsck.fat resolves, never a lost file.
         let (first_slot, slot) = self.insert_entries(v, new_dir, new_name, &stored, &entry)?;
         if self.node(src)?.linked {
             // A barrier, so that even a power cut (the kernel writing pages back in any
@@ -1328,8 +1330,6 @@ impl Namespace {
             v.file.sync_data()?;
             self.detach(v, src)?;
         }
-        // Detaching forgot the old short name, which may be the new one too.
-        self.dir_state_mut(new_dir)?.shorts.insert(stored.short);
         let node = self.node_mut(src)?;
         node.parent = new_dir;
         node.first_slot = first_slot;
