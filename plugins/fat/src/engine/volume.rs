@@ -28,7 +28,8 @@
 //!   target to refuse moving a directory into itself, so per-directory locks would need a
 //!   tree-wide lock or an ordering of their own for it, and every namespace operation is
 //!   short (memory, plus a few writes of 32-byte entries; mkdir's barrier `fdatasync` runs
-//!   before the lock is taken). No file data is read or written under it. Lookups,
+//!   before the lock is taken, rename's and rmdir's under it). No file data is read or
+//!   written under it. Lookups,
 //!   listings and stat take it shared.
 //! - `fat` (one `Mutex<Fat>`): the FAT in memory, the free count and next-free hint, the
 //!   map of claimed clusters, and flushing changed sectors to every FAT copy and FSInfo,
@@ -1248,6 +1249,12 @@ impl Namespace {
             return Err(Error::NotEmpty);
         }
         self.detach(v, ino)?;
+        // A barrier before the clusters are freed: once free, another file may take them
+        // and write its data there, and a power cut that kept that data but lost the
+        // entry's deletion would leave the entry naming a directory of garbage entries
+        // (which `fsck.fat -a` does not drop, found by the concurrent crash test). A
+        // file's clusters need none: a deleted file that comes back holds only data.
+        v.file.sync_data()?;
         let chain = self.dir_chain(v, ino)?;
         v.free_clusters(chain)?;
         let node = self.node_mut(ino)?;
