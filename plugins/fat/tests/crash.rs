@@ -16,8 +16,9 @@
 //! writes and syncs in global order, and cuts that record the same ways: after a crash
 //! every worker file must hold what its last returned operation left (or what its
 //! operation in flight may leave), after a power cut every file fsynced and not changed
-//! since must hold what it held at that fsync. A last test holds a directory's growth
-//! inside the IO layer while another thread fsyncs.
+//! since must hold what it held at that fsync. Three small tests pin what it found: a
+//! directory's growth held inside the IO layer while another thread fsyncs, rmdir's
+//! barrier, and a rename's new short name.
 //!
 //! `PLUGFS_FAT_CRASH_CUTS` sets the number of cut points per FAT type (default 30: a few
 //! seconds), `PLUGFS_FAT_CRASH_MT_CUTS` those of the concurrent variant (default 120:
@@ -466,7 +467,7 @@ fn a_new_directory_cluster_is_durable_before_its_entry_is_written() {
 // (engine/volume.rs). One operation's FAT flush may carry another's allocation before that
 // one's data is written; these cuts check that fsck.fat repairs every such state.
 
-/// Threads writing their own files in the multi-threaded workload (a fifth changes names).
+/// Threads writing their own files in the multi-threaded workload (one more changes names).
 const WORKERS: usize = 3;
 /// Operations (writes, truncates) per worker, each followed by an fsync one time in three.
 const WORKER_OPS: usize = 36;
@@ -686,7 +687,8 @@ fn mt_workload(img: &Path, seed: u64) -> (Vec<IoOp>, Vec<Tracked>, usize, usize,
     drop(vol);
     let ops = std::mem::take(&mut *log.lock().unwrap());
     // Worker operations whose writes may interleave with another worker's (their spans in
-    // the record overlap): the concurrency the cuts are about.
+    // the record overlap): the concurrency the cuts are about. Each worker has two files,
+    // in order, so file f is worker f / 2's.
     let spans: Vec<(usize, usize, usize)> =
         tracked.iter().enumerate().flat_map(|(f, t)| t.versions.iter().map(move |v| (f / 2, v.start, v.end))).collect();
     let overlapping = spans.iter().filter(|a| spans.iter().any(|b| a.0 != b.0 && a.1 < b.2 && b.1 < a.2)).count();
@@ -997,4 +999,77 @@ fn a_directory_never_grows_by_a_cluster_of_old_bytes_when_another_thread_flushes
     let names: Vec<String> = vol.list(dir, None, 100).unwrap().into_iter().map(|l| l.name).collect();
     let expected: Vec<String> = (0..14).map(|i| format!("F{i}.TXT")).collect();
     assert_eq!(names, expected, "the directory after the repair; the repair said:\n{repair}");
+}
+
+/// rmdir's barrier: the entry's deletion is synced before the directory's clusters are
+/// freed (and can be taken by another file), so no power cut can leave the entry naming
+/// a cluster another file has since written.
+#[test]
+fn a_removed_directory_entry_is_durably_deleted_before_its_clusters_are_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("fat16.img");
+    let out = tool("mkfs.fat", &["-F", "16", "-C", img.to_str().unwrap(), "65536"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let (disk, log) = Disk::recording(file);
+    let vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
+    vol.create(ROOT, "GONEDIR", true).unwrap();
+    let fats = vol.bpb().fat_offset(0)..vol.bpb().fat_offset(vol.bpb().num_fats);
+    let before = log.lock().unwrap().len();
+    vol.rmdir(ROOT, "GONEDIR").unwrap();
+    let ops: Vec<IoOp> = log.lock().unwrap()[before..].to_vec();
+    let deleted = ops
+        .iter()
+        .position(|op| matches!(op, IoOp::Write { data, .. } if data.starts_with(b"\xe5ONEDIR    ")))
+        .expect("the entry is deleted");
+    let freed = ops
+        .iter()
+        .position(|op| matches!(op, IoOp::Write { offset, .. } if fats.contains(offset)))
+        .expect("the FAT is written");
+    assert!(deleted < freed, "the entry first: {ops:?}");
+    assert!(ops[deleted..freed].contains(&IoOp::Sync), "no sync between the deletion and the free: {ops:?}");
+}
+
+/// A rename's new entry gets a short name of its own, even in a case-only rename: the old
+/// entry keeps its short name until it goes, and two entries with one short name are a
+/// state `fsck.fat -a` repairs by auto-renaming, which was seen to damage other files.
+#[test]
+fn a_rename_never_gives_the_new_entry_the_old_short_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("fat16.img");
+    let out = tool("mkfs.fat", &["-F", "16", "-C", img.to_str().unwrap(), "65536"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let (disk, log) = Disk::recording(file);
+    let vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
+    vol.create(ROOT, "k1.bin", false).unwrap();
+    vol.create(ROOT, "renamed directory 1", true).unwrap();
+    vol.create(ROOT, "target.txt", false).unwrap();
+    vol.create(ROOT, "source.txt", false).unwrap();
+    let before = log.lock().unwrap().len();
+    vol.rename(ROOT, "k1.bin", ROOT, "K1.BIN", false).unwrap();
+    vol.rename(ROOT, "renamed directory 1", ROOT, "renamed directory 2", false).unwrap();
+    let replaced = vol.rename(ROOT, "source.txt", ROOT, "target.txt", false).unwrap();
+    vol.evict(replaced.unwrap()).unwrap();
+    let ops: Vec<IoOp> = log.lock().unwrap()[before..].to_vec();
+    // Every 32-byte short entry written live (not deleted) by the renames.
+    let shorts: Vec<&[u8]> = ops
+        .iter()
+        .filter_map(|op| match op {
+            IoOp::Write { data, .. } => {
+                Some(data.chunks(32).filter(|e| e.len() == 32 && e[11] != 0x0f && e[0] != 0xe5))
+            }
+            IoOp::Sync => None,
+        })
+        .flatten()
+        .map(|e| &e[..11])
+        .collect();
+    for old in [&b"K1      BIN"[..], b"RENAME~1   ", b"TARGET  TXT"] {
+        assert!(
+            !shorts.contains(&old),
+            "a rename wrote a live entry with the short name {:?}",
+            String::from_utf8_lossy(old)
+        );
+    }
+    assert_eq!(vol.lookup(ROOT, "K1.BIN").ok(), vol.lookup(ROOT, "k1.bin").ok());
 }
