@@ -10,14 +10,28 @@
 //! writes pages back in any order); there fsck.fat gets up to three passes and the synced
 //! files must be intact.
 //!
+//! A concurrent variant runs 3 writer threads (appends, overwrites, writes past the end,
+//! truncates, fsyncs of their own files) and a namespace thread (create, unlink, mkdir,
+//! rmdir, renames of files and directories in a shared directory) at once, records their
+//! writes and syncs in global order, and cuts that record the same ways: after a crash
+//! every worker file must hold what its last returned operation left (or what its
+//! operation in flight may leave), after a power cut every file fsynced and not changed
+//! since must hold what it held at that fsync. Three small tests pin what it found: a
+//! directory's growth held inside the IO layer while another thread fsyncs, rmdir's
+//! barrier, and a rename's new short name.
+//!
 //! `PLUGFS_FAT_CRASH_CUTS` sets the number of cut points per FAT type (default 30: a few
-//! seconds); `scripts/crash-fat.sh` runs many more. `PLUGFS_FAT_CRASH_SEED` changes the
-//! workload.
+//! seconds), `PLUGFS_FAT_CRASH_MT_CUTS` those of the concurrent variant (default 120:
+//! 15 to 25 s in debug); `scripts/crash-fat.sh` runs many more. `PLUGFS_FAT_CRASH_SEED`
+//! changes the workloads (the concurrent one's interleaving is the scheduler's);
+//! `PLUGFS_FAT_CRASH_KEEP=DIR` keeps the concurrent variant's failing cut images.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
 
 use plugfs_fat::engine::io::{self, Disk, IoOp};
 use plugfs_fat::engine::{Ino, OpenOptions, ROOT, Volume};
@@ -153,7 +167,8 @@ fn workload(img: &Path, seed: u64) -> (Vec<IoOp>, Vec<Expect>) {
     moved.renamed_to = Some("moved at the end.bin".to_string());
     let (dir, name) = split(&moved.path, &dirs);
     vol.rename(dir, name, ROOT, "moved at the end.bin", false).unwrap();
-    // A case-only rename: the same short name before and after.
+    // A case-only rename (the new entry gets a short name of its own: two entries with one
+    // short name in the window would make fsck.fat auto-rename one).
     let recased = &mut expect[5];
     recased.until = len(&log);
     let (dir, name) = split(&recased.path, &dirs);
@@ -196,21 +211,18 @@ fn engine_read(vol: &mut Volume, path: &str) -> Result<Vec<u8>, String> {
 enum Repair {
     /// One `fsck.fat -a`, after which `fsck.fat -n` must find nothing.
     OnePass,
+    /// Up to three `fsck.fat -a`, after which `fsck.fat -n` must find nothing: a cut inside
+    /// a directory's rename leaves two entries for the directory; the first pass truncates
+    /// one of them to nothing, the second removes its short entry ("Start does point to
+    /// root directory") and the third its long name ("Orphaned long file name part").
+    ThreePasses,
     /// Up to this many `fsck.fat -a` passes; only the synced files are checked.
     Passes(usize),
 }
 
-/// Replays `ops` (the last one torn after `torn` bytes) onto a copy of `start`, repairs it
-/// and checks the files due at record position `cut`. Returns what went wrong.
-fn check_cut(
-    work: &Path,
-    start: &Path,
-    ops: &[IoOp],
-    cut: usize,
-    torn: Option<usize>,
-    expect: &[Expect],
-    mode: Repair,
-) -> Result<(), String> {
+/// Replays `ops` (the last one torn after `torn` bytes) onto a copy of `start` as
+/// `work/cut.img` and repairs it as `mode` says. Returns what the repair said.
+fn repair_cut(work: &Path, start: &Path, ops: &[IoOp], torn: Option<usize>, mode: Repair) -> Result<String, String> {
     let img = work.join("cut.img");
     std::fs::copy(start, &img).unwrap();
     io::replay(&File::options().write(true).open(&img).unwrap(), ops, torn).unwrap();
@@ -229,16 +241,50 @@ fn check_cut(
                     text(&repair)
                 ));
             }
+            Repair::ThreePasses => {
+                let mut said = text(&repair);
+                for _ in 1..3 {
+                    said += &text(&tool("fsck.fat", &["-a", "-w", i]));
+                    let check = tool("fsck.fat", &["-n", i]);
+                    if check.status.success() {
+                        return Ok(said);
+                    }
+                }
+                let check = tool("fsck.fat", &["-n", i]);
+                return Err(format!(
+                    "fsck.fat -n after three repairs still finds problems:\n{}\nthe repairs said:\n{said}",
+                    text(&check)
+                ));
+            }
             // What fsck.fat -a leaves for a second pass (a directory it truncated to
             // nothing), or will not drop in auto mode (a new directory whose cluster never
             // reached the disk): more passes, and the synced files must be intact anyway.
             Repair::Passes(n) => {
+                let mut said = text(&repair);
                 for _ in 1..n {
-                    tool("fsck.fat", &["-a", "-w", i]);
+                    said += &text(&tool("fsck.fat", &["-a", "-w", i]));
                 }
+                return Ok(said);
             }
         }
     }
+    Ok(text(&repair))
+}
+
+/// Replays `ops` (the last one torn after `torn` bytes) onto a copy of `start`, repairs it
+/// and checks the files due at record position `cut`. Returns what went wrong.
+fn check_cut(
+    work: &Path,
+    start: &Path,
+    ops: &[IoOp],
+    cut: usize,
+    torn: Option<usize>,
+    expect: &[Expect],
+    mode: Repair,
+) -> Result<(), String> {
+    let repair = repair_cut(work, start, ops, torn, mode)?;
+    let img = work.join("cut.img");
+    let i = img.to_str().unwrap();
     let due: Vec<&Expect> =
         expect.iter().filter(|e| e.from <= cut && (cut <= e.until || e.renamed_to.is_some())).collect();
     let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 })
@@ -270,7 +316,7 @@ fn check_cut(
         // of them: the data must survive under the other. Otherwise the one name must.
         let why = if !wrong.is_empty() { wrong.join("; ") } else { format!("mcopy finds none of {names:?}") };
         if found.is_empty() || (names.len() == 1 && !wrong.is_empty()) {
-            return Err(format!("{}: lost or damaged: {why}\nthe repair said:\n{}", e.path, text(&repair)));
+            return Err(format!("{}: lost or damaged: {why}\nthe repair said:\n{repair}", e.path));
         }
     }
     Ok(())
@@ -303,15 +349,21 @@ fn cut_points(ops: &[IoOp], count: u64, last_phase: usize, rng: &mut Rng) -> Vec
     cuts.into_keys().collect()
 }
 
-fn crash_cuts(mkfs_args: &[&str], kib: u64) {
-    let work = tempfile::tempdir().unwrap();
-    let start = work.path().join("start.img");
+/// A fresh image made by mkfs.fat: `work/start.img`.
+fn make_image(work: &Path, mkfs_args: &[&str], kib: u64) -> std::path::PathBuf {
+    let start = work.join("start.img");
     let _ = std::fs::remove_file(&start);
     let mut args: Vec<&str> = mkfs_args.to_vec();
     let kib = kib.to_string();
     args.extend(["-C", start.to_str().unwrap(), &kib]);
     let out = tool("mkfs.fat", &args);
     assert!(out.status.success(), "mkfs.fat {args:?}: {}", text(&out));
+    start
+}
+
+fn crash_cuts(mkfs_args: &[&str], kib: u64) {
+    let work = tempfile::tempdir().unwrap();
+    let start = make_image(work.path(), mkfs_args, kib);
     let seed = env_number("PLUGFS_FAT_CRASH_SEED", 7);
     let count = env_number("PLUGFS_FAT_CRASH_CUTS", 30);
 
@@ -409,4 +461,615 @@ fn a_new_directory_cluster_is_durable_before_its_entry_is_written() {
     let entry = writes(&|d| d.windows(8).any(|w| w == b"NEWDIR~1")).expect("the parent's entry is written");
     assert!(cluster < entry, "the cluster first: {ops:?}");
     assert!(ops[cluster..entry].contains(&IoOp::Sync), "no sync between the new cluster and its entry: {ops:?}");
+}
+
+// Several threads at once: per-file locks, one namespace lock, a short FAT lock
+// (engine/volume.rs). One operation's FAT flush may carry another's allocation before that
+// one's data is written; these cuts check that fsck.fat repairs every such state.
+
+/// Threads writing their own files in the multi-threaded workload (one more changes names).
+const WORKERS: usize = 3;
+/// Operations (writes, truncates) per worker, each followed by an fsync one time in three.
+const WORKER_OPS: usize = 36;
+
+/// One state of a file: what it holds once the operation that made it returned, and where
+/// that operation's writes lie in the record (all of them at `start..end`).
+struct Version {
+    start: usize,
+    end: usize,
+    data: Arc<Vec<u8>>,
+}
+
+/// A file of one worker: its states in order (the first is the empty file its create made)
+/// and its worker's fsyncs (record positions before the call and after it returned).
+struct Tracked {
+    path: String,
+    versions: Vec<Version>,
+    syncs: Vec<(usize, usize)>,
+}
+
+/// A worker: creates two files (one in the shared directory, one in the root) and changes
+/// them with appends, overwrites (some running past the end), writes past the end (the gap
+/// zero-filled), truncates down and up, calling fsync (`Volume::sync`, what the plugin's
+/// fsync does) after one operation in three and at the end.
+fn mt_worker(vol: &Volume, log: &io::WriteLog, shared: Ino, t: usize, seed: u64) -> Vec<Tracked> {
+    let len = || log.lock().unwrap().len();
+    let mut rng = Rng((seed ^ (t as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+    let mut files: Vec<(Ino, Vec<u8>, Tracked)> = Vec::new();
+    for (dir, prefix, name) in
+        [(shared, "shared directory/", format!("Worker {t} writes this file.dat")), (ROOT, "", format!("w{t}.bin"))]
+    {
+        let start = len();
+        let ino = vol.create(dir, &name, false).unwrap();
+        let empty = Version { start, end: len(), data: Arc::new(Vec::new()) };
+        files.push((
+            ino,
+            Vec::new(),
+            Tracked { path: format!("{prefix}{name}"), versions: vec![empty], syncs: vec![] },
+        ));
+    }
+    let mut syncs = Vec::new();
+    let fsync = |syncs: &mut Vec<(usize, usize)>| {
+        let start = len();
+        vol.sync().unwrap();
+        syncs.push((start, len()));
+    };
+    for _ in 0..WORKER_OPS {
+        let f = rng.below(files.len() as u64) as usize;
+        let (ino, model, tracked) = &mut files[f];
+        let ino = *ino;
+        let size = model.len();
+        let n = if rng.below(3) == 0 { 1 + rng.below(600) } else { 1 + rng.below(30_000) } as usize;
+        let kind = if size > 150_000 { 3 } else { rng.below(6) };
+        let start = len();
+        match kind {
+            0 | 1 if size > 0 => {
+                // An overwrite, part of it past the end when it runs that far.
+                let at = rng.below(size as u64) as usize;
+                let data = rng.bytes(n);
+                vol.write(ino, at as u64, &data).unwrap();
+                model.resize(model.len().max(at + n), 0);
+                model[at..at + n].copy_from_slice(&data);
+            }
+            2 => {
+                // Past the end: the gap reads as zeroes.
+                let at = size + 1 + rng.below(8_000) as usize;
+                let data = rng.bytes(n);
+                vol.write(ino, at as u64, &data).unwrap();
+                model.resize(at, 0);
+                model.extend_from_slice(&data);
+            }
+            3 => {
+                let to = rng.below(size as u64 + 1) as usize;
+                vol.truncate(ino, to as u64).unwrap();
+                model.truncate(to);
+            }
+            4 => {
+                let to = size + n;
+                vol.truncate(ino, to as u64).unwrap();
+                model.resize(to, 0);
+            }
+            _ => {
+                let data = rng.bytes(n);
+                vol.append(ino, &data).unwrap();
+                model.extend_from_slice(&data);
+            }
+        }
+        tracked.versions.push(Version { start, end: len(), data: Arc::new(model.clone()) });
+        if rng.below(3) == 0 {
+            fsync(&mut syncs);
+        }
+    }
+    fsync(&mut syncs);
+    files
+        .into_iter()
+        .map(|(_, _, mut tracked)| {
+            tracked.syncs = syncs.clone();
+            tracked
+        })
+        .collect()
+}
+
+/// The namespace thread: in the shared directory, until the workers are done, creates and
+/// writes small files, makes directories, moves files into them and back under new names,
+/// renames a file over another, renames directories, unlinks files and removes directories.
+/// Returns the number of operations and where each directory rename lies in the record.
+fn mt_namespace(
+    vol: &Volume,
+    log: &io::WriteLog,
+    shared: Ino,
+    seed: u64,
+    done: &AtomicBool,
+) -> (usize, Vec<(usize, usize)>) {
+    let len = || log.lock().unwrap().len();
+    let mut dir_renames = Vec::new();
+    let mut rng = Rng(seed.wrapping_mul(0xD134_2543_DE82_EF95) | 1);
+    let mut files: Vec<(Ino, String)> = Vec::new();
+    let mut dirs: Vec<(Ino, String)> = Vec::new();
+    let mut i = 0;
+    while !done.load(Ordering::Acquire) && i < 2_000 {
+        i += 1;
+        let kind = rng.below(9);
+        match kind {
+            2 if dirs.len() < 4 => {
+                let name = format!("namespace directory {i}");
+                let ino = vol.create(shared, &name, true).unwrap();
+                dirs.push((ino, name));
+            }
+            3 | 4 if !files.is_empty() => {
+                // A move: into a directory, or back to the shared one, under a new name.
+                let (dir, name) = files.remove(rng.below(files.len() as u64) as usize);
+                let to = match rng.below(dirs.len() as u64 + 1) as usize {
+                    0 => shared,
+                    k => dirs[k - 1].0,
+                };
+                let new = format!("moved {i}.txt");
+                assert_eq!(vol.rename(dir, &name, to, &new, false).unwrap(), None);
+                files.push((to, new));
+            }
+            5 if files.len() >= 2 => {
+                // Over another file, which goes.
+                let (dir, name) = files.remove(rng.below(files.len() as u64) as usize);
+                let (to, over) = files[rng.below(files.len() as u64) as usize].clone();
+                let gone = vol.rename(dir, &name, to, &over, false).unwrap().expect("a file replaced");
+                vol.evict(gone).unwrap();
+            }
+            6 if !files.is_empty() => {
+                let (dir, name) = files.remove(rng.below(files.len() as u64) as usize);
+                let gone = vol.unlink(dir, &name).unwrap();
+                vol.evict(gone).unwrap();
+            }
+            7 if !dirs.is_empty() => {
+                // Empties a directory and removes it.
+                let (dir, name) = dirs.remove(rng.below(dirs.len() as u64) as usize);
+                for (d, n) in files.extract_if(.., |(d, _)| *d == dir) {
+                    let gone = vol.unlink(d, &n).unwrap();
+                    vol.evict(gone).unwrap();
+                }
+                vol.rmdir(shared, &name).unwrap();
+            }
+            8 if !dirs.is_empty() => {
+                let k = rng.below(dirs.len() as u64) as usize;
+                let new = format!("renamed directory {i}");
+                let start = len();
+                vol.rename(shared, &dirs[k].1, shared, &new, false).unwrap();
+                dir_renames.push((start, len()));
+                dirs[k].1 = new;
+            }
+            _ if files.len() < 24 => {
+                let name = format!("namespace file {i} with a long name.tmp");
+                let ino = vol.create(shared, &name, false).unwrap();
+                let n = rng.below(6_000) as usize;
+                vol.write(ino, 0, &rng.bytes(n)).unwrap();
+                files.push((shared, name));
+            }
+            _ => {
+                let (dir, name) = files.remove(0);
+                let gone = vol.unlink(dir, &name).unwrap();
+                vol.evict(gone).unwrap();
+            }
+        }
+    }
+    (i, dir_renames)
+}
+
+/// Runs the workers and the namespace thread at once on `img` through a recording engine.
+/// Returns the record, the workers' files, how many worker operations overlapped another
+/// worker's in the record, the namespace thread's operation count and where its directory
+/// renames lie in the record.
+#[allow(clippy::type_complexity)]
+fn mt_workload(img: &Path, seed: u64) -> (Vec<IoOp>, Vec<Tracked>, usize, usize, Vec<(usize, usize)>) {
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
+    let (disk, log) = Disk::recording(file);
+    let vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
+    let shared = vol.create(ROOT, "shared directory", true).unwrap();
+    let done = AtomicBool::new(false);
+    let go = Barrier::new(WORKERS + 1);
+    let (tracked, (ns_ops, dir_renames)) = std::thread::scope(|s| {
+        let (vol, log, go, done) = (&vol, &log, &go, &done);
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|t| {
+                s.spawn(move || {
+                    go.wait();
+                    mt_worker(vol, log, shared, t, seed)
+                })
+            })
+            .collect();
+        let namespace = s.spawn(move || {
+            go.wait();
+            mt_namespace(vol, log, shared, seed, done)
+        });
+        let tracked: Vec<Tracked> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+        done.store(true, Ordering::Release);
+        (tracked, namespace.join().unwrap())
+    });
+    vol.unmount().unwrap();
+    drop(vol);
+    let ops = std::mem::take(&mut *log.lock().unwrap());
+    // Worker operations whose writes may interleave with another worker's (their spans in
+    // the record overlap): the concurrency the cuts are about. Each worker has two files,
+    // in order, so file f is worker f / 2's.
+    let spans: Vec<(usize, usize, usize)> =
+        tracked.iter().enumerate().flat_map(|(f, t)| t.versions.iter().map(move |v| (f / 2, v.start, v.end))).collect();
+    let overlapping = spans.iter().filter(|a| spans.iter().any(|b| a.0 != b.0 && a.1 < b.2 && b.1 < a.2)).count();
+    (ops, tracked, overlapping, ns_ops, dir_renames)
+}
+
+/// What a file may hold after a cut: exactly `base`, or, with an operation in flight at the
+/// cut, exactly what that operation left (`next`), or `base`'s size with each byte from
+/// `base` or `next` (an overwrite in place cut between or inside its data writes).
+struct Allowed {
+    path: String,
+    base: Arc<Vec<u8>>,
+    next: Option<Arc<Vec<u8>>>,
+}
+
+impl Allowed {
+    fn admits(&self, got: &[u8]) -> bool {
+        let (base, next) = (&self.base[..], self.next.as_deref().map(|n| &n[..]));
+        got == base
+            || next.is_some_and(|next| {
+                got == next
+                    || (got.len() == base.len()
+                        && got.iter().enumerate().all(|(i, &b)| b == base[i] || next.get(i) == Some(&b)))
+            })
+    }
+}
+
+/// After a crash of plugfs (the kernel keeping every write it was given) cutting the record
+/// after `n` writes, the last torn when `torn`: every operation that returned is on disk,
+/// fsynced or not, so every worker file whose create returned must hold the state its last
+/// returned operation left, or a state its operation in flight may leave.
+fn allowed_after_crash(files: &[Tracked], n: usize, torn: bool) -> Vec<Allowed> {
+    // An operation whose `end` is at most this wrote all its bytes.
+    let done = if torn { n - 1 } else { n };
+    files
+        .iter()
+        .filter(|f| f.versions[0].end <= done)
+        .map(|f| {
+            let last = f.versions.iter().rposition(|v| v.end <= done).expect("the create returned");
+            // The worker runs one operation at a time: at most the next one is in flight.
+            let next = f.versions.get(last + 1).filter(|v| v.start < n).map(|v| v.data.clone());
+            Allowed { path: f.path.clone(), base: f.versions[last].data.clone(), next }
+        })
+        .collect()
+}
+
+/// After a power cut at record position `cut` (any subset of the writes since the last
+/// sync on disk): every worker file whose worker's fsync returned before the cut and that
+/// its worker has not changed since must hold exactly what it held at that fsync.
+fn allowed_after_power_cut(files: &[Tracked], cut: usize) -> Vec<Allowed> {
+    files
+        .iter()
+        .filter_map(|f| {
+            let &(sync_start, _) = f.syncs.iter().rev().find(|s| s.1 <= cut)?;
+            // The state its fsync made durable: every operation before the call returned.
+            let at = f.versions.iter().rposition(|v| v.end <= sync_start)?;
+            let untouched = f.versions.get(at + 1).is_none_or(|v| v.start >= cut);
+            untouched.then(|| Allowed { path: f.path.clone(), base: f.versions[at].data.clone(), next: None })
+        })
+        .collect()
+}
+
+/// Replays `ops` onto a copy of `start`, repairs it and reads every file in `due` with the
+/// engine and with mcopy. Returns what went wrong.
+fn mt_check_cut(
+    work: &Path,
+    start: &Path,
+    ops: &[IoOp],
+    torn: Option<usize>,
+    due: &[Allowed],
+    mode: Repair,
+) -> Result<(), String> {
+    let repair = repair_cut(work, start, ops, torn, mode)?;
+    let img = work.join("cut.img");
+    let i = img.to_str().unwrap();
+    let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 })
+        .map_err(|e| format!("the engine cannot mount the repaired image: {e}"))?;
+    // The whole tree out with one mcopy (the namespace thread's leftovers included).
+    let out = work.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir(&out).unwrap();
+    tool("mcopy", &["-s", "-n", "-i", i, "::/*", out.to_str().unwrap()]);
+    let mut wrong = Vec::new();
+    for a in due {
+        let what = |got: &[u8]| {
+            let at = got.iter().zip(a.base.iter()).position(|(x, y)| x != y).unwrap_or(got.len().min(a.base.len()));
+            let next = a.next.as_ref().map_or("no operation in flight".into(), |n| format!("or {} bytes", n.len()));
+            format!("{} bytes, {} expected ({next}); first difference from them at {at}", got.len(), a.base.len())
+        };
+        match engine_read(&mut vol, &a.path) {
+            Ok(got) if a.admits(&got) => {}
+            Ok(got) => wrong.push(format!("{}: the engine reads {}", a.path, what(&got))),
+            Err(m) => wrong.push(format!("{}: the engine cannot read it: {m}", a.path)),
+        }
+        let copied = out.join(&a.path);
+        if !copied.exists() {
+            // The copy of the whole tree may stop early at garbage a power cut left elsewhere.
+            std::fs::create_dir_all(copied.parent().unwrap()).unwrap();
+            tool("mcopy", &["-n", "-i", i, &format!("::/{}", a.path), copied.to_str().unwrap()]);
+        }
+        match std::fs::read(&copied) {
+            Ok(got) if a.admits(&got) => {}
+            Ok(got) => wrong.push(format!("{}: mcopy reads {}", a.path, what(&got))),
+            Err(e) => wrong.push(format!("{}: mcopy did not copy it: {e}", a.path)),
+        }
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    if let Ok(keep) = std::env::var("PLUGFS_FAT_CRASH_KEEP") {
+        // For a look with mtools: the cut image, its files as they should read, the record.
+        static KEPT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = Path::new(&keep).join(format!("{}-{}", std::process::id(), KEPT.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&img, dir.join("cut.img")).unwrap();
+        std::fs::copy(start, dir.join("start.img")).unwrap();
+        for (k, a) in due.iter().enumerate() {
+            std::fs::write(dir.join(format!("due{k}.bin")), &a.base[..]).unwrap();
+        }
+        std::fs::write(dir.join("ops.txt"), format!("{ops:?}")).unwrap();
+        wrong.push(format!("kept in {}", dir.display()));
+    }
+    Err(format!("{}\nthe repair said:\n{repair}", wrong.join("\n")))
+}
+
+fn mt_crash_cuts(mkfs_args: &[&str], kib: u64) {
+    let started = std::time::Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let seed = env_number("PLUGFS_FAT_CRASH_SEED", 7);
+    let count = env_number("PLUGFS_FAT_CRASH_MT_CUTS", 120);
+    let start = make_used_image(work.path(), mkfs_args, kib, seed);
+
+    let end = work.path().join("end.img");
+    std::fs::copy(&start, &end).unwrap();
+    let (ops, files, overlapping, ns_ops, dir_renames) = mt_workload(&end, seed);
+    // The record in its global order is the whole story, whatever the threads interleaved.
+    let replayed = work.path().join("replayed.img");
+    std::fs::copy(&start, &replayed).unwrap();
+    io::replay(&File::options().write(true).open(&replayed).unwrap(), &ops, None).unwrap();
+    assert!(std::fs::read(&replayed).unwrap() == std::fs::read(&end).unwrap(), "the write record misses writes");
+    let end_check = tool("fsck.fat", &["-n", end.to_str().unwrap()]);
+    assert!(end_check.status.success(), "the finished workload does not pass fsck.fat -n: {}", text(&end_check));
+    let last = allowed_after_crash(&files, ops.len(), false);
+    assert_eq!(last.len(), files.len());
+    mt_check_cut(work.path(), &start, &ops, None, &last, Repair::OnePass).expect("the finished workload");
+    assert!(overlapping > 0, "no two workers' operations overlapped: the threads never ran at once");
+
+    // Cut points: half spread evenly, a quarter at random, a quarter right after a sync.
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let total = ops.len();
+    let syncs: Vec<usize> = (0..total).filter(|&i| ops[i] == IoOp::Sync).map(|i| i + 1).collect();
+    let mut cuts = std::collections::BTreeSet::new();
+    if count as usize > total {
+        cuts.extend(0..=total);
+    }
+    for k in 0..count / 2 {
+        cuts.insert((k as usize * total) / (count as usize / 2).max(1));
+    }
+    for _ in 0..count / 4 {
+        cuts.insert(syncs[rng.below(syncs.len() as u64) as usize]);
+    }
+    while (cuts.len() as u64) < count.min(total as u64 + 1) {
+        cuts.insert(rng.below(total as u64 + 1) as usize);
+    }
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for &cut in &cuts {
+        let mut variants = vec![(cut, None)];
+        // The write after the cut, torn at a sector boundary inside it: file data and new
+        // directory clusters, not the few entries of one name (a long name's entries torn
+        // apart leave a fragment that fsck.fat -a does not remove, with one thread as with
+        // many; tearing a write needs a kernel crash or power cut, where the power-cut
+        // variant below applies).
+        if let Some(IoOp::Write { offset, data }) =
+            ops.get(cut).filter(|op| matches!(op, IoOp::Write { data, .. } if data.len() > 1024))
+        {
+            let mid = ((offset + data.len() as u64 / 2) & !511).saturating_sub(*offset) as usize;
+            if mid > 0 && mid < data.len() {
+                variants.push((cut + 1, Some(mid)));
+            }
+        }
+        for (n, torn) in variants {
+            checked += 1;
+            let due = allowed_after_crash(&files, n, torn.is_some());
+            let in_dir_rename = dir_renames.iter().any(|&(s, e)| s < n && n < e);
+            let mode = if in_dir_rename { Repair::ThreePasses } else { Repair::OnePass };
+            if let Err(e) = mt_check_cut(work.path(), &start, &ops[..n], torn, &due, mode) {
+                failures.push(format!("cut after {n} of {total} writes (torn: {torn:?}): {e}"));
+            }
+        }
+        // A power cut: the writes before the last sync, and any subset of those after it.
+        let synced = ops[..cut].iter().rposition(|op| *op == IoOp::Sync).map_or(0, |i| i + 1);
+        if cut > synced + 1 {
+            let mut subset = ops[..synced].to_vec();
+            subset.extend(ops[synced..cut].iter().filter(|_| rng.below(2) == 0).cloned());
+            checked += 1;
+            let due = allowed_after_power_cut(&files, cut);
+            if let Err(e) = mt_check_cut(work.path(), &start, &subset, None, &due, Repair::Passes(3)) {
+                failures.push(format!(
+                    "power cut after {cut} of {total} writes, {} of the {} since the last sync on disk: {e}",
+                    subset.len() - synced,
+                    cut - synced
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "seed {seed}: {} of {checked} cut images failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    eprintln!(
+        "{mkfs_args:?}, {WORKERS} writers and a namespace thread ({ns_ops} operations), seed {seed}: {checked} cut \
+         images of a {total}-write record ({overlapping} worker operations overlapping another's) repaired with \
+         every file as allowed, in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn every_cut_of_a_concurrent_fat16_workload_is_repaired_by_fsck_with_synced_files_intact() {
+    mt_crash_cuts(&["-F", "16", "-s", "4"], 16 * 1024);
+}
+
+#[test]
+fn every_cut_of_a_concurrent_fat32_workload_is_repaired_by_fsck_with_synced_files_intact() {
+    mt_crash_cuts(&["-F", "32", "-s", "1", "-S", "512"], 40 * 1024);
+}
+
+/// An image whose free clusters hold old bytes, as on a used disk: pseudo-random bytes
+/// written over the whole file, then mkfs.fat (which writes only its reserved area, FATs
+/// and root directory). A cluster handed out before the engine writes it holds garbage.
+fn make_used_image(work: &Path, mkfs_args: &[&str], kib: u64, seed: u64) -> std::path::PathBuf {
+    let start = work.join("start.img");
+    let mut rng = Rng(seed | 1);
+    std::fs::write(&start, rng.bytes(kib as usize * 1024)).unwrap();
+    let mut args: Vec<&str> = mkfs_args.to_vec();
+    args.push(start.to_str().unwrap());
+    let out = tool("mkfs.fat", &args);
+    assert!(out.status.success(), "mkfs.fat {args:?}: {}", text(&out));
+    start
+}
+
+/// A directory grows by a cluster only once that cluster is zeroed on disk, whatever another
+/// thread flushes meanwhile: with the growth linked into the directory's chain in memory
+/// before the zeroes are written, a FAT flush by another thread's fsync (holding no
+/// namespace lock) in between makes the directory's chain name a cluster of old bytes on
+/// disk, durably: after a crash there the directory holds garbage entries, which
+/// `fsck.fat -a` renames, truncates and cross-links with real files.
+#[test]
+fn a_directory_never_grows_by_a_cluster_of_old_bytes_when_another_thread_flushes_the_fat() {
+    let work = tempfile::tempdir().unwrap();
+    // 512-byte clusters: a directory grows every 16 entries.
+    let start = make_used_image(work.path(), &["-F", "32", "-s", "1", "-S", "512"], 40 * 1024, 3);
+    let img = work.path().join("run.img");
+    std::fs::copy(&start, &img).unwrap();
+    let cluster = 512usize;
+    // Stops the first write of one zeroed cluster (a directory's growth) until released.
+    let armed = Arc::new(AtomicBool::new(false));
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new((entered_tx, release_rx));
+    let hook: io::WriteHook = {
+        let armed = armed.clone();
+        Arc::new(move |_offset, data: &[u8]| {
+            if data.len() == cluster && data.iter().all(|&b| b == 0) && armed.swap(false, Ordering::AcqRel) {
+                let gate = gate.lock().unwrap();
+                gate.0.send(()).unwrap();
+                gate.1.recv().unwrap();
+            }
+        })
+    };
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let (disk, log) = Disk::recording(file);
+    let vol = Volume::from_disk(disk.with_write_hook(hook), OpenOptions::default()).unwrap();
+    let dir = vol.create(ROOT, "grows", true).unwrap();
+    // A synced file elsewhere, whose clusters garbage entries could claim.
+    let kept = vol.create(ROOT, "kept.bin", false).unwrap();
+    let data = Rng(11).bytes(200_000);
+    vol.write(kept, 0, &data).unwrap();
+    vol.sync().unwrap();
+    // Fill the directory's first cluster (".", ".." and 14 short names), then arm the gate:
+    // the next create grows it.
+    for i in 0..14 {
+        vol.create(dir, &format!("F{i}.TXT"), false).unwrap();
+    }
+    armed.store(true, Ordering::Release);
+    let cut = std::thread::scope(|s| {
+        let grower = s.spawn(|| vol.create(dir, "F14.TXT", false).unwrap());
+        entered.recv().unwrap();
+        // The growth is allocated and its zeroes are held back: another thread's fsync now.
+        vol.sync().unwrap();
+        let cut = log.lock().unwrap().len();
+        release.send(()).unwrap();
+        grower.join().unwrap();
+        cut
+    });
+    vol.unmount().unwrap();
+    drop(vol);
+    let ops = log.lock().unwrap()[..cut].to_vec();
+    // Everything up to the other thread's fsync is durable: a power cut or crash there.
+    let repair = repair_cut(work.path(), &start, &ops, None, Repair::OnePass)
+        .unwrap_or_else(|e| panic!("a crash right after another thread's fsync: {e}"));
+    let mut vol = Volume::open(&work.path().join("cut.img"), OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    assert!(engine_read(&mut vol, "kept.bin").unwrap() == data, "kept.bin damaged; the repair said:\n{repair}");
+    let dir = vol.lookup(ROOT, "grows").unwrap();
+    let names: Vec<String> = vol.list(dir, None, 100).unwrap().into_iter().map(|l| l.name).collect();
+    let expected: Vec<String> = (0..14).map(|i| format!("F{i}.TXT")).collect();
+    assert_eq!(names, expected, "the directory after the repair; the repair said:\n{repair}");
+}
+
+/// rmdir's barrier: the entry's deletion is synced before the directory's clusters are
+/// freed (and can be taken by another file), so no power cut can leave the entry naming
+/// a cluster another file has since written.
+#[test]
+fn a_removed_directory_entry_is_durably_deleted_before_its_clusters_are_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("fat16.img");
+    let out = tool("mkfs.fat", &["-F", "16", "-C", img.to_str().unwrap(), "65536"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let (disk, log) = Disk::recording(file);
+    let vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
+    vol.create(ROOT, "GONEDIR", true).unwrap();
+    let fats = vol.bpb().fat_offset(0)..vol.bpb().fat_offset(vol.bpb().num_fats);
+    let before = log.lock().unwrap().len();
+    vol.rmdir(ROOT, "GONEDIR").unwrap();
+    let ops: Vec<IoOp> = log.lock().unwrap()[before..].to_vec();
+    let deleted = ops
+        .iter()
+        .position(|op| matches!(op, IoOp::Write { data, .. } if data.starts_with(b"\xe5ONEDIR    ")))
+        .expect("the entry is deleted");
+    let freed = ops
+        .iter()
+        .position(|op| matches!(op, IoOp::Write { offset, .. } if fats.contains(offset)))
+        .expect("the FAT is written");
+    assert!(deleted < freed, "the entry first: {ops:?}");
+    assert!(ops[deleted..freed].contains(&IoOp::Sync), "no sync between the deletion and the free: {ops:?}");
+}
+
+/// A rename's new entry gets a short name of its own, even in a case-only rename: the old
+/// entry keeps its short name until it goes, and two entries with one short name are a
+/// state `fsck.fat -a` repairs by auto-renaming, which was seen to damage other files.
+#[test]
+fn a_rename_never_gives_the_new_entry_the_old_short_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("fat16.img");
+    let out = tool("mkfs.fat", &["-F", "16", "-C", img.to_str().unwrap(), "65536"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let (disk, log) = Disk::recording(file);
+    let vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
+    vol.create(ROOT, "k1.bin", false).unwrap();
+    vol.create(ROOT, "renamed directory 1", true).unwrap();
+    vol.create(ROOT, "target.txt", false).unwrap();
+    vol.create(ROOT, "source.txt", false).unwrap();
+    let before = log.lock().unwrap().len();
+    vol.rename(ROOT, "k1.bin", ROOT, "K1.BIN", false).unwrap();
+    vol.rename(ROOT, "renamed directory 1", ROOT, "renamed directory 2", false).unwrap();
+    let replaced = vol.rename(ROOT, "source.txt", ROOT, "target.txt", false).unwrap();
+    vol.evict(replaced.unwrap()).unwrap();
+    let ops: Vec<IoOp> = log.lock().unwrap()[before..].to_vec();
+    // Every 32-byte short entry written live (not deleted) by the renames.
+    let shorts: Vec<&[u8]> = ops
+        .iter()
+        .filter_map(|op| match op {
+            IoOp::Write { data, .. } => {
+                Some(data.chunks(32).filter(|e| e.len() == 32 && e[11] != 0x0f && e[0] != 0xe5))
+            }
+            IoOp::Sync => None,
+        })
+        .flatten()
+        .map(|e| &e[..11])
+        .collect();
+    for old in [&b"K1      BIN"[..], b"RENAME~1   ", b"TARGET  TXT"] {
+        assert!(
+            !shorts.contains(&old),
+            "a rename wrote a live entry with the short name {:?}",
+            String::from_utf8_lossy(old)
+        );
+    }
+    assert_eq!(vol.lookup(ROOT, "K1.BIN").ok(), vol.lookup(ROOT, "k1.bin").ok());
 }

@@ -76,8 +76,14 @@ impl Disk {
 
     /// `fdatasync`: what was written before is durable.
     pub fn sync_data(&self) -> std::io::Result<()> {
+        let Some(log) = &self.log else { return self.file.sync_data() };
+        // Recording: the log stays locked across the fdatasync, so with several threads
+        // the `Sync` lands exactly between the writes that completed before the fdatasync
+        // began (recorded before it: durable once it returns) and the rest (a write that
+        // completes meanwhile is recorded after it, as not made durable by it).
+        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
         self.file.sync_data()?;
-        self.record(IoOp::Sync);
+        log.push(IoOp::Sync);
         Ok(())
     }
 

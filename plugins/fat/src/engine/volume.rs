@@ -11,7 +11,9 @@
 //! allocation before that one has written its data; that is the same state as a crash
 //! between its data and its FAT (its entry, written last, does not name the clusters yet,
 //! or names them only up to its old size), so the rule that matters, the directory entry
-//! last, holds for every operation.
+//! last, holds for every operation. A directory has no size to hide clusters behind: it
+//! grows by clusters allocated unlinked, zeroed on disk, and only then linked into its
+//! chain (`free_slots`), so no other thread's flush can make it name a cluster of old bytes.
 //!
 //! **Locking.** A volume is used from many threads at once (every method takes `&self`).
 //! Its state is split by who changes it, each part behind its own lock:
@@ -26,7 +28,8 @@
 //!   target to refuse moving a directory into itself, so per-directory locks would need a
 //!   tree-wide lock or an ordering of their own for it, and every namespace operation is
 //!   short (memory, plus a few writes of 32-byte entries; mkdir's barrier `fdatasync` runs
-//!   before the lock is taken). No file data is read or written under it. Lookups,
+//!   before the lock is taken, rename's and rmdir's under it). No file data is read or
+//!   written under it. Lookups,
 //!   listings and stat take it shared.
 //! - `fat` (one `Mutex<Fat>`): the FAT in memory, the free count and next-free hint, the
 //!   map of claimed clusters, and flushing changed sectors to every FAT copy and FSInfo,
@@ -1054,17 +1057,31 @@ impl Namespace {
         }
         let last =
             *self.dir_chain(v, ino)?.last().ok_or_else(|| Error::Corrupt("directory without clusters".into()))?;
-        let new = v.fat()?.allocate(Some(last), clusters)?;
+        // The new clusters join the directory's chain only once they are zeroed on disk.
+        // Linked at once, another thread's FAT flush (a write or fsync elsewhere, which
+        // needs no namespace lock) could write the link before the zeroes, and a crash
+        // then leaves the directory naming a cluster of old bytes: garbage entries that
+        // `fsck.fat -a` cannot repair in one pass, some naming other files' clusters. A
+        // directory has no size to hide them behind, unlike a file. Unlinked, such a
+        // flush only carries a chain nothing names yet (lost clusters).
+        let new = {
+            let mut fat = v.fat()?;
+            let new = fat.allocate(Some(last), clusters)?;
+            fat.set(last, Entry::End);
+            new
+        };
         let zeros = vec![0u8; v.bpb.cluster_size() as usize];
         for &c in &new {
             if let Err(e) = v.file.write_all_at(&zeros, v.bpb.cluster_offset(c)) {
-                let mut fat = v.fat()?;
-                fat.free_chain(&new);
-                fat.set(last, Entry::End);
+                v.fat()?.free_chain(&new);
                 return Err(e.into());
             }
         }
-        v.flush()?;
+        {
+            let mut fat = v.fat()?;
+            fat.set(last, Entry::Next(new[0]));
+            v.flush_fat(&mut fat)?;
+        }
         let node = self.node_mut(ino)?;
         node.chain.as_mut().expect("chain loaded").extend_from_slice(&new);
         let state = node.dir.as_mut().expect("dir loaded");
@@ -1232,6 +1249,12 @@ impl Namespace {
             return Err(Error::NotEmpty);
         }
         self.detach(v, ino)?;
+        // A barrier before the clusters are freed: once free, another file may take them
+        // and write its data there, and a power cut that kept that data but lost the
+        // entry's deletion would leave the entry naming a directory of garbage entries
+        // (which `fsck.fat -a` does not drop, found by the concurrent crash test). A
+        // file's clusters need none: a deleted file that comes back holds only data.
+        v.file.sync_data()?;
         let chain = self.dir_chain(v, ino)?;
         v.free_clusters(chain)?;
         let node = self.node_mut(ino)?;
@@ -1272,12 +1295,14 @@ impl Namespace {
         }
         let same_name = self.node(src)?.name == new_name && dir == new_dir;
         let mut replaced = None;
+        let mut replaced_short = None;
         match target {
             Some(t) if t == src && same_name => return Ok(None),
             Some(t) if t == src => {}
             Some(_) if noreplace => return Err(Error::Exists),
             Some(t) => {
                 let t_is_dir = self.node(t)?.entry.is_dir();
+                replaced_short = Some(self.node(t)?.entry.name);
                 match (src_is_dir, t_is_dir) {
                     (true, false) => return Err(Error::NotDir),
                     (false, true) => return Err(Error::IsDir),
@@ -1292,19 +1317,19 @@ impl Namespace {
             }
             None => {}
         }
-        let old = self.node(src)?;
-        let old_short = old.entry.name;
-        let mut entry = old.entry;
+        let mut entry = self.node(src)?.entry;
+        // The new entry never gets the old entry's short name (even in a case-only rename),
+        // nor a replaced target's: the old entry stays on disk until after the barrier, and
+        // a power cut may keep the new entry but lose the target's deletion. Two entries
+        // with one short name make `fsck.fat -a` auto-rename one ("Duplicate directory
+        // entry"), a repair the concurrent crash test saw overwrite other files' clusters.
         let mut taken = self.dir_state(new_dir)?.shorts.clone();
-        if new_dir == dir {
-            taken.remove(&old_short);
-        }
+        taken.extend(replaced_short);
         let stored = names::short_name_for(new_name, &taken)?;
         entry.name = stored.short;
         entry.nt_flags = stored.nt_flags;
         // The new entry first, then the old one goes: a crash in between leaves two names
-        // for one chain (with a case-only rename, two entries with one short name), which
-        // fsck.fat resolves, never a lost file.
+        // for one chain, which fsck.fat resolves, never a lost file.
         let (first_slot, slot) = self.insert_entries(v, new_dir, new_name, &stored, &entry)?;
         if self.node(src)?.linked {
             // A barrier, so that even a power cut (the kernel writing pages back in any
@@ -1312,8 +1337,6 @@ impl Namespace {
             v.file.sync_data()?;
             self.detach(v, src)?;
         }
-        // Detaching forgot the old short name, which may be the new one too.
-        self.dir_state_mut(new_dir)?.shorts.insert(stored.short);
         let node = self.node_mut(src)?;
         node.parent = new_dir;
         node.first_slot = first_slot;
