@@ -174,3 +174,66 @@ pub fn plugfs(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// durable-io served through the FUSE frontend inside the test process (no `plugfs`
+/// binary), over a fresh temporary directory: `data/` is the backing root and `mnt/` the
+/// mountpoint, reachable by the conformance suite's unprivileged user. Unmounts when
+/// dropped.
+pub struct DurableMount {
+    mount: Option<plugfs_fuse::FuseMount>,
+    dir: tempfile::TempDir,
+    lib: plugfs_plugin_api::host::PluginLibrary,
+}
+
+impl DurableMount {
+    /// Mounts durable-io with `config_lines` (settings beside `root`, one per line) and the
+    /// frontend's `passthrough` option.
+    pub fn new(config_lines: &str, passthrough: bool) -> DurableMount {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));
+        std::fs::create_dir(&data).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        let lib = plugfs_plugin_api::host::PluginLibrary::load(&plugin_library("plugfs-durable-io")).unwrap();
+        let config = format!("root = {:?}\n{config_lines}\n", data.to_str().unwrap());
+        let fs = lib.open(&config, &plugfs_plugin_api::MountOptions::default()).unwrap();
+        let options = plugfs_fuse::FuseOptions { allow_other: true, passthrough, ..Default::default() };
+        let mount = plugfs_fuse::mount(std::sync::Arc::new(fs), &mnt, &options).unwrap();
+        DurableMount { mount: Some(mount), dir, lib }
+    }
+
+    /// `rel` under the mountpoint.
+    pub fn mnt(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("mnt").join(rel)
+    }
+
+    /// `rel` under the backing directory.
+    pub fn data(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("data").join(rel)
+    }
+
+    /// The plugin library it was loaded from (its info and capabilities).
+    pub fn library(&self) -> &plugfs_plugin_api::host::PluginLibrary {
+        &self.lib
+    }
+
+    /// The frontend's mount (request counters, open handles).
+    pub fn mount(&self) -> &plugfs_fuse::FuseMount {
+        self.mount.as_ref().unwrap()
+    }
+
+    /// Waits for the kernel's asynchronous releases to reach the frontend.
+    pub fn wait_released(&self) {
+        let released = wait_until(std::time::Duration::from_secs(10), || self.mount().open_handles() == 0);
+        assert!(released, "{} handle(s) left open", self.mount().open_handles());
+    }
+}
+
+impl Drop for DurableMount {
+    fn drop(&mut self) {
+        if let Some(m) = self.mount.take() {
+            let _ = m.unmount();
+        }
+    }
+}

@@ -7,53 +7,10 @@
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
-use plugfs_fuse::{FuseMount, FuseOptions};
-use plugfs_plugin_api::MountOptions;
-use plugfs_plugin_api::host::PluginLibrary;
-use plugfs_tests::plugin_library;
-
-/// A durable-io mount made in this process.
-struct Mounted {
-    mount: Option<FuseMount>,
-    dir: tempfile::TempDir,
-    _lib: PluginLibrary,
-}
-
-impl Mounted {
-    fn new(config_lines: &str, passthrough: bool) -> Mounted {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));
-        std::fs::create_dir(&data).unwrap();
-        std::fs::create_dir(&mnt).unwrap();
-        let lib = PluginLibrary::load(&plugin_library("plugfs-durable-io")).unwrap();
-        let config = format!("root = {:?}\n{config_lines}\n", data.to_str().unwrap());
-        let fs = lib.open(&config, &MountOptions::default()).unwrap();
-        let options = FuseOptions { allow_other: true, passthrough, ..FuseOptions::default() };
-        let mount = plugfs_fuse::mount(Arc::new(fs), &mnt, &options).unwrap();
-        Mounted { mount: Some(mount), dir, _lib: lib }
-    }
-
-    fn mnt(&self, rel: &str) -> PathBuf {
-        self.dir.path().join("mnt").join(rel)
-    }
-
-    fn data(&self, rel: &str) -> PathBuf {
-        self.dir.path().join("data").join(rel)
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(m) = self.mount.take() {
-            let _ = m.unmount();
-        }
-    }
-}
+use plugfs_tests::DurableMount;
 
 /// What a `stat` through the mount must agree on with the backing file.
 fn seen(path: &Path) -> (u64, u64, u32, u64, i64, i64) {
@@ -63,7 +20,7 @@ fn seen(path: &Path) -> (u64, u64, u32, u64, i64, i64) {
 
 /// Asserts that the mount shows `rel` as the backing directory has it.
 #[track_caller]
-fn agrees(m: &Mounted, rel: &str, what: &str) {
+fn agrees(m: &DurableMount, rel: &str, what: &str) {
     let (mut mounted, mut backing) = (seen(&m.mnt(rel)), seen(&m.data(rel)));
     if rel.is_empty() {
         // The root is node 1 through FUSE, whatever its backing inode number.
@@ -87,7 +44,7 @@ fn set_mtime(path: &Path, secs: i64) {
 
 /// Every kind of change through the mount, each followed by a stat that must show exactly
 /// what the backing directory has, however long the kernel may cache.
-fn changes_through_the_mount_show_at_once(m: &Mounted) {
+fn changes_through_the_mount_show_at_once(m: &DurableMount) {
     agrees(m, "", "the root");
     std::fs::write(m.mnt("f"), b"hello").unwrap();
     agrees(m, "f", "a new file");
@@ -146,9 +103,9 @@ fn changes_through_the_mount_show_at_once(m: &Mounted) {
 #[test]
 fn an_exclusive_mount_shows_every_change_made_through_it_at_once() {
     for (durability, passthrough) in [("close", true), ("close", false), ("always", false)] {
-        let m = Mounted::new(&format!("durability = {durability:?}\nexclusive = true"), passthrough);
+        let m = DurableMount::new(&format!("durability = {durability:?}\nexclusive = true"), passthrough);
         changes_through_the_mount_show_at_once(&m);
-        let counts = m.mount.as_ref().unwrap().data_requests();
+        let counts = m.mount().data_requests();
         assert_eq!(counts.passthrough_opens > 0, passthrough && durability != "always", "{counts:?}");
     }
 }
@@ -157,7 +114,7 @@ fn an_exclusive_mount_shows_every_change_made_through_it_at_once() {
 fn an_exclusive_mount_keeps_its_cache_when_the_backing_directory_changes_behind_it() {
     // The price of `exclusive`, as documented: what is changed directly in the backing
     // directory stays unseen for the TTL. Without it (1 s TTLs) it shows within a second.
-    let m = Mounted::new("exclusive = true", true);
+    let m = DurableMount::new("exclusive = true", true);
     std::fs::write(m.mnt("f"), b"short").unwrap();
     let before = seen(&m.mnt("f"));
     std::fs::write(m.data("f"), b"made longer behind the mount's back").unwrap();
@@ -165,7 +122,7 @@ fn an_exclusive_mount_keeps_its_cache_when_the_backing_directory_changes_behind_
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(seen(&m.mnt("f")), before, "the cached attributes were dropped");
 
-    let m = Mounted::new("", true);
+    let m = DurableMount::new("", true);
     std::fs::write(m.mnt("f"), b"short").unwrap();
     seen(&m.mnt("f"));
     std::fs::write(m.data("f"), b"made longer behind the mount's back").unwrap();
@@ -177,7 +134,7 @@ fn an_exclusive_mount_keeps_its_cache_when_the_backing_directory_changes_behind_
 fn an_exclusive_mount_with_atomic_replace_shows_the_replaced_file_within_the_short_ttl() {
     // The replace renames a new inode over the name at the release, which the kernel does
     // not see; on such a mount files' names keep the 1 s TTL.
-    let m = Mounted::new("exclusive = true\natomic_replace = true", false);
+    let m = DurableMount::new("exclusive = true\natomic_replace = true", false);
     std::fs::write(m.mnt("f"), b"old").unwrap();
     let old = seen(&m.mnt("f"));
     std::fs::write(m.mnt("f"), b"the new content").unwrap();
@@ -189,8 +146,8 @@ fn an_exclusive_mount_with_atomic_replace_shows_the_replaced_file_within_the_sho
 
 /// `stat`s `name` under the mount `times` times, each failing with ENOENT, and returns how
 /// many LOOKUP requests (and negative entries) reached the frontend meanwhile.
-fn lookups_for_missing(m: &Mounted, name: &str, times: usize) -> plugfs_fuse::LookupRequests {
-    let mount = m.mount.as_ref().unwrap();
+fn lookups_for_missing(m: &DurableMount, name: &str, times: usize) -> plugfs_fuse::LookupRequests {
+    let mount = m.mount();
     let before = mount.lookup_requests();
     for _ in 0..times {
         missing(&m.mnt(name));
@@ -204,7 +161,7 @@ fn lookups_for_missing(m: &Mounted, name: &str, times: usize) -> plugfs_fuse::Lo
 
 #[test]
 fn an_exclusive_mount_has_the_kernel_cache_missing_names_until_created_through_it() {
-    let m = Mounted::new("exclusive = true", true);
+    let m = DurableMount::new("exclusive = true", true);
     let counted = lookups_for_missing(&m, "absent", 100);
     assert_eq!((counted.lookups, counted.negative_entries), (1, 1), "100 stats of a missing name: {counted:?}");
     // In a subdirectory too, and for open(O_RDONLY) as for stat.
@@ -235,7 +192,7 @@ fn an_exclusive_mount_has_the_kernel_cache_missing_names_until_created_through_i
     assert_eq!(lookups_for_missing(&m, "d/renamed", 20).lookups, 1, "after an unlink");
 
     // Without `exclusive`, every stat of a missing name asks the plugin.
-    let m = Mounted::new("", true);
+    let m = DurableMount::new("", true);
     let counted = lookups_for_missing(&m, "absent", 100);
     assert_eq!((counted.lookups, counted.negative_entries), (100, 0), "{counted:?}");
 }
@@ -244,7 +201,7 @@ fn an_exclusive_mount_has_the_kernel_cache_missing_names_until_created_through_i
 fn a_name_created_behind_an_exclusive_mount_stays_missing_for_the_ttl() {
     // The documented price: a missing name cached by the kernel hides a file created
     // directly in the backing directory. With a short metadata_ttl it shows after it.
-    let m = Mounted::new("exclusive = true\nmetadata_ttl = 2", true);
+    let m = DurableMount::new("exclusive = true\nmetadata_ttl = 2", true);
     missing(&m.mnt("late"));
     std::fs::write(m.data("late"), b"made behind the mount").unwrap();
     missing(&m.mnt("late"));
@@ -259,12 +216,12 @@ fn a_close_reaches_the_plugin_only_where_its_flush_does_something() {
     for (durability, passthrough, flushed) in
         [("kernel", true, false), ("kernel", false, false), ("always", false, false), ("close", true, true)]
     {
-        let m = Mounted::new(&format!("durability = {durability:?}"), passthrough);
+        let m = DurableMount::new(&format!("durability = {durability:?}"), passthrough);
         for i in 0..10 {
             std::fs::write(m.mnt(&format!("f{i}")), b"data").unwrap();
             assert_eq!(std::fs::read(m.mnt(&format!("f{i}"))).unwrap(), b"data");
         }
-        let counts = m.mount.as_ref().unwrap().data_requests();
+        let counts = m.mount().data_requests();
         assert_eq!(counts.flushes >= 20, flushed, "{durability}, passthrough {passthrough}: {counts:?}");
         if !flushed {
             assert_eq!(counts.flushes, 0, "{durability}: {counts:?}");
@@ -277,11 +234,11 @@ fn durable_io_passes_the_conformance_suite_through_an_exclusive_mount() {
     // Long TTLs, negative entries and no FLUSH (durability = "kernel"), with and without
     // passthrough: everything the suite does goes through the mount, so all must hold.
     for passthrough in [true, false] {
-        let m = Mounted::new("durability = \"kernel\"\nexclusive = true", passthrough);
-        let caps = m._lib.info().capabilities;
+        let m = DurableMount::new("durability = \"kernel\"\nexclusive = true", passthrough);
+        let caps = m.library().info().capabilities;
         let report = plugfs_conformance::run_mounted(&m.mnt(""), &caps, Some((65534, 65534)));
         assert!(report.ok(), "passthrough = {passthrough}: {}", report.summary());
-        let lookups = m.mount.as_ref().unwrap().lookup_requests();
+        let lookups = m.mount().lookup_requests();
         assert!(lookups.negative_entries > 0, "the suite looked up missing names: {lookups:?}");
     }
 }

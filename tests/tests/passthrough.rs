@@ -5,63 +5,12 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
-use plugfs_fuse::{FuseMount, FuseOptions};
-use plugfs_plugin_api::MountOptions;
-use plugfs_plugin_api::host::PluginLibrary;
-use plugfs_tests::{plugin_library, wait_until};
+use plugfs_tests::DurableMount;
 
-/// A durable-io mount made in this process.
-struct Mounted {
-    mount: Option<FuseMount>,
-    dir: tempfile::TempDir,
-    _lib: PluginLibrary,
-}
-
-impl Mounted {
-    fn new(durability: &str, passthrough: bool) -> Mounted {
-        let dir = tempfile::tempdir().unwrap();
-        // The unprivileged user of the conformance suite must be able to reach the mount.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));
-        std::fs::create_dir(&data).unwrap();
-        std::fs::create_dir(&mnt).unwrap();
-        let lib = PluginLibrary::load(&plugin_library("plugfs-durable-io")).unwrap();
-        let config = format!("root = {:?}\ndurability = {durability:?}\n", data.to_str().unwrap());
-        let fs = lib.open(&config, &MountOptions::default()).unwrap();
-        let options = FuseOptions { allow_other: true, passthrough, ..FuseOptions::default() };
-        let mount = plugfs_fuse::mount(Arc::new(fs), &mnt, &options).unwrap();
-        Mounted { mount: Some(mount), dir, _lib: lib }
-    }
-
-    fn mnt(&self, rel: &str) -> PathBuf {
-        self.dir.path().join("mnt").join(rel)
-    }
-
-    fn data(&self, rel: &str) -> PathBuf {
-        self.dir.path().join("data").join(rel)
-    }
-
-    fn mount(&self) -> &FuseMount {
-        self.mount.as_ref().unwrap()
-    }
-
-    /// Waits for the kernel's asynchronous releases to reach the frontend.
-    fn wait_released(&self) {
-        let released = wait_until(Duration::from_secs(10), || self.mount().open_handles() == 0);
-        assert!(released, "{} handle(s) left open", self.mount().open_handles());
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(m) = self.mount.take() {
-            let _ = m.unmount();
-        }
-    }
+/// durable-io with `durability` set, through the frontend in this process.
+fn mounted(durability: &str, passthrough: bool) -> DurableMount {
+    DurableMount::new(&format!("durability = {durability:?}"), passthrough)
 }
 
 fn pattern(len: usize) -> Vec<u8> {
@@ -70,7 +19,7 @@ fn pattern(len: usize) -> Vec<u8> {
 
 /// Writes 3 MiB in 1 MiB blocks, rewrites a piece in the middle, reads it all back through
 /// a fresh open, and returns what was read.
-fn write_and_read_back(m: &Mounted) -> Vec<u8> {
+fn write_and_read_back(m: &DurableMount) -> Vec<u8> {
     let data = pattern(3 << 20);
     let mut f = std::fs::File::create(m.mnt("f")).unwrap();
     for block in data.chunks(1 << 20) {
@@ -89,7 +38,7 @@ fn reads_and_writes_of_a_passthrough_file_never_reach_the_frontend_and_the_data_
     let mut expected = pattern(3 << 20);
     expected[1_500_000..1_500_006].copy_from_slice(b"middle");
 
-    let on = Mounted::new("close", true);
+    let on = mounted("close", true);
     let through = write_and_read_back(&on);
     assert!(through == expected, "passthrough read back other data");
     assert!(std::fs::read(on.data("f")).unwrap() == expected, "passthrough wrote other data to the backing file");
@@ -99,7 +48,7 @@ fn reads_and_writes_of_a_passthrough_file_never_reach_the_frontend_and_the_data_
     on.wait_released();
     assert_eq!(on.mount().backing_files(), 0, "backing ids outlive their handles");
 
-    let off = Mounted::new("close", false);
+    let off = mounted("close", false);
     let served = write_and_read_back(&off);
     assert!(served == expected, "the daemon read back other data");
     assert!(std::fs::read(off.data("f")).unwrap() == expected);
@@ -111,7 +60,7 @@ fn reads_and_writes_of_a_passthrough_file_never_reach_the_frontend_and_the_data_
 fn under_always_durability_writes_go_through_the_plugin_not_passthrough() {
     // The kernel would open its own backing file with the caller's flags, without the
     // O_DSYNC that makes each write durable; so durable-io hands no descriptor over.
-    let m = Mounted::new("always", true);
+    let m = mounted("always", true);
     std::fs::write(m.mnt("f"), b"synced on every write").unwrap();
     let counts = m.mount().data_requests();
     assert!(counts.writes > 0 && counts.passthrough_opens == 0, "{counts:?}");
@@ -120,7 +69,7 @@ fn under_always_durability_writes_go_through_the_plugin_not_passthrough() {
 
 #[test]
 fn two_opens_of_one_file_share_a_backing_file_that_closes_with_the_last() {
-    let m = Mounted::new("kernel", true);
+    let m = mounted("kernel", true);
     std::fs::write(m.mnt("f"), b"0123456789").unwrap();
     m.wait_released();
     let a = std::fs::File::open(m.mnt("f")).unwrap();
@@ -142,7 +91,7 @@ fn two_opens_of_one_file_share_a_backing_file_that_closes_with_the_last() {
 
 #[test]
 fn mmap_of_a_passthrough_file_reads_and_writes_the_backing_file() {
-    let m = Mounted::new("close", true);
+    let m = mounted("close", true);
     let len = 64 * 1024;
     std::fs::write(m.mnt("f"), pattern(len)).unwrap();
     let f = std::fs::OpenOptions::new().read(true).write(true).open(m.mnt("f")).unwrap();
@@ -181,7 +130,7 @@ fn without_passthrough_writes_cost_no_security_capability_lookup_and_still_clear
     // each write(2). With passthrough it cannot (the kernel writes the backing file as
     // the mounter), and the kernel asks before every write.
     for passthrough in [false, true] {
-        let m = Mounted::new("kernel", passthrough);
+        let m = mounted("kernel", passthrough);
         let mut f = std::fs::File::create(m.mnt("f")).unwrap();
         for block in pattern(16 << 16).chunks(1 << 16) {
             f.write_all(block).unwrap();
@@ -235,8 +184,8 @@ fn cstr(bytes: &[u8]) -> std::ffi::CString {
 #[test]
 fn durable_io_passes_the_conformance_suite_through_fuse_with_and_without_passthrough() {
     for passthrough in [true, false] {
-        let m = Mounted::new("close", passthrough);
-        let caps = m._lib.info().capabilities;
+        let m = mounted("close", passthrough);
+        let caps = m.library().info().capabilities;
         let report = plugfs_conformance::run_mounted(&m.mnt(""), &caps, Some((65534, 65534)));
         assert!(report.ok(), "passthrough = {passthrough}: {}", report.summary());
         let counts = m.mount().data_requests();
@@ -249,7 +198,7 @@ fn concurrent_opens_and_releases_of_one_file_share_its_backing_file_and_close_it
     // The table of backing ids is locked per shard of nodes and not across replies: a
     // release racing a new open of the same node must neither close the id under it nor
     // leave it registered.
-    let m = Mounted::new("kernel", true);
+    let m = mounted("kernel", true);
     std::fs::write(m.mnt("shared"), b"0123456789").unwrap();
     for i in 0..8 {
         std::fs::write(m.mnt(&format!("own{i}")), format!("file {i}")).unwrap();

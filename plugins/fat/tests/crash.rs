@@ -35,23 +35,7 @@ use std::sync::{Arc, Barrier};
 
 use plugfs_fat::engine::io::{self, Disk, IoOp};
 use plugfs_fat::engine::{Ino, OpenOptions, ROOT, Volume};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+use plugfs_fat::fuzzing::Rng;
 
 fn env_number(name: &str, default: u64) -> u64 {
     match std::env::var(name) {

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use super::mkfs;
 use super::*;
+use crate::fuzzing::Rng;
 
 /// Runs a dosfstools/mtools command; a missing tool fails with what to install.
 pub(crate) fn run(tool: &str, args: &[&str]) -> std::process::Output {
@@ -580,22 +581,6 @@ fn a_block_device_is_served_like_an_image_file() {
     }
     run_ok("fsck.fat", &["-n", &dev]);
     assert_eq!(run_ok("mcopy", &["-n", "-i", &dev, "::/written to the device", "-"]), b"device");
-}
-
-/// A small xorshift generator per thread, seeded, so a failure repeats.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Many threads write and read their own files at once while one thread creates, writes,
