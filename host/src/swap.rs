@@ -1149,8 +1149,9 @@ impl FileSystem for Swap {
     }
 
     fn capabilities(&self) -> Option<Capabilities> {
-        // Asked by the frontend when it starts, and at each `ENOENT` of a lookup (whether
-        // to cache it): the current backend's.
+        // Asked by the frontend when it starts, at each `ENOENT` of a lookup (whether to
+        // cache it) and on each write of a mount without passthrough (whether the backend
+        // stores xattrs): the current backend's, a copy the loader keeps.
         route!(self, fs => fs.capabilities(), m => m.current.load().fs.capabilities())
     }
 }
