@@ -249,10 +249,9 @@ impl FatFs {
             crtime: timestamp(m.created.to_unix(tz)),
             kind,
             perm: perm as u16,
-            // FAT keeps no link count. A directory's would be 2 + its subdirectories, which
-            // means reading it whole on every stat; 1 is the documented "not counted" answer
-            // (btrfs gives it too), which tells find(1) not to use link counts as a shortcut.
-            nlink: 1,
+            // FAT keeps no link count: a directory's is 2 + its subdirectories, as Linux
+            // vfat counts them, kept per directory by the engine; a file's is 1.
+            nlink: m.nlink,
             uid: p.uid,
             gid: p.gid,
             rdev: 0,

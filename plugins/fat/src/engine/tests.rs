@@ -380,6 +380,50 @@ fn a_directory_of_thousands_of_entries_is_created_and_looked_up() {
     assert_eq!(mdir_names(&img, "many").len(), 3000);
 }
 
+/// Directories count their links as Linux vfat does: 2 + subdirectories, the root too,
+/// counted once when a directory is first read (here one mtools filled) and then kept by
+/// mkdir, rmdir and renames across parents, including one that replaces an empty directory.
+#[test]
+fn directory_link_counts_are_two_plus_subdirectories_through_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "16"], 16 * 1024);
+    let i = img.to_str().unwrap();
+    run_ok("mmd", &["-i", i, "::/a", "::/a/x", "::/a/y", "::/b"]);
+    run_ok("mcopy", &["-i", i, "/dev/null", "::/a/file"]);
+    let vol = open_rw(&img);
+    let nlink = |ino: Ino| vol.stat(ino).unwrap().nlink;
+    let a = vol.lookup(ROOT, "a").unwrap();
+    let b = vol.lookup(ROOT, "b").unwrap();
+    // Read from disk: `a` is stat'ed before it is ever listed.
+    assert_eq!((nlink(ROOT), nlink(a), nlink(b)), (4, 4, 2));
+    assert_eq!(nlink(vol.lookup(a, "file").unwrap()), 1);
+    let c = vol.create(ROOT, "c", true).unwrap();
+    let z = vol.create(b, "z", true).unwrap();
+    assert_eq!((nlink(ROOT), nlink(b), nlink(c), nlink(z)), (5, 3, 2, 2));
+    vol.rename(a, "x", b, "x moved", false).unwrap();
+    assert_eq!((nlink(a), nlink(b)), (3, 4));
+    // Over an empty directory: the target's link goes, the moved one's comes.
+    vol.rename(a, "y", b, "z", false).unwrap();
+    assert_eq!((nlink(a), nlink(b), nlink(z)), (2, 4, 0));
+    // Within one directory, and case only: nothing changes.
+    vol.rename(b, "x moved", b, "X MOVED", false).unwrap();
+    assert_eq!(nlink(b), 4);
+    // A file moved between directories counts nowhere.
+    vol.rename(a, "file", c, "file", false).unwrap();
+    assert_eq!((nlink(a), nlink(c)), (2, 2));
+    vol.rmdir(ROOT, "c").unwrap_err();
+    vol.unlink(c, "file").unwrap();
+    vol.rmdir(ROOT, "c").unwrap();
+    assert_eq!((nlink(ROOT), nlink(c)), (4, 0));
+    drop(vol);
+    fsck(&img);
+    // What was kept matches a fresh count from disk.
+    let vol = open_rw(&img);
+    let nlink = |ino: Ino| vol.stat(ino).unwrap().nlink;
+    let b = vol.lookup(ROOT, "b").unwrap();
+    assert_eq!((nlink(ROOT), nlink(b)), (4, 4));
+}
+
 #[test]
 fn a_looping_chain_is_eio_on_that_file_only() {
     let dir = tempfile::tempdir().unwrap();

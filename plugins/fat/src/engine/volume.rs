@@ -86,6 +86,9 @@ pub struct Meta {
     pub created: FatTime,
     pub modified: FatTime,
     pub access_date: u16,
+    /// Links: for a directory 2 + its subdirectories (its `.`, its entry in the parent and
+    /// each subdirectory's `..`, as Linux vfat counts), 0 once removed; 1 for a file.
+    pub nlink: u32,
 }
 
 /// A directory entry as listed.
@@ -116,6 +119,9 @@ struct DirState {
     label_slot: Option<u32>,
     /// Deleted slots before `end`: when there are none, free space starts at `end`.
     holes: u32,
+    /// Subdirectories listed in it, counted at load and kept by every change, so a
+    /// directory's link count costs no scan.
+    subdirs: u32,
 }
 
 /// A node as the namespace knows it (under `ns`).
@@ -480,10 +486,24 @@ impl Volume {
         Ok(self.ns_read()?.node(ino)?.entry.first_cluster)
     }
 
-    /// A node's metadata.
+    /// A node's metadata. A directory not read yet is read first (its link count needs
+    /// its subdirectories), as Linux vfat does when it first meets a directory's inode.
     pub fn stat(&self, ino: Ino) -> Result<Meta> {
+        {
+            let ns = self.ns_read()?;
+            let node = ns.node(ino)?;
+            if !(node.entry.is_dir() && node.linked && node.dir.is_none()) {
+                return self.stat_locked(&ns, ino);
+            }
+        }
+        let mut ns = self.ns_write()?;
+        // A directory that cannot be read is still stat'ed (its lookups answer the error).
+        let _ = ns.load_dir(self, ino);
+        self.stat_locked(&ns, ino)
+    }
+
+    fn stat_locked(&self, ns: &Namespace, ino: Ino) -> Result<Meta> {
         let cs = self.bpb.cluster_size() as u64;
-        let ns = self.ns_read()?;
         let node = ns.node(ino)?;
         let e = node.entry;
         let allocated = if e.is_dir() {
@@ -500,6 +520,12 @@ impl Volume {
             (e.size as u64).div_ceil(cs) * cs
         };
         let size = if e.is_dir() { allocated } else { e.size as u64 };
+        let nlink = match &node.dir {
+            _ if !e.is_dir() => 1,
+            Some(d) => 2 + d.subdirs,
+            None if node.linked => 2,
+            None => 0,
+        };
         Ok(Meta {
             ino,
             is_dir: e.is_dir(),
@@ -509,6 +535,7 @@ impl Volume {
             created: e.created,
             modified: e.modified,
             access_date: e.access_date,
+            nlink,
         })
     }
 
@@ -977,6 +1004,7 @@ impl Namespace {
             shorts: HashSet::new(),
             label_slot: listing.label.map(|l| l.0),
             holes: 0,
+            subdirs: 0,
         };
         state.holes = (0..state.end as usize).filter(|&s| state.raw[s * ENTRY_SIZE] == DELETED).count() as u32;
         let mut cells = Vec::new();
@@ -991,6 +1019,7 @@ impl Namespace {
             self.next_ino += 1;
             state.by_slot.insert(p.slot, child);
             state.index.insert(key, child);
+            state.subdirs += p.entry.is_dir() as u32;
             if !p.entry.is_dir() {
                 let st = FileState { first_cluster: p.entry.first_cluster, size: p.entry.size, chain: None };
                 cells.push((child, Arc::new(RwLock::new(st))));
@@ -1219,6 +1248,7 @@ impl Namespace {
         if let Ok(state) = self.dir_state_mut(dir) {
             state.by_slot.insert(slot, ino);
             state.index.insert(fold(name), ino);
+            state.subdirs += is_dir as u32;
         }
         Ok(ino)
     }
@@ -1226,10 +1256,11 @@ impl Namespace {
     /// Takes node `ino` out of its directory's entries and index.
     fn detach(&mut self, v: &Volume, ino: Ino) -> Result<()> {
         let node = self.node(ino)?;
-        let (parent, first, slot, key, short) =
-            (node.parent, node.first_slot, node.slot, fold(&node.name), node.entry.name);
+        let (parent, first, slot, key, short, is_dir) =
+            (node.parent, node.first_slot, node.slot, fold(&node.name), node.entry.name, node.entry.is_dir());
         self.remove_entries(v, parent, first, slot)?;
         let state = self.dir_state_mut(parent)?;
+        state.subdirs -= is_dir as u32;
         state.by_slot.remove(&slot);
         if state.index.get(&key) == Some(&ino) {
             state.index.remove(&key);
@@ -1347,6 +1378,7 @@ impl Namespace {
         let state = self.dir_state_mut(new_dir)?;
         state.by_slot.insert(slot, src);
         state.index.insert(fold(new_name), src);
+        state.subdirs += src_is_dir as u32;
         if src_is_dir && new_dir != dir {
             self.load_dir(v, src)?;
             let parent_cluster = if new_dir == ROOT { 0 } else { self.node(new_dir)?.entry.first_cluster };
