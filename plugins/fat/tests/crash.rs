@@ -8,7 +8,10 @@
 //! byte-identical with `mcopy` and through the engine. A third variant models a power cut:
 //! the writes before the last sync plus a random subset of those after it (the kernel
 //! writes pages back in any order); there fsck.fat gets up to three passes and the synced
-//! files must be intact.
+//! files must be intact. A fourth is the power cut that loses exactly the pages zeroed
+//! since the last sync. The images are made over random bytes, and before any repair no
+//! directory may hold a name the workload never gave: a directory cluster named before its
+//! zeroes are durable shows as garbage there.
 //!
 //! A concurrent variant runs 3 writer threads (appends, overwrites, writes past the end,
 //! truncates, fsyncs of their own files) and a namespace thread (create, unlink, mkdir,
@@ -26,7 +29,7 @@
 //! changes the workloads (the concurrent one's interleaving is the scheduler's);
 //! `PLUGFS_FAT_CRASH_KEEP=DIR` keeps the concurrent variant's failing cut images.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 use std::process::Command;
@@ -70,9 +73,9 @@ struct Expect {
     renamed_to: Option<String>,
 }
 
-/// Runs the workload on `img` through a recording engine; returns the record and what must
-/// survive.
-fn workload(img: &Path, seed: u64) -> (Vec<IoOp>, Vec<Expect>) {
+/// Runs the workload on `img` through a recording engine; returns the record, what must
+/// survive and every name the workload gave a file or directory.
+fn workload(img: &Path, seed: u64) -> (Vec<IoOp>, Vec<Expect>, HashSet<String>) {
     let file = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
     let (disk, log) = Disk::recording(file);
     let vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
@@ -83,6 +86,8 @@ fn workload(img: &Path, seed: u64) -> (Vec<IoOp>, Vec<Expect>) {
     let dirs: [(Ino, &str); 3] = [(ROOT, ""), (sub, "sub/"), (deep, "sub/A directory with a long name/")];
     let mut expect = Vec::new();
     let mut scratch: Vec<(Ino, String)> = Vec::new();
+    let mut names: HashSet<String> =
+        ["sub", "A directory with a long name", "moved at the end.bin"].into_iter().map(String::from).collect();
     for round in 0..6 {
         let mut pending = Vec::new();
         for i in 0..3 {
@@ -92,6 +97,7 @@ fn workload(img: &Path, seed: u64) -> (Vec<IoOp>, Vec<Expect>) {
             let n = rng.below(150_000) as usize;
             let data = rng.bytes(n);
             let ino = vol.create(dir, &name, false).unwrap();
+            names.insert(name.clone());
             if rng.below(4) == 0 && data.len() > 10 {
                 // The tail first, then the head: the gap is zero-filled, then overwritten.
                 let mid = data.len() / 2;
@@ -117,6 +123,7 @@ fn workload(img: &Path, seed: u64) -> (Vec<IoOp>, Vec<Expect>) {
         vol.truncate(ino, rng.below(30_000)).unwrap();
         let (to, _) = dirs[rng.below(3) as usize];
         let renamed = format!("renamed scratch {round}.tmp");
+        names.extend([name.clone(), renamed.clone()]);
         vol.rename(dir, &name, to, &renamed, false).unwrap();
         vol.write(ino, 5_000, &rng.bytes(20_000)).unwrap();
         scratch.push((to, renamed));
@@ -127,6 +134,7 @@ fn workload(img: &Path, seed: u64) -> (Vec<IoOp>, Vec<Expect>) {
         }
         let tmpdir = format!("empty dir {round}");
         vol.create(ROOT, &tmpdir, true).unwrap();
+        names.insert(tmpdir);
         if round > 0 {
             vol.rmdir(ROOT, &format!("empty dir {}", round - 1)).unwrap();
         }
@@ -160,10 +168,11 @@ fn workload(img: &Path, seed: u64) -> (Vec<IoOp>, Vec<Expect>) {
     recased.renamed_to = Some(format!("{}{upper}", &recased.path[..recased.path.len() - name.len()]));
     assert_eq!(name, "k1.bin");
     vol.rename(dir, name, dir, &upper, false).unwrap();
+    names.insert(upper);
     vol.unmount().unwrap();
     drop(vol);
     let ops = std::mem::take(&mut *log.lock().unwrap());
-    (ops, expect)
+    (ops, expect, names)
 }
 
 fn split<'a>(path: &'a str, dirs: &[(Ino, &str)]) -> (Ino, &'a str) {
@@ -207,9 +216,64 @@ enum Repair {
 /// Replays `ops` (the last one torn after `torn` bytes) onto a copy of `start` as
 /// `work/cut.img` and repairs it as `mode` says. Returns what the repair said.
 fn repair_cut(work: &Path, start: &Path, ops: &[IoOp], torn: Option<usize>, mode: Repair) -> Result<String, String> {
+    repair(&replay_cut(work, start, ops, torn), mode)
+}
+
+/// Replays `ops` (the last one torn after `torn` bytes) onto a copy of `start` as
+/// `work/cut.img`.
+fn replay_cut(work: &Path, start: &Path, ops: &[IoOp], torn: Option<usize>) -> std::path::PathBuf {
     let img = work.join("cut.img");
     std::fs::copy(start, &img).unwrap();
     io::replay(&File::options().write(true).open(&img).unwrap(), ops, torn).unwrap();
+    img
+}
+
+/// Whether `name` is one of `known` or the short name one of them got (`KEPTFI~2.BIN`, or the
+/// hashed `KE1A2B~1.BIN`): a power cut can keep a later rewrite of a short entry (a new
+/// size) but lose the write of its long-name entries.
+fn known_or_alias(name: &str, known: &HashSet<String>) -> bool {
+    if known.contains(name) {
+        return true;
+    }
+    let split = |n: &str| -> (String, String) {
+        let (b, e) = n.rsplit_once('.').unwrap_or((n, ""));
+        (b.to_uppercase().replace([' ', '.'], ""), e.to_uppercase().chars().take(3).collect())
+    };
+    let (base, ext) = split(name);
+    let Some((stem, tail)) = base.split_once('~') else { return false };
+    if tail.is_empty() || !tail.chars().all(|c| c.is_ascii_digit()) {
+        return false;
+    }
+    let hashed = stem.len() == 6 && stem[2..].chars().all(|c| c.is_ascii_hexdigit());
+    known
+        .iter()
+        .map(|k| split(k))
+        .any(|(kb, ke)| ke == ext && (kb.starts_with(stem) || (hashed && kb.starts_with(&stem[..2]))))
+}
+
+/// Names in the directories of cut image `img`, before any repair, that the workload never
+/// gave (`known`, or their short names): entries read from a directory cluster of old
+/// bytes. Directories the engine cannot read (a chain cut short) are fsck.fat's to repair
+/// and not walked.
+fn stray_names(img: &Path, known: &HashSet<String>) -> Vec<String> {
+    let vol = Volume::open(img, OpenOptions { read_only: true, tz_offset: 0 }).expect("the cut image mounts");
+    let mut stray = Vec::new();
+    let mut todo = vec![(ROOT, String::from("/"))];
+    while let Some((dir, path)) = todo.pop() {
+        let Ok(listed) = vol.list(dir, None, usize::MAX) else { continue };
+        for l in listed {
+            if !known_or_alias(&l.name, known) {
+                stray.push(format!("{path}{:?}", l.name));
+            } else if l.is_dir {
+                todo.push((l.ino, format!("{path}{}/", l.name)));
+            }
+        }
+    }
+    stray
+}
+
+/// Repairs cut image `img` as `mode` says. Returns what the repair said.
+fn repair(img: &Path, mode: Repair) -> Result<String, String> {
     let i = img.to_str().unwrap();
     let repair = tool("fsck.fat", &["-a", "-w", i]);
     if !matches!(repair.status.code(), Some(0 | 1)) {
@@ -255,8 +319,11 @@ fn repair_cut(work: &Path, start: &Path, ops: &[IoOp], torn: Option<usize>, mode
     Ok(text(&repair))
 }
 
-/// Replays `ops` (the last one torn after `torn` bytes) onto a copy of `start`, repairs it
-/// and checks the files due at record position `cut`. Returns what went wrong.
+/// Replays `ops` (the last one torn after `torn` bytes) onto a copy of `start`, checks that
+/// every directory holds only names the workload gave (`known`: none read from a cluster of
+/// old bytes), repairs it and checks the files due at record position `cut`. Returns what
+/// went wrong.
+#[allow(clippy::too_many_arguments)]
 fn check_cut(
     work: &Path,
     start: &Path,
@@ -264,10 +331,15 @@ fn check_cut(
     cut: usize,
     torn: Option<usize>,
     expect: &[Expect],
+    known: &HashSet<String>,
     mode: Repair,
 ) -> Result<(), String> {
-    let repair = repair_cut(work, start, ops, torn, mode)?;
-    let img = work.join("cut.img");
+    let img = replay_cut(work, start, ops, torn);
+    let stray = stray_names(&img, known);
+    if !stray.is_empty() {
+        return Err(format!("directories hold entries the workload never made (garbage): {stray:?}"));
+    }
+    let repair = repair(&img, mode)?;
     let i = img.to_str().unwrap();
     let due: Vec<&Expect> =
         expect.iter().filter(|e| e.from <= cut && (cut <= e.until || e.renamed_to.is_some())).collect();
@@ -306,6 +378,28 @@ fn check_cut(
     Ok(())
 }
 
+/// `since` (writes after the last sync) without the writes of zeroes of a sector or more and
+/// every write since that overlaps one: what a power cut leaves when the kernel wrote back
+/// every other page. None when nothing was zeroed.
+fn lose_zeroed_pages(since: &[IoOp]) -> Option<Vec<IoOp>> {
+    let mut lost: Vec<(u64, u64)> = Vec::new();
+    let mut kept = Vec::new();
+    for op in since {
+        if let IoOp::Write { offset, data } = op {
+            let end = offset + data.len() as u64;
+            if data.len() >= 512 && data.iter().all(|&b| b == 0) {
+                lost.push((*offset, end));
+                continue;
+            }
+            if lost.iter().any(|&(a, b)| *offset < b && a < end) {
+                continue;
+            }
+        }
+        kept.push(op.clone());
+    }
+    (!lost.is_empty()).then_some(kept)
+}
+
 /// The cut points: every one when `count` covers them, else `count` spread evenly plus
 /// seeded random ones, always including the sync points and every cut after the last sync
 /// (where synced files are unlinked and renamed).
@@ -333,27 +427,17 @@ fn cut_points(ops: &[IoOp], count: u64, last_phase: usize, rng: &mut Rng) -> Vec
     cuts.into_keys().collect()
 }
 
-/// A fresh image made by mkfs.fat: `work/start.img`.
-fn make_image(work: &Path, mkfs_args: &[&str], kib: u64) -> std::path::PathBuf {
-    let start = work.join("start.img");
-    let _ = std::fs::remove_file(&start);
-    let mut args: Vec<&str> = mkfs_args.to_vec();
-    let kib = kib.to_string();
-    args.extend(["-C", start.to_str().unwrap(), &kib]);
-    let out = tool("mkfs.fat", &args);
-    assert!(out.status.success(), "mkfs.fat {args:?}: {}", text(&out));
-    start
-}
-
 fn crash_cuts(mkfs_args: &[&str], kib: u64) {
     let work = tempfile::tempdir().unwrap();
-    let start = make_image(work.path(), mkfs_args, kib);
     let seed = env_number("PLUGFS_FAT_CRASH_SEED", 7);
+    // Free clusters hold old bytes, so a directory cluster named before its zeroes are
+    // durable shows as garbage entries (`stray_names`).
+    let start = make_used_image(work.path(), mkfs_args, kib, seed);
     let count = env_number("PLUGFS_FAT_CRASH_CUTS", 30);
 
     let end = work.path().join("end.img");
     std::fs::copy(&start, &end).unwrap();
-    let (ops, expect) = workload(&end, seed);
+    let (ops, expect, known) = workload(&end, seed);
     // The record is the whole story: replaying all of it gives the image the engine left.
     let replayed = work.path().join("replayed.img");
     std::fs::copy(&start, &replayed).unwrap();
@@ -378,7 +462,7 @@ fn crash_cuts(mkfs_args: &[&str], kib: u64) {
         }
         for (n, torn) in variants {
             checked += 1;
-            if let Err(e) = check_cut(work.path(), &start, &ops[..n], n, torn, &expect, Repair::OnePass) {
+            if let Err(e) = check_cut(work.path(), &start, &ops[..n], n, torn, &expect, &known, Repair::OnePass) {
                 failures.push(format!("cut after {n} of {} writes (torn: {torn:?}): {e}", ops.len()));
             }
         }
@@ -391,13 +475,28 @@ fn crash_cuts(mkfs_args: &[&str], kib: u64) {
             let mut subset = ops[..synced].to_vec();
             subset.extend(ops[synced..cut].iter().filter(|_| rng.below(2) == 0).cloned());
             checked += 1;
-            if let Err(e) = check_cut(work.path(), &start, &subset, cut, None, &expect, Repair::Passes(3)) {
+            if let Err(e) = check_cut(work.path(), &start, &subset, cut, None, &expect, &known, Repair::Passes(3)) {
                 failures.push(format!(
                     "cut after {cut} of {} writes, {} of the {} writes since the last sync reordered in: {e}",
                     ops.len(),
                     subset.len() - synced,
                     cut - synced
                 ));
+            }
+            // The power cut that finds what a random subset rarely does: every page since
+            // the last sync written back but those that were zeroed (a directory's new
+            // clusters, a file's gap) and whatever was written over them since. A directory
+            // linked to a cluster whose zeroes are not durable shows its old bytes.
+            if let Some(lost) = lose_zeroed_pages(&ops[synced..cut]) {
+                let mut subset = ops[..synced].to_vec();
+                subset.extend(lost);
+                checked += 1;
+                if let Err(e) = check_cut(work.path(), &start, &subset, cut, None, &expect, &known, Repair::Passes(3)) {
+                    failures.push(format!(
+                        "cut after {cut} of {} writes, the zeroed pages since the last sync lost: {e}",
+                        ops.len()
+                    ));
+                }
             }
         }
     }
@@ -445,6 +544,38 @@ fn a_new_directory_cluster_is_durable_before_its_entry_is_written() {
     let entry = writes(&|d| d.windows(8).any(|w| w == b"NEWDIR~1")).expect("the parent's entry is written");
     assert!(cluster < entry, "the cluster first: {ops:?}");
     assert!(ops[cluster..entry].contains(&IoOp::Sync), "no sync between the new cluster and its entry: {ops:?}");
+}
+
+/// A directory's growth barrier: its new clusters' zeroes are synced before any FAT write
+/// that could link them, so no power cut can leave the directory naming a cluster of old
+/// bytes (the power-cut variant above, losing the zeroed pages, finds that in a workload).
+#[test]
+fn a_directory_grows_only_by_clusters_whose_zeroes_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("fat32.img");
+    let out = tool("mkfs.fat", &["-F", "32", "-s", "1", "-C", img.to_str().unwrap(), "40960"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let (disk, log) = Disk::recording(file);
+    let vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
+    let (fat_start, fat_end) = (vol.bpb().fat_offset(0), vol.bpb().data_offset);
+    let d = vol.create(ROOT, "d", true).unwrap();
+    let before = log.lock().unwrap().len();
+    // 512-byte clusters of 16 entries, 4 entries a name: the directory grows a few times.
+    for i in 0..20 {
+        vol.create(d, &format!("a long name number {i}.txt"), false).unwrap();
+    }
+    let ops: Vec<IoOp> = log.lock().unwrap()[before..].to_vec();
+    let zeroed: Vec<usize> = (0..ops.len())
+        .filter(|&i| matches!(&ops[i], IoOp::Write { data, .. } if data.len() == 512 && data.iter().all(|&b| b == 0)))
+        .collect();
+    assert!(zeroed.len() >= 3, "the directory grows: {} clusters zeroed", zeroed.len());
+    for z in zeroed {
+        let fat_write = (z + 1..ops.len())
+            .find(|&i| matches!(&ops[i], IoOp::Write { offset, .. } if (fat_start..fat_end).contains(offset)))
+            .expect("the growth is linked");
+        assert!(ops[z..fat_write].contains(&IoOp::Sync), "no sync between zeroing a cluster and the next FAT write");
+    }
 }
 
 // Several threads at once: per-file locks, one namespace lock, a short FAT lock

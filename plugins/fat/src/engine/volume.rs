@@ -12,8 +12,9 @@
 //! between its data and its FAT (its entry, written last, does not name the clusters yet,
 //! or names them only up to its old size), so the rule that matters, the directory entry
 //! last, holds for every operation. A directory has no size to hide clusters behind: it
-//! grows by clusters allocated unlinked, zeroed on disk, and only then linked into its
-//! chain (`free_slots`), so no other thread's flush can make it name a cluster of old bytes.
+//! grows by clusters allocated unlinked, zeroed on disk, synced (a barrier, so not even a
+//! power cut lands the link without the zeroes), and only then linked into its chain
+//! (`free_slots`), so no other thread's flush can make it name a cluster of old bytes.
 //!
 //! **Locking.** A volume is used from many threads at once (every method takes `&self`).
 //! Its state is split by who changes it, each part behind its own lock:
@@ -28,7 +29,7 @@
 //!   target to refuse moving a directory into itself, so per-directory locks would need a
 //!   tree-wide lock or an ordering of their own for it, and every namespace operation is
 //!   short (memory, plus a few writes of 32-byte entries; mkdir's barrier `fdatasync` runs
-//!   before the lock is taken, rename's and rmdir's under it). No file data is read or
+//!   before the lock is taken, rename's, rmdir's and a directory growth's under it). No file data is read or
 //!   written under it. Lookups,
 //!   listings and stat take it shared.
 //! - `fat` (one `Mutex<Fat>`): the FAT in memory, the free count and next-free hint, the
@@ -1097,14 +1098,21 @@ impl Namespace {
             let mut fat = v.fat()?;
             let new = fat.allocate(Some(last), clusters)?;
             fat.set(last, Entry::End);
+            // Their own FAT entries go out now, so the barrier below covers them too and
+            // the link's flush writes only the link.
+            v.flush_fat(&mut fat)?;
             new
         };
         let zeros = vec![0u8; v.bpb.cluster_size() as usize];
-        for &c in &new {
-            if let Err(e) = v.file.write_all_at(&zeros, v.bpb.cluster_offset(c)) {
-                v.fat()?.free_chain(&new);
-                return Err(e.into());
-            }
+        let zeroed = new.iter().try_for_each(|&c| v.file.write_all_at(&zeros, v.bpb.cluster_offset(c)));
+        // The barrier: the zeroes (and the new clusters' FAT entries) are durable before
+        // the link can be written, so not even a power cut (the kernel writing pages back
+        // in any order) can land the link without them. One fdatasync per growth, which
+        // zeroes every cluster it needs at once: in a bulk create, one per cluster of
+        // entries (a cluster of 4 KiB holds about 30 long names).
+        if let Err(e) = zeroed.and_then(|()| v.file.sync_data()) {
+            v.fat()?.free_chain(&new);
+            return Err(e.into());
         }
         {
             let mut fat = v.fat()?;
