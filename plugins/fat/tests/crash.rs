@@ -272,6 +272,13 @@ fn stray_names(img: &Path, known: &HashSet<String>) -> Vec<String> {
     stray
 }
 
+/// Whether a `fsck.fat -n` report names a long-name fragment: it exits 0 over those that
+/// `fsck.fat -a` leaves ("Long filename fragment ... found outside a LFN sequence", "Not
+/// auto-correcting this"), so the exit status alone does not tell.
+fn names_a_long_name_fragment(report: &str) -> bool {
+    report.lines().any(|l| l.contains("ong file") || l.contains("Not auto-correcting"))
+}
+
 /// Repairs cut image `img` as `mode` says. Returns what the repair said.
 fn repair(img: &Path, mode: Repair) -> Result<String, String> {
     let i = img.to_str().unwrap();
@@ -280,6 +287,13 @@ fn repair(img: &Path, mode: Repair) -> Result<String, String> {
         return Err(format!("fsck.fat -a failed ({:?}):\n{}", repair.status, text(&repair)));
     }
     let check = tool("fsck.fat", &["-n", i]);
+    if matches!(mode, Repair::OnePass) && names_a_long_name_fragment(&text(&check)) {
+        return Err(format!(
+            "fsck.fat -n after the repair still finds a long-name fragment:\n{}\nthe repair said:\n{}",
+            text(&check),
+            text(&repair)
+        ));
+    }
     if !check.status.success() {
         match mode {
             Repair::OnePass => {
@@ -972,13 +986,11 @@ fn mt_crash_cuts(mkfs_args: &[&str], kib: u64) {
     let mut checked = 0;
     for &cut in &cuts {
         let mut variants = vec![(cut, None)];
-        // The write after the cut, torn at a sector boundary inside it: file data and new
-        // directory clusters, not the few entries of one name (a long name's entries torn
-        // apart leave a fragment that fsck.fat -a does not remove, with one thread as with
-        // many; tearing a write needs a kernel crash or power cut, where the power-cut
-        // variant below applies).
+        // The write after the cut, torn at a sector boundary inside it: file data, new
+        // directory clusters, and a name's entries with the end marker after them (a
+        // name's entries lie in one sector, so the tear falls before or after them).
         if let Some(IoOp::Write { offset, data }) =
-            ops.get(cut).filter(|op| matches!(op, IoOp::Write { data, .. } if data.len() > 1024))
+            ops.get(cut).filter(|op| matches!(op, IoOp::Write { data, .. } if data.len() > 32))
         {
             let mid = ((offset + data.len() as u64 / 2) & !511).saturating_sub(*offset) as usize;
             if mid > 0 && mid < data.len() {
@@ -1187,4 +1199,111 @@ fn a_rename_never_gives_the_new_entry_the_old_short_name() {
         );
     }
     assert_eq!(vol.lookup(ROOT, "K1.BIN").ok(), vol.lookup(ROOT, "k1.bin").ok());
+}
+
+/// Every write of directory entries torn at every sector boundary inside it (a power cut
+/// tears a write at any sector; a process dying, at a page): one `fsck.fat -a` must repair
+/// the image so that `fsck.fat -n` passes. A new name's entries (long-name entries and short
+/// entry) are placed within one sector when they fit in one, so a tear never splits them
+/// into an orphan long-name fragment (which `fsck.fat -a` does not remove); the slots
+/// skipped before them are written as deleted entries, never left as end markers.
+#[test]
+fn a_long_name_torn_at_a_sector_boundary_leaves_nothing_fsck_cannot_repair() {
+    for (mkfs_args, kib) in [(&["-F", "16", "-s", "8"][..], 16 * 1024), (&["-F", "32", "-s", "2"][..], 72 * 1024)] {
+        let work = tempfile::tempdir().unwrap();
+        let start = work.path().join("start.img");
+        let mut args = mkfs_args.to_vec();
+        let size = kib.to_string();
+        args.extend(["-C", start.to_str().unwrap(), &size]);
+        let out = tool("mkfs.fat", &args);
+        assert!(out.status.success(), "mkfs.fat {args:?}: {}", text(&out));
+        let end = work.path().join("end.img");
+        std::fs::copy(&start, &end).unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&end).unwrap();
+        let (disk, log) = Disk::recording(file);
+        let vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
+        // Where the FATs end: the root directory (FAT12/16) or the data area begins.
+        let dirs_from = vol.bpb().root_dir_offset;
+        let d = vol.create(ROOT, "a directory", true).unwrap();
+        // A name reusing the deleted slots of another across a sector boundary, before a
+        // live entry: slots 2..=9 hold short names, "first" (7 long-name entries and its
+        // short entry) went to 10..=17 and was removed, "after.txt" sits at 18.
+        let holes = vol.create(ROOT, "holes", true).unwrap();
+        for i in 0..8 {
+            vol.create(holes, &format!("s{i}.txt"), false).unwrap();
+        }
+        vol.create(holes, &format!("first {}", "n".repeat(80)), false).unwrap();
+        vol.create(holes, "after.txt", false).unwrap();
+        let gone = vol.unlink(holes, &format!("first {}", "n".repeat(80))).unwrap();
+        vol.evict(gone).unwrap();
+        vol.create(holes, &format!("second {}", "m".repeat(79)), false).unwrap();
+        let mut rng = Rng(11);
+        // Names of 1 to 9 long-name entries and short-only ones; some removed and renamed,
+        // so later names reuse deleted slots (and those skipped before a name).
+        let mut made = Vec::new();
+        for i in 0..70 {
+            let dir = if i % 3 == 0 { ROOT } else { d };
+            let name = match rng.below(4) {
+                0 => format!("f{i}.txt"),
+                _ => format!("{i} {}.txt", "long name ".repeat(1 + rng.below(10) as usize)),
+            };
+            vol.create(dir, &name, false).unwrap();
+            made.push((dir, name));
+            if i % 5 == 4 {
+                let (dir, name) = made.remove(rng.below(made.len() as u64) as usize);
+                if rng.below(2) == 0 {
+                    let gone = vol.unlink(dir, &name).unwrap();
+                    vol.evict(gone).unwrap();
+                } else {
+                    let to = format!("renamed {i} {}", "x".repeat(rng.below(40) as usize));
+                    vol.rename(dir, &name, d, &to, false).unwrap();
+                    made.push((d, to));
+                }
+            }
+        }
+        vol.unmount().unwrap();
+        drop(vol);
+        let ops = std::mem::take(&mut *log.lock().unwrap());
+        let mut failures = Vec::new();
+        let mut torn_writes = 0;
+        for (i, op) in ops.iter().enumerate() {
+            // Writes of directory entries (the files stay empty), not zeroes; the FATs and
+            // the boot sector are not torn here.
+            let IoOp::Write { offset, data } = op else { continue };
+            if *offset < dirs_from || data.iter().all(|&b| b == 0) || data.len() <= 32 {
+                continue;
+            }
+            let first_boundary = (offset / 512 + 1) * 512;
+            let mut at = first_boundary;
+            if at >= offset + data.len() as u64 {
+                continue;
+            }
+            torn_writes += 1;
+            while at < offset + data.len() as u64 {
+                let torn = (at - offset) as usize;
+                // The sectors before the boundary reached the disk, or only those after it.
+                let mut tail_only = ops[..i].to_vec();
+                tail_only.push(IoOp::Write { offset: at, data: data[torn..].to_vec() });
+                for (what, ops, cut) in [("head", &ops[..=i], Some(torn)), ("tail", &tail_only[..], None)] {
+                    // One fsck.fat -a, then fsck.fat -n passes and names no long-name
+                    // fragment (`repair`).
+                    if let Err(e) = repair_cut(work.path(), &start, ops, cut, Repair::OnePass) {
+                        failures.push(format!(
+                            "write {i} ({} bytes at {offset}) torn at byte {torn}, only its {what} written: {e}",
+                            data.len()
+                        ));
+                    }
+                }
+                at += 512;
+            }
+        }
+        assert!(torn_writes > 0, "{mkfs_args:?}: no write of directory entries spans a sector boundary");
+        assert!(
+            failures.is_empty(),
+            "{mkfs_args:?}: {} torn writes failed:\n{}",
+            failures.len(),
+            failures.join("\n\n")
+        );
+        eprintln!("{mkfs_args:?}: {torn_writes} writes of entries spanning sectors, torn at each boundary: repaired");
+    }
 }

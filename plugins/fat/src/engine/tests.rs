@@ -424,6 +424,47 @@ fn directory_link_counts_are_two_plus_subdirectories_through_every_change() {
     assert_eq!((nlink(ROOT), nlink(b)), (4, 4));
 }
 
+/// A name's entries never cross a sector boundary when they fit in one sector: the slots
+/// left at the end of a sector are written as deleted entries (not end markers: mtools and
+/// fsck.fat still see every name after them), and later names reuse them.
+#[test]
+fn a_long_name_starts_in_the_next_sector_and_the_slots_skipped_stay_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "16", "-s", "4"], 16 * 1024);
+    let slot_of = |vol: &Volume, d: Ino, name: &str| {
+        vol.list(d, None, usize::MAX).unwrap().into_iter().find(|l| l.name == name).unwrap().slot
+    };
+    let mut names = Vec::new();
+    {
+        let vol = open_rw(&img);
+        let d = vol.create(ROOT, "d", true).unwrap();
+        // `.` and `..`, then 12 short names: slots 0..=13 of the first 512-byte sector.
+        for i in 0..12 {
+            names.push(format!("s{i}.txt"));
+            vol.create(d, &names[i], false).unwrap();
+        }
+        // 2 long-name entries and a short entry do not fit in slots 14 and 15.
+        names.push("long name 1.txt".into());
+        vol.create(d, "long name 1.txt", false).unwrap();
+        assert_eq!(slot_of(&vol, d, "long name 1.txt"), 18, "the name's short entry, in the second sector");
+        names.push("x.txt".into());
+        vol.create(d, "x.txt", false).unwrap();
+        assert_eq!(slot_of(&vol, d, "x.txt"), 14, "a skipped slot is reused");
+        names.push("y.txt".into());
+        vol.create(d, "y.txt", false).unwrap();
+        assert_eq!(slot_of(&vol, d, "y.txt"), 15);
+        names.push("z.txt".into());
+        vol.create(d, "z.txt", false).unwrap();
+        assert_eq!(slot_of(&vol, d, "z.txt"), 19);
+    }
+    fsck(&img);
+    names.sort();
+    assert_eq!(mdir_names(&img, "d"), names);
+    let vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    let d = vol.lookup(ROOT, "d").unwrap();
+    assert_eq!(vol.list(d, None, usize::MAX).unwrap().len(), names.len());
+}
+
 #[test]
 fn a_looping_chain_is_eio_on_that_file_only() {
     let dir = tempfile::tempdir().unwrap();

@@ -1064,16 +1064,23 @@ impl Namespace {
     }
 
     /// Finds `n` consecutive free slots in directory `ino`, growing it by zeroed clusters
-    /// when there are none.
+    /// when there are none. When `n` slots fit in one sector they never cross a sector
+    /// boundary: a name's entries written in one sector cannot be torn apart, while a
+    /// write torn (or a power cut keeping one sector of it) between a long name's
+    /// entries leaves a fragment `fsck.fat -a` does not remove ("Long filename fragment
+    /// found outside a LFN sequence. Not auto-correcting this"). Slots skipped at the
+    /// end of the entries for that are for the caller to mark deleted.
     fn free_slots(&mut self, v: &Volume, ino: Ino, n: u32) -> Result<u32> {
         let state = self.dir_state(ino)?;
         let total = (state.raw.len() / ENTRY_SIZE) as u32;
+        let per_sector = v.bpb.bytes_per_sector / ENTRY_SIZE as u32;
+        let fits = |first: u32| n > per_sector || first / per_sector == (first + n - 1) / per_sector;
         let mut run = 0u32;
         let start = if state.holes == 0 { state.end } else { 0 };
         for s in start..total {
             let free = s >= state.end || state.raw[s as usize * ENTRY_SIZE] == DELETED;
             run = if free { run + 1 } else { 0 };
-            if run == n {
+            if run >= n && fits(s + 1 - n) {
                 return Ok(s + 1 - n);
             }
         }
@@ -1123,7 +1130,10 @@ impl Namespace {
         node.chain.as_mut().expect("chain loaded").extend_from_slice(&new);
         let state = node.dir.as_mut().expect("dir loaded");
         state.raw.resize(state.raw.len() + (clusters * per_cluster) as usize * ENTRY_SIZE, 0);
-        Ok(total - run)
+        // The free run at the end, or (when the name fits in a sector but not in what is
+        // left of the run's first one) the next sector: the new cluster's first at latest.
+        let first = total - run;
+        Ok(if fits(first) { first } else { (first / per_sector + 1) * per_sector })
     }
 
     /// Writes `name`'s entries (long-name entries, then `entry`) into directory `dir`.
@@ -1149,6 +1159,16 @@ impl Namespace {
             }
             state.raw[at..at + ENTRY_SIZE].copy_from_slice(s);
         }
+        // Slots skipped after the end so the name starts in the next sector: deleted
+        // entries (free for later names), never end markers, which would end the
+        // directory before the name. Written first, on their own: their sector is
+        // another than the name's.
+        let old_end = state.end;
+        let skipped = first.saturating_sub(old_end);
+        for s in old_end..old_end + skipped {
+            state.raw[s as usize * ENTRY_SIZE] = DELETED;
+        }
+        state.holes += skipped;
         let mut count = n;
         if first + n > state.end {
             state.end = first + n;
@@ -1158,17 +1178,35 @@ impl Namespace {
             }
         }
         state.shorts.insert(stored.short);
+        if skipped > 0 {
+            self.write_dir_slots(v, dir, old_end, skipped)?;
+        }
         self.write_dir_slots(v, dir, first, count)?;
         Ok((first, first + n - 1))
     }
 
+    /// Marks slots `first..=last` of directory `dir` deleted, one write per sector, the
+    /// last sector first: a name whose entries cross a sector boundary (written by
+    /// another tool, or too long for one sector) loses its short entry before its first
+    /// long-name entries, so a crash in between leaves a long-name fragment followed by
+    /// deleted entries, which `fsck.fat -a` removes, never a fragment without its start,
+    /// which it does not.
     fn remove_entries(&mut self, v: &Volume, dir: Ino, first: u32, last: u32) -> Result<()> {
         let state = self.dir_state_mut(dir)?;
         for s in first..=last {
             state.raw[s as usize * ENTRY_SIZE] = DELETED;
             state.holes += 1;
         }
-        self.write_dir_slots(v, dir, first, last - first + 1)
+        let per_sector = v.bpb.bytes_per_sector / ENTRY_SIZE as u32;
+        let mut hi = last;
+        loop {
+            let lo = first.max(hi / per_sector * per_sector);
+            self.write_dir_slots(v, dir, lo, hi - lo + 1)?;
+            if lo == first {
+                return Ok(());
+            }
+            hi = lo - 1;
+        }
     }
 
     /// Writes a node's short entry from memory to its directory.
