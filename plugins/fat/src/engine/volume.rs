@@ -29,9 +29,9 @@
 //!   target to refuse moving a directory into itself, so per-directory locks would need a
 //!   tree-wide lock or an ordering of their own for it, and every namespace operation is
 //!   short (memory, plus a few writes of 32-byte entries; mkdir's barrier `fdatasync` runs
-//!   before the lock is taken, rename's, rmdir's and a directory growth's under it). No file data is read or
-//!   written under it. Lookups,
-//!   listings and stat take it shared.
+//!   before the lock is taken, rename's, rmdir's and a directory growth's under it). No
+//!   file data is read or written under it. Lookups, listings and stat take it shared
+//!   (a stat of a directory not read yet takes it exclusively once, to read it).
 //! - `fat` (one `Mutex<Fat>`): the FAT in memory, the free count and next-free hint, the
 //!   map of claimed clusters, and flushing changed sectors to every FAT copy and FSInfo,
 //!   so copies stay identical and flushes never interleave. Held only for in-memory
@@ -1116,7 +1116,7 @@ impl Namespace {
         // the link can be written, so not even a power cut (the kernel writing pages back
         // in any order) can land the link without them. One fdatasync per growth, which
         // zeroes every cluster it needs at once: in a bulk create, one per cluster of
-        // entries (a cluster of 4 KiB holds about 30 long names).
+        // entries (a cluster of 4 KiB holds 25 names of 40 to 52 characters).
         if let Err(e) = zeroed.and_then(|()| v.file.sync_data()) {
             v.fat()?.free_chain(&new);
             return Err(e.into());
@@ -1306,7 +1306,7 @@ impl Namespace {
             (node.parent, node.first_slot, node.slot, fold(&node.name), node.entry.name, node.entry.is_dir());
         self.remove_entries(v, parent, first, slot)?;
         let state = self.dir_state_mut(parent)?;
-        state.subdirs -= is_dir as u32;
+        state.subdirs = state.subdirs.saturating_sub(is_dir as u32);
         state.by_slot.remove(&slot);
         if state.index.get(&key) == Some(&ino) {
             state.index.remove(&key);
