@@ -6,7 +6,7 @@
 //! Every block of a WFS image is covered by a CRC-32C, so almost every random change is
 //! refused at the first checksum and the code behind it would never see fuzzed bytes.
 //! [`fix_checksums`] recomputes them over a mutated image (superblocks, internal nodes,
-//! the snapshot table), so the fuzzers also reach what a checksum cannot catch: a
+//! the snapshot table, the space maps' index nodes), so the fuzzers also reach what a checksum cannot catch: a
 //! corrupt image written with correct checksums (a bug, or a hostile image).
 
 use std::collections::HashMap;
@@ -103,8 +103,37 @@ pub fn fix_checksums(image: &mut [u8]) {
             }
             sb.snapshots.crc = crc32c(block_mut(image, sb.snapshots.block));
         }
+        for map in [&mut sb.space_map, &mut sb.pinned_map] {
+            if let Some(crc) = fix_map_node(image, blocks, map.block, 0) {
+                map.crc = crc;
+            }
+        }
         image[at..at + BLOCK].copy_from_slice(&sb.encode());
     }
+}
+
+/// Fixes the space map subtree at `block` (index nodes re-encoded with their children's
+/// checksums; bitmap blocks keep their bytes) and answers its checksum.
+fn fix_map_node(image: &mut [u8], blocks: u64, block: u64, depth: u8) -> Option<u32> {
+    if block < SLOTS || block >= blocks || depth > MAX_HEIGHT {
+        return None;
+    }
+    if let Ok((level, mut children)) = format::decode_map_node(block_mut(image, block))
+        && level >= 1
+    {
+        for child in &mut children {
+            let crc = if level == 1 {
+                (child.block >= SLOTS && child.block < blocks).then(|| crc32c(block_mut(image, child.block)))
+            } else {
+                fix_map_node(image, blocks, child.block, depth + 1)
+            };
+            if let Some(crc) = crc {
+                child.crc = crc;
+            }
+        }
+        block_mut(image, block).copy_from_slice(&format::encode_map_node(level, &children));
+    }
+    Some(crc32c(block_mut(image, block)))
 }
 
 fn block_mut(image: &mut [u8], block: u64) -> &mut [u8] {

@@ -45,11 +45,15 @@ struct Settings {
     read_only: bool,
     /// Bytes of data blocks to cache.
     cache_size: Option<u64>,
+    /// Bytes of metadata (tree nodes) to cache; uncommitted metadata changes are committed
+    /// once they reach half of it.
+    metadata_cache_size: Option<u64>,
     /// Milliseconds between background commits (0: only on fsync and unmount).
     commit_interval_ms: Option<u64>,
 }
 
 const DEFAULT_CACHE: u64 = 64 << 20;
+const DEFAULT_METADATA_CACHE: u64 = 32 << 20;
 const DEFAULT_COMMIT_MS: u64 = 5000;
 
 /// Opens `path` and takes the image lock: exclusive for a writer, shared for readers, so
@@ -83,6 +87,7 @@ impl Plugin for WfsPlugin {
                           snapshot = \"name\"        # mount this snapshot instead, read-only\n\
                           read_only = false        # never write to the image\n\
                           cache_size = 67108864    # bytes of data blocks to cache\n\
+                          metadata_cache_size = 33554432  # bytes of tree nodes to cache (half: pending changes)\n\
                           commit_interval_ms = 5000  # background commits (0: only fsync and unmount)",
             capabilities: CAPABILITIES,
         }
@@ -93,13 +98,18 @@ impl Plugin for WfsPlugin {
         let read_only = s.read_only || options.read_only || s.snapshot.is_some();
         let dev = open_image(&s.image, read_only).map_err(OpenError::other)?;
         let cache_blocks = (s.cache_size.unwrap_or(DEFAULT_CACHE) / BLOCK as u64) as usize;
-        let vol = Volume::open(Arc::new(dev), OpenOptions { read_only, snapshot: s.snapshot.clone(), cache_blocks })
-            .map_err(|e| match (&s.snapshot, &e) {
-                (Some(_), engine::Error::Format(m)) if m.contains("snapshot") => {
-                    OpenError::config("snapshot", m.clone())
-                }
-                _ => OpenError::other(format!("{}: {e}", s.image.display())),
-            })?;
+        let meta = s.metadata_cache_size.unwrap_or(DEFAULT_METADATA_CACHE).max(1 << 20);
+        let opts = OpenOptions {
+            read_only,
+            snapshot: s.snapshot.clone(),
+            cache_blocks,
+            node_cache_blocks: (meta / BLOCK as u64) as usize,
+            overlay_limit: meta / 2,
+        };
+        let vol = Volume::open(Arc::new(dev), opts).map_err(|e| match (&s.snapshot, &e) {
+            (Some(_), engine::Error::Format(m)) if m.contains("snapshot") => OpenError::config("snapshot", m.clone()),
+            _ => OpenError::other(format!("{}: {e}", s.image.display())),
+        })?;
         tracing::info!(
             image = %s.image.display(),
             generation = vol.superblock().generation,

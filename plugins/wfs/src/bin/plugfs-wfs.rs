@@ -162,7 +162,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             println!("blocks:       {} ({} free)", space.total, space.free);
             println!("inodes:       {}", space.inodes);
             println!("generation:   {}", sb.generation);
-            println!("tree height:  {}", sb.height);
+            println!("tree height:  {} ({} nodes)", sb.height, sb.tree_nodes);
+            let features = if sb.ro_compat & engine::format::RO_COMPAT_FREE_SPACE_TREE != 0 {
+                "free-space-tree"
+            } else {
+                "none (free space is found by walking at mount; the first commit adds the space map)"
+            };
+            println!("features:     {features}");
             println!("snapshots:    {}", v.snapshots().len());
         }
     }

@@ -1,24 +1,28 @@
-//! A bounded cache of verified data blocks: two generations (hot and cold); a hit in the
-//! cold one moves the block back to the hot one, and when the hot one is full the cold one
-//! is dropped. Memory stays under the configured number of blocks.
+//! A bounded cache of verified blocks (file data, or decoded tree nodes): two generations
+//! (hot and cold); a hit in the cold one moves the block back to the hot one, and when the
+//! hot one is full the cold one is dropped. Memory stays under the configured number of
+//! blocks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Cached blocks by block number.
-pub struct BlockCache {
-    hot: HashMap<u64, Arc<[u8]>>,
-    cold: HashMap<u64, Arc<[u8]>>,
+/// Cached data blocks by block number.
+pub type BlockCache = Cache<Arc<[u8]>>;
+
+/// Cached values by block number.
+pub struct Cache<T> {
+    hot: HashMap<u64, T>,
+    cold: HashMap<u64, T>,
     capacity: usize,
 }
 
-impl BlockCache {
+impl<T: Clone> Cache<T> {
     /// A cache of at most `capacity` blocks (0 disables it).
     pub fn new(capacity: usize) -> Self {
-        BlockCache { hot: HashMap::new(), cold: HashMap::new(), capacity }
+        Cache { hot: HashMap::new(), cold: HashMap::new(), capacity }
     }
     /// A cached block.
-    pub fn get(&mut self, block: u64) -> Option<Arc<[u8]>> {
+    pub fn get(&mut self, block: u64) -> Option<T> {
         if let Some(b) = self.hot.get(&block) {
             return Some(b.clone());
         }
@@ -27,7 +31,7 @@ impl BlockCache {
         Some(b)
     }
     /// Caches a block.
-    pub fn insert(&mut self, block: u64, data: Arc<[u8]>) {
+    pub fn insert(&mut self, block: u64, data: T) {
         if self.capacity == 0 {
             return;
         }

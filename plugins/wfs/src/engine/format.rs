@@ -15,8 +15,13 @@ pub const MAGIC: &[u8; 8] = b"WFS\0v1\0\0";
 pub const VERSION: u32 = 1;
 /// Incompatible features this engine knows (none yet).
 pub const INCOMPAT_KNOWN: u32 = 0;
-/// Read-only-compatible features this engine knows (none yet).
-pub const RO_COMPAT_KNOWN: u32 = 0;
+/// Read-only-compatible feature `free-space-tree`: the superblock points at a space map (a
+/// copy-on-write radix tree of bitmaps) that says which blocks are in use, so open reads it
+/// instead of walking every tree. An engine that does not know it would not keep the map up
+/// to date, so it may only read such an image.
+pub const RO_COMPAT_FREE_SPACE_TREE: u32 = 1;
+/// Read-only-compatible features this engine knows.
+pub const RO_COMPAT_KNOWN: u32 = RO_COMPAT_FREE_SPACE_TREE;
 /// The root directory's inode number.
 pub const ROOT_INO: u64 = 1;
 /// Longest name in a directory.
@@ -32,6 +37,9 @@ pub const MAX_HEIGHT: u8 = 16;
 
 const NODE_MAGIC: &[u8; 4] = b"WFSn";
 const SNAP_MAGIC: &[u8; 4] = b"WFSs";
+const MAP_MAGIC: &[u8; 4] = b"WFSm";
+/// Child pointers in one space map index node.
+pub const MAP_FANOUT: usize = (BLOCK - NODE_HEADER) / 12;
 const NODE_HEADER: usize = 7;
 
 /// Item kinds (the byte after the inode number in a key).
@@ -129,6 +137,20 @@ pub struct Superblock {
     pub snapshots: Ptr,
     /// Commit time.
     pub time: i64,
+    /// The space map: which blocks the committed state uses (`free-space-tree`; block 0:
+    /// none).
+    pub space_map: Ptr,
+    /// The pinned map: which blocks snapshots use (`free-space-tree`; block 0: none).
+    pub pinned_map: Ptr,
+    /// Inodes in the live tree (`free-space-tree`).
+    pub inodes: u64,
+    /// Nodes of the live tree (`free-space-tree`).
+    pub tree_nodes: u64,
+    /// Bytes of the items in the live tree's leaves (`free-space-tree`).
+    pub tree_bytes: u64,
+    /// At least the size of the largest leaf item the live tree ever held
+    /// (`free-space-tree`).
+    pub max_item: u64,
 }
 
 impl Superblock {
@@ -149,6 +171,15 @@ impl Superblock {
         b.extend_from_slice(&self.snapshots.crc.to_le_bytes());
         b.extend_from_slice(&self.time.to_le_bytes());
         b.push(self.height);
+        b.resize(88, 0);
+        for p in [self.space_map, self.pinned_map] {
+            b.extend_from_slice(&p.block.to_le_bytes());
+            b.extend_from_slice(&p.crc.to_le_bytes());
+        }
+        b.extend_from_slice(&self.inodes.to_le_bytes());
+        b.extend_from_slice(&self.tree_nodes.to_le_bytes());
+        b.extend_from_slice(&self.tree_bytes.to_le_bytes());
+        b.extend_from_slice(&self.max_item.to_le_bytes());
         b.resize(BLOCK - 4, 0);
         let crc = crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
@@ -175,7 +206,7 @@ impl Superblock {
         if incompat & !INCOMPAT_KNOWN != 0 {
             return Err(Error::Format(format!("unknown incompatible features {incompat:#x}")));
         }
-        let sb = Superblock {
+        let mut sb = Superblock {
             ro_compat,
             generation: r.u64()?,
             total_blocks: r.u64()?,
@@ -184,7 +215,21 @@ impl Superblock {
             snapshots: Ptr { block: r.u64()?, crc: r.u32()? },
             time: r.i64()?,
             height: r.u8()?,
+            ..Superblock::default()
         };
+        // Offsets 81..88 are zero.
+        r.bytes(7)?;
+        if ro_compat & RO_COMPAT_FREE_SPACE_TREE != 0 {
+            sb.space_map = Ptr { block: r.u64()?, crc: r.u32()? };
+            sb.pinned_map = Ptr { block: r.u64()?, crc: r.u32()? };
+            sb.inodes = r.u64()?;
+            sb.tree_nodes = r.u64()?;
+            sb.tree_bytes = r.u64()?;
+            sb.max_item = r.u64()?;
+            if sb.space_map.block == 0 {
+                return Err(Error::Corrupt("superblock has the free-space-tree feature but no space map".into()));
+            }
+        }
         if sb.height == 0 || sb.height > MAX_HEIGHT {
             return Err(Error::Corrupt(format!("superblock tree height {}", sb.height)));
         }
@@ -465,6 +510,39 @@ pub fn decode_node(b: &[u8]) -> Result<Node> {
         }
         Ok(Node::Internal(level, items))
     }
+}
+
+/// A space map index node: `level` (1: its children are bitmap blocks) and child pointers
+/// (block 0: a subtree of zeroes).
+pub fn encode_map_node(level: u8, children: &[Ptr]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(BLOCK);
+    b.extend_from_slice(MAP_MAGIC);
+    b.push(level);
+    b.extend_from_slice(&(children.len() as u16).to_le_bytes());
+    for p in children {
+        b.extend_from_slice(&p.block.to_le_bytes());
+        b.extend_from_slice(&p.crc.to_le_bytes());
+    }
+    b.resize(BLOCK, 0);
+    b
+}
+
+/// Decodes a space map index node (already checksum-verified): its level and children.
+pub fn decode_map_node(b: &[u8]) -> Result<(u8, Vec<Ptr>)> {
+    let mut r = Reader::new(b, "space map node");
+    if r.bytes(4)? != MAP_MAGIC {
+        return Err(Error::Corrupt("space map node without its magic".into()));
+    }
+    let level = r.u8()?;
+    let count = r.u16()? as usize;
+    if count > MAP_FANOUT {
+        return Err(Error::Corrupt(format!("space map node with {count} children")));
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        out.push(Ptr { block: r.u64()?, crc: r.u32()? });
+    }
+    Ok((level, out))
 }
 
 /// A snapshot: a named extra root.

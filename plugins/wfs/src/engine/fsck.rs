@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::device::Device;
 use super::format::{self, BLOCK, Dirent, Inode, ROOT_INO, S_IFDIR, SLOTS, kind};
+use super::spacemap::MapOnDisk;
 use super::tree::{self, Items};
 use super::volume::{self, BlockSet};
 
@@ -60,6 +61,11 @@ pub fn fsck(dev: &dyn Device, verify_data: bool) -> Report {
         Err(e) => r.problems.push(format!("snapshot table: {e}")),
     }
     let mut shared = BlockSet::new(total);
+    // What snapshots reference, and the live tree's node count (for the space maps).
+    let mut snap_refs = BlockSet::new(total);
+    let mut live_nodes = 0;
+    let mut live_bytes = 0;
+    let mut largest = 0;
     for (i, (what, root, height)) in trees.into_iter().enumerate() {
         let (items, nodes) = match tree::load(dev, root, height, total) {
             Ok(t) => t,
@@ -75,8 +81,13 @@ pub fn fsck(dev: &dyn Device, verify_data: bool) -> Report {
                 r.problems.push(format!("{what}: {} points outside the image (block {b})", owner()));
             } else if !mine.insert(b) {
                 r.problems.push(format!("{what}: block {b} is referenced twice ({})", owner()));
-            } else if !refs.insert(b) && !shared.contains(b) {
-                shared.insert(b);
+            } else {
+                if i > 0 {
+                    snap_refs.insert(b);
+                }
+                if !refs.insert(b) && !shared.contains(b) {
+                    shared.insert(b);
+                }
             }
         };
         for b in &nodes {
@@ -99,11 +110,96 @@ pub fn fsck(dev: &dyn Device, verify_data: bool) -> Report {
         r.verified_blocks += nodes.len() as u64;
         check_links(&what, &items, sb.next_ino, &mut r);
         if i == 0 {
-            r.inodes = items.keys().filter(|k| k.get(8) == Some(&kind::INODE)).count() as u64;
+            r.inodes = items.keys().filter(|k| k.get(8) == Some(&kind::INODE) && k.len() == 9).count() as u64;
+            live_nodes = nodes.len() as u64;
+            let sizes = items.iter().map(|(k, v)| format::leaf_item_size(k, v) as u64);
+            (live_bytes, largest) = sizes.fold((0, 0), |(sum, max), s| (sum + s, max.max(s)));
         }
     }
     r.used_blocks = refs.len() + SLOTS;
+    if sb.ro_compat & format::RO_COMPAT_FREE_SPACE_TREE != 0 {
+        check_space_maps(dev, &sb, &refs, &snap_refs, &mut r);
+        if sb.inodes != r.inodes {
+            r.problems.push(format!("the superblock counts {} inodes but the live tree has {}", sb.inodes, r.inodes));
+        }
+        if largest > sb.max_item {
+            r.problems.push(format!(
+                "the live tree holds an item of {largest} bytes, over the superblock's maximum {}",
+                sb.max_item
+            ));
+        }
+        if sb.tree_bytes != live_bytes {
+            r.problems.push(format!(
+                "the superblock counts {} bytes of items but the live tree has {live_bytes}",
+                sb.tree_bytes
+            ));
+        }
+        if sb.tree_nodes != live_nodes {
+            r.problems
+                .push(format!("the superblock counts {} tree nodes but the live tree has {live_nodes}", sb.tree_nodes));
+        }
+    }
     r
+}
+
+/// Checks the space map against what the trees reference (`refs`) and the pinned map
+/// against what snapshots reference: a block in use but marked free would be handed out
+/// again, a block marked in use that nothing references is leaked space.
+fn check_space_maps(dev: &dyn Device, sb: &format::Superblock, refs: &BlockSet, snap_refs: &BlockSet, r: &mut Report) {
+    let total = sb.total_blocks;
+    let mut map = BlockSet::new(total);
+    let space = match MapOnDisk::read(dev, sb.space_map, total, &mut map) {
+        Ok(m) => m,
+        Err(e) => {
+            r.problems.push(format!("space map: {e}"));
+            return;
+        }
+    };
+    let mut pinned = BlockSet::new(total);
+    let pinned_map = if sb.pinned_map.block == 0 {
+        MapOnDisk::default()
+    } else {
+        match MapOnDisk::read(dev, sb.pinned_map, total, &mut pinned) {
+            Ok(m) => m,
+            Err(e) => {
+                r.problems.push(format!("pinned map: {e}"));
+                return;
+            }
+        }
+    };
+    let mut map_blocks = BlockSet::new(total);
+    for b in space.blocks().chain(pinned_map.blocks()) {
+        if b < SLOTS || b >= total || refs.contains(b) || !map_blocks.insert(b) {
+            r.problems.push(format!("space map block {b} is outside the image or used twice"));
+        }
+    }
+    r.used_blocks += map_blocks.len();
+    let mut report = |what: String| {
+        // One line per block would bury the first one in a badly damaged image.
+        if r.problems.len() < 1000 {
+            r.problems.push(what);
+        }
+    };
+    for b in (0..SLOTS).chain(refs.iter()) {
+        if !map.contains(b) {
+            report(format!("block {b} is in use but the space map marks it free"));
+        }
+    }
+    for b in map.iter() {
+        if b >= SLOTS && !refs.contains(b) {
+            report(format!("block {b} is marked in use but nothing references it (leaked)"));
+        }
+    }
+    for b in snap_refs.iter() {
+        if !pinned.contains(b) {
+            report(format!("block {b} belongs to a snapshot but the pinned map does not say so"));
+        }
+    }
+    for b in pinned.iter() {
+        if !snap_refs.contains(b) {
+            report(format!("block {b} is marked pinned but no snapshot references it"));
+        }
+    }
 }
 
 fn check_links(what: &str, items: &Items, next_ino: u64, r: &mut Report) {

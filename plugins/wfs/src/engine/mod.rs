@@ -7,6 +7,7 @@ pub mod device;
 pub mod error;
 pub mod format;
 pub mod fsck;
+pub mod spacemap;
 pub mod tree;
 pub mod volume;
 

@@ -184,7 +184,7 @@ fn a_corrupt_data_block_is_eio_and_fsck_and_scrub_name_it() {
         let g = v.create(ROOT_INO, b"fine", F, 0, 0, 0).unwrap();
         v.write(g, 0, b"fine").unwrap();
         v.commit().unwrap();
-        let p = super::format::decode_data(&v.items()[&super::format::key_n(f, 5, 1)]).unwrap();
+        let p = super::format::decode_data(&v.item(&super::format::key_n(f, 5, 1)).unwrap().unwrap()).unwrap();
         (f, p.block)
     };
     let mut bytes = dev.bytes();
@@ -214,7 +214,7 @@ fn read_ahead_never_serves_a_corrupt_block_of_the_run_it_reads() {
         let f = v.create(ROOT_INO, b"f", F, 0, 0, 0).unwrap();
         v.write(f, 0, &data).unwrap();
         v.commit().unwrap();
-        let p = super::format::decode_data(&v.items()[&super::format::key_n(f, 5, 3)]).unwrap();
+        let p = super::format::decode_data(&v.item(&super::format::key_n(f, 5, 3)).unwrap().unwrap()).unwrap();
         (f, p.block)
     };
     let mut bytes = dev.bytes();
@@ -459,7 +459,11 @@ fn random_op(v: &mut Volume, rng: &mut Rng) -> bool {
             v.rename(dir, name, dirs[rng.below(2) as usize], other.as_bytes(), false, false)
                 .and_then(|r| r.map_or(Ok(()), |ino| v.evict(ino)))
         }
-        6 => v.lookup(dir, name).and_then(|ino| v.set_xattr(ino, b"user.x", &pattern(50, 1), false, false)),
+        6 => {
+            // Up to the largest value: big items make the least-filled leaves.
+            let len = [50, 2048][rng.below(2) as usize];
+            v.lookup(dir, name).and_then(|ino| v.set_xattr(ino, b"user.x", &pattern(len, 1), false, false))
+        }
         7 => v.lookup(ROOT_INO, name).and_then(|t| v.link(t, dirs[1], b"hl")),
         8 => v.symlink(dir, name, b"target", 0, 0).map(drop),
         9 => {
@@ -652,4 +656,212 @@ fn the_block_set_finds_free_blocks_and_free_runs_across_words() {
     assert_eq!(s.first_clear_run(0, 300, 50), Some(200));
     assert_eq!(s.first_clear_run(0, 300, 61), None);
     assert_eq!(s.first_clear_run(250, 300, 39), Some(261));
+}
+
+// -- bounded metadata memory and the space map -----------------------------------------
+
+#[test]
+fn metadata_memory_stays_within_its_limits_in_a_tree_far_larger_than_them() {
+    let dev = image(16384);
+    let limit = 256 << 10;
+    let small = OpenOptions { cache_blocks: 16, node_cache_blocks: 64, overlay_limit: limit, ..OpenOptions::default() };
+    let mut v = Volume::open(dev.clone(), small.clone()).unwrap();
+    let first_generation = v.superblock().generation;
+    for n in 0..40_000u32 {
+        let f = v.create(ROOT_INO, format!("file-with-a-longish-name-{n}").as_bytes(), F, 0, 0, 0).unwrap();
+        if n.is_multiple_of(97) {
+            v.write(f, 0, &pattern(100, u64::from(n))).unwrap();
+        }
+        if n.is_multiple_of(1000) {
+            assert!(v.cached_nodes() <= 64, "{} nodes cached", v.cached_nodes());
+            // One change's worth of entries past the limit at most.
+            assert!(v.pending_bytes() <= limit + 4096, "{} bytes pending", v.pending_bytes());
+        }
+    }
+    // No commit was asked for: the overlay's limit made them.
+    assert!(v.superblock().generation > first_generation + 20, "generation {}", v.superblock().generation);
+    let tree_nodes = v.superblock().tree_nodes;
+    assert!(tree_nodes > 64 * 10, "the tree ({tree_nodes} nodes) is far larger than the node cache");
+    let mut rng = Rng::new(5);
+    for _ in 0..200 {
+        let n = rng.below(40_000) as u32;
+        let ino = v.lookup(ROOT_INO, format!("file-with-a-longish-name-{n}").as_bytes()).unwrap();
+        if n.is_multiple_of(97) {
+            assert_eq!(read_all(&v, ino), pattern(100, u64::from(n)));
+        }
+        assert!(v.cached_nodes() <= 64);
+    }
+    for n in (0..40_000u32).step_by(2) {
+        let ino = v.unlink(ROOT_INO, format!("file-with-a-longish-name-{n}").as_bytes()).unwrap();
+        v.evict(ino).unwrap();
+    }
+    drop(v);
+    assert_clean(&*dev);
+    let v = Volume::open(dev.clone(), small).unwrap();
+    let mut count = 0;
+    v.list(ROOT_INO, 0, |_| {
+        count += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(count, 20_000);
+    assert!(v.cached_nodes() <= 64);
+    // Half the entries gone: the leaves were merged, not left half empty.
+    assert!(v.superblock().tree_nodes < tree_nodes * 3 / 4, "{} of {tree_nodes} nodes", v.superblock().tree_nodes);
+}
+
+#[test]
+fn an_image_from_before_the_space_map_is_walked_once_and_gets_one_at_its_first_commit() {
+    use super::format::{RO_COMPAT_FREE_SPACE_TREE, Superblock};
+    let dev = image(1024);
+    let mut v = open(&dev);
+    let f = v.create(ROOT_INO, b"f", F, 0, 0, 0).unwrap();
+    v.write(f, 0, &pattern(5 * BLOCK, 1)).unwrap();
+    v.snapshot_create("before").unwrap();
+    v.write(f, 0, &pattern(3 * BLOCK, 2)).unwrap();
+    v.commit().unwrap();
+    let free = v.space().free;
+    drop(v);
+    // Make the newest superblock one an engine without the space map wrote: no feature,
+    // no map (the blocks of the old map become unreferenced, as free space is then).
+    let (sb, _) = super::volume::newest_superblock(&*dev).unwrap();
+    let old = Superblock { ro_compat: 0, ..sb.clone() };
+    dev.write_at(&old.encode(), (sb.generation % 4) * BLOCK as u64).unwrap();
+    let (back, _) = super::volume::newest_superblock(&*dev).unwrap();
+    assert_eq!(back.ro_compat & RO_COMPAT_FREE_SPACE_TREE, 0);
+    assert_eq!(back.space_map.block, 0);
+    assert_clean(&*dev);
+
+    let mut v = open(&dev);
+    // The walk finds the same free space the map said, give or take the map's own blocks.
+    assert!(v.space().free.abs_diff(free) <= 4, "{} vs {free}", v.space().free);
+    assert_eq!(read_all(&v, f)[..3 * BLOCK], pattern(3 * BLOCK, 2)[..]);
+    let g = v.create(ROOT_INO, b"g", F, 0, 0, 0).unwrap();
+    v.write(g, 0, b"after the upgrade").unwrap();
+    v.commit().unwrap();
+    assert_ne!(v.superblock().ro_compat & RO_COMPAT_FREE_SPACE_TREE, 0);
+    drop(v);
+    assert_clean(&*dev);
+    let mut v = open(&dev);
+    v.snapshot_delete("before").unwrap();
+    drop(v);
+    assert_clean(&*dev);
+}
+
+/// Fails the `n`th write after it is armed, without writing it.
+struct FailingAt {
+    inner: MemDevice,
+    countdown: std::sync::atomic::AtomicI64,
+}
+
+impl Device for FailingAt {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.countdown.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            return Err(std::io::Error::other("injected"));
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+#[test]
+fn a_commit_that_fails_at_any_write_leaks_nothing_and_the_next_one_commits_everything() {
+    let mut failed = 0;
+    for n in 0..40 {
+        let mem = image(512);
+        let dev = Arc::new(FailingAt { inner: MemDevice::from_bytes(mem.bytes()), countdown: i64::MAX.into() });
+        let mut v = Volume::open(dev.clone(), OpenOptions::default()).unwrap();
+        let keep = v.create(ROOT_INO, b"keep", F, 0, 0, 0).unwrap();
+        v.write(keep, 0, &pattern(4 * BLOCK, 1)).unwrap();
+        v.snapshot_create("s").unwrap();
+        for i in 0..30u32 {
+            v.create(ROOT_INO, format!("n{i}").as_bytes(), F, 0, 0, 0).unwrap();
+        }
+        v.write(keep, BLOCK as u64, &pattern(2 * BLOCK, 2)).unwrap();
+        dev.countdown.store(n, std::sync::atomic::Ordering::SeqCst);
+        let result = v.commit();
+        dev.countdown.store(i64::MAX, std::sync::atomic::Ordering::SeqCst);
+        if result.is_err() {
+            failed += 1;
+        }
+        v.write(keep, 0, b"then").unwrap();
+        v.snapshot_delete("s").unwrap();
+        v.commit().unwrap();
+        drop(v);
+        let r = fsck(&dev.inner, true);
+        assert!(r.is_clean(), "failing write {n}: {:#?}", r.problems);
+        let v = Volume::open(Arc::new(MemDevice::from_bytes(dev.inner.bytes())), OpenOptions::default()).unwrap();
+        let mut want = pattern(4 * BLOCK, 1);
+        want[BLOCK..3 * BLOCK].copy_from_slice(&pattern(2 * BLOCK, 2));
+        want[..4].copy_from_slice(b"then");
+        assert_eq!(read_all(&v, keep), want, "failing write {n}");
+        assert!(v.lookup(ROOT_INO, b"n29").is_ok());
+    }
+    assert!(failed >= 5, "only {failed} commits failed: the test no longer reaches the superblock");
+}
+
+/// The space kept back for commits is enough: an image whose metadata tree is a large share
+/// of it is kept full with data while changes land all over the tree (renames, unlinks,
+/// creates, big xattrs), and no commit ever fails for lack of space.
+#[test]
+fn on_images_kept_full_no_commit_ever_runs_out_of_space() {
+    let mut refused = 0;
+    for seed in 0..4 {
+        let dev = image(900);
+        let mut v = open(&dev);
+        let mut rng = Rng::new(seed);
+        let name = |n: u64| format!("a-file-name-long-enough-to-fill-leaves-quickly-{n:05}");
+        for n in 0..1500 {
+            v.create(ROOT_INO, name(n).as_bytes(), F, 0, 0, 0).unwrap();
+        }
+        let data = v.create(ROOT_INO, b"data", F, 0, 0, 0).unwrap();
+        v.commit().unwrap();
+        let mut next = 1500;
+        for _ in 0..1500 {
+            let n = rng.below(next);
+            let r = match rng.below(8) {
+                0 | 1 => {
+                    let size = v.inode(data).unwrap().size;
+                    v.write(data, size, &pattern(64 * BLOCK, size)).map(drop)
+                }
+                // Now and then the data goes, and the image fills again.
+                2 if rng.below(10) == 0 => v.truncate(data, 0),
+                2 => Ok(()),
+                3 => {
+                    next += 1;
+                    v.rename(ROOT_INO, name(n).as_bytes(), ROOT_INO, name(next).as_bytes(), false, false).map(drop)
+                }
+                4 => v.unlink(ROOT_INO, name(n).as_bytes()).and_then(|ino| v.evict(ino)),
+                5 => {
+                    next += 1;
+                    v.create(ROOT_INO, name(next).as_bytes(), F, 0, 0, 0).map(drop)
+                }
+                6 => v
+                    .lookup(ROOT_INO, name(n).as_bytes())
+                    .and_then(|ino| v.set_xattr(ino, b"user.big", &pattern(2048, n), false, false)),
+                _ => {
+                    v.commit().unwrap_or_else(|e| panic!("seed {seed}: a commit failed: {e}"));
+                    Ok(())
+                }
+            };
+            match r {
+                Err(e) if e.errno() == libc::ENOSPC => refused += 1,
+                Err(e) if e.errno() == libc::ENOENT => {}
+                Err(e) => panic!("seed {seed}: {e}"),
+                Ok(()) => {}
+            }
+        }
+        v.commit().unwrap();
+        drop(v);
+        assert_clean(&*dev);
+    }
+    assert!(refused > 200, "only {refused} changes met a full image: the test no longer fills it");
 }

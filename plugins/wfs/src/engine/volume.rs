@@ -1,12 +1,17 @@
 //! A mounted WFS image: the operations of a POSIX filesystem over the items of the metadata
 //! tree, data written copy-on-write, and commits (docs/wfs-format.md).
 //!
-//! The items of the live tree are held in memory (a `BTreeMap`, logarithmic lookups); a
-//! commit writes the whole tree anew into free blocks. Data blocks are written as soon as
-//! `write` is called, never over a block a durable tree references; a block written earlier
-//! in the same transaction is rewritten in place, since nothing durable points at it.
+//! The tree is paged from disk through a bounded node cache ([`tree::Pager`]); changes since
+//! the last commit are an overlay over it, and a commit applies them copy-on-write, rewriting
+//! only the changed leaves and the nodes above them. The overlay is committed once it grows
+//! past its limit, so metadata memory stays bounded whatever the filesystem's size.
+//!
+//! Data blocks are written as soon as `write` is called, never over a block a durable tree
+//! references; a block written earlier in the same transaction is rewritten in place, since
+//! nothing durable points at it. Which blocks are in use is the space map's business
+//! (`free-space-tree`): read at open, updated at each commit.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
 use super::cache::BlockCache;
@@ -17,7 +22,9 @@ use super::format::{
     self, BLOCK, Dirent, Inode, MAX_NAME, MAX_SNAPSHOT_NAME, MAX_SNAPSHOTS, MAX_XATTR_VALUE, Ptr, ROOT_INO, S_IFDIR,
     S_IFLNK, S_IFMT, S_IFREG, SLOTS, Snapshot, Superblock, Time, kind,
 };
-use super::tree::{self, Items};
+pub use super::spacemap::BlockSet;
+use super::spacemap::{BITS, MapOnDisk};
+use super::tree::{self, Changes, Items, Pager};
 
 const B: u64 = BLOCK as u64;
 /// Blocks read ahead on a cache miss when the file continues contiguously on disk.
@@ -41,7 +48,22 @@ pub struct OpenOptions {
     pub snapshot: Option<String>,
     /// Data blocks to cache (0: none).
     pub cache_blocks: usize,
+    /// Tree nodes to cache (0: the default, [`DEFAULT_NODE_CACHE`]).
+    pub node_cache_blocks: usize,
+    /// Bytes of uncommitted metadata changes after which the next change commits first (0:
+    /// the default, [`DEFAULT_OVERLAY_LIMIT`]).
+    pub overlay_limit: u64,
 }
+
+/// Tree nodes cached by default (32 MiB).
+pub const DEFAULT_NODE_CACHE: usize = 8192;
+/// Uncommitted metadata held by default before a commit (16 MiB).
+pub const DEFAULT_OVERLAY_LIMIT: u64 = 16 << 20;
+/// The most runs of new keys one change adds (a rename that replaces a directory: two
+/// names and indexes removed, one of each added, four inodes, an orphan).
+const OP_RUNS: u64 = 12;
+/// What an overlay entry costs in memory beyond its key and value (map node, vectors).
+const OVERLAY_ENTRY: u64 = 80;
 
 /// Space, for statfs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,91 +74,6 @@ pub struct Space {
     pub free: u64,
     /// Inodes in use.
     pub inodes: u64,
-}
-
-/// A set of block numbers as a bitmap.
-#[derive(Clone, Debug, Default)]
-pub struct BlockSet {
-    words: Vec<u64>,
-    count: u64,
-}
-
-impl BlockSet {
-    /// An empty set over `n` blocks.
-    pub fn new(n: u64) -> Self {
-        BlockSet { words: vec![0; n.div_ceil(64) as usize], count: 0 }
-    }
-    /// Whether `b` is in it.
-    pub fn contains(&self, b: u64) -> bool {
-        self.words.get((b / 64) as usize).is_some_and(|w| w & (1 << (b % 64)) != 0)
-    }
-    /// Adds `b`; false if it was there already (or is out of range).
-    pub fn insert(&mut self, b: u64) -> bool {
-        match self.words.get_mut((b / 64) as usize) {
-            Some(w) if *w & (1 << (b % 64)) == 0 => {
-                *w |= 1 << (b % 64);
-                self.count += 1;
-                true
-            }
-            _ => false,
-        }
-    }
-    /// Removes `b`.
-    pub fn remove(&mut self, b: u64) {
-        if let Some(w) = self.words.get_mut((b / 64) as usize)
-            && *w & (1 << (b % 64)) != 0
-        {
-            *w &= !(1 << (b % 64));
-            self.count -= 1;
-        }
-    }
-    /// The first block in `[from, to)` not in the set, a word at a time.
-    pub fn first_clear(&self, from: u64, to: u64) -> Option<u64> {
-        let mut w = (from / 64) as usize;
-        let mut mask = !0u64 << (from % 64);
-        while (w as u64) * 64 < to {
-            let free = !*self.words.get(w)? & mask;
-            if free != 0 {
-                let b = w as u64 * 64 + u64::from(free.trailing_zeros());
-                return (b < to).then_some(b);
-            }
-            w += 1;
-            mask = !0;
-        }
-        None
-    }
-    /// The first run of at least `len` consecutive blocks not in the set that starts in
-    /// `[from, to)` and ends by `to`.
-    pub fn first_clear_run(&self, from: u64, to: u64, len: u64) -> Option<u64> {
-        let mut b = from;
-        while b < to {
-            let start = self.first_clear(b, to)?;
-            let mut end = start + 1;
-            while end < to && end - start < len && !self.contains(end) {
-                end += 1;
-            }
-            if end - start >= len {
-                return Some(start);
-            }
-            b = end + 1;
-        }
-        None
-    }
-    /// How many.
-    pub fn len(&self) -> u64 {
-        self.count
-    }
-    /// Whether empty.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-    /// Removes everything.
-    pub fn clear(&mut self) {
-        if self.count > 0 {
-            self.words.fill(0);
-            self.count = 0;
-        }
-    }
 }
 
 /// The attributes of an inode, with its number.
@@ -175,31 +112,197 @@ struct Piece {
 /// What a rename replaced.
 pub type Replaced = Option<u64>;
 
+/// The allocator's state: which blocks it may hand out, and what each taken block is.
+struct Blocks {
+    total: u64,
+    /// Blocks not to hand out: the committed state's, the space maps' own, this
+    /// transaction's, and those freed since the last commit (free once it is durable).
+    used: BlockSet,
+    /// Taken since the last commit and still meant to be referenced by the next one.
+    txn: HashSet<u64>,
+    /// Taken since the last commit attempt: nothing durable can reference them, so they are
+    /// rewritten in place and given back at once.
+    fresh: HashSet<u64>,
+    /// Blocks the live tree stopped referencing since the last commit.
+    freed: HashSet<u64>,
+    hint: u64,
+}
+
+impl Blocks {
+    fn new(total: u64) -> Blocks {
+        Blocks {
+            total,
+            used: BlockSet::new(total),
+            txn: HashSet::new(),
+            fresh: HashSet::new(),
+            freed: HashSet::new(),
+            hint: SLOTS,
+        }
+    }
+
+    /// The first free block at or after the hint, wrapping once: consecutive calls hand
+    /// out consecutive blocks while they are free, so a large write lands in runs.
+    fn take(&mut self) -> Result<u64> {
+        let total = self.total;
+        let found = self.used.first_clear(self.hint.max(SLOTS), total).or_else(|| self.used.first_clear(SLOTS, total));
+        let b = found.ok_or(posix(libc::ENOSPC, "the image is full"))?;
+        self.used.insert(b);
+        self.fresh.insert(b);
+        self.hint = b + 1;
+        Ok(b)
+    }
+
+    /// A block for the tree or data of this transaction.
+    fn alloc(&mut self) -> Result<u64> {
+        let b = self.take()?;
+        self.txn.insert(b);
+        Ok(b)
+    }
+
+    /// Gives back blocks taken for a commit attempt that never reached its superblock.
+    fn give_back(&mut self, taken: &[u64]) {
+        for &b in taken {
+            self.fresh.remove(&b);
+            self.used.remove(b);
+        }
+    }
+
+    /// Gives back a block: at once if nothing durable can reference it, else once the next
+    /// commit is durable.
+    fn release(&mut self, b: u64) {
+        if self.fresh.remove(&b) {
+            self.txn.remove(&b);
+            self.used.remove(b);
+        } else if self.used.contains(b) {
+            self.txn.remove(&b);
+            self.freed.insert(b);
+        }
+    }
+}
+
 /// An open image.
 pub struct Volume {
     dev: Arc<dyn Device>,
     read_only: bool,
     sb: Superblock,
-    items: Items,
-    /// Blocks the durable state references, plus this transaction's allocations.
-    used: BlockSet,
-    /// Blocks allocated since the last commit (nothing durable references them).
-    txn: BlockSet,
-    /// Blocks reachable from snapshots.
+    /// The tree this volume shows (the live tree, or a snapshot's).
+    root: Ptr,
+    height: u8,
+    pager: Pager,
+    /// Changes since the last commit, read over the tree.
+    overlay: Changes,
+    overlay_bytes: u64,
+    /// What the overlay's values take in leaves (for the commit reserve).
+    overlay_leaf_bytes: u64,
+    /// Runs of keys in the overlay: a key new to it starts one unless it is the DATA key
+    /// right after the last new one (a sequential write is one run). Each run touches at
+    /// most two existing leaves.
+    overlay_runs: u64,
+    last_new_key: Vec<u8>,
+    overlay_limit: u64,
+    blocks: Blocks,
+    /// Blocks the committed state references: what the space map on disk says.
+    durable: BlockSet,
+    /// Blocks snapshots reference.
     pinned: BlockSet,
+    space_map: MapOnDisk,
+    pinned_map: MapOnDisk,
+    /// The pinned set changed since the pinned map was written.
+    pinned_changed: bool,
+    /// Recompute `durable` and `pinned` by walking every tree at the next commit (a
+    /// snapshot was deleted).
+    rewalk: bool,
     snapshots: Vec<Snapshot>,
-    /// The leaves of the last commit's tree, and the keys changed since: a commit rewrites
-    /// only the leaves whose range holds a changed key.
-    leaves: tree::Levels,
-    dirty_keys: BTreeSet<Vec<u8>>,
     dirty: bool,
-    meta_bytes: u64,
-    /// INODE items.
+    /// INODE items of the live tree.
     inodes: u64,
-    hint: u64,
+    /// Nodes of the live tree, and the bytes of its leaf items.
+    tree_nodes: u64,
+    tree_bytes: u64,
+    /// At least the largest leaf item the live tree ever held: full leaves are at least
+    /// `NODE_ROOM - max_item` full.
+    max_item: u64,
     cache: Mutex<BlockCache>,
     /// The inode and end offset of the last read: a read starting there is sequential.
     last_read: Mutex<(u64, u64)>,
+}
+
+/// Blocks and counts found by walking trees.
+#[derive(Default)]
+struct Walked {
+    inodes: u64,
+    nodes: u64,
+    bytes: u64,
+    max_item: u64,
+}
+
+/// Marks in `set` every node of the tree at `root` and every data block its items
+/// reference; counts its inodes and nodes.
+fn walk_tree(pager: &Pager, root: Ptr, height: u8, set: &mut BlockSet, w: &mut Walked) -> Result<()> {
+    fn visit(pager: &Pager, ptr: Ptr, set: &mut BlockSet, w: &mut Walked) -> Result<()> {
+        let n = pager.node(ptr)?;
+        set.insert(ptr.block);
+        w.nodes += 1;
+        match &*n {
+            format::Node::Leaf(items) => {
+                w.bytes += tree::items_bytes(items);
+                for (k, v) in items {
+                    w.max_item = w.max_item.max(format::leaf_item_size(k, v) as u64);
+                    if is_inode_key(k) {
+                        w.inodes += 1;
+                    } else if k.get(8) == Some(&kind::DATA) {
+                        set.insert(format::decode_data(v)?.block);
+                    }
+                }
+            }
+            format::Node::Internal(_, children) => {
+                for (_, c) in children {
+                    visit(pager, *c, set, w)?;
+                }
+            }
+        }
+        Ok(())
+    }
+    if height == 0 || height > format::MAX_HEIGHT {
+        return Err(corrupt(format!("tree height {height}")));
+    }
+    visit(pager, root, set, w)
+}
+
+/// The items of a paged tree under an overlay of changes, in key order, below `hi`.
+pub struct Merged<'a> {
+    tree: std::iter::Peekable<tree::TreeIter<'a>>,
+    over: std::iter::Peekable<std::collections::btree_map::Range<'a, Vec<u8>, Option<Vec<u8>>>>,
+    hi: Vec<u8>,
+}
+
+impl Iterator for Merged<'_> {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let tree_key = match self.tree.peek() {
+                Some(Err(_)) => return self.tree.next(),
+                Some(Ok((k, _))) if *k < self.hi => Some(k.clone()),
+                _ => None,
+            };
+            let over_key = self.over.peek().map(|(k, _)| *k);
+            match (tree_key, over_key) {
+                (None, None) => return None,
+                (Some(_), None) => return self.tree.next(),
+                (Some(t), Some(o)) if t < *o => return self.tree.next(),
+                (t, Some(o)) => {
+                    if t.as_ref() == Some(o) {
+                        self.tree.next();
+                    }
+                    let (k, v) = self.over.next()?;
+                    if let Some(v) = v {
+                        return Some(Ok((k.clone(), v.clone())));
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn is_inode_key(k: &[u8]) -> bool {
@@ -229,13 +332,23 @@ pub fn mkfs(dev: &dyn Device, total_blocks: u64) -> Result<()> {
         gid: rustix::process::getgid().as_raw(),
         ..Inode::default()
     };
-    let mut items = Items::new();
-    items.insert(format::key(ROOT_INO, kind::INODE, b""), root.encode());
-    let mut next = SLOTS;
-    let (root_ptr, height, _) = tree::write(dev, &items, &mut || {
+    // The tree: one leaf holding the root directory's inode.
+    let key = format::key(ROOT_INO, kind::INODE, b"");
+    let leaf = format::encode_leaf(&[(&key, &root.encode())]);
+    let root_ptr = Ptr { block: SLOTS, crc: crc32c(&leaf) };
+    dev.write_at(&leaf, SLOTS * B)?;
+    let (height, nodes) = (1, [SLOTS]);
+    let mut next = SLOTS + 1;
+    let mut alloc = || {
         next += 1;
         Ok(next - 1)
-    })?;
+    };
+    let mut durable = BlockSet::new(total_blocks);
+    for b in (0..SLOTS).chain(nodes.iter().copied()) {
+        durable.insert(b);
+    }
+    let mut map = MapOnDisk::default();
+    map.write(dev, &durable, total_blocks, &BTreeSet::new(), &mut alloc, &mut Vec::new())?;
     // Clear the other slots so an old image's superblocks cannot win.
     for slot in 0..SLOTS {
         dev.write_at(&[0; BLOCK], slot * B)?;
@@ -248,6 +361,12 @@ pub fn mkfs(dev: &dyn Device, total_blocks: u64) -> Result<()> {
         root: root_ptr,
         height,
         time: now.secs,
+        ro_compat: format::RO_COMPAT_FREE_SPACE_TREE,
+        space_map: map.root(),
+        inodes: 1,
+        tree_nodes: nodes.len() as u64,
+        tree_bytes: format::leaf_item_size(&key, &root.encode()) as u64,
+        max_item: format::leaf_item_size(&key, &root.encode()) as u64,
         ..Superblock::default()
     };
     dev.write_at(&sb.encode(), B)?;
@@ -326,33 +445,85 @@ impl Volume {
             }
             None => (sb.root, sb.height),
         };
-        let (items, nodes, leaves) = tree::load_with_leaves(&*dev, root, height, sb.total_blocks)?;
-        let meta_bytes = items.iter().map(|(k, v)| format::leaf_item_size(k, v) as u64).sum();
-        let inodes = items.keys().filter(|k| is_inode_key(k)).count() as u64;
+        let total = sb.total_blocks;
+        let nodes = if opts.node_cache_blocks == 0 { DEFAULT_NODE_CACHE } else { opts.node_cache_blocks };
+        let overlay_limit = if opts.overlay_limit == 0 { DEFAULT_OVERLAY_LIMIT } else { opts.overlay_limit };
         let mut v = Volume {
-            used: BlockSet::new(sb.total_blocks),
-            pinned: BlockSet::new(sb.total_blocks),
-            txn: BlockSet::new(sb.total_blocks),
+            pager: Pager::new(dev.clone(), total, nodes),
+            blocks: Blocks::new(total),
+            durable: BlockSet::new(total),
+            pinned: BlockSet::new(total),
+            space_map: MapOnDisk::default(),
+            pinned_map: MapOnDisk::default(),
+            pinned_changed: false,
+            rewalk: false,
             dev,
             read_only,
+            root,
+            height,
+            overlay: Changes::new(),
+            overlay_bytes: 0,
+            overlay_leaf_bytes: 0,
+            overlay_runs: 0,
+            last_new_key: Vec::new(),
+            overlay_limit,
+            inodes: sb.inodes,
+            tree_nodes: sb.tree_nodes,
+            tree_bytes: sb.tree_bytes,
+            max_item: sb.max_item,
             sb,
-            items,
-            leaves,
-            dirty_keys: BTreeSet::new(),
             snapshots,
             dirty: false,
-            meta_bytes,
-            inodes,
-            hint: SLOTS,
             cache: Mutex::new(BlockCache::new(opts.cache_blocks)),
             last_read: Mutex::new((0, 0)),
         };
-        v.compute_pinned()?;
-        v.recompute_used(&nodes)?;
+        // The tree must at least have a readable root.
+        v.pager.node(root)?;
+        if v.sb.ro_compat & format::RO_COMPAT_FREE_SPACE_TREE != 0 {
+            v.space_map = MapOnDisk::read(&*v.dev, v.sb.space_map, total, &mut v.durable)?;
+            if v.sb.pinned_map.block != 0 {
+                v.pinned_map = MapOnDisk::read(&*v.dev, v.sb.pinned_map, total, &mut v.pinned)?;
+            }
+        } else {
+            // An image from before the space map: walk it once; the next commit writes the
+            // map and sets the feature.
+            v.walk_all()?;
+        }
+        v.blocks.used = v.durable.clone();
+        for b in v.space_map.blocks().chain(v.pinned_map.blocks()).collect::<Vec<_>>() {
+            v.blocks.used.insert(b);
+        }
         if !v.read_only {
             v.free_orphans()?;
         }
         Ok(v)
+    }
+
+    /// Recomputes `durable` and `pinned` (and the live tree's counts) from what every tree
+    /// of the committed state reaches.
+    fn walk_all(&mut self) -> Result<()> {
+        let total = self.sb.total_blocks;
+        let mut pinned = BlockSet::new(total);
+        for s in &self.snapshots {
+            walk_tree(&self.pager, s.root, s.height, &mut pinned, &mut Walked::default())?;
+        }
+        let mut durable = pinned.clone();
+        let mut live = Walked::default();
+        walk_tree(&self.pager, self.sb.root, self.sb.height, &mut durable, &mut live)?;
+        for b in 0..SLOTS {
+            durable.insert(b);
+        }
+        if self.sb.snapshots.block != 0 {
+            durable.insert(self.sb.snapshots.block);
+        }
+        self.inodes = live.inodes;
+        self.tree_nodes = live.nodes;
+        self.tree_bytes = live.bytes;
+        self.max_item = self.max_item.max(live.max_item);
+        self.pinned_changed |= pinned.len() != self.pinned.len() || pinned.iter().any(|b| !self.pinned.contains(b));
+        self.durable = durable;
+        self.pinned = pinned;
+        Ok(())
     }
 
     /// Whether changes are refused.
@@ -365,49 +536,14 @@ impl Volume {
         &self.sb
     }
 
-    fn compute_pinned(&mut self) -> Result<()> {
-        let mut pinned = BlockSet::new(self.sb.total_blocks);
-        for s in &self.snapshots {
-            let (items, nodes) = tree::load(&*self.dev, s.root, s.height, self.sb.total_blocks)?;
-            for b in nodes {
-                pinned.insert(b);
-            }
-            for d in data_blocks(&items) {
-                pinned.insert(d?.2.block);
-            }
-        }
-        self.pinned = pinned;
-        Ok(())
-    }
-
-    /// The free map from what the durable state references (after a commit's last flush).
-    fn recompute_used(&mut self, nodes: &[u64]) -> Result<()> {
-        let mut used = self.pinned.clone();
-        for b in 0..SLOTS {
-            used.insert(b);
-        }
-        if self.sb.snapshots.block != 0 {
-            used.insert(self.sb.snapshots.block);
-        }
-        for &b in nodes {
-            used.insert(b);
-        }
-        for d in data_blocks(&self.items) {
-            used.insert(d?.2.block);
-        }
-        self.used = used;
-        self.txn.clear();
-        Ok(())
-    }
-
     fn free_orphans(&mut self) -> Result<()> {
         let lo = format::key(0, kind::ORPHAN, b"");
         let hi = format::key(0, kind::ORPHAN + 1, b"");
-        let orphans: Vec<u64> = self
-            .items
-            .range(lo..hi)
-            .filter_map(|(k, _)| format::split_key(k).and_then(|(_, _, t)| format::tail_n(t)))
-            .collect();
+        let mut orphans = Vec::new();
+        for item in self.range(lo, hi)? {
+            let (k, _) = item?;
+            orphans.extend(format::split_key(&k).and_then(|(_, _, t)| format::tail_n(t)));
+        }
         if orphans.is_empty() {
             return Ok(());
         }
@@ -420,58 +556,129 @@ impl Volume {
 
     // -- items ---------------------------------------------------------------------------
 
-    fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
-        self.meta_bytes += format::leaf_item_size(&k, &v) as u64;
-        self.dirty_keys.insert(k.clone());
-        match self.items.insert(k.clone(), v) {
-            Some(old) => self.meta_bytes -= format::leaf_item_size(&k, &old) as u64,
-            None if is_inode_key(&k) => self.inodes += 1,
-            None => {}
+    /// The value of `k`: the overlay's, else the tree's.
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.overlay.get(k) {
+            Some(v) => Ok(v.clone()),
+            None => self.pager.get(self.root, self.height, k),
+        }
+    }
+
+    /// The value of item `k` (for fsck and tests).
+    pub fn item(&self, k: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get(k)
+    }
+
+    /// The items in `[lo, hi)`, in key order.
+    fn range(&self, lo: Vec<u8>, hi: Vec<u8>) -> Result<Merged<'_>> {
+        let tree = self.pager.iter(self.root, self.height, &lo)?.peekable();
+        let over = if lo < hi { self.overlay.range(lo..hi.clone()) } else { self.overlay.range(lo.clone()..lo) };
+        Ok(Merged { tree, over: over.peekable(), hi })
+    }
+
+    fn record(&mut self, k: Vec<u8>, v: Option<Vec<u8>>) {
+        let size =
+            |k: &[u8], v: &Option<Vec<u8>>| k.len() as u64 + v.as_ref().map_or(0, |v| v.len() as u64) + OVERLAY_ENTRY;
+        self.overlay_bytes += size(&k, &v);
+        let item = v.as_ref().map_or(0, |v| format::leaf_item_size(&k, v) as u64);
+        self.overlay_leaf_bytes += item;
+        self.max_item = self.max_item.max(item);
+        let follows = k.len() == 17
+            && k[8] == kind::DATA
+            && self.last_new_key.len() == 17
+            && k[..9] == self.last_new_key[..9]
+            && format::tail_n(&k[9..]) == format::tail_n(&self.last_new_key[9..]).map(|i| i.wrapping_add(1));
+        match self.overlay.insert(k.clone(), v) {
+            Some(old) => self.overlay_bytes -= size(&k, &old),
+            None => {
+                if !follows {
+                    self.overlay_runs += 1;
+                }
+                self.last_new_key = k;
+            }
         }
         self.dirty = true;
     }
 
-    fn del(&mut self, k: &[u8]) -> Option<Vec<u8>> {
-        let old = self.items.remove(k)?;
-        self.meta_bytes -= format::leaf_item_size(k, &old) as u64;
-        if is_inode_key(k) {
-            self.inodes -= 1;
+    fn put(&mut self, k: Vec<u8>, v: Vec<u8>) -> Result<()> {
+        if is_inode_key(&k) && self.get(&k)?.is_none() {
+            self.inodes += 1;
         }
-        self.dirty_keys.insert(k.to_vec());
-        self.dirty = true;
-        Some(old)
+        self.record(k, Some(v));
+        Ok(())
     }
 
-    fn writable(&self) -> Result<()> {
-        if self.read_only { Err(posix(libc::EROFS, "the image is mounted read-only")) } else { Ok(()) }
+    fn del(&mut self, k: &[u8]) -> Result<Option<Vec<u8>>> {
+        let old = self.get(k)?;
+        if old.is_some() {
+            if is_inode_key(k) {
+                self.inodes -= 1;
+            }
+            self.record(k.to_vec(), None);
+        }
+        Ok(old)
     }
 
-    /// Blocks the next commit may need for its tree, kept back from data.
+    /// Refuses changes to a read-only volume. Commits first when the uncommitted changes
+    /// have outgrown their limit, or when one more change could need more room at commit
+    /// than is free (every change starts here, so this is between changes).
+    fn writable(&mut self) -> Result<()> {
+        if self.read_only {
+            return Err(posix(libc::EROFS, "the image is mounted read-only"));
+        }
+        let full = self.free_blocks() < self.reserve_with(OP_RUNS);
+        if self.dirty
+            && (self.overlay_bytes > self.overlay_limit || full)
+            && let Err(e) = self.commit()
+        {
+            tracing::warn!("wfs: committing {} bytes of pending changes failed: {e}", self.overlay_bytes);
+        }
+        Ok(())
+    }
+
+    /// Blocks the next commit may need, kept back from data.
+    ///
+    /// Each run of pending keys rewrites the leaf it lands in and at most one more it
+    /// absorbs, so the items repacked are at most those of two full leaves per run (and never
+    /// more than the whole tree's) plus what the changes add. Greedy packing fills every leaf
+    /// but the last of a run to at least `NODE_ROOM - max_item`, and runs of rewritten
+    /// leaves are separated by clean ones. Above them: the nodes on the runs'
+    /// paths (at most every internal node; a fan-out of at least 14 with 264-byte keys),
+    /// then the space maps and the snapshot table.
     fn reserve(&self) -> u64 {
-        let leaves = self.meta_bytes / 2000 + 1;
-        leaves + leaves / 50 + 8 + if self.snapshots.is_empty() { 0 } else { 1 }
+        self.reserve_with(0)
+    }
+
+    /// [`Volume::reserve`] after `more` runs of new keys.
+    fn reserve_with(&self, more: u64) -> u64 {
+        let room = format::NODE_ROOM as u64;
+        let runs = self.overlay_runs + more;
+        let leaf_count = self.tree_nodes + 1;
+        let repacked = (2 * runs * room).min(self.tree_bytes) + self.overlay_leaf_bytes + more * self.max_item;
+        let fill = room.saturating_sub(self.max_item).max(room / 4);
+        let leaves = repacked / fill + runs.min(leaf_count / 2 + 1) + 1;
+        let height = u64::from(self.height) + 1;
+        let internal = (runs * height).min(leaf_count / 13 + height) + leaves / 13 + height;
+        let total = self.sb.total_blocks;
+        let maps = MapOnDisk::write_bound(total, u64::MAX) * 2;
+        leaves + internal + maps + 8
     }
 
     fn free_blocks(&self) -> u64 {
-        self.sb.total_blocks.saturating_sub(self.used.len())
+        self.sb.total_blocks.saturating_sub(self.blocks.used.len())
     }
 
-    /// Refuses a change that would leave too little room to commit it.
+    /// Refuses a change that needs `blocks` of data and `meta` bytes of items if it would
+    /// leave too little room to commit, plus room for one more change of any kind after it:
+    /// changes that only remove (unlink, rmdir, truncate, removing an xattr) are never
+    /// refused, and the room kept for them is what makes deleting possible on a full image.
     fn room_for(&self, blocks: u64, meta: usize) -> Result<()> {
-        let need = blocks + self.reserve() + (meta as u64) / 2000 + 1;
+        let need = blocks + self.reserve_with(2 * OP_RUNS) + (meta as u64) / 2000 + 1;
         if self.free_blocks() < need { Err(posix(libc::ENOSPC, "the image is full")) } else { Ok(()) }
     }
 
-    /// The first free block at or after the hint, wrapping once: consecutive calls hand
-    /// out consecutive blocks while they are free, so a large write lands in runs.
     fn alloc(&mut self) -> Result<u64> {
-        let total = self.sb.total_blocks;
-        let found = self.used.first_clear(self.hint.max(SLOTS), total).or_else(|| self.used.first_clear(SLOTS, total));
-        let b = found.ok_or(posix(libc::ENOSPC, "the image is full"))?;
-        self.used.insert(b);
-        self.txn.insert(b);
-        self.hint = b + 1;
-        Ok(b)
+        self.blocks.alloc()
     }
 
     /// Moves the allocation hint to the start of a free run of `len` blocks (at most
@@ -481,22 +688,20 @@ impl Volume {
     fn seek_run(&mut self, len: u64) {
         let len = len.min(RUN);
         let total = self.sb.total_blocks;
-        let from = self.hint.max(SLOTS);
-        let found = self.used.first_clear_run(from, total.min(from.saturating_add(RUN_SEARCH)), len).or_else(|| {
+        let used = &self.blocks.used;
+        let from = self.blocks.hint.max(SLOTS);
+        let found = used.first_clear_run(from, total.min(from.saturating_add(RUN_SEARCH)), len).or_else(|| {
             let wrapped = RUN_SEARCH.saturating_sub(total.saturating_sub(from));
-            self.used.first_clear_run(SLOTS, total.min(SLOTS + wrapped).min(from), len)
+            used.first_clear_run(SLOTS, total.min(SLOTS + wrapped).min(from), len)
         });
         if let Some(b) = found {
-            self.hint = b;
+            self.blocks.hint = b;
         }
     }
 
-    /// Gives back a block this transaction allocated; others stay until the commit.
+    /// Gives back a block the live tree no longer references.
     fn release(&mut self, b: u64) {
-        if self.txn.contains(b) {
-            self.txn.remove(b);
-            self.used.remove(b);
-        }
+        self.blocks.release(b);
         if let Ok(mut c) = self.cache.lock() {
             c.remove(b);
         }
@@ -506,8 +711,8 @@ impl Volume {
 
     /// The inode `ino`.
     pub fn inode(&self, ino: u64) -> Result<Inode> {
-        let v = self.items.get(&format::key(ino, kind::INODE, b"")).ok_or(posix(libc::ENOENT, "no such inode"))?;
-        Inode::decode(v)
+        let v = self.get(&format::key(ino, kind::INODE, b""))?.ok_or(posix(libc::ENOENT, "no such inode"))?;
+        Inode::decode(&v)
     }
 
     /// The attributes of `ino`.
@@ -515,8 +720,8 @@ impl Volume {
         Ok(Stat { ino, inode: self.inode(ino)? })
     }
 
-    fn set_inode(&mut self, ino: u64, i: &Inode) {
-        self.put(format::key(ino, kind::INODE, b""), i.encode());
+    fn set_inode(&mut self, ino: u64, i: &Inode) -> Result<()> {
+        self.put(format::key(ino, kind::INODE, b""), i.encode())
     }
 
     fn dir(&self, ino: u64) -> Result<Inode> {
@@ -528,7 +733,7 @@ impl Volume {
     }
 
     fn dirent(&self, dir: u64, name: &[u8]) -> Result<Option<Dirent>> {
-        self.items.get(&format::key(dir, kind::DIRENT, name)).map(|v| Dirent::decode(v)).transpose()
+        self.get(&format::key(dir, kind::DIRENT, name))?.map(|v| Dirent::decode(&v)).transpose()
     }
 
     fn check_name(name: &[u8]) -> Result<()> {
@@ -559,24 +764,24 @@ impl Volume {
         if mode & S_IFMT == S_IFDIR {
             d.nlink = d.nlink.saturating_add(1);
         }
-        self.set_inode(dir, &d);
+        self.set_inode(dir, &d)?;
         let kind_byte = (mode >> 12) as u8;
-        self.put(format::key(dir, kind::DIRENT, name), Dirent { ino, kind: kind_byte, index }.encode());
-        self.put(format::key_n(dir, kind::DIRINDEX, index), name.to_vec());
+        self.put(format::key(dir, kind::DIRENT, name), Dirent { ino, kind: kind_byte, index }.encode())?;
+        self.put(format::key_n(dir, kind::DIRINDEX, index), name.to_vec())?;
         Ok(())
     }
 
     fn remove_entry(&mut self, dir: u64, name: &[u8], now: Time) -> Result<Dirent> {
         let e = self.dirent(dir, name)?.ok_or(posix(libc::ENOENT, "no such entry"))?;
-        self.del(&format::key(dir, kind::DIRENT, name));
-        self.del(&format::key_n(dir, kind::DIRINDEX, e.index));
+        self.del(&format::key(dir, kind::DIRENT, name))?;
+        self.del(&format::key_n(dir, kind::DIRINDEX, e.index))?;
         let mut d = self.dir(dir)?;
         d.mtime = now;
         d.ctime = now;
         if u32::from(e.kind) << 12 == S_IFDIR {
             d.nlink = d.nlink.saturating_sub(1);
         }
-        self.set_inode(dir, &d);
+        self.set_inode(dir, &d)?;
         Ok(e)
     }
 
@@ -610,7 +815,7 @@ impl Volume {
             next_index: if is_dir { 1 } else { 0 },
             ..Inode::default()
         };
-        self.set_inode(ino, &inode);
+        self.set_inode(ino, &inode)?;
         self.add_entry(dir, name, ino, mode, now)?;
         Ok(ino)
     }
@@ -657,9 +862,9 @@ impl Volume {
         let now = Time::now();
         i.nlink += 1;
         i.ctime = now;
-        self.set_inode(ino, &i);
+        self.set_inode(ino, &i)?;
         if i.nlink == 1 {
-            self.del(&format::key_n(0, kind::ORPHAN, ino));
+            self.del(&format::key_n(0, kind::ORPHAN, ino))?;
         }
         self.add_entry(dir, name, ino, i.mode, now)
     }
@@ -668,9 +873,9 @@ impl Volume {
         let mut i = self.inode(ino)?;
         i.nlink = if i.is_dir() { 0 } else { i.nlink.saturating_sub(1) };
         i.ctime = now;
-        self.set_inode(ino, &i);
+        self.set_inode(ino, &i)?;
         if i.nlink == 0 {
-            self.put(format::key_n(0, kind::ORPHAN, ino), Vec::new());
+            self.put(format::key_n(0, kind::ORPHAN, ino), Vec::new())?;
         }
         Ok(())
     }
@@ -689,10 +894,10 @@ impl Volume {
         Ok(e.ino)
     }
 
-    fn is_empty_dir(&self, ino: u64) -> bool {
+    fn is_empty_dir(&self, ino: u64) -> Result<bool> {
         let lo = format::key(ino, kind::DIRENT, b"");
         let hi = format::key(ino, kind::DIRENT + 1, b"");
-        self.items.range(lo..hi).next().is_none()
+        Ok(self.range(lo, hi)?.next().transpose()?.is_none())
     }
 
     /// Removes an empty directory; returns its inode.
@@ -702,7 +907,7 @@ impl Volume {
         if !self.inode(e.ino)?.is_dir() {
             return Err(posix(libc::ENOTDIR, "not a directory"));
         }
-        if !self.is_empty_dir(e.ino) {
+        if !self.is_empty_dir(e.ino)? {
             return Err(posix(libc::ENOTEMPTY, "directory not empty"));
         }
         let now = Time::now();
@@ -722,15 +927,17 @@ impl Volume {
         }
         let lo = format::key(ino, 0, b"");
         let hi = format::key(ino.saturating_add(1), 0, b"");
-        let keys: Vec<Vec<u8>> = self.items.range(lo..hi).map(|(k, _)| k.clone()).collect();
-        for k in keys {
-            if let Some(v) = self.del(&k)
-                && format::split_key(&k).is_some_and(|(_, kd, _)| kd == kind::DATA)
-            {
+        let items = self.range(lo, hi)?.collect::<Result<Vec<_>>>()?;
+        for (k, v) in items {
+            self.record(k.clone(), None);
+            if is_inode_key(&k) {
+                self.inodes -= 1;
+            }
+            if format::split_key(&k).is_some_and(|(_, kd, _)| kd == kind::DATA) {
                 self.release(format::decode_data(&v)?.block);
             }
         }
-        self.del(&format::key_n(0, kind::ORPHAN, ino));
+        self.del(&format::key_n(0, kind::ORPHAN, ino))?;
         Ok(())
     }
 
@@ -791,7 +998,7 @@ impl Volume {
                     i.parent = parent;
                 }
                 i.ctime = now;
-                self.set_inode(ino, &i);
+                self.set_inode(ino, &i)?;
             }
             return Ok(None);
         }
@@ -806,7 +1013,7 @@ impl Volume {
             match (src_dir, dst_dir) {
                 (true, false) => return Err(posix(libc::ENOTDIR, "the target is not a directory")),
                 (false, true) => return Err(posix(libc::EISDIR, "the target is a directory")),
-                (true, true) if !self.is_empty_dir(dst.ino) => {
+                (true, true) if !self.is_empty_dir(dst.ino)? => {
                     return Err(posix(libc::ENOTEMPTY, "the target directory is not empty"));
                 }
                 _ => {}
@@ -828,7 +1035,7 @@ impl Volume {
             i.parent = new_dir;
         }
         i.ctime = now;
-        self.set_inode(src.ino, &i);
+        self.set_inode(src.ino, &i)?;
         Ok(replaced)
     }
 
@@ -840,11 +1047,12 @@ impl Volume {
         if lo >= hi {
             return Ok(());
         }
-        for (k, name) in self.items.range(lo..hi) {
-            let index = format::split_key(k).and_then(|(_, _, t)| format::tail_n(t));
+        for item in self.range(lo, hi)? {
+            let (k, name) = item?;
+            let index = format::split_key(&k).and_then(|(_, _, t)| format::tail_n(t));
             let index = index.ok_or_else(|| corrupt(format!("directory {dir}: bad index key")))?;
-            let e = self.dirent(dir, name)?.ok_or_else(|| corrupt(format!("directory {dir}: index without entry")))?;
-            if !f(Listed { name: name.clone(), ino: e.ino, kind: e.kind, index }) {
+            let e = self.dirent(dir, &name)?.ok_or_else(|| corrupt(format!("directory {dir}: index without entry")))?;
+            if !f(Listed { name, ino: e.ino, kind: e.kind, index }) {
                 break;
             }
         }
@@ -886,14 +1094,14 @@ impl Volume {
             i.mtime = t;
         }
         i.ctime = Time::now();
-        self.set_inode(ino, &i);
+        self.set_inode(ino, &i)?;
         Ok(i)
     }
 
     // -- data ----------------------------------------------------------------------------
 
     fn data_ptr(&self, ino: u64, idx: u64) -> Result<Option<Ptr>> {
-        self.items.get(&format::key_n(ino, kind::DATA, idx)).map(|v| format::decode_data(v)).transpose()
+        self.get(&format::key_n(ino, kind::DATA, idx))?.map(|v| format::decode_data(&v)).transpose()
     }
 
     fn read_block(&self, p: Ptr) -> Result<Arc<[u8]>> {
@@ -982,10 +1190,11 @@ impl Volume {
         let lo = format::key_n(ino, kind::DATA, first);
         let hi = format::key_n(ino, kind::DATA, last + 1);
         let mut mapped: Vec<(u64, Ptr)> = Vec::with_capacity((last - first + 1) as usize);
-        for (k, v) in self.items.range(lo..hi) {
-            let idx = format::split_key(k).and_then(|(_, _, t)| format::tail_n(t));
+        for item in self.range(lo, hi)? {
+            let (k, v) = item?;
+            let idx = format::split_key(&k).and_then(|(_, _, t)| format::tail_n(t));
             let idx = idx.ok_or_else(|| corrupt(format!("inode {ino}: bad data key")))?;
-            mapped.push((idx, format::decode_data(v)?));
+            mapped.push((idx, format::decode_data(&v)?));
         }
         let fail = |idx: u64, e: Error| {
             tracing::error!(ino, block = idx, "wfs: file data failed its checksum: {e}");
@@ -1079,8 +1288,10 @@ impl Volume {
         let lo = format::key_n(ino, kind::DATA, idx);
         let hi = format::key_n(ino, kind::DATA, idx.saturating_add(PREFETCH));
         let mut run: Option<(u64, u64)> = None;
-        for v in self.items.range(lo..hi).map(|(_, v)| v) {
-            let Ok(p) = format::decode_data(v) else { break };
+        let Ok(items) = self.range(lo, hi) else { return };
+        for item in items {
+            let Ok((_, v)) = item else { break };
+            let Ok(p) = format::decode_data(&v) else { break };
             if p.block < SLOTS || p.block >= self.sb.total_blocks {
                 break;
             }
@@ -1104,7 +1315,7 @@ impl Volume {
         let key = format::key_n(ino, kind::DATA, idx);
         let old = self.data_ptr(ino, idx)?;
         let block = match old {
-            Some(p) if self.txn.contains(p.block) => p.block,
+            Some(p) if self.blocks.fresh.contains(&p.block) => p.block,
             _ => self.alloc()?,
         };
         if let Err(e) = self.dev.write_at(data, block * B) {
@@ -1117,7 +1328,7 @@ impl Volume {
         if let Ok(mut c) = self.cache.lock() {
             c.insert(block, Arc::from(data));
         }
-        self.put(key, format::encode_data(Ptr { block, crc }));
+        self.put(key, format::encode_data(Ptr { block, crc }))?;
         if let Some(p) = old
             && p.block != block
         {
@@ -1150,12 +1361,13 @@ impl Volume {
         let mut olds: Vec<Option<Ptr>> = vec![None; (last - first + 1) as usize];
         let lo = format::key_n(ino, kind::DATA, first);
         let hi = format::key_n(ino, kind::DATA, last + 1);
-        for (k, v) in self.items.range(lo..hi) {
-            let idx = format::split_key(k).and_then(|(_, _, t)| format::tail_n(t));
+        for item in self.range(lo, hi)? {
+            let (k, v) = item?;
+            let idx = format::split_key(&k).and_then(|(_, _, t)| format::tail_n(t));
             let idx = idx.ok_or_else(|| corrupt(format!("inode {ino}: bad data key")))?;
-            olds[(idx - first) as usize] = Some(format::decode_data(v)?);
+            olds[(idx - first) as usize] = Some(format::decode_data(&v)?);
         }
-        let fresh = olds.iter().filter(|o| o.is_none_or(|p| !self.txn.contains(p.block))).count() as u64;
+        let fresh = olds.iter().filter(|o| o.is_none_or(|p| !self.blocks.fresh.contains(&p.block))).count() as u64;
         if fresh > 1 {
             self.seek_run(fresh);
         }
@@ -1182,7 +1394,7 @@ impl Volume {
                     None
                 };
                 let block = match old {
-                    Some(p) if self.txn.contains(p.block) => p.block,
+                    Some(p) if self.blocks.fresh.contains(&p.block) => p.block,
                     _ => self.alloc()?,
                 };
                 Ok(Piece { idx, block, old, merged, at })
@@ -1240,7 +1452,12 @@ impl Volume {
                 // not be served stale (in place rewrites).
                 if single { c.insert(p.block, Arc::from(b)) } else { c.remove(p.block) }
             }
-            self.put(format::key_n(ino, kind::DATA, p.idx), format::encode_data(Ptr { block: p.block, crc }));
+            if let Err(e) =
+                self.put(format::key_n(ino, kind::DATA, p.idx), format::encode_data(Ptr { block: p.block, crc }))
+            {
+                result = Err(e);
+                break;
+            }
             match p.old {
                 None => i.blocks += 1,
                 Some(o) if o.block != p.block => self.release(o.block),
@@ -1258,7 +1475,7 @@ impl Volume {
             if i.mode & 0o4000 != 0 || i.mode & 0o2010 == 0o2010 {
                 i.mode &= !0o6000;
             }
-            self.set_inode(ino, &i);
+            self.set_inode(ino, &i)?;
         }
         match result {
             Err(e) if done == 0 => Err(e),
@@ -1273,9 +1490,9 @@ impl Volume {
         }
         let lo = format::key_n(ino, kind::DATA, from);
         let hi = format::key_n(ino, kind::DATA, to);
-        let gone: Vec<(Vec<u8>, Vec<u8>)> = self.items.range(lo..hi).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let gone = self.range(lo, hi)?.collect::<Result<Vec<_>>>()?;
         for (k, v) in gone {
-            self.del(&k);
+            self.record(k, None);
             self.release(format::decode_data(&v)?.block);
             i.blocks = i.blocks.saturating_sub(1);
         }
@@ -1318,7 +1535,7 @@ impl Volume {
         i.size = size;
         i.mtime = now;
         i.ctime = now;
-        self.set_inode(ino, &i);
+        self.set_inode(ino, &i)?;
         Ok(())
     }
 
@@ -1330,7 +1547,10 @@ impl Volume {
         let end = offset.checked_add(len).filter(|&e| e <= i64::MAX as u64).ok_or(posix(libc::EFBIG, "too large"))?;
         let first = offset / B;
         let last = end.div_ceil(B);
-        let missing = (first..last).filter(|&b| !self.items.contains_key(&format::key_n(ino, kind::DATA, b))).count();
+        let mut missing = 0;
+        for b in first..last {
+            missing += usize::from(self.data_ptr(ino, b)?.is_none());
+        }
         self.room_for(missing as u64, missing * 30)?;
         let zero = vec![0u8; BLOCK];
         for idx in first..last {
@@ -1342,7 +1562,7 @@ impl Volume {
             i.size = end;
         }
         i.ctime = Time::now();
-        self.set_inode(ino, &i);
+        self.set_inode(ino, &i)?;
         Ok(())
     }
 
@@ -1370,7 +1590,7 @@ impl Volume {
         let now = Time::now();
         i.mtime = now;
         i.ctime = now;
-        self.set_inode(ino, &i);
+        self.set_inode(ino, &i)?;
         Ok(())
     }
 
@@ -1383,8 +1603,9 @@ impl Volume {
         let mut idx = offset / B;
         let lo = format::key_n(ino, kind::DATA, idx);
         let hi = format::key_n(ino, kind::DATA, u64::MAX);
-        for (k, _) in self.items.range(lo..hi) {
-            let b = format::split_key(k).and_then(|(_, _, t)| format::tail_n(t)).unwrap_or(u64::MAX);
+        for item in self.range(lo, hi)? {
+            let (k, _) = item?;
+            let b = format::split_key(&k).and_then(|(_, _, t)| format::tail_n(t)).unwrap_or(u64::MAX);
             if data {
                 return Ok((b * B).max(offset).min(i.size)).and_then(|o| {
                     if o >= i.size { Err(posix(libc::ENXIO, "no data after the offset")) } else { Ok(o) }
@@ -1406,7 +1627,7 @@ impl Volume {
     /// An xattr's value.
     pub fn get_xattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
         self.inode(ino)?;
-        self.items.get(&format::key(ino, kind::XATTR, name)).cloned().ok_or(posix(libc::ENODATA, "no such attribute"))
+        self.get(&format::key(ino, kind::XATTR, name))?.ok_or(posix(libc::ENODATA, "no such attribute"))
     }
 
     /// Sets an xattr; `create`: fail if present, `replace`: fail if absent.
@@ -1420,7 +1641,7 @@ impl Volume {
             return Err(posix(libc::ENOSPC, "xattr values are at most 2048 bytes"));
         }
         let k = format::key(ino, kind::XATTR, name);
-        let exists = self.items.contains_key(&k);
+        let exists = self.get(&k)?.is_some();
         if create && exists {
             return Err(posix(libc::EEXIST, "the attribute exists"));
         }
@@ -1428,9 +1649,9 @@ impl Volume {
             return Err(posix(libc::ENODATA, "no such attribute"));
         }
         self.room_for(0, name.len() + value.len() + 20)?;
-        self.put(k, value.to_vec());
+        self.put(k, value.to_vec())?;
         i.ctime = Time::now();
-        self.set_inode(ino, &i);
+        self.set_inode(ino, &i)?;
         Ok(())
     }
 
@@ -1439,16 +1660,16 @@ impl Volume {
         self.inode(ino)?;
         let lo = format::key(ino, kind::XATTR, b"");
         let hi = format::key(ino, kind::XATTR + 1, b"");
-        Ok(self.items.range(lo..hi).map(|(k, _)| k[9..].to_vec()).collect())
+        self.range(lo, hi)?.map(|item| item.map(|(k, _)| k[9..].to_vec())).collect()
     }
 
     /// Removes an xattr.
     pub fn remove_xattr(&mut self, ino: u64, name: &[u8]) -> Result<()> {
         self.writable()?;
         let mut i = self.inode(ino)?;
-        self.del(&format::key(ino, kind::XATTR, name)).ok_or(posix(libc::ENODATA, "no such attribute"))?;
+        self.del(&format::key(ino, kind::XATTR, name))?.ok_or(posix(libc::ENODATA, "no such attribute"))?;
         i.ctime = Time::now();
-        self.set_inode(ino, &i);
+        self.set_inode(ino, &i)?;
         Ok(())
     }
 
@@ -1469,60 +1690,201 @@ impl Volume {
         self.dirty
     }
 
-    /// Makes every change so far durable: new tree, flush, superblock, flush.
+    /// Makes every change so far durable: the changed part of the tree, the space maps,
+    /// flush, superblock, flush (docs/wfs-format.md, "Commit protocol").
     pub fn commit(&mut self) -> Result<()> {
         if !self.dirty || self.read_only {
             return Ok(());
         }
-        let dev = self.dev.clone();
-        let items = std::mem::take(&mut self.items);
-        let leaves = std::mem::take(&mut self.leaves);
-        let dirty_keys = std::mem::take(&mut self.dirty_keys);
-        let mut new_blocks = Vec::new();
-        let written = tree::write_incremental(&*dev, &items, &leaves, &dirty_keys, &mut || {
-            let b = self.alloc()?;
-            new_blocks.push(b);
-            Ok(b)
-        });
-        self.items = items;
-        self.leaves = leaves;
-        self.dirty_keys = dirty_keys;
-        let undo = |v: &mut Volume, blocks: &[u64]| {
-            for &b in blocks {
-                v.release(b);
-            }
+        let total = self.sb.total_blocks;
+        // 1. The tree, copy-on-write, into blocks taken for this attempt only.
+        let mut tree_blocks = Vec::new();
+        let applied = {
+            let (blocks, taken) = (&mut self.blocks, &mut tree_blocks);
+            self.pager.apply(self.root, self.height, &self.overlay, &mut || {
+                let b = blocks.take()?;
+                taken.push(b);
+                Ok(b)
+            })
         };
-        let tree::Written { root, height, nodes, levels: leaves } = match written {
-            Ok(w) => w,
+        let applied = match applied {
+            Ok(a) => a,
             Err(e) => {
-                undo(self, &new_blocks);
+                self.blocks.give_back(&tree_blocks);
                 return Err(e);
             }
         };
+        // 2. The new set of blocks in use, and the bitmap blocks it changes. A root replaced
+        // by its only child was written by this attempt and is used by nothing.
+        let mut undo = Undo { durable: None, pinned: None, removed: Vec::new(), added: Vec::new() };
+        let mut changed = BTreeSet::new();
+        let written: BTreeSet<u64> = tree_blocks.iter().copied().collect();
+        let dropped: Vec<u64> = applied.dropped.iter().copied().filter(|b| !written.contains(b)).collect();
+        let collapsed: Vec<u64> = applied.dropped.iter().copied().filter(|b| written.contains(b)).collect();
+        let new_nodes: Vec<u64> = tree_blocks.iter().copied().filter(|b| !collapsed.contains(b)).collect();
+        if self.rewalk {
+            undo.durable = Some(self.durable.clone());
+            undo.pinned = Some(self.pinned.clone());
+            let (root, height) = (self.sb.root, self.sb.height);
+            self.sb.root = applied.root;
+            self.sb.height = applied.height;
+            let walked = self.walk_all();
+            self.sb.root = root;
+            self.sb.height = height;
+            if let Err(e) = walked {
+                self.undo_commit(undo, &tree_blocks, &[]);
+                return Err(e);
+            }
+            changed = (0..total.div_ceil(BITS) as usize).collect();
+        } else {
+            for b in self.blocks.freed.iter().copied().chain(dropped.iter().copied()) {
+                if !self.pinned.contains(b) && self.durable.contains(b) {
+                    undo.removed.push(b);
+                }
+            }
+            for b in self.blocks.txn.iter().copied().chain(new_nodes.iter().copied()) {
+                if !self.durable.contains(b) {
+                    undo.added.push(b);
+                }
+            }
+            for &b in &undo.removed {
+                self.durable.remove(b);
+                changed.insert((b / BITS) as usize);
+            }
+            for &b in &undo.added {
+                self.durable.insert(b);
+                changed.insert((b / BITS) as usize);
+            }
+        }
+        // 3. The space maps, into blocks no tree references (not recorded in themselves).
+        let old_maps = (self.space_map.clone(), self.pinned_map.clone());
+        let mut map_blocks = Vec::new();
+        let mut replaced = Vec::new();
+        let maps = (|| -> Result<()> {
+            let blocks = &mut self.blocks;
+            let mut take = || {
+                let b = blocks.take()?;
+                map_blocks.push(b);
+                Ok(b)
+            };
+            self.space_map.write(&*self.dev, &self.durable, total, &changed, &mut take, &mut replaced)?;
+            if self.pinned_changed {
+                if self.pinned.is_empty() {
+                    replaced.extend(self.pinned_map.blocks());
+                    self.pinned_map = MapOnDisk::default();
+                } else {
+                    let all = (0..total.div_ceil(BITS) as usize).collect();
+                    self.pinned_map.write(&*self.dev, &self.pinned, total, &all, &mut take, &mut replaced)?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = maps {
+            (self.space_map, self.pinned_map) = old_maps;
+            self.undo_commit(undo, &tree_blocks, &map_blocks);
+            return Err(e);
+        }
+        // 4. Flush, superblock, flush.
         let mut sb = self.sb.clone();
         sb.generation += 1;
-        sb.root = root;
-        sb.height = height;
+        sb.root = applied.root;
+        sb.height = applied.height;
         sb.time = Time::now().secs;
+        sb.ro_compat |= format::RO_COMPAT_FREE_SPACE_TREE;
+        sb.space_map = self.space_map.root();
+        sb.pinned_map = self.pinned_map.root();
+        sb.inodes = self.inodes;
+        sb.max_item = self.max_item;
+        (sb.tree_nodes, sb.tree_bytes) = if self.rewalk {
+            (self.tree_nodes, self.tree_bytes)
+        } else {
+            (
+                (self.tree_nodes + new_nodes.len() as u64).saturating_sub(dropped.len() as u64),
+                (self.tree_bytes + applied.leaf_bytes.0).saturating_sub(applied.leaf_bytes.1),
+            )
+        };
+        let dev = self.dev.clone();
+        if let Err(e) = dev.flush() {
+            (self.space_map, self.pinned_map) = old_maps;
+            self.undo_commit(undo, &tree_blocks, &map_blocks);
+            return Err(e.into());
+        }
         let step = (|| -> Result<()> {
-            dev.flush()?;
             dev.write_at(&sb.encode(), (sb.generation % SLOTS) * B)?;
             dev.flush()?;
             Ok(())
         })();
         if let Err(e) = step {
-            // The new superblock may or may not be on disk: everything written since the
-            // last commit may be referenced by a durable tree now, so none of it is reused
-            // or rewritten in place until a later commit succeeds and recomputes the map.
+            // The new superblock may or may not be on disk, so whatever this commit wrote
+            // may be referenced by a durable tree now: nothing of it is reused or rewritten
+            // in place until a later commit succeeds. The next one starts again from the
+            // previous commit's tree and maps.
             tracing::error!("wfs: commit failed: {e}");
-            self.txn.clear();
+            (self.space_map, self.pinned_map) = old_maps;
+            for &b in tree_blocks.iter().chain(&map_blocks) {
+                self.blocks.freed.insert(b);
+            }
+            self.blocks.fresh.clear();
+            self.restore_sets(undo);
             return Err(e);
         }
+        // 5. Durable: what it stopped using is free now.
+        let now_free: Vec<u64> = if self.rewalk {
+            self.blocks.used.iter().filter(|&b| !self.durable.contains(b)).collect()
+        } else {
+            let freed = self.blocks.freed.iter().copied().chain(dropped.iter().copied());
+            freed.filter(|&b| !self.pinned.contains(b)).chain(collapsed.iter().copied()).collect()
+        };
+        for b in now_free.into_iter().chain(replaced) {
+            self.blocks.used.remove(b);
+            self.pager.forget(b);
+            if let Ok(mut c) = self.cache.lock() {
+                c.remove(b);
+            }
+        }
+        for b in self.space_map.blocks().chain(self.pinned_map.blocks()).collect::<Vec<_>>() {
+            self.blocks.used.insert(b);
+        }
+        self.blocks.txn.clear();
+        self.blocks.fresh.clear();
+        self.blocks.freed.clear();
+        self.tree_nodes = sb.tree_nodes;
+        self.tree_bytes = sb.tree_bytes;
+        self.root = applied.root;
+        self.height = applied.height;
         self.sb = sb;
+        self.overlay.clear();
+        self.overlay_bytes = 0;
+        self.overlay_leaf_bytes = 0;
+        self.overlay_runs = 0;
+        self.last_new_key.clear();
         self.dirty = false;
-        self.leaves = leaves;
-        self.dirty_keys.clear();
-        self.recompute_used(&nodes)
+        self.rewalk = false;
+        self.pinned_changed = false;
+        Ok(())
+    }
+
+    /// Undoes a commit that failed before its superblock was written: the blocks it wrote
+    /// go back, and the in-use sets are as before.
+    fn undo_commit(&mut self, undo: Undo, tree_blocks: &[u64], map_blocks: &[u64]) {
+        self.blocks.give_back(tree_blocks);
+        self.blocks.give_back(map_blocks);
+        self.restore_sets(undo);
+    }
+
+    fn restore_sets(&mut self, undo: Undo) {
+        if let Some(d) = undo.durable {
+            self.durable = d;
+        }
+        if let Some(p) = undo.pinned {
+            self.pinned = p;
+        }
+        for b in undo.removed {
+            self.durable.insert(b);
+        }
+        for b in undo.added {
+            self.durable.remove(b);
+        }
     }
 
     // -- snapshots -----------------------------------------------------------------------
@@ -1541,10 +1903,12 @@ impl Volume {
             self.dev.write_at(&b, block * B)?;
             Ptr { block, crc: crc32c(&b) }
         };
+        if self.sb.snapshots.block != 0 {
+            self.release(self.sb.snapshots.block);
+        }
         self.sb.snapshots = ptr;
         self.snapshots = snaps;
         self.dirty = true;
-        self.compute_pinned()?;
         self.commit()
     }
 
@@ -1562,6 +1926,15 @@ impl Volume {
         }
         self.dirty = true;
         self.commit()?;
+        // Everything the committed state uses is the new snapshot's or an older one's, but
+        // for the superblock slots and the snapshot table (which the next commit replaces).
+        let mut pinned = self.durable.clone();
+        for b in 0..SLOTS {
+            pinned.remove(b);
+        }
+        pinned.remove(self.sb.snapshots.block);
+        self.pinned = pinned;
+        self.pinned_changed = true;
         let mut snaps = self.snapshots.clone();
         snaps.push(Snapshot {
             name: name.to_string(),
@@ -1582,6 +1955,8 @@ impl Volume {
         if snaps.len() == before {
             return Err(posix(libc::ENOENT, "no snapshot of that name"));
         }
+        // What only that snapshot used is found by walking what is left, at the commit.
+        self.rewalk = true;
         self.write_snapshot_table(snaps)
     }
 }
@@ -1597,10 +1972,21 @@ impl Drop for Volume {
 /// Regular file mode bits.
 pub const FILE: u32 = S_IFREG;
 
-/// The items of the live tree (for fsck and tests).
+/// What a failed commit puts back.
+struct Undo {
+    durable: Option<BlockSet>,
+    pinned: Option<BlockSet>,
+    removed: Vec<u64>,
+    added: Vec<u64>,
+}
+
 impl Volume {
-    /// Every item.
-    pub fn items(&self) -> &BTreeMap<Vec<u8>, Vec<u8>> {
-        &self.items
+    /// Tree nodes in the cache now, and what it may hold (for tests of bounded memory).
+    pub fn cached_nodes(&self) -> usize {
+        self.pager.cached()
+    }
+    /// Bytes of uncommitted changes held.
+    pub fn pending_bytes(&self) -> u64 {
+        self.overlay_bytes
     }
 }
