@@ -53,7 +53,10 @@ pub fn node(data: &[u8]) {
                 let _ = format::Dirent::decode(value);
             }
             kind::DATA => {
-                let _ = format::decode_data(value);
+                if let Ok(e) = format::decode_data(value) {
+                    // What decodes must encode back to the same bytes.
+                    assert_eq!(format::encode_data(&e), *value, "data item round trip");
+                }
             }
             _ => {}
         }

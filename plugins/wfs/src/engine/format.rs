@@ -13,8 +13,14 @@ pub const SLOTS: u64 = 4;
 pub const MAGIC: &[u8; 8] = b"WFS\0v1\0\0";
 /// The format version this engine reads and writes.
 pub const VERSION: u32 = 1;
-/// Incompatible features this engine knows (none yet).
-pub const INCOMPAT_KNOWN: u32 = 0;
+/// Incompatible feature `extents`: a DATA item may map a run of up to [`MAX_EXTENT`] file
+/// blocks to as many consecutive disk blocks, with a checksum for each. A reader that does
+/// not know it would take such an item for damage.
+pub const INCOMPAT_EXTENTS: u32 = 1;
+/// Incompatible features this engine knows.
+pub const INCOMPAT_KNOWN: u32 = INCOMPAT_EXTENTS;
+/// The most blocks one DATA item maps (1 MiB, the largest FUSE write).
+pub const MAX_EXTENT: u64 = 256;
 /// Read-only-compatible feature `free-space-tree`: the superblock points at a space map (a
 /// copy-on-write radix tree of bitmaps) that says which blocks are in use, so open reads it
 /// instead of walking every tree. An engine that does not know it would not keep the map up
@@ -121,6 +127,8 @@ impl<'a> Reader<'a> {
 /// The superblock of one commit.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Superblock {
+    /// Incompatible feature flags.
+    pub incompat: u32,
     /// Read-only-compatible feature flags.
     pub ro_compat: u32,
     /// Commit number.
@@ -159,7 +167,7 @@ impl Superblock {
         let mut b = Vec::with_capacity(BLOCK);
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&VERSION.to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&self.incompat.to_le_bytes());
         b.extend_from_slice(&self.ro_compat.to_le_bytes());
         b.extend_from_slice(&0u32.to_le_bytes());
         b.extend_from_slice(&self.generation.to_le_bytes());
@@ -207,6 +215,7 @@ impl Superblock {
             return Err(Error::Format(format!("unknown incompatible features {incompat:#x}")));
         }
         let mut sb = Superblock {
+            incompat,
             ro_compat,
             generation: r.u64()?,
             total_blocks: r.u64()?,
@@ -410,21 +419,67 @@ impl Dirent {
 }
 
 /// A DATA value: the block and its checksum.
-pub fn encode_data(p: Ptr) -> Vec<u8> {
-    let mut b = Vec::with_capacity(12);
-    b.extend_from_slice(&p.block.to_le_bytes());
-    b.extend_from_slice(&p.crc.to_le_bytes());
+pub fn encode_data(e: &Extent) -> Vec<u8> {
+    let mut b = Vec::with_capacity(10 + 4 * e.crcs.len());
+    b.extend_from_slice(&e.block.to_le_bytes());
+    if let [crc] = e.crcs[..] {
+        // One block: the 12-byte form every version reads.
+        b.extend_from_slice(&crc.to_le_bytes());
+        return b;
+    }
+    b.extend_from_slice(&(e.crcs.len() as u16).to_le_bytes());
+    for crc in &e.crcs {
+        b.extend_from_slice(&crc.to_le_bytes());
+    }
     b
 }
 
-/// Decodes a DATA value.
-pub fn decode_data(v: &[u8]) -> Result<Ptr> {
+/// Decodes a DATA value: one block (`block u64, crc u32`) or, with `extents`, a run
+/// (`block u64, count u16`, then `count` checksums; 2 to [`MAX_EXTENT`] blocks).
+pub fn decode_data(v: &[u8]) -> Result<Extent> {
     let mut r = Reader::new(v, "data pointer");
-    let p = Ptr { block: r.u64()?, crc: r.u32()? };
+    let block = r.u64()?;
+    let crcs = if v.len() == 12 {
+        vec![r.u32()?]
+    } else {
+        let count = u64::from(r.u16()?);
+        if !(2..=MAX_EXTENT).contains(&count) {
+            return Err(Error::Corrupt(format!("an extent of {count} blocks")));
+        }
+        (0..count).map(|_| r.u32()).collect::<Result<_>>()?
+    };
     if !r.at_end() {
         return Err(Error::Corrupt("data pointer has trailing bytes".into()));
     }
-    Ok(p)
+    if block.checked_add(crcs.len() as u64).is_none() {
+        return Err(Error::Corrupt(format!("an extent at block {block} runs past the largest block number")));
+    }
+    Ok(Extent { block, crcs })
+}
+
+/// A DATA item's value: file blocks `start..start + crcs.len()` (the start is in the key)
+/// are disk blocks `block..`, with the checksum of each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// The first disk block.
+    pub block: u64,
+    /// The checksum of each block.
+    pub crcs: Vec<u32>,
+}
+
+impl Extent {
+    /// Blocks it maps.
+    pub fn len(&self) -> u64 {
+        self.crcs.len() as u64
+    }
+    /// Whether it maps none (never stored).
+    pub fn is_empty(&self) -> bool {
+        self.crcs.is_empty()
+    }
+    /// Its `i`th block.
+    pub fn ptr(&self, i: u64) -> Ptr {
+        Ptr { block: self.block + i, crc: self.crcs[i as usize] }
+    }
 }
 
 /// A decoded tree node.

@@ -208,6 +208,7 @@ fn check_links(what: &str, items: &Items, next_ino: u64, r: &mut Report) {
     let mut subdirs: HashMap<u64, u32> = HashMap::new();
     let mut parent_of: HashMap<u64, u64> = HashMap::new();
     let mut data_count: HashMap<u64, u64> = HashMap::new();
+    let mut data_end: HashMap<u64, u64> = HashMap::new();
     let mut orphans = Vec::new();
     let mut p = |s: String| r.problems.push(format!("{what}: {s}"));
     for (k, v) in items {
@@ -285,7 +286,17 @@ fn check_links(what: &str, items: &Items, next_ino: u64, r: &mut Report) {
                     p(format!("an item of kind {kd} for missing inode {ino}"));
                 }
                 if kd == kind::DATA {
-                    *data_count.entry(ino).or_default() += 1;
+                    // Extents of one file in key order may not overlap.
+                    match (format::tail_n(tail), format::decode_data(v)) {
+                        (Some(start), Ok(e)) => {
+                            if data_end.get(&ino).is_some_and(|&end| start < end) {
+                                p(format!("inode {ino}: extents overlap at file block {start}"));
+                            }
+                            data_end.insert(ino, start.saturating_add(e.len()));
+                            *data_count.entry(ino).or_default() += e.len();
+                        }
+                        _ => p(format!("inode {ino}: a bad data item")),
+                    }
                 }
             }
             other => p(format!("inode {ino}: unknown item kind {other}")),

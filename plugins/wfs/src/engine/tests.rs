@@ -184,7 +184,7 @@ fn a_corrupt_data_block_is_eio_and_fsck_and_scrub_name_it() {
         let g = v.create(ROOT_INO, b"fine", F, 0, 0, 0).unwrap();
         v.write(g, 0, b"fine").unwrap();
         v.commit().unwrap();
-        let p = super::format::decode_data(&v.item(&super::format::key_n(f, 5, 1)).unwrap().unwrap()).unwrap();
+        let p = v.block_of(f, 1).unwrap().unwrap();
         (f, p.block)
     };
     let mut bytes = dev.bytes();
@@ -214,7 +214,7 @@ fn read_ahead_never_serves_a_corrupt_block_of_the_run_it_reads() {
         let f = v.create(ROOT_INO, b"f", F, 0, 0, 0).unwrap();
         v.write(f, 0, &data).unwrap();
         v.commit().unwrap();
-        let p = super::format::decode_data(&v.item(&super::format::key_n(f, 5, 3)).unwrap().unwrap()).unwrap();
+        let p = v.block_of(f, 3).unwrap().unwrap();
         (f, p.block)
     };
     let mut bytes = dev.bytes();
@@ -711,7 +711,7 @@ fn metadata_memory_stays_within_its_limits_in_a_tree_far_larger_than_them() {
 }
 
 #[test]
-fn an_image_from_before_the_space_map_is_walked_once_and_gets_one_at_its_first_commit() {
+fn an_image_from_before_the_space_map_and_extents_is_walked_once_and_upgraded_at_its_first_commit() {
     use super::format::{RO_COMPAT_FREE_SPACE_TREE, Superblock};
     let dev = image(1024);
     let mut v = open(&dev);
@@ -725,7 +725,7 @@ fn an_image_from_before_the_space_map_is_walked_once_and_gets_one_at_its_first_c
     // Make the newest superblock one an engine without the space map wrote: no feature,
     // no map (the blocks of the old map become unreferenced, as free space is then).
     let (sb, _) = super::volume::newest_superblock(&*dev).unwrap();
-    let old = Superblock { ro_compat: 0, ..sb.clone() };
+    let old = Superblock { ro_compat: 0, incompat: 0, ..sb.clone() };
     dev.write_at(&old.encode(), (sb.generation % 4) * BLOCK as u64).unwrap();
     let (back, _) = super::volume::newest_superblock(&*dev).unwrap();
     assert_eq!(back.ro_compat & RO_COMPAT_FREE_SPACE_TREE, 0);
@@ -740,6 +740,7 @@ fn an_image_from_before_the_space_map_is_walked_once_and_gets_one_at_its_first_c
     v.write(g, 0, b"after the upgrade").unwrap();
     v.commit().unwrap();
     assert_ne!(v.superblock().ro_compat & RO_COMPAT_FREE_SPACE_TREE, 0);
+    assert_ne!(v.superblock().incompat & super::format::INCOMPAT_EXTENTS, 0);
     drop(v);
     assert_clean(&*dev);
     let mut v = open(&dev);
@@ -864,4 +865,61 @@ fn on_images_kept_full_no_commit_ever_runs_out_of_space() {
         assert_clean(&*dev);
     }
     assert!(refused > 200, "only {refused} changes met a full image: the test no longer fills it");
+}
+
+// -- extents --------------------------------------------------------------------------------
+
+/// The extent (file blocks from `idx`) stored under `idx`, if an item starts there.
+fn extent_at(v: &Volume, ino: u64, idx: u64) -> Option<u64> {
+    let item = v.item(&super::format::key_n(ino, super::format::kind::DATA, idx)).unwrap()?;
+    Some(super::format::decode_data(&item).unwrap().len())
+}
+
+#[test]
+fn a_sequential_write_is_one_extent_per_mib_and_an_overwrite_splits_only_its_own() {
+    let dev = image(4096);
+    let mut v = open(&dev);
+    let f = v.create(ROOT_INO, b"f", F, 0, 0, 0).unwrap();
+    let mut model = pattern(4 << 20, 1);
+    for (n, chunk) in model.chunks(1 << 20).enumerate() {
+        v.write(f, (n << 20) as u64, chunk).unwrap();
+    }
+    v.commit().unwrap();
+    for start in [0, 256, 512, 768] {
+        assert_eq!(extent_at(&v, f, start), Some(256), "extent at block {start}");
+    }
+    assert_eq!(v.inode(f).unwrap().blocks, 1024);
+    // Copy-on-write of two blocks in the middle of the first extent: it is cut around them.
+    let patch = pattern(2 * BLOCK, 2);
+    v.write(f, 25 * BLOCK as u64, &patch).unwrap();
+    model[25 * BLOCK..27 * BLOCK].copy_from_slice(&patch);
+    assert_eq!((extent_at(&v, f, 0), extent_at(&v, f, 25), extent_at(&v, f, 27)), (Some(25), Some(2), Some(229)));
+    assert_eq!(extent_at(&v, f, 256), Some(256));
+    assert_eq!(read_all(&v, f), model);
+    // Small appends join the extent before them while the blocks follow on disk.
+    let g = v.create(ROOT_INO, b"g", F, 0, 0, 0).unwrap();
+    for n in 0..40u64 {
+        v.write(g, n * BLOCK as u64, &pattern(BLOCK, n)).unwrap();
+    }
+    assert!(extent_at(&v, g, 0).unwrap() >= 30, "{:?}", extent_at(&v, g, 0));
+    v.commit().unwrap();
+    drop(v);
+    assert_clean(&*dev);
+    let mut v = open(&dev);
+    assert_eq!(read_all(&v, f), model);
+    // A truncate across several stretches of file and holes gives everything back.
+    let free = v.space().free;
+    let h = v.create(ROOT_INO, b"h", F, 0, 0, 0).unwrap();
+    for idx in [0u64, 70_000, 200_000, 200_255] {
+        v.write(h, idx * BLOCK as u64, &pattern(3 * BLOCK, idx)).unwrap();
+    }
+    assert_eq!(v.inode(h).unwrap().blocks, 12);
+    assert_eq!(v.seek(h, 4 * BLOCK as u64, true).unwrap(), 70_000 * BLOCK as u64);
+    assert_eq!(v.seek(h, 70_000 * BLOCK as u64, false).unwrap(), 70_003 * BLOCK as u64);
+    v.truncate(h, 0).unwrap();
+    assert_eq!(v.inode(h).unwrap().blocks, 0);
+    v.commit().unwrap();
+    assert!(v.space().free >= free - 2, "{} of {free} free", v.space().free);
+    drop(v);
+    assert_clean(&*dev);
 }

@@ -19,8 +19,8 @@ use super::crc::crc32c;
 use super::device::Device;
 use super::error::{Error, Result, posix};
 use super::format::{
-    self, BLOCK, Dirent, Inode, MAX_NAME, MAX_SNAPSHOT_NAME, MAX_SNAPSHOTS, MAX_XATTR_VALUE, Ptr, ROOT_INO, S_IFDIR,
-    S_IFLNK, S_IFMT, S_IFREG, SLOTS, Snapshot, Superblock, Time, kind,
+    self, BLOCK, Dirent, Extent, Inode, MAX_EXTENT, MAX_NAME, MAX_SNAPSHOT_NAME, MAX_SNAPSHOTS, MAX_XATTR_VALUE, Ptr,
+    ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, SLOTS, Snapshot, Superblock, Time, kind,
 };
 pub use super::spacemap::BlockSet;
 use super::spacemap::{BITS, MapOnDisk};
@@ -62,6 +62,9 @@ pub const DEFAULT_OVERLAY_LIMIT: u64 = 16 << 20;
 /// The most runs of new keys one change adds (a rename that replaces a directory: two
 /// names and indexes removed, one of each added, four inodes, an orphan).
 const OP_RUNS: u64 = 12;
+/// File blocks a truncate, fallocate or evict handles at a time (256 MiB of file), so
+/// their memory does not grow with the file.
+const CHUNK: u64 = 1 << 16;
 /// What an overlay entry costs in memory beyond its key and value (map node, vectors).
 const OVERLAY_ENTRY: u64 = 80;
 
@@ -251,7 +254,10 @@ fn walk_tree(pager: &Pager, root: Ptr, height: u8, set: &mut BlockSet, w: &mut W
                     if is_inode_key(k) {
                         w.inodes += 1;
                     } else if k.get(8) == Some(&kind::DATA) {
-                        set.insert(format::decode_data(v)?.block);
+                        let e = format::decode_data(v)?;
+                        for b in e.block..e.block + e.len() {
+                            set.insert(b);
+                        }
                     }
                 }
             }
@@ -362,6 +368,7 @@ pub fn mkfs(dev: &dyn Device, total_blocks: u64) -> Result<()> {
         height,
         time: now.secs,
         ro_compat: format::RO_COMPAT_FREE_SPACE_TREE,
+        incompat: format::INCOMPAT_EXTENTS,
         space_map: map.root(),
         inodes: 1,
         tree_nodes: nodes.len() as u64,
@@ -413,17 +420,17 @@ pub fn read_snapshots(dev: &dyn Device, sb: &Superblock) -> Result<Vec<Snapshot>
 }
 
 /// The data blocks the items reference.
+/// Every data block the items reference: (inode, file block, where), extents expanded.
 pub fn data_blocks(items: &Items) -> impl Iterator<Item = Result<(u64, u64, Ptr)>> + '_ {
-    items.iter().filter_map(|(k, v)| {
-        let (ino, kd, tail) = format::split_key(k)?;
-        if kd != kind::DATA {
-            return None;
-        }
-        let idx = match format::tail_n(tail) {
-            Some(i) => i,
-            None => return Some(Err(corrupt(format!("inode {ino}: bad data key")))),
+    items.iter().flat_map(|(k, v)| {
+        let Some((ino, kind::DATA, tail)) = format::split_key(k) else { return Vec::new() };
+        let Some(start) = format::tail_n(tail) else {
+            return vec![Err(corrupt(format!("inode {ino}: bad data key")))];
         };
-        Some(format::decode_data(v).map(|p| (ino, idx, p)))
+        match format::decode_data(v) {
+            Ok(e) => (0..e.len()).map(|i| Ok((ino, start.saturating_add(i), e.ptr(i)))).collect(),
+            Err(e) => vec![Err(e)],
+        }
     })
 }
 
@@ -587,7 +594,9 @@ impl Volume {
             && k[8] == kind::DATA
             && self.last_new_key.len() == 17
             && k[..9] == self.last_new_key[..9]
-            && format::tail_n(&k[9..]) == format::tail_n(&self.last_new_key[9..]).map(|i| i.wrapping_add(1));
+            && format::tail_n(&k[9..])
+                .zip(format::tail_n(&self.last_new_key[9..]))
+                .is_some_and(|(i, last)| i > last && i - last <= MAX_EXTENT);
         match self.overlay.insert(k.clone(), v) {
             Some(old) => self.overlay_bytes -= size(&k, &old),
             None => {
@@ -921,20 +930,19 @@ impl Volume {
         if self.read_only {
             return Ok(());
         }
-        let Ok(i) = self.inode(ino) else { return Ok(()) };
+        let Ok(mut i) = self.inode(ino) else { return Ok(()) };
         if i.nlink > 0 {
             return Ok(());
         }
+        // The data a stretch at a time, then the few items left (inode, xattrs).
+        self.drop_blocks(ino, &mut i, 0, u64::MAX)?;
         let lo = format::key(ino, 0, b"");
         let hi = format::key(ino.saturating_add(1), 0, b"");
-        let items = self.range(lo, hi)?.collect::<Result<Vec<_>>>()?;
-        for (k, v) in items {
+        let keys = self.range(lo, hi)?.map(|item| item.map(|(k, _)| k)).collect::<Result<Vec<_>>>()?;
+        for k in keys {
             self.record(k.clone(), None);
             if is_inode_key(&k) {
                 self.inodes -= 1;
-            }
-            if format::split_key(&k).is_some_and(|(_, kd, _)| kd == kind::DATA) {
-                self.release(format::decode_data(&v)?.block);
             }
         }
         self.del(&format::key_n(0, kind::ORPHAN, ino))?;
@@ -1100,8 +1108,97 @@ impl Volume {
 
     // -- data ----------------------------------------------------------------------------
 
+    /// The extents of `ino` that map any of file blocks `[from, to)`, in order, with their
+    /// first file block.
+    fn extents(&self, ino: u64, from: u64, to: u64) -> Result<Vec<(u64, Extent)>> {
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        // An extent holding `from` starts at most MAX_EXTENT - 1 blocks before it.
+        let lo = format::key_n(ino, kind::DATA, from.saturating_sub(MAX_EXTENT - 1));
+        let hi = format::key_n(ino, kind::DATA, to);
+        let mut end = 0;
+        for item in self.range(lo, hi)? {
+            let (k, v) = item?;
+            let start = format::split_key(&k).and_then(|(_, _, t)| format::tail_n(t));
+            let start = start.ok_or_else(|| corrupt(format!("inode {ino}: bad data key")))?;
+            let e = format::decode_data(&v)?;
+            if start < end {
+                return Err(corrupt(format!("inode {ino}: extents overlap at file block {start}")));
+            }
+            end = start.saturating_add(e.len());
+            if end > from {
+                out.push((start, e));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The blocks of `ino` mapped in `[from, to)`: (file block, where it is).
+    fn mapped(&self, ino: u64, from: u64, to: u64) -> Result<Vec<(u64, Ptr)>> {
+        let mut out = Vec::new();
+        for (start, e) in self.extents(ino, from, to)? {
+            for i in from.saturating_sub(start)..e.len().min(to - start) {
+                out.push((start + i, e.ptr(i)));
+            }
+        }
+        Ok(out)
+    }
+
     fn data_ptr(&self, ino: u64, idx: u64) -> Result<Option<Ptr>> {
-        self.get(&format::key_n(ino, kind::DATA, idx))?.map(|v| format::decode_data(&v)).transpose()
+        Ok(self.mapped(ino, idx, idx.saturating_add(1))?.first().map(|&(_, p)| p))
+    }
+
+    /// Where file block `idx` of `ino` is (for fsck tools and tests).
+    pub fn block_of(&self, ino: u64, idx: u64) -> Result<Option<Ptr>> {
+        self.data_ptr(ino, idx)
+    }
+
+    /// Maps file blocks `[from, to)` of `ino` to exactly `new` (file block, where; in order,
+    /// inside the range; everything else a hole): the extents overlapping the range are cut
+    /// at its ends, and runs that continue one another on disk are joined, with the
+    /// extents just before and after, into extents of up to [`MAX_EXTENT`] blocks. Returns
+    /// what the range mapped before. Blocks are neither written nor released here.
+    fn remap(&mut self, ino: u64, from: u64, to: u64, new: &[(u64, Ptr)]) -> Result<Vec<(u64, Ptr)>> {
+        // The extents touching the range, and the ones right before and after it.
+        let touched = self.extents(ino, from.saturating_sub(1), to.saturating_add(1))?;
+        let mut old = Vec::new();
+        let mut pieces: Vec<(u64, Ptr)> = Vec::new();
+        let mut before = Vec::new();
+        let mut after = Vec::new();
+        for (start, e) in &touched {
+            self.record(format::key_n(ino, kind::DATA, *start), None);
+            for i in 0..e.len() {
+                let idx = start + i;
+                if idx < from {
+                    before.push((idx, e.ptr(i)));
+                } else if idx >= to {
+                    after.push((idx, e.ptr(i)));
+                } else {
+                    old.push((idx, e.ptr(i)));
+                }
+            }
+        }
+        pieces.extend(before);
+        pieces.extend_from_slice(new);
+        pieces.extend(after);
+        let mut at = 0;
+        while at < pieces.len() {
+            let (start, first) = pieces[at];
+            let mut n = 1;
+            while at + n < pieces.len()
+                && (n as u64) < MAX_EXTENT
+                && pieces[at + n].0 == start + n as u64
+                && pieces[at + n].1.block == first.block + n as u64
+            {
+                n += 1;
+            }
+            let e = Extent { block: first.block, crcs: pieces[at..at + n].iter().map(|(_, p)| p.crc).collect() };
+            self.record(format::key_n(ino, kind::DATA, start), Some(format::encode_data(&e)));
+            at += n;
+        }
+        Ok(old)
     }
 
     fn read_block(&self, p: Ptr) -> Result<Arc<[u8]>> {
@@ -1127,15 +1224,13 @@ impl Volume {
         }
         let mut run = vec![p];
         if self.cache.lock().is_ok_and(|c| c.capacity() >= 2 * READ_AHEAD) {
-            for j in 1..READ_AHEAD as u64 {
-                match self.data_ptr(ino, idx.saturating_add(j)) {
-                    Ok(Some(next))
-                        if Some(next.block) == p.block.checked_add(j) && next.block < self.sb.total_blocks =>
-                    {
-                        run.push(next)
-                    }
-                    _ => break,
+            let next = self.mapped(ino, idx.saturating_add(1), idx.saturating_add(READ_AHEAD as u64));
+            for (j, (i, q)) in next.unwrap_or_default().into_iter().enumerate() {
+                let j = j as u64 + 1;
+                if i != idx + j || Some(q.block) != p.block.checked_add(j) || q.block >= self.sb.total_blocks {
+                    break;
                 }
+                run.push(q);
             }
         }
         if run.len() == 1 || p.block < SLOTS {
@@ -1187,15 +1282,7 @@ impl Volume {
         let first = offset / B;
         let last = (end - 1) / B;
         let small = last - first < READ_AHEAD as u64 / 4;
-        let lo = format::key_n(ino, kind::DATA, first);
-        let hi = format::key_n(ino, kind::DATA, last + 1);
-        let mut mapped: Vec<(u64, Ptr)> = Vec::with_capacity((last - first + 1) as usize);
-        for item in self.range(lo, hi)? {
-            let (k, v) = item?;
-            let idx = format::split_key(&k).and_then(|(_, _, t)| format::tail_n(t));
-            let idx = idx.ok_or_else(|| corrupt(format!("inode {ino}: bad data key")))?;
-            mapped.push((idx, format::decode_data(&v)?));
-        }
+        let mapped = self.mapped(ino, first, last + 1)?;
         let fail = |idx: u64, e: Error| {
             tracing::error!(ino, block = idx, "wfs: file data failed its checksum: {e}");
             e
@@ -1285,13 +1372,9 @@ impl Volume {
     /// [`PREFETCH`] of them), one hint per run of consecutive blocks on disk: data only,
     /// nothing is verified or served from it until a read checks it.
     fn prefetch_after(&self, ino: u64, idx: u64) {
-        let lo = format::key_n(ino, kind::DATA, idx);
-        let hi = format::key_n(ino, kind::DATA, idx.saturating_add(PREFETCH));
         let mut run: Option<(u64, u64)> = None;
-        let Ok(items) = self.range(lo, hi) else { return };
-        for item in items {
-            let Ok((_, v)) = item else { break };
-            let Ok(p) = format::decode_data(&v) else { break };
+        let Ok(blocks) = self.mapped(ino, idx, idx.saturating_add(PREFETCH)) else { return };
+        for (_, p) in blocks {
             if p.block < SLOTS || p.block >= self.sb.total_blocks {
                 break;
             }
@@ -1312,7 +1395,6 @@ impl Volume {
     /// Puts one block of file data: in place if this transaction wrote it, else in a new
     /// block (copy-on-write).
     fn put_block(&mut self, ino: u64, idx: u64, data: &[u8]) -> Result<bool> {
-        let key = format::key_n(ino, kind::DATA, idx);
         let old = self.data_ptr(ino, idx)?;
         let block = match old {
             Some(p) if self.blocks.fresh.contains(&p.block) => p.block,
@@ -1328,7 +1410,7 @@ impl Volume {
         if let Ok(mut c) = self.cache.lock() {
             c.insert(block, Arc::from(data));
         }
-        self.put(key, format::encode_data(Ptr { block, crc }))?;
+        self.remap(ino, idx, idx + 1, &[(idx, Ptr { block, crc })])?;
         if let Some(p) = old
             && p.block != block
         {
@@ -1359,13 +1441,8 @@ impl Volume {
         let first = offset / B;
         let last = (end - 1) / B;
         let mut olds: Vec<Option<Ptr>> = vec![None; (last - first + 1) as usize];
-        let lo = format::key_n(ino, kind::DATA, first);
-        let hi = format::key_n(ino, kind::DATA, last + 1);
-        for item in self.range(lo, hi)? {
-            let (k, v) = item?;
-            let idx = format::split_key(&k).and_then(|(_, _, t)| format::tail_n(t));
-            let idx = idx.ok_or_else(|| corrupt(format!("inode {ino}: bad data key")))?;
-            olds[(idx - first) as usize] = Some(format::decode_data(&v)?);
+        for (idx, p) in self.mapped(ino, first, last + 1)? {
+            olds[(idx - first) as usize] = Some(p);
         }
         let fresh = olds.iter().filter(|o| o.is_none_or(|p| !self.blocks.fresh.contains(&p.block))).count() as u64;
         if fresh > 1 {
@@ -1442,7 +1519,7 @@ impl Volume {
             }
         }
         let single = plan.len() == 1;
-        let mut done = 0;
+        let mut new = Vec::with_capacity(written);
         for p in &plan[..written] {
             let b = bytes(p, data);
             let crc = crc32c(b);
@@ -1452,18 +1529,26 @@ impl Volume {
                 // not be served stale (in place rewrites).
                 if single { c.insert(p.block, Arc::from(b)) } else { c.remove(p.block) }
             }
-            if let Err(e) =
-                self.put(format::key_n(ino, kind::DATA, p.idx), format::encode_data(Ptr { block: p.block, crc }))
-            {
-                result = Err(e);
-                break;
+            new.push((p.idx, Ptr { block: p.block, crc }));
+        }
+        let mut done = 0;
+        if written > 0 {
+            if let Err(e) = self.remap(ino, first, first + written as u64, &new) {
+                for p in &plan[..written] {
+                    if p.old.is_none_or(|o| o.block != p.block) {
+                        self.release(p.block);
+                    }
+                }
+                return Err(e);
             }
-            match p.old {
-                None => i.blocks += 1,
-                Some(o) if o.block != p.block => self.release(o.block),
-                Some(_) => {}
+            for p in &plan[..written] {
+                match p.old {
+                    None => i.blocks += 1,
+                    Some(o) if o.block != p.block => self.release(o.block),
+                    Some(_) => {}
+                }
             }
-            done = ((p.idx + 1) * B).min(end) - offset;
+            done = ((first + written as u64) * B).min(end) - offset;
         }
         let done = done as usize;
         if done > 0 {
@@ -1484,19 +1569,40 @@ impl Volume {
     }
 
     /// Drops the data items of `ino` in block range `[from, to)`.
+    /// Drops the data of `ino` in file blocks `[from, to)`, a bounded stretch at a time.
     fn drop_blocks(&mut self, ino: u64, i: &mut Inode, from: u64, to: u64) -> Result<()> {
-        if from >= to {
-            return Ok(());
-        }
-        let lo = format::key_n(ino, kind::DATA, from);
-        let hi = format::key_n(ino, kind::DATA, to);
-        let gone = self.range(lo, hi)?.collect::<Result<Vec<_>>>()?;
-        for (k, v) in gone {
-            self.record(k, None);
-            self.release(format::decode_data(&v)?.block);
-            i.blocks = i.blocks.saturating_sub(1);
+        let mut at = from;
+        while at < to {
+            // Skip the holes: on to the next extent that ends past `at`.
+            let Some((start, _)) = self.next_extent(ino, at)? else { break };
+            at = at.max(start);
+            if at >= to {
+                break;
+            }
+            let stop = at.saturating_add(CHUNK).min(to);
+            for (_, p) in self.remap(ino, at, stop, &[])? {
+                self.release(p.block);
+                i.blocks = i.blocks.saturating_sub(1);
+            }
+            at = stop;
         }
         Ok(())
+    }
+
+    /// The first extent of `ino` that maps a block at or after `idx`.
+    fn next_extent(&self, ino: u64, idx: u64) -> Result<Option<(u64, Extent)>> {
+        let lo = format::key_n(ino, kind::DATA, idx.saturating_sub(MAX_EXTENT - 1));
+        let hi = format::key(ino, kind::DATA + 1, b"");
+        for item in self.range(lo, hi)? {
+            let (k, v) = item?;
+            let start = format::split_key(&k).and_then(|(_, _, t)| format::tail_n(t));
+            let start = start.ok_or_else(|| corrupt(format!("inode {ino}: bad data key")))?;
+            let e = format::decode_data(&v)?;
+            if start.saturating_add(e.len()) > idx {
+                return Ok(Some((start, e)));
+            }
+        }
+        Ok(None)
     }
 
     /// Zeroes `[from, to)` inside one block, if the block exists.
@@ -1547,15 +1653,65 @@ impl Volume {
         let end = offset.checked_add(len).filter(|&e| e <= i64::MAX as u64).ok_or(posix(libc::EFBIG, "too large"))?;
         let first = offset / B;
         let last = end.div_ceil(B);
+        // The holes, a bounded stretch at a time: counted first, so ENOSPC changes nothing.
+        let holes = |v: &Volume, from: u64, to: u64| -> Result<Vec<(u64, u64)>> {
+            let mut out = Vec::new();
+            let mut at = from;
+            for (start, e) in v.extents(ino, from, to)? {
+                if start > at {
+                    out.push((at, start));
+                }
+                at = at.max(start + e.len());
+            }
+            if at < to {
+                out.push((at, to));
+            }
+            Ok(out)
+        };
         let mut missing = 0;
-        for b in first..last {
-            missing += usize::from(self.data_ptr(ino, b)?.is_none());
+        for c in (first..last).step_by(CHUNK as usize) {
+            missing += holes(self, c, (c + CHUNK).min(last))?.iter().map(|(a, b)| b - a).sum::<u64>();
         }
-        self.room_for(missing as u64, missing * 30)?;
-        let zero = vec![0u8; BLOCK];
-        for idx in first..last {
-            if self.data_ptr(ino, idx)?.is_none() && self.put_block(ino, idx, &zero)? {
-                i.blocks += 1;
+        self.room_for(missing, (missing as usize).div_ceil(MAX_EXTENT as usize) * 1100)?;
+        let zero = vec![0u8; BLOCK * MAX_EXTENT as usize];
+        let crc = crc32c(&zero[..BLOCK]);
+        for c in (first..last).step_by(CHUNK as usize) {
+            for (from, to) in holes(self, c, (c + CHUNK).min(last))? {
+                let mut idx = from;
+                while idx < to {
+                    let n = (to - idx).min(MAX_EXTENT);
+                    self.seek_run(n);
+                    let mut new: Vec<(u64, Ptr)> = Vec::with_capacity(n as usize);
+                    for j in 0..n {
+                        match self.alloc() {
+                            Ok(block) => new.push((idx + j, Ptr { block, crc })),
+                            Err(e) => {
+                                for (_, p) in &new {
+                                    self.release(p.block);
+                                }
+                                return Err(e);
+                            }
+                        }
+                    }
+                    // One write per run of consecutive blocks.
+                    let mut k = 0;
+                    while k < new.len() {
+                        let mut m = 1;
+                        while k + m < new.len() && new[k + m].1.block == new[k].1.block + m as u64 {
+                            m += 1;
+                        }
+                        if let Err(e) = self.dev.write_at(&zero[..m * BLOCK], new[k].1.block * B) {
+                            for (_, p) in &new {
+                                self.release(p.block);
+                            }
+                            return Err(e.into());
+                        }
+                        k += m;
+                    }
+                    self.remap(ino, idx, idx + n, &new)?;
+                    i.blocks += n;
+                    idx += n;
+                }
             }
         }
         if !keep_size && end > i.size {
@@ -1601,25 +1757,28 @@ impl Volume {
             return Err(posix(libc::ENXIO, "at or past the end"));
         }
         let mut idx = offset / B;
-        let lo = format::key_n(ino, kind::DATA, idx);
-        let hi = format::key_n(ino, kind::DATA, u64::MAX);
+        let lo = format::key_n(ino, kind::DATA, idx.saturating_sub(MAX_EXTENT - 1));
+        let hi = format::key(ino, kind::DATA + 1, b"");
         for item in self.range(lo, hi)? {
-            let (k, _) = item?;
-            let b = format::split_key(&k).and_then(|(_, _, t)| format::tail_n(t)).unwrap_or(u64::MAX);
-            if data {
-                return Ok((b * B).max(offset).min(i.size)).and_then(|o| {
-                    if o >= i.size { Err(posix(libc::ENXIO, "no data after the offset")) } else { Ok(o) }
-                });
+            let (k, v) = item?;
+            let start = format::split_key(&k).and_then(|(_, _, t)| format::tail_n(t)).unwrap_or(u64::MAX);
+            let end = start.saturating_add(format::decode_data(&v)?.len());
+            if end <= idx {
+                continue;
             }
-            if b != idx {
+            if data {
+                let o = (start.max(idx) * B).max(offset);
+                return if o >= i.size { Err(posix(libc::ENXIO, "no data after the offset")) } else { Ok(o) };
+            }
+            if start > idx {
                 break;
             }
-            idx += 1;
+            idx = end;
         }
         if data {
             return Err(posix(libc::ENXIO, "no data after the offset"));
         }
-        Ok((idx * B).max(offset).min(i.size))
+        Ok((idx.saturating_mul(B)).max(offset).min(i.size))
     }
 
     // -- xattrs --------------------------------------------------------------------------
@@ -1791,6 +1950,7 @@ impl Volume {
         sb.height = applied.height;
         sb.time = Time::now().secs;
         sb.ro_compat |= format::RO_COMPAT_FREE_SPACE_TREE;
+        sb.incompat |= format::INCOMPAT_EXTENTS;
         sb.space_map = self.space_map.root();
         sb.pinned_map = self.pinned_map.root();
         sb.inodes = self.inodes;
