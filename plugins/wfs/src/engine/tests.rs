@@ -923,3 +923,36 @@ fn a_sequential_write_is_one_extent_per_mib_and_an_overwrite_splits_only_its_own
     drop(v);
     assert_clean(&*dev);
 }
+
+#[test]
+fn a_damaged_space_map_is_named_by_fsck_and_rebuilt_from_the_trees_at_the_next_writable_open() {
+    let dev = image(1024);
+    let mut v = open(&dev);
+    let f = v.create(ROOT_INO, b"f", F, 0, 0, 0).unwrap();
+    v.write(f, 0, &pattern(20 * BLOCK, 1)).unwrap();
+    v.snapshot_create("s").unwrap();
+    v.write(f, 0, &pattern(3 * BLOCK, 2)).unwrap();
+    v.commit().unwrap();
+    let free = v.space().free;
+    drop(v);
+    for pinned in [false, true] {
+        let (sb, _) = super::volume::newest_superblock(&*dev).unwrap();
+        let map = if pinned { sb.pinned_map } else { sb.space_map };
+        let mut b = vec![0; BLOCK];
+        dev.read_at(&mut b, map.block * BLOCK as u64).unwrap();
+        b[100] ^= 0x10;
+        dev.write_at(&b, map.block * BLOCK as u64).unwrap();
+        let r = fsck(&*dev, false);
+        assert!(r.problems.iter().any(|p| p.contains("map")), "{:?}", r.problems);
+        // Read-only: the trees are walked and nothing is written.
+        let v = Volume::open(dev.clone(), OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap();
+        // Give or take the damaged maps' own blocks, free now.
+        assert!(v.space().free.abs_diff(free) <= 4, "{} vs {free}", v.space().free);
+        drop(v);
+        // Writable: the maps are written anew at once.
+        let v = open(&dev);
+        assert_eq!(read_all(&v, f)[..3 * BLOCK], pattern(3 * BLOCK, 2)[..]);
+        drop(v);
+        assert_clean(&*dev);
+    }
+}

@@ -486,10 +486,24 @@ impl Volume {
         };
         // The tree must at least have a readable root.
         v.pager.node(root)?;
+        let mut rebuild = false;
         if v.sb.ro_compat & format::RO_COMPAT_FREE_SPACE_TREE != 0 {
-            v.space_map = MapOnDisk::read(&*v.dev, v.sb.space_map, total, &mut v.durable)?;
-            if v.sb.pinned_map.block != 0 {
-                v.pinned_map = MapOnDisk::read(&*v.dev, v.sb.pinned_map, total, &mut v.pinned)?;
+            let read = (|| -> Result<()> {
+                v.space_map = MapOnDisk::read(&*v.dev, v.sb.space_map, total, &mut v.durable)?;
+                if v.sb.pinned_map.block != 0 {
+                    v.pinned_map = MapOnDisk::read(&*v.dev, v.sb.pinned_map, total, &mut v.pinned)?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = read {
+                // The trees say the same thing, only slower: walk them, and write the maps
+                // anew (nothing else depends on the damaged ones).
+                tracing::error!("wfs: the space map is damaged ({e}): finding free space by walking the trees");
+                (v.space_map, v.pinned_map) = (MapOnDisk::default(), MapOnDisk::default());
+                v.pinned = BlockSet::new(total);
+                v.walk_all()?;
+                v.pinned_changed = true;
+                rebuild = true;
             }
         } else {
             // An image from before the space map: walk it once; the next commit writes the
@@ -501,6 +515,11 @@ impl Volume {
             v.blocks.used.insert(b);
         }
         if !v.read_only {
+            if rebuild {
+                v.dirty = true;
+                v.commit()?;
+                tracing::info!("wfs: the space map is rewritten");
+            }
             v.free_orphans()?;
         }
         Ok(v)
