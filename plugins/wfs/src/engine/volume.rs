@@ -617,7 +617,10 @@ impl Volume {
                 .zip(format::tail_n(&self.last_new_key[9..]))
                 .is_some_and(|(i, last)| i > last && i - last <= MAX_EXTENT);
         match self.overlay.insert(k.clone(), v) {
-            Some(old) => self.overlay_bytes -= size(&k, &old),
+            Some(old) => {
+                self.overlay_bytes -= size(&k, &old);
+                self.overlay_leaf_bytes -= old.as_ref().map_or(0, |v| format::leaf_item_size(&k, v) as u64);
+            }
             None => {
                 if !follows {
                     self.overlay_runs += 1;
