@@ -1307,3 +1307,68 @@ fn a_long_name_torn_at_a_sector_boundary_leaves_nothing_fsck_cannot_repair() {
         eprintln!("{mkfs_args:?}: {torn_writes} writes of entries spanning sectors, torn at each boundary: repaired");
     }
 }
+
+/// A name too long for one sector (over 15 long-name entries with 512-byte sectors) cannot
+/// be kept whole by the sector rule above, so it is written a sector at a time, in order,
+/// with a barrier between: after a power cut at any point, either its first sectors are
+/// there without the rest (a fragment followed by free entries, which one `fsck.fat -a`
+/// removes) or all of it, never the end without the start.
+#[test]
+fn a_name_longer_than_a_sector_is_written_in_order_and_any_cut_is_repaired() {
+    let work = tempfile::tempdir().unwrap();
+    let start = work.path().join("start.img");
+    let out = tool("mkfs.fat", &["-F", "16", "-s", "4", "-C", start.to_str().unwrap(), "16384"]);
+    assert!(out.status.success(), "mkfs.fat: {}", text(&out));
+    let end = work.path().join("end.img");
+    std::fs::copy(&start, &end).unwrap();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&end).unwrap();
+    let (disk, log) = Disk::recording(file);
+    let vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
+    let dirs_from = vol.bpb().root_dir_offset;
+    let d = vol.create(ROOT, "d", true).unwrap();
+    for (i, len) in [200usize, 255, 230, 20, 250].into_iter().enumerate() {
+        let name = format!("{i}{}", "long".repeat(64))[..len].to_string();
+        vol.create(if i % 2 == 0 { d } else { ROOT }, &name, false).unwrap();
+    }
+    vol.unmount().unwrap();
+    drop(vol);
+    let ops = std::mem::take(&mut *log.lock().unwrap());
+    // A sector whose first entry continues a long name (an LFN entry, attribute 0x0f,
+    // without the "last part" flag 0x40 in its ordinal) may only be written after a barrier.
+    let mut continuations = 0;
+    let mut failures = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let IoOp::Write { offset, data } = op else { continue };
+        if *offset < dirs_from || data.len() < 32 {
+            continue;
+        }
+        if offset % 512 == 0 && data[11] == 0x0f && data[0] & 0x40 == 0 && data[0] != 0xe5 {
+            continuations += 1;
+            if !matches!(ops[i - 1], IoOp::Sync) {
+                failures.push(format!("write {i} continues a long name with no barrier before it"));
+            }
+        }
+        // A power cut right after this write: everything before it is kept.
+        if let Err(e) = repair_cut(work.path(), &start, &ops[..=i], None, Repair::OnePass) {
+            failures.push(format!("cut after write {i} ({} bytes at {offset}): {e}", data.len()));
+        }
+        // A write across sectors torn so only what follows a boundary landed.
+        let mut at = (offset / 512 + 1) * 512;
+        while at < offset + data.len() as u64 {
+            let mut tail_only = ops[..i].to_vec();
+            tail_only.push(IoOp::Write { offset: at, data: data[(at - offset) as usize..].to_vec() });
+            if let Err(e) = repair_cut(work.path(), &start, &tail_only, None, Repair::OnePass) {
+                failures
+                    .push(format!("write {i} ({} bytes at {offset}) with only its part from {at}: {e}", data.len()));
+            }
+            at += 512;
+        }
+    }
+    let long_entries = ops.iter().filter(|op| {
+        matches!(op, IoOp::Write { offset, data } if *offset >= dirs_from
+            && data.chunks(32).any(|e| e.len() == 32 && e[11] == 0x0f && e[0] & 0x40 == 0 && e[0] != 0xe5))
+    });
+    assert!(long_entries.count() >= 3, "no write holds the middle of a long name: the test lost its subject");
+    assert!(continuations >= 4 || !failures.is_empty(), "the long names were neither split nor torn");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

@@ -1181,7 +1181,20 @@ impl Namespace {
         if skipped > 0 {
             self.write_dir_slots(v, dir, old_end, skipped)?;
         }
-        self.write_dir_slots(v, dir, first, count)?;
+        // A name too long for one sector (over 15 long-name entries with 512-byte sectors)
+        // is written a sector at a time in order, with a barrier between: a power cut may
+        // then keep the start of its long-name entries without their end (a fragment
+        // followed by free entries, which `fsck.fat -a` removes), but never the end
+        // without the start (which it does not).
+        let per_sector = v.bpb.bytes_per_sector / ENTRY_SIZE as u32;
+        let mut at = first;
+        while (at / per_sector + 1) * per_sector < first + n {
+            let next = (at / per_sector + 1) * per_sector;
+            self.write_dir_slots(v, dir, at, next - at)?;
+            v.file.sync_data()?;
+            at = next;
+        }
+        self.write_dir_slots(v, dir, at, first + count - at)?;
         Ok((first, first + n - 1))
     }
 
