@@ -1789,7 +1789,7 @@ impl Volume {
                 continue;
             }
             if data {
-                let o = (start.max(idx) * B).max(offset);
+                let o = start.max(idx).saturating_mul(B).max(offset);
                 return if o >= i.size { Err(posix(libc::ENXIO, "no data after the offset")) } else { Ok(o) };
             }
             if start > idx {
