@@ -219,6 +219,22 @@ fn repair_cut(work: &Path, start: &Path, ops: &[IoOp], torn: Option<usize>, mode
     repair(&replay_cut(work, start, ops, torn), mode)
 }
 
+/// A new image made by mkfs.fat with `args`, `kib` KiB, as `work/start.img`, and a volume
+/// over a copy of it (`work/end.img`) that records its writes.
+fn recorded_volume(work: &Path, args: &[&str], kib: u32) -> (std::path::PathBuf, Volume, io::WriteLog) {
+    let start = work.join("start.img");
+    let size = kib.to_string();
+    let mut all = args.to_vec();
+    all.extend(["-C", start.to_str().unwrap(), &size]);
+    let out = tool("mkfs.fat", &all);
+    assert!(out.status.success(), "mkfs.fat {all:?}: {}", text(&out));
+    let end = work.join("end.img");
+    std::fs::copy(&start, &end).unwrap();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&end).unwrap();
+    let (disk, log) = Disk::recording(file);
+    (start, Volume::from_disk(disk, OpenOptions::default()).unwrap(), log)
+}
+
 /// Replays `ops` (the last one torn after `torn` bytes) onto a copy of `start` as
 /// `work/cut.img`.
 fn replay_cut(work: &Path, start: &Path, ops: &[IoOp], torn: Option<usize>) -> std::path::PathBuf {
@@ -1211,17 +1227,7 @@ fn a_rename_never_gives_the_new_entry_the_old_short_name() {
 fn a_long_name_torn_at_a_sector_boundary_leaves_nothing_fsck_cannot_repair() {
     for (mkfs_args, kib) in [(&["-F", "16", "-s", "8"][..], 16 * 1024), (&["-F", "32", "-s", "2"][..], 72 * 1024)] {
         let work = tempfile::tempdir().unwrap();
-        let start = work.path().join("start.img");
-        let mut args = mkfs_args.to_vec();
-        let size = kib.to_string();
-        args.extend(["-C", start.to_str().unwrap(), &size]);
-        let out = tool("mkfs.fat", &args);
-        assert!(out.status.success(), "mkfs.fat {args:?}: {}", text(&out));
-        let end = work.path().join("end.img");
-        std::fs::copy(&start, &end).unwrap();
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&end).unwrap();
-        let (disk, log) = Disk::recording(file);
-        let vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
+        let (start, vol, log) = recorded_volume(work.path(), mkfs_args, kib);
         // Where the FATs end: the root directory (FAT12/16) or the data area begins.
         let dirs_from = vol.bpb().root_dir_offset;
         let d = vol.create(ROOT, "a directory", true).unwrap();
@@ -1316,14 +1322,7 @@ fn a_long_name_torn_at_a_sector_boundary_leaves_nothing_fsck_cannot_repair() {
 #[test]
 fn a_name_longer_than_a_sector_is_written_in_order_and_any_cut_is_repaired() {
     let work = tempfile::tempdir().unwrap();
-    let start = work.path().join("start.img");
-    let out = tool("mkfs.fat", &["-F", "16", "-s", "4", "-C", start.to_str().unwrap(), "16384"]);
-    assert!(out.status.success(), "mkfs.fat: {}", text(&out));
-    let end = work.path().join("end.img");
-    std::fs::copy(&start, &end).unwrap();
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(&end).unwrap();
-    let (disk, log) = Disk::recording(file);
-    let vol = Volume::from_disk(disk, OpenOptions::default()).unwrap();
+    let (start, vol, log) = recorded_volume(work.path(), &["-F", "16", "-s", "4"], 16 * 1024);
     let dirs_from = vol.bpb().root_dir_offset;
     let d = vol.create(ROOT, "d", true).unwrap();
     for (i, len) in [200usize, 255, 230, 20, 250].into_iter().enumerate() {
