@@ -210,6 +210,8 @@ pub struct Volume {
     pinned: BlockSet,
     space_map: MapOnDisk,
     pinned_map: MapOnDisk,
+    /// The most blocks a commit writes for both maps (fixed by the image's size).
+    maps_bound: u64,
     /// The pinned set changed since the pinned map was written.
     pinned_changed: bool,
     /// Recompute `durable` and `pinned` by walking every tree at the next commit (a
@@ -462,6 +464,7 @@ impl Volume {
             pinned: BlockSet::new(total),
             space_map: MapOnDisk::default(),
             pinned_map: MapOnDisk::default(),
+            maps_bound: 2 * MapOnDisk::write_bound(total, u64::MAX),
             pinned_changed: false,
             rewalk: false,
             dev,
@@ -690,9 +693,7 @@ impl Volume {
         let leaves = repacked / fill + runs.min(leaf_count / 2 + 1) + 1;
         let height = u64::from(self.height) + 1;
         let internal = (runs * height).min(leaf_count / 13 + height) + leaves / 13 + height;
-        let total = self.sb.total_blocks;
-        let maps = MapOnDisk::write_bound(total, u64::MAX) * 2;
-        leaves + internal + maps + 8
+        leaves + internal + self.maps_bound + 8
     }
 
     fn free_blocks(&self) -> u64 {
