@@ -1,5 +1,6 @@
-//! The metadata B+tree: written bottom-up into fresh blocks at commit (copy-on-write: no
-//! block of a durable tree is ever overwritten), read back with every node verified.
+//! The metadata B+tree: paged from disk through a bounded cache of verified nodes
+//! ([`Pager`]), and changed at commit by rewriting the changed leaves and the nodes above
+//! them into fresh blocks (copy-on-write: no block of a durable tree is ever overwritten).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
