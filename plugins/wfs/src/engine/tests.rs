@@ -956,3 +956,5 @@ fn a_damaged_space_map_is_named_by_fsck_and_rebuilt_from_the_trees_at_the_next_w
         assert_clean(&*dev);
     }
 }
+
+mod fsck_equivalence;
