@@ -1,12 +1,13 @@
-//! The fsck of before the streaming rework, kept verbatim as a test oracle: it loads each
-//! tree whole, so every check is plainly the relation it states. `fsck_matches_reference`
-//! in tests.rs runs both over thousands of images and compares what they find.
+//! fsck and scrub as they were before they streamed each tree, kept verbatim as a test
+//! oracle: they load each tree whole, so every check is plainly the relation it states.
+//! `tests/fsck_equivalence.rs` runs old and new over thousands of images and compares what
+//! they find.
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::device::Device;
 use super::error::{Error, Result};
-use super::format::{self, Dirent, Inode, MAX_HEIGHT, Node, Ptr, ROOT_INO, S_IFDIR, SLOTS, kind};
+use super::format::{self, BLOCK, Dirent, Inode, MAX_HEIGHT, Node, Ptr, ROOT_INO, S_IFDIR, SLOTS, kind};
 use super::fsck::Report;
 use super::spacemap::MapOnDisk;
 use super::tree;
@@ -320,6 +321,38 @@ fn check_links(what: &str, items: &Items, next_ino: u64, r: &mut Report) {
             p(format!("orphan {o} is not an unlinked inode"));
         }
     }
+}
+
+/// Reads every block in use (tree nodes, snapshot table, data) and checks its checksum;
+/// `progress(done, total)` is called as it goes. Returns the damage found.
+pub fn scrub(dev: &dyn Device, progress: &mut dyn FnMut(u64, u64)) -> Report {
+    let mut r = fsck(dev, false);
+    if r.generation == 0 {
+        return r;
+    }
+    let Ok((sb, _)) = volume::newest_superblock(dev) else { return r };
+    let mut all: Vec<(String, format::Ptr)> = Vec::new();
+    let mut roots = vec![("live tree".to_string(), sb.root, sb.height)];
+    if let Ok(snaps) = volume::read_snapshots(dev, &sb) {
+        roots.extend(snaps.into_iter().map(|s| (format!("snapshot {:?}", s.name), s.root, s.height)));
+    }
+    for (what, root, height) in roots {
+        if let Ok((items, _)) = load(dev, root, height, sb.total_blocks) {
+            for (ino, idx, p) in data_blocks(&items).flatten() {
+                all.push((format!("{what}: inode {ino} data block {idx} (offset {})", idx * BLOCK as u64), p));
+            }
+        }
+    }
+    let total = all.len() as u64;
+    r.verified_blocks = 0;
+    for (n, (what, p)) in all.into_iter().enumerate() {
+        match tree::read_verified(dev, p, sb.total_blocks) {
+            Ok(_) => r.verified_blocks += 1,
+            Err(e) => r.problems.push(format!("{what}: {e}")),
+        }
+        progress(n as u64 + 1, total);
+    }
+    r
 }
 
 /// Reads a whole tree: its items, and the blocks of its nodes.

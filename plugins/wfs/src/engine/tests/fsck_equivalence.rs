@@ -3,7 +3,7 @@
 //! must find the same problems and count the same. fsck is the oracle of every crash test,
 //! so a check lost in the rework would hide real bugs.
 
-use super::super::format::{self, Node};
+use super::super::format::{self, Node, kind};
 use super::super::fsck_reference;
 use super::super::volume::newest_superblock;
 use super::*;
@@ -23,6 +23,21 @@ fn compare(bytes: &[u8], verify_data: bool, what: &str) -> Vec<String> {
     a
 }
 
+/// Runs both scrubs over `bytes`; panics on any difference, in what they find or in the
+/// progress they report.
+fn compare_scrub(bytes: &[u8], what: &str) {
+    let dev = MemDevice::from_bytes(bytes.to_vec());
+    let (mut new_progress, mut old_progress) = (Vec::new(), Vec::new());
+    let new = scrub(&dev, &mut |done, total| new_progress.push((done, total)));
+    let old = fsck_reference::scrub(&dev, &mut |done, total| old_progress.push((done, total)));
+    let (mut a, mut b) = (new.problems, old.problems);
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "{what}: scrub problems differ (left: streaming, right: reference)");
+    assert_eq!(new.verified_blocks, old.verified_blocks, "{what}: scrub verified blocks differ");
+    assert_eq!(new_progress, old_progress, "{what}: scrub progress differs");
+}
+
 /// A random workload's image and its write log (for crash images).
 fn workload(seed: u64, ops: usize) -> Arc<MemDevice> {
     let mut rng = Rng::new(seed);
@@ -32,6 +47,10 @@ fn workload(seed: u64, ops: usize) -> Arc<MemDevice> {
     v.commit().unwrap();
     dev.reset_log();
     for _ in 0..ops {
+        // A file unlinked while open stays as an orphan until evicted.
+        if rng.below(10) == 0 {
+            let _ = v.create(ROOT_INO, b"open", F, 0, 0, 0).and_then(|_| v.unlink(ROOT_INO, b"open"));
+        }
         if random_op(&mut v, &mut rng) || rng.below(4) == 0 {
             let _ = v.commit();
         }
@@ -40,28 +59,44 @@ fn workload(seed: u64, ops: usize) -> Arc<MemDevice> {
     dev
 }
 
-/// The tree nodes and data blocks the newest commit references (for aiming damage).
-fn targets(bytes: &[u8]) -> (Vec<u64>, Vec<u64>) {
+/// Blocks the newest commit references, for aiming damage.
+#[derive(Default)]
+struct Targets {
+    nodes: Vec<u64>,
+    data: Vec<u64>,
+    /// The snapshot table and the roots of the space maps.
+    tables: Vec<u64>,
+}
+
+fn targets(bytes: &[u8]) -> Targets {
     let dev = MemDevice::from_bytes(bytes.to_vec());
-    let Ok((sb, _)) = newest_superblock(&dev) else { return (Vec::new(), Vec::new()) };
+    let Ok((sb, _)) = newest_superblock(&dev) else { return Targets::default() };
+    let tables =
+        [sb.snapshots.block, sb.space_map.block, sb.pinned_map.block].into_iter().filter(|&b| b != 0).collect();
     let Ok((items, nodes)) = fsck_reference::load(&dev, sb.root, sb.height, sb.total_blocks) else {
-        return (Vec::new(), Vec::new());
+        return Targets { tables, ..Targets::default() };
     };
     let data = fsck_reference::data_blocks(&items).flatten().map(|(_, _, p)| p.block).collect();
-    (nodes, data)
+    Targets { nodes, data, tables }
 }
 
 /// Changes one item of the leaf at `block`, so the damage reaches the item checks behind
 /// the checksums (which the caller then recomputes).
-fn edit_item(bytes: &mut [u8], block: u64, rng: &mut Rng) {
+fn edit_item(bytes: &mut [u8], block: u64, t: &Targets, rng: &mut Rng) {
     let at = block as usize * BLOCK;
     let Ok(Node::Leaf(mut items)) = format::decode_node(&bytes[at..at + BLOCK]) else { return };
     if items.is_empty() {
         return;
     }
-    let i = rng.below(items.len() as u64) as usize;
+    let mutation = rng.below(10);
+    // The data pointer mutations go to data items when the leaf has any.
+    let data: Vec<usize> = (0..items.len()).filter(|&i| items[i].0.get(8) == Some(&kind::DATA)).collect();
+    let i = match mutation {
+        6 | 7 if !data.is_empty() => data[rng.below(data.len() as u64) as usize],
+        _ => rng.below(items.len() as u64) as usize,
+    };
     let (k, v) = &mut items[i];
-    match rng.below(7) {
+    match mutation {
         0 => drop(items.remove(i)),
         // A value byte: an inode's mode or link count, an entry's target, type or index.
         1 | 2 if !v.is_empty() => {
@@ -76,6 +111,22 @@ fn edit_item(bytes: &mut [u8], block: u64, rng: &mut Rng) {
         }
         // The inode number of the key.
         5 if k.len() >= 8 => k[7] = k[7].wrapping_add(1),
+        // A data pointer to a block in use (or a tree node).
+        6 if k.get(8) == Some(&kind::DATA) && v.len() >= 8 => {
+            let all: Vec<u64> = t.nodes.iter().chain(&t.data).copied().collect();
+            let b = all[rng.below(all.len() as u64) as usize];
+            v[..8].copy_from_slice(&b.to_le_bytes());
+        }
+        // A copy of an extent starting a block into it.
+        7 if k.len() == 17 => {
+            let start = format::tail_n(&k[9..]).unwrap_or(0);
+            let mut k2 = k.clone();
+            k2[9..].copy_from_slice(&start.wrapping_add(1).to_be_bytes());
+            let v2 = v.clone();
+            items.insert(i + 1, (k2, v2));
+        }
+        // A key cut short.
+        8 => k.truncate(rng.below(9) as usize),
         // A second item right after this one, its key one byte longer.
         _ => {
             let (mut k2, v2) = (k.clone(), v.clone());
@@ -92,21 +143,22 @@ fn edit_item(bytes: &mut [u8], block: u64, rng: &mut Rng) {
 /// or anywhere; checksums recomputed or not.
 fn damage(base: &[u8], rng: &mut Rng) -> Vec<u8> {
     let mut m = base.to_vec();
-    let (nodes, data) = targets(base);
+    let t = targets(base);
     let blocks = (m.len() / BLOCK) as u64;
     let pick = |v: &[u64], rng: &mut Rng| v.get(rng.below(v.len().max(1) as u64) as usize).copied();
-    let fix = match rng.below(4) {
-        0 => match pick(&nodes, rng) {
+    let fix = match rng.below(5) {
+        0 => match pick(&t.nodes, rng) {
             Some(b) => {
-                edit_item(&mut m, b, rng);
+                edit_item(&mut m, b, &t, rng);
                 true
             }
             None => false,
         },
         choice => {
             let block = match choice {
-                1 => pick(&nodes, rng),
-                2 => pick(&data, rng),
+                1 => pick(&t.nodes, rng),
+                2 => pick(&t.data, rng),
+                3 => pick(&t.tables, rng),
                 _ => Some(rng.below(blocks)),
             };
             if let Some(b) = block {
@@ -122,23 +174,64 @@ fn damage(base: &[u8], rng: &mut Rng) -> Vec<u8> {
     m
 }
 
-/// Phrases of the checks that relate items to each other, which damage must reach.
-const LINK_CHECKS: [&str; 9] = [
-    "link count",
-    "no name",
-    "index",
-    "names missing",
-    "type differs",
-    "more than one name",
+/// A phrase of each check's message (`$`: at its end). The damage must reach every check
+/// (all but a tree node outside the image or referenced twice, which its walk refuses
+/// first, and no superblock at all, where fsck stops before any tree), or an equivalence
+/// over it would prove nothing about that check.
+const CHECKS: [&str; 39] = [
+    "superblock of generation",
+    "snapshot table: ",
+    "keys out of order",
+    "checksum mismatch",
+    "points outside the image",
+    "is referenced twice",
+    "bad data key",
+    "data block",
+    "space map block",
+    "but the space map marks it free",
+    "(leaked)",
+    "but the pinned map does not say so",
+    "is marked pinned but no snapshot references it",
+    "inodes but the live tree has",
+    "tree nodes but the live tree has",
+    "bytes of items but the live tree has",
+    "over the superblock's maximum",
+    "an item with a short key",
+    "is beyond the next inode number",
+    "a bad orphan key",
+    "which is not a directory",
+    "names missing inode",
+    "type differs from inode",
+    "has more than one name",
+    "has no matching index",
+    "has an index beyond the next one",
+    "an index entry without its name entry",
+    "directory entry is truncated",
+    "for missing inode",
+    "extents overlap",
+    "a bad data item",
+    "unknown item kind",
+    "links$",
+    "names$",
     "records parent",
-    "orphan",
+    "has no name",
     "blocks but has",
+    "the root directory is missing",
+    "is not an unlinked inode",
 ];
+
+fn says(problem: &str, check: &str) -> bool {
+    match check.strip_suffix('$') {
+        Some(end) => problem.ends_with(end),
+        None => problem.contains(check),
+    }
+}
 
 #[test]
 fn fsck_finds_what_the_reference_fsck_finds_on_clean_crashed_and_damaged_images() {
     let workloads = 40;
-    let (mut images, mut dirty, mut item_problems) = (0, 0, 0);
+    let (mut images, mut dirty, mut scrubbed) = (0, 0, 0);
+    let mut reached = [0; CHECKS.len()];
     for w in 0..workloads {
         let mut rng = Rng::new(7000 + w);
         let dev = workload(9000 + w, 50);
@@ -152,17 +245,28 @@ fn fsck_finds_what_the_reference_fsck_finds_on_clean_crashed_and_damaged_images(
         for (n, base) in bases.iter().enumerate() {
             images += 1;
             assert!(compare(base, true, &format!("workload {w} base {n}")).is_empty(), "undamaged images are clean");
+            compare_scrub(base, &format!("workload {w} base {n}"));
+            scrubbed += 1;
         }
         for d in 0..60 {
             let base = &bases[rng.below(bases.len() as u64) as usize];
             let m = damage(base, &mut rng);
             let found = compare(&m, rng.below(2) == 0, &format!("workload {w} damage {d}"));
+            if d % 3 == 0 {
+                compare_scrub(&m, &format!("workload {w} damage {d}"));
+                scrubbed += 1;
+            }
             images += 1;
             dirty += usize::from(!found.is_empty());
-            item_problems += usize::from(found.iter().any(|p| LINK_CHECKS.iter().any(|c| p.contains(c))));
+            for (check, n) in CHECKS.iter().zip(&mut reached) {
+                *n += found.iter().filter(|p| says(p, check)).count();
+            }
         }
     }
-    eprintln!("{images} images compared, {dirty} with problems, {item_problems} with item problems");
-    // The damage must reach the item checks, not only the checksums.
-    assert!(item_problems > 100, "only {item_problems} images reached the item checks");
+    eprintln!("{images} images compared ({dirty} damaged as fsck sees it), {scrubbed} scrubbed");
+    for (check, n) in CHECKS.iter().zip(&reached) {
+        eprintln!("{n:6} {check}");
+    }
+    let missed: Vec<_> = CHECKS.iter().zip(&reached).filter(|(_, n)| **n == 0).map(|(c, _)| c).collect();
+    assert!(missed.is_empty(), "no damage reached these checks: {missed:?}");
 }
