@@ -1,12 +1,14 @@
 //! Checking an image: `fsck` verifies every structure and every link, `scrub` reads and
 //! verifies every block in use. Both name what is damaged and never change the image.
 
-use std::collections::{BTreeMap, HashMap};
+mod links;
 
+use self::links::{Links, Summaries, Summary};
 use super::device::Device;
-use super::format::{self, BLOCK, Dirent, Inode, ROOT_INO, S_IFDIR, SLOTS, kind};
+use super::error::{Error, Result};
+use super::format::{self, BLOCK, Inode, Node, Ptr, SLOTS, kind};
 use super::spacemap::MapOnDisk;
-use super::tree::{self, Items};
+use super::tree;
 use super::volume::{self, BlockSet};
 
 /// What a check found.
@@ -33,8 +35,36 @@ impl Report {
 
 /// Checks the structure and links of the newest commit and of every snapshot; with
 /// `verify_data`, also reads every data block against its checksum.
+///
+/// Each tree is walked twice, one node per level in memory: first for its nodes and inodes
+/// (so a data pointer into a node is named as the pointer's fault, and entries can be
+/// checked against inodes later in key order), then for its items in key order. Memory is
+/// a small summary per inode, one directory's entries and bitmaps of the image's blocks,
+/// whatever the number of items.
 pub fn fsck(dev: &dyn Device, verify_data: bool) -> Report {
+    check(dev, verify_data).report
+}
+
+/// A tree of the image: what to call it, its root and height.
+struct Tree {
+    what: String,
+    root: Ptr,
+    height: u8,
+}
+
+/// What [`check`] found, and what scrub goes on with.
+struct Checked {
+    report: Report,
+    /// The trees that could be walked, and the data blocks they reference.
+    walked: Vec<Tree>,
+    data_blocks: u64,
+    total_blocks: u64,
+}
+
+fn check(dev: &dyn Device, verify_data: bool) -> Checked {
     let mut r = Report::default();
+    let mut walked = Vec::new();
+    let mut data_blocks = 0;
     let sb = match volume::newest_superblock(dev) {
         Ok((sb, passed)) => {
             for p in passed {
@@ -44,102 +74,203 @@ pub fn fsck(dev: &dyn Device, verify_data: bool) -> Report {
         }
         Err(e) => {
             r.problems.push(format!("no usable superblock: {e}"));
-            return r;
+            return Checked { report: r, walked, data_blocks, total_blocks: 0 };
         }
     };
     r.generation = sb.generation;
     let total = sb.total_blocks;
     let mut refs = BlockSet::new(total);
-    let mut trees = vec![("live tree".to_string(), sb.root, sb.height)];
+    let mut trees = vec![Tree { what: "live tree".into(), root: sb.root, height: sb.height }];
     match volume::read_snapshots(dev, &sb) {
         Ok(snaps) => {
             if sb.snapshots.block != 0 {
                 refs.insert(sb.snapshots.block);
             }
-            trees.extend(snaps.into_iter().map(|s| (format!("snapshot {:?}", s.name), s.root, s.height)));
+            let snaps = snaps.into_iter().map(|s| Tree {
+                what: format!("snapshot {:?}", s.name),
+                root: s.root,
+                height: s.height,
+            });
+            trees.extend(snaps);
         }
         Err(e) => r.problems.push(format!("snapshot table: {e}")),
     }
-    let mut shared = BlockSet::new(total);
-    // What snapshots reference, and the live tree's node count (for the space maps).
+    // What snapshots reference, and the live tree's counts (for the superblock's).
     let mut snap_refs = BlockSet::new(total);
-    let mut live_nodes = 0;
-    let mut live_bytes = 0;
-    let mut largest = 0;
-    for (i, (what, root, height)) in trees.into_iter().enumerate() {
-        let (items, nodes) = match tree::load(dev, root, height, total) {
+    let mut live = TreeCounts::default();
+    for (i, tree) in trees.into_iter().enumerate() {
+        let t = match check_tree(dev, &tree, &sb, verify_data) {
             Ok(t) => t,
             Err(e) => {
-                r.problems.push(format!("{what}: {e}"));
+                r.problems.push(format!("{}: {e}", tree.what));
                 continue;
             }
         };
         // Within one tree every block is referenced once; trees may share blocks.
-        let mut mine = BlockSet::new(total);
-        let mut claim = |b: u64, owner: &dyn Fn() -> String, r: &mut Report| {
-            if b < SLOTS || b >= total {
-                r.problems.push(format!("{what}: {} points outside the image (block {b})", owner()));
-            } else if !mine.insert(b) {
-                r.problems.push(format!("{what}: block {b} is referenced twice ({})", owner()));
-            } else {
-                if i > 0 {
-                    snap_refs.insert(b);
-                }
-                if !refs.insert(b) && !shared.contains(b) {
-                    shared.insert(b);
-                }
-            }
-        };
-        for b in &nodes {
-            claim(*b, &|| "a tree node".into(), &mut r);
-        }
-        for d in volume::data_blocks(&items) {
-            match d {
-                Ok((ino, idx, p)) => {
-                    claim(p.block, &|| format!("inode {ino} block {idx}"), &mut r);
-                    if verify_data {
-                        match tree::read_verified(dev, p, total) {
-                            Ok(_) => r.verified_blocks += 1,
-                            Err(e) => r.problems.push(format!("{what}: inode {ino} data block {idx}: {e}")),
-                        }
-                    }
-                }
-                Err(e) => r.problems.push(format!("{what}: {e}")),
+        for b in t.blocks.iter() {
+            refs.insert(b);
+            if i > 0 {
+                snap_refs.insert(b);
             }
         }
-        r.verified_blocks += nodes.len() as u64;
-        check_links(&what, &items, sb.next_ino, &mut r);
+        r.problems.extend(t.problems);
+        r.verified_blocks += t.verified_blocks;
+        data_blocks += t.data_blocks;
         if i == 0 {
-            r.inodes = items.keys().filter(|k| k.get(8) == Some(&kind::INODE) && k.len() == 9).count() as u64;
-            live_nodes = nodes.len() as u64;
-            let sizes = items.iter().map(|(k, v)| format::leaf_item_size(k, v) as u64);
-            (live_bytes, largest) = sizes.fold((0, 0), |(sum, max), s| (sum + s, max.max(s)));
+            r.inodes = t.counts.inodes;
+            live = t.counts;
         }
+        walked.push(tree);
     }
     r.used_blocks = refs.len() + SLOTS;
     if sb.ro_compat & format::RO_COMPAT_FREE_SPACE_TREE != 0 {
         check_space_maps(dev, &sb, &refs, &snap_refs, &mut r);
-        if sb.inodes != r.inodes {
-            r.problems.push(format!("the superblock counts {} inodes but the live tree has {}", sb.inodes, r.inodes));
-        }
-        if largest > sb.max_item {
-            r.problems.push(format!(
-                "the live tree holds an item of {largest} bytes, over the superblock's maximum {}",
-                sb.max_item
-            ));
-        }
-        if sb.tree_bytes != live_bytes {
-            r.problems.push(format!(
-                "the superblock counts {} bytes of items but the live tree has {live_bytes}",
-                sb.tree_bytes
-            ));
-        }
-        if sb.tree_nodes != live_nodes {
-            r.problems
-                .push(format!("the superblock counts {} tree nodes but the live tree has {live_nodes}", sb.tree_nodes));
+        check_counts(&sb, &live, &mut r);
+    }
+    Checked { report: r, walked, data_blocks, total_blocks: total }
+}
+
+/// Counts of a tree the superblock keeps for the live one.
+#[derive(Clone, Copy, Debug, Default)]
+struct TreeCounts {
+    inodes: u64,
+    nodes: u64,
+    item_bytes: u64,
+    largest_item: u64,
+}
+
+/// Compares the superblock's counts with the live tree's.
+fn check_counts(sb: &format::Superblock, live: &TreeCounts, r: &mut Report) {
+    if sb.inodes != live.inodes {
+        r.problems.push(format!("the superblock counts {} inodes but the live tree has {}", sb.inodes, live.inodes));
+    }
+    if live.largest_item > sb.max_item {
+        r.problems.push(format!(
+            "the live tree holds an item of {} bytes, over the superblock's maximum {}",
+            live.largest_item, sb.max_item
+        ));
+    }
+    if sb.tree_bytes != live.item_bytes {
+        r.problems.push(format!(
+            "the superblock counts {} bytes of items but the live tree has {}",
+            sb.tree_bytes, live.item_bytes
+        ));
+    }
+    if sb.tree_nodes != live.nodes {
+        r.problems
+            .push(format!("the superblock counts {} tree nodes but the live tree has {}", sb.tree_nodes, live.nodes));
+    }
+}
+
+/// What one tree holds, found by [`check_tree`].
+struct TreeCheck<'a> {
+    what: &'a str,
+    total: u64,
+    /// The blocks it references, each claimed once.
+    blocks: BlockSet,
+    problems: Vec<String>,
+    counts: TreeCounts,
+    verified_blocks: u64,
+    data_blocks: u64,
+}
+
+impl TreeCheck<'_> {
+    fn problem(&mut self, s: impl std::fmt::Display) {
+        self.problems.push(format!("{}: {s}", self.what));
+    }
+
+    /// Takes block `b` for `owner`: a block outside the image, or one the tree already
+    /// references, is damage.
+    fn claim(&mut self, b: u64, owner: &dyn Fn() -> String) {
+        if b < SLOTS || b >= self.total {
+            self.problem(format_args!("{} points outside the image (block {b})", owner()));
+        } else if !self.blocks.insert(b) {
+            self.problem(format_args!("block {b} is referenced twice ({})", owner()));
         }
     }
-    r
+
+    /// Claims (and with `dev`, verifies) the blocks of a data item.
+    fn data_item(&mut self, ino: u64, tail: &[u8], v: &[u8], verify: Option<&dyn Device>) {
+        let (start, extent) = match extent(ino, tail, v) {
+            Ok(x) => x,
+            Err(e) => return self.problem(e),
+        };
+        for i in 0..extent.len() {
+            let (idx, p) = (start.saturating_add(i), extent.ptr(i));
+            self.data_blocks += 1;
+            self.claim(p.block, &|| format!("inode {ino} block {idx}"));
+            if let Some(dev) = verify {
+                match tree::read_verified(dev, p, self.total) {
+                    Ok(_) => self.verified_blocks += 1,
+                    Err(e) => self.problem(format_args!("inode {ino} data block {idx}: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// The first file block and the extent of a data item.
+fn extent(ino: u64, tail: &[u8], v: &[u8]) -> Result<(u64, format::Extent)> {
+    let start = format::tail_n(tail).ok_or_else(|| Error::Corrupt(format!("inode {ino}: bad data key")))?;
+    Ok((start, format::decode_data(v)?))
+}
+
+/// Checks one tree: its nodes and data blocks claimed, its items checked. An error is a
+/// tree that cannot be walked (a node that fails its checksum, level or key order); then
+/// nothing else of it is reported, as nothing of it can be trusted.
+fn check_tree<'a>(
+    dev: &dyn Device,
+    tree: &'a Tree,
+    sb: &format::Superblock,
+    verify_data: bool,
+) -> Result<TreeCheck<'a>> {
+    let total = sb.total_blocks;
+    let mut t = TreeCheck {
+        what: &tree.what,
+        total,
+        blocks: BlockSet::new(total),
+        problems: Vec::new(),
+        counts: TreeCounts::default(),
+        verified_blocks: 0,
+        data_blocks: 0,
+    };
+    let mut inodes = Summaries::new();
+    tree::walk(dev, tree.root, tree.height, total, &mut |block, node| {
+        t.claim(block, &|| "a tree node".into());
+        t.counts.nodes += 1;
+        if let Node::Leaf(items) = node {
+            for (k, v) in items {
+                if let Some((ino, kind::INODE, _)) = format::split_key(k)
+                    && let Ok(i) = Inode::decode(v)
+                {
+                    inodes.insert(ino, Summary::of(&i));
+                }
+            }
+        }
+    })?;
+    t.verified_blocks = t.counts.nodes;
+    let mut links = Links::new(inodes, sb.next_ino);
+    let verify = verify_data.then_some(dev);
+    tree::walk(dev, tree.root, tree.height, total, &mut |_, node| {
+        let Node::Leaf(items) = node else { return };
+        for (k, v) in items {
+            let size = format::leaf_item_size(k, v) as u64;
+            t.counts.item_bytes += size;
+            t.counts.largest_item = t.counts.largest_item.max(size);
+            if k.len() == 9 && k[8] == kind::INODE {
+                t.counts.inodes += 1;
+            }
+            if let Some((ino, kind::DATA, tail)) = format::split_key(k) {
+                t.data_item(ino, tail, v, verify);
+            }
+            links.item(k, v);
+        }
+        #[cfg(test)]
+        peak::note(items.len() + links.held());
+    })?;
+    let what = t.what;
+    t.problems.extend(links.finish().into_iter().map(|p| format!("{what}: {p}")));
+    Ok(t)
 }
 
 /// Checks the space map against what the trees reference (`refs`) and the pinned map
@@ -202,171 +333,56 @@ fn check_space_maps(dev: &dyn Device, sb: &format::Superblock, refs: &BlockSet, 
     }
 }
 
-fn check_links(what: &str, items: &Items, next_ino: u64, r: &mut Report) {
-    let mut inodes: BTreeMap<u64, Inode> = BTreeMap::new();
-    let mut links: HashMap<u64, u32> = HashMap::new();
-    let mut subdirs: HashMap<u64, u32> = HashMap::new();
-    let mut parent_of: HashMap<u64, u64> = HashMap::new();
-    let mut data_count: HashMap<u64, u64> = HashMap::new();
-    let mut data_end: HashMap<u64, u64> = HashMap::new();
-    let mut orphans = Vec::new();
-    let mut p = |s: String| r.problems.push(format!("{what}: {s}"));
-    for (k, v) in items {
-        let Some((ino, kd, tail)) = format::split_key(k) else {
-            p("an item with a short key".into());
-            continue;
-        };
-        if kd == kind::INODE {
-            match Inode::decode(v) {
-                Ok(i) => {
-                    if ino >= next_ino || ino == 0 {
-                        p(format!("inode {ino} is beyond the next inode number {next_ino}"));
-                    }
-                    inodes.insert(ino, i);
-                }
-                Err(e) => p(format!("inode {ino}: {e}")),
-            }
-        }
-        if kd == kind::ORPHAN {
-            match format::tail_n(tail) {
-                Some(o) => orphans.push(o),
-                None => p("a bad orphan key".into()),
-            }
-        }
-    }
-    for (k, v) in items {
-        let Some((ino, kd, tail)) = format::split_key(k) else { continue };
-        let owner = inodes.get(&ino);
-        match kd {
-            kind::INODE | kind::ORPHAN => {}
-            kind::DIRENT => {
-                let Some(dir) = owner.filter(|i| i.is_dir()) else {
-                    p(format!("entry {:?} in {ino}, which is not a directory", String::from_utf8_lossy(tail)));
-                    continue;
-                };
-                match Dirent::decode(v) {
-                    Ok(d) => {
-                        let name = String::from_utf8_lossy(tail);
-                        match inodes.get(&d.ino) {
-                            None => p(format!("entry {name:?} in directory {ino} names missing inode {}", d.ino)),
-                            Some(t) if (t.mode >> 12) as u8 != d.kind => {
-                                p(format!("entry {name:?} in directory {ino}: type differs from inode {}", d.ino))
-                            }
-                            Some(t) => {
-                                *links.entry(d.ino).or_default() += 1;
-                                if t.is_dir() {
-                                    *subdirs.entry(ino).or_default() += 1;
-                                    if parent_of.insert(d.ino, ino).is_some() {
-                                        p(format!("directory {} has more than one name", d.ino));
-                                    }
-                                }
-                            }
-                        }
-                        if items.get(&format::key_n(ino, kind::DIRINDEX, d.index)).map(|n| n.as_slice()) != Some(tail) {
-                            p(format!("entry {name:?} in directory {ino} has no matching index"));
-                        }
-                        if d.index >= dir.next_index {
-                            p(format!("entry {name:?} in directory {ino} has an index beyond the next one"));
-                        }
-                    }
-                    Err(e) => p(format!("directory {ino}: {e}")),
-                }
-            }
-            kind::DIRINDEX => {
-                let ok = items
-                    .get(&format::key(ino, kind::DIRENT, v))
-                    .and_then(|d| Dirent::decode(d).ok())
-                    .is_some_and(|d| Some(d.index) == format::tail_n(tail));
-                if !ok {
-                    p(format!("directory {ino}: an index entry without its name entry"));
-                }
-            }
-            kind::XATTR | kind::DATA => {
-                if owner.is_none() {
-                    p(format!("an item of kind {kd} for missing inode {ino}"));
-                }
-                if kd == kind::DATA {
-                    // Extents of one file in key order may not overlap.
-                    match (format::tail_n(tail), format::decode_data(v)) {
-                        (Some(start), Ok(e)) => {
-                            if data_end.get(&ino).is_some_and(|&end| start < end) {
-                                p(format!("inode {ino}: extents overlap at file block {start}"));
-                            }
-                            data_end.insert(ino, start.saturating_add(e.len()));
-                            *data_count.entry(ino).or_default() += e.len();
-                        }
-                        _ => p(format!("inode {ino}: a bad data item")),
-                    }
-                }
-            }
-            other => p(format!("inode {ino}: unknown item kind {other}")),
-        }
-    }
-    for (&ino, i) in &inodes {
-        let names = links.get(&ino).copied().unwrap_or(0);
-        let orphan = orphans.contains(&ino);
-        if i.is_dir() {
-            let expect = if i.nlink == 0 { 0 } else { 2 + subdirs.get(&ino).copied().unwrap_or(0) };
-            if i.nlink != expect {
-                p(format!("directory {ino} has link count {} but {expect} links", i.nlink));
-            }
-            if ino != ROOT_INO && i.nlink > 0 && parent_of.get(&ino) != Some(&i.parent) {
-                p(format!("directory {ino} records parent {} but is not named there", i.parent));
-            }
-            if ino != ROOT_INO && names == 0 && !orphan {
-                p(format!("directory {ino} has no name"));
-            }
-        } else {
-            if i.nlink != names {
-                p(format!("inode {ino} has link count {} but {names} names", i.nlink));
-            }
-            if names == 0 && !orphan {
-                p(format!("inode {ino} has no name and is not an orphan"));
-            }
-        }
-        if data_count.get(&ino).copied().unwrap_or(0) != i.blocks {
-            p(format!("inode {ino} counts {} blocks but has {}", i.blocks, data_count.get(&ino).unwrap_or(&0)));
-        }
-    }
-    match inodes.get(&ROOT_INO) {
-        Some(root) if root.mode & format::S_IFMT == S_IFDIR => {}
-        _ => p("the root directory is missing".into()),
-    }
-    for o in orphans {
-        if inodes.get(&o).is_none_or(|i| i.nlink != 0) {
-            p(format!("orphan {o} is not an unlinked inode"));
-        }
-    }
-}
-
 /// Reads every block in use (tree nodes, snapshot table, data) and checks its checksum;
 /// `progress(done, total)` is called as it goes. Returns the damage found.
 pub fn scrub(dev: &dyn Device, progress: &mut dyn FnMut(u64, u64)) -> Report {
-    let mut r = fsck(dev, false);
+    let Checked { report: mut r, walked, data_blocks: total, total_blocks } = check(dev, false);
     if r.generation == 0 {
         return r;
     }
-    let Ok((sb, _)) = volume::newest_superblock(dev) else { return r };
-    let mut all: Vec<(String, format::Ptr)> = Vec::new();
-    let mut roots = vec![("live tree".to_string(), sb.root, sb.height)];
-    if let Ok(snaps) = volume::read_snapshots(dev, &sb) {
-        roots.extend(snaps.into_iter().map(|s| (format!("snapshot {:?}", s.name), s.root, s.height)));
-    }
-    for (what, root, height) in roots {
-        if let Ok((items, _)) = tree::load(dev, root, height, sb.total_blocks) {
-            for (ino, idx, p) in volume::data_blocks(&items).flatten() {
-                all.push((format!("{what}: inode {ino} data block {idx} (offset {})", idx * BLOCK as u64), p));
-            }
-        }
-    }
-    let total = all.len() as u64;
     r.verified_blocks = 0;
-    for (n, (what, p)) in all.into_iter().enumerate() {
-        match tree::read_verified(dev, p, sb.total_blocks) {
-            Ok(_) => r.verified_blocks += 1,
-            Err(e) => r.problems.push(format!("{what}: {e}")),
-        }
-        progress(n as u64 + 1, total);
+    let mut done = 0;
+    for tree in walked {
+        let mut read_data = |_, node: &Node| {
+            let Node::Leaf(items) = node else { return };
+            for (k, v) in items {
+                let Some((ino, kind::DATA, tail)) = format::split_key(k) else { continue };
+                let Ok((start, e)) = extent(ino, tail, v) else { continue };
+                for i in 0..e.len() {
+                    let idx = start.saturating_add(i);
+                    match tree::read_verified(dev, e.ptr(i), total_blocks) {
+                        Ok(_) => r.verified_blocks += 1,
+                        Err(err) => r.problems.push(format!(
+                            "{}: inode {ino} data block {idx} (offset {}): {err}",
+                            tree.what,
+                            idx.saturating_mul(BLOCK as u64)
+                        )),
+                    }
+                    done += 1;
+                    progress(done, total);
+                }
+            }
+        };
+        // The trees were walked a moment ago; one that fails now has no data left to read.
+        let _ = tree::walk(dev, tree.root, tree.height, total_blocks, &mut read_data);
     }
     r
+}
+
+/// The most items fsck held at once on this thread (leaf items and one directory's
+/// entries), for the test that memory does not grow with the items of a tree.
+#[cfg(test)]
+pub(crate) mod peak {
+    use std::cell::Cell;
+
+    thread_local!(static PEAK: Cell<usize> = const { Cell::new(0) });
+
+    pub fn note(held: usize) {
+        PEAK.with(|p| p.set(p.get().max(held)));
+    }
+
+    /// The peak since the last call, which starts a new one.
+    pub fn take() -> usize {
+        PEAK.with(|p| p.replace(0))
+    }
 }

@@ -7,6 +7,8 @@ pub mod device;
 pub mod error;
 pub mod format;
 pub mod fsck;
+#[cfg(test)]
+mod fsck_reference;
 pub mod spacemap;
 pub mod tree;
 pub mod volume;

@@ -253,7 +253,8 @@ fn a_corrupt_tree_leaf_is_named_by_fsck_and_never_panics_a_reader() {
         v.commit().unwrap();
     }
     let (sb, _) = super::volume::newest_superblock(&*dev).unwrap();
-    let (_, nodes) = super::tree::load(&*dev, sb.root, sb.height, sb.total_blocks).unwrap();
+    let mut nodes = Vec::new();
+    super::tree::walk(&*dev, sb.root, sb.height, sb.total_blocks, &mut |b, _| nodes.push(b)).unwrap();
     assert!(nodes.len() > 3, "a tree of several nodes");
     let leaf = nodes[nodes.len() / 2];
     let mut bytes = dev.bytes();
@@ -956,3 +957,41 @@ fn a_damaged_space_map_is_named_by_fsck_and_rebuilt_from_the_trees_at_the_next_w
         assert_clean(&*dev);
     }
 }
+
+#[test]
+fn fsck_holds_a_leaf_and_one_directory_of_items_at_a_time_however_many_items_a_tree_has() {
+    let dev = image(16_384);
+    let mut v = open(&dev);
+    for d in 0..250 {
+        let dir = v.create(ROOT_INO, format!("dir-{d}").as_bytes(), S_IFDIR | 0o755, 0, 0, 0).unwrap();
+        for f in 0..200 {
+            let ino = v.create(dir, format!("file-{f}").as_bytes(), F, 0, 0, 0).unwrap();
+            if f % 10 == 0 {
+                v.write(ino, 0, b"data").unwrap();
+            }
+        }
+        if d % 25 == 24 {
+            v.commit().unwrap();
+        }
+    }
+    v.commit().unwrap();
+    drop(v);
+    let (sb, _) = super::volume::newest_superblock(&*dev).unwrap();
+    let mut items = 0;
+    super::tree::walk(&*dev, sb.root, sb.height, sb.total_blocks, &mut |_, n| {
+        if let super::format::Node::Leaf(l) = n {
+            items += l.len();
+        }
+    })
+    .unwrap();
+    super::fsck::peak::take();
+    let r = fsck(&*dev, true);
+    let peak = super::fsck::peak::take();
+    assert!(r.is_clean(), "fsck: {:#?}", r.problems);
+    assert_eq!(r.inodes, 50_251);
+    eprintln!("{items} items, {} inodes: at most {peak} items held at once", r.inodes);
+    // The largest directory's names and index entries (2 x 250), and a leaf.
+    assert!(peak < 700 && peak * 100 < items, "{peak} items held of {items}");
+}
+
+mod fsck_equivalence;

@@ -11,9 +11,6 @@ use super::device::Device;
 use super::error::{Error, Result};
 use super::format::{self, BLOCK, MAX_HEIGHT, NODE_ROOM, Node, Ptr, SLOTS};
 
-/// The items of a tree, in key order.
-pub type Items = BTreeMap<Vec<u8>, Vec<u8>>;
-
 /// Reads block `ptr.block` and checks it against `ptr.crc`.
 pub fn read_verified(dev: &dyn Device, ptr: Ptr, total_blocks: u64) -> Result<Vec<u8>> {
     if ptr.block < SLOTS || ptr.block >= total_blocks {
@@ -30,39 +27,57 @@ pub fn read_verified(dev: &dyn Device, ptr: Ptr, total_blocks: u64) -> Result<Ve
     Ok(b)
 }
 
-/// Reads a whole tree (for fsck, which checks every item against every other): its items,
-/// and the blocks of its nodes.
-pub fn load(dev: &dyn Device, root: Ptr, height: u8, total_blocks: u64) -> Result<(Items, Vec<u64>)> {
-    let mut items = Items::new();
-    let mut nodes = Vec::new();
+/// Visits the tree at `root` depth first with one node per level in memory (fsck and
+/// scrub see every item without holding them all): `visit` gets each node's block and the
+/// node, parents before children, leaves in key order. A node that fails its checksum, does
+/// not decode, is not of the level its place calls for, or puts keys out of order ends the
+/// walk with an error.
+pub fn walk(
+    dev: &dyn Device,
+    root: Ptr,
+    height: u8,
+    total_blocks: u64,
+    visit: &mut dyn FnMut(u64, &Node),
+) -> Result<()> {
     if height == 0 || height > MAX_HEIGHT {
         return Err(Error::Corrupt(format!("tree height {height}")));
     }
-    walk(dev, root, height - 1, total_blocks, &mut items, &mut nodes)?;
-    Ok((items, nodes))
+    walk_node(dev, root, height - 1, total_blocks, &mut None, visit)
 }
 
-fn walk(dev: &dyn Device, ptr: Ptr, level: u8, total: u64, items: &mut Items, nodes: &mut Vec<u64>) -> Result<()> {
-    let b = read_verified(dev, ptr, total)?;
-    nodes.push(ptr.block);
-    match format::decode_node(&b)? {
-        Node::Leaf(list) => {
+fn walk_node(
+    dev: &dyn Device,
+    ptr: Ptr,
+    level: u8,
+    total: u64,
+    last_key: &mut Option<Vec<u8>>,
+    visit: &mut dyn FnMut(u64, &Node),
+) -> Result<()> {
+    let node = format::decode_node(&read_verified(dev, ptr, total)?)?;
+    match &node {
+        Node::Leaf(items) => {
             if level != 0 {
                 return Err(Error::Corrupt(format!("block {}: a leaf where level {level} belongs", ptr.block)));
             }
-            for (k, v) in list {
-                if items.last_key_value().is_some_and(|(last, _)| *last >= k) {
+            let mut last = last_key.as_deref();
+            for (k, _) in items {
+                if last.is_some_and(|last| last >= k.as_slice()) {
                     return Err(Error::Corrupt(format!("block {}: keys out of order", ptr.block)));
                 }
-                items.insert(k, v);
+                last = Some(k);
             }
+            if let Some((k, _)) = items.last() {
+                *last_key = Some(k.clone());
+            }
+            visit(ptr.block, &node);
         }
         Node::Internal(l, children) => {
-            if l != level || children.is_empty() {
+            if *l != level || children.is_empty() {
                 return Err(Error::Corrupt(format!("block {}: node level {l} where {level} belongs", ptr.block)));
             }
+            visit(ptr.block, &node);
             for (_, child) in children {
-                walk(dev, child, level - 1, total, items, nodes)?;
+                walk_node(dev, *child, level - 1, total, last_key, visit)?;
             }
         }
     }

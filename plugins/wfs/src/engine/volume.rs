@@ -24,7 +24,7 @@ use super::format::{
 };
 pub use super::spacemap::BlockSet;
 use super::spacemap::{BITS, MapOnDisk};
-use super::tree::{self, Changes, Items, Pager};
+use super::tree::{self, Changes, Pager};
 
 const B: u64 = BLOCK as u64;
 /// Blocks read ahead on a cache miss when the file continues contiguously on disk.
@@ -419,21 +419,6 @@ pub fn read_snapshots(dev: &dyn Device, sb: &Superblock) -> Result<Vec<Snapshot>
         return Ok(Vec::new());
     }
     format::decode_snapshots(&tree::read_verified(dev, sb.snapshots, sb.total_blocks)?)
-}
-
-/// The data blocks the items reference.
-/// Every data block the items reference: (inode, file block, where), extents expanded.
-pub fn data_blocks(items: &Items) -> impl Iterator<Item = Result<(u64, u64, Ptr)>> + '_ {
-    items.iter().flat_map(|(k, v)| {
-        let Some((ino, kind::DATA, tail)) = format::split_key(k) else { return Vec::new() };
-        let Some(start) = format::tail_n(tail) else {
-            return vec![Err(corrupt(format!("inode {ino}: bad data key")))];
-        };
-        match format::decode_data(v) {
-            Ok(e) => (0..e.len()).map(|i| Ok((ino, start.saturating_add(i), e.ptr(i)))).collect(),
-            Err(e) => vec![Err(e)],
-        }
-    })
 }
 
 impl Volume {
