@@ -995,3 +995,20 @@ fn fsck_holds_a_leaf_and_one_directory_of_items_at_a_time_however_many_items_a_t
 }
 
 mod fsck_equivalence;
+
+#[test]
+fn fallocate_of_a_range_far_larger_than_the_image_is_enospc_at_once_and_changes_nothing() {
+    let dev = image(256);
+    let mut v = open(&dev);
+    let f = v.create(ROOT_INO, b"f", F, 0, 0, 0).unwrap();
+    v.write(f, 0, &pattern(3 * BLOCK, 1)).unwrap();
+    let started = std::time::Instant::now();
+    let err = v.allocate(f, 0, 1 << 60, false).unwrap_err();
+    assert_eq!(err.errno(), libc::ENOSPC);
+    // Counting the holes walks the file's extents, not 2^48 blocks of range.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(v.inode(f).unwrap().blocks, 3);
+    assert_eq!(read_all(&v, f), pattern(3 * BLOCK, 1));
+    drop(v);
+    assert_clean(&*dev);
+}

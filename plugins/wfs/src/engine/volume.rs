@@ -242,39 +242,30 @@ struct Walked {
 }
 
 /// Marks in `set` every node of the tree at `root` and every data block its items
-/// reference; counts its inodes and nodes.
-fn walk_tree(pager: &Pager, root: Ptr, height: u8, set: &mut BlockSet, w: &mut Walked) -> Result<()> {
-    fn visit(pager: &Pager, ptr: Ptr, set: &mut BlockSet, w: &mut Walked) -> Result<()> {
-        let n = pager.node(ptr)?;
-        set.insert(ptr.block);
+/// reference; counts its inodes and nodes. `tree::walk` checks each node's level and the
+/// key order, so a damaged tree ends the walk with an error, never a loop.
+fn walk_tree(dev: &dyn Device, root: Ptr, height: u8, total: u64, set: &mut BlockSet, w: &mut Walked) -> Result<()> {
+    let mut bad = None;
+    tree::walk(dev, root, height, total, &mut |block, node| {
+        set.insert(block);
         w.nodes += 1;
-        match &*n {
-            format::Node::Leaf(items) => {
-                w.bytes += tree::items_bytes(items);
-                for (k, v) in items {
-                    w.max_item = w.max_item.max(format::leaf_item_size(k, v) as u64);
-                    if is_inode_key(k) {
-                        w.inodes += 1;
-                    } else if k.get(8) == Some(&kind::DATA) {
-                        let e = format::decode_data(v)?;
-                        for b in e.block..e.block + e.len() {
-                            set.insert(b);
-                        }
-                    }
-                }
-            }
-            format::Node::Internal(_, children) => {
-                for (_, c) in children {
-                    visit(pager, *c, set, w)?;
+        let format::Node::Leaf(items) = node else { return };
+        w.bytes += tree::items_bytes(items);
+        for (k, v) in items {
+            w.max_item = w.max_item.max(format::leaf_item_size(k, v) as u64);
+            if is_inode_key(k) {
+                w.inodes += 1;
+            } else if k.get(8) == Some(&kind::DATA) {
+                match format::decode_data(v) {
+                    Ok(e) => (e.block..e.block + e.len()).for_each(|b| {
+                        set.insert(b);
+                    }),
+                    Err(e) => bad = bad.take().or(Some(e)),
                 }
             }
         }
-        Ok(())
-    }
-    if height == 0 || height > format::MAX_HEIGHT {
-        return Err(corrupt(format!("tree height {height}")));
-    }
-    visit(pager, root, set, w)
+    })?;
+    bad.map_or(Ok(()), Err)
 }
 
 /// The items of a paged tree under an overlay of changes, in key order, below `hi`.
@@ -519,11 +510,11 @@ impl Volume {
         let total = self.sb.total_blocks;
         let mut pinned = BlockSet::new(total);
         for s in &self.snapshots {
-            walk_tree(&self.pager, s.root, s.height, &mut pinned, &mut Walked::default())?;
+            walk_tree(&*self.dev, s.root, s.height, total, &mut pinned, &mut Walked::default())?;
         }
         let mut durable = pinned.clone();
         let mut live = Walked::default();
-        walk_tree(&self.pager, self.sb.root, self.sb.height, &mut durable, &mut live)?;
+        walk_tree(&*self.dev, self.sb.root, self.sb.height, total, &mut durable, &mut live)?;
         for b in 0..SLOTS {
             durable.insert(b);
         }
@@ -1676,10 +1667,17 @@ impl Volume {
             }
             Ok(out)
         };
-        let mut missing = 0;
-        for c in (first..last).step_by(CHUNK as usize) {
-            missing += holes(self, c, (c + CHUNK).min(last))?.iter().map(|(a, b)| b - a).sum::<u64>();
+        // Counted over the file's extents, not the range (which may be far larger than the
+        // image): past the space check, the range is at most free space plus the file.
+        let mut mapped = 0;
+        let lo = format::key_n(ino, kind::DATA, first.saturating_sub(MAX_EXTENT - 1));
+        for item in self.range(lo, format::key_n(ino, kind::DATA, last))? {
+            let (k, v) = item?;
+            let start = format::split_key(&k).and_then(|(_, _, t)| format::tail_n(t)).unwrap_or(u64::MAX);
+            let end = start.saturating_add(format::decode_data(&v)?.len());
+            mapped += end.min(last).saturating_sub(start.max(first));
         }
+        let missing = (last - first).saturating_sub(mapped);
         self.room_for(missing, (missing as usize).div_ceil(MAX_EXTENT as usize) * 1100)?;
         let zero = vec![0u8; BLOCK * MAX_EXTENT as usize];
         let crc = crc32c(&zero[..BLOCK]);
