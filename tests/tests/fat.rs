@@ -411,6 +411,11 @@ fn an_image_made_by_plugfs_fat_mounts_and_round_trips() {
     assert_eq!(code, 0, "{out}{err}");
     let (host, mnt) = s.mount(&img, "");
     std::fs::write(mnt.join("Hello World.txt"), b"hi").unwrap();
+    // Files advertise a whole FUSE request as their IO size (cp and cat size their
+    // buffers from it); directories keep the cluster size.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(mnt.join("Hello World.txt")).unwrap().blksize(), 1 << 20);
+    assert!(std::fs::metadata(&mnt).unwrap().blksize() < 1 << 20);
     stop(host);
     run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
     assert_eq!(run_ok("mcopy", &["-n", "-i", img.to_str().unwrap(), "::/Hello World.txt", "-"]), b"hi");

@@ -504,6 +504,10 @@ fn set_time(t: TimeOrNow) -> SetTime {
     }
 }
 
+/// The largest read or write request this frontend asks the kernel for (its maximum,
+/// 256 pages).
+const MAX_REQUEST: u32 = 1 << 20;
+
 /// fuser sends `FileAttr::ino` as the node id too, so it must be the node id.
 fn file_attr(node: NodeId, a: &Attr) -> FileAttr {
     FileAttr {
@@ -520,8 +524,21 @@ fn file_attr(node: NodeId, a: &Attr) -> FileAttr {
         uid: a.uid,
         gid: a.gid,
         rdev: a.rdev,
-        blksize: a.blksize,
+        blksize: io_block_size(a),
         flags: 0,
+    }
+}
+
+/// `st_blksize` for a node: for regular files at least one full request. Every `read(2)`
+/// or `write(2)` that does not hit the page cache is a round trip to this process, and
+/// tools size their buffers from `st_blksize` (`cp` and `cat` use 128 KiB below it), so a
+/// plugin's cluster or block size would cost several round trips per request the kernel
+/// could carry in one: a 512 MiB `cp` into a fat mount ran at 680 MiB/s with 128 KiB
+/// writes and 950 with 1 MiB.
+fn io_block_size(a: &Attr) -> u32 {
+    match a.kind {
+        FileKind::File => a.blksize.max(MAX_REQUEST),
+        _ => a.blksize,
     }
 }
 
@@ -707,12 +724,12 @@ impl fuser::Filesystem for FuseAdapter {
             self.state.kill_privs.store(false, Ordering::Relaxed);
         }
         // 1 MiB writes (the kernel's maximum of 256 pages); a smaller limit is kept.
-        if let Err(nearest) = config.set_max_write(1 << 20) {
+        if let Err(nearest) = config.set_max_write(MAX_REQUEST) {
             let _ = config.set_max_write(nearest);
         }
         // Read-ahead up to 1 MiB too, so sequential reads through the daemon come in
         // requests as large as writes (the kernel caps it at what it offered).
-        if let Err(nearest) = config.set_max_readahead(1 << 20) {
+        if let Err(nearest) = config.set_max_readahead(MAX_REQUEST) {
             let _ = config.set_max_readahead(nearest);
         }
         Ok(())
@@ -1291,6 +1308,15 @@ mod tests {
             assert!(check_name("test", 1, OsStr::new(bad)).is_err(), "{bad:?}");
         }
         assert!(check_name("test", 1, OsStr::new("...")).is_ok());
+    }
+
+    #[test]
+    fn regular_files_advertise_at_least_one_full_request_as_their_io_size() {
+        let file = |blksize| Attr { kind: FileKind::File, blksize, ..Attr::default() };
+        assert_eq!(io_block_size(&file(4096)), MAX_REQUEST);
+        assert_eq!(io_block_size(&file(8 << 20)), 8 << 20);
+        let dir = Attr { kind: FileKind::Directory, blksize: 4096, ..Attr::default() };
+        assert_eq!(io_block_size(&dir), 4096);
     }
 
     #[test]
