@@ -1,12 +1,15 @@
 //! The file allocation table, held in memory as the raw bytes of the first FAT: entry
 //! access for all three widths behind one interface, chain walking with loop and range
-//! checks, the free-cluster count and allocation that prefers contiguous runs. Changed
-//! sectors are remembered so a flush writes only them, to every FAT copy.
+//! checks, the free-cluster count, and allocation from a map of free runs that prefers
+//! contiguous runs. Changed sectors are remembered so a flush writes only them, to every
+//! FAT copy.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::bpb::{Bpb, FatType};
 use super::error::{Error, Result};
+use super::freemap::FreeMap;
 
 /// What a FAT entry says about the cluster it belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +30,10 @@ pub struct Fat {
     free: u32,
     /// Where the next search for a free cluster starts.
     next_free: u32,
+    /// The free clusters as runs, kept in step with the entries.
+    free_map: FreeMap,
+    /// FAT links `chain` has followed since mount: what the chain caches save.
+    links_walked: AtomicU64,
     dirty_sectors: BTreeSet<usize>,
     /// One bit per cluster: claimed by a chain the volume has loaded or allocated. A
     /// second chain reaching a claimed cluster is a cross-link.
@@ -43,10 +50,14 @@ impl Fat {
             max_cluster: bpb.cluster_count + 1,
             free: 0,
             next_free: 2,
+            free_map: FreeMap::default(),
+            links_walked: AtomicU64::new(0),
             dirty_sectors: BTreeSet::new(),
             owned: vec![0; (bpb.cluster_count as usize + 2).div_ceil(64)],
         };
         fat.free = (2..=fat.max_cluster).filter(|&c| fat.raw(c) == 0).count() as u32;
+        let free_map = FreeMap::build(2, fat.max_cluster, |c| fat.raw(c) == 0);
+        fat.free_map = free_map;
         fat
     }
 
@@ -130,8 +141,20 @@ impl Fat {
         }
     }
 
-    /// Sets entry `cluster`, keeping the free count.
+    /// Sets entry `cluster`, keeping the free count and the free map.
     pub fn set(&mut self, cluster: u32, entry: Entry) {
+        let was_free = self.raw(cluster) == 0;
+        self.set_counted(cluster, entry);
+        match (was_free, entry == Entry::Free) {
+            (true, false) => self.free_map.take(cluster, 1),
+            (false, true) => self.free_map.give(cluster),
+            _ => {}
+        }
+    }
+
+    /// Sets entry `cluster` and keeps the free count, but not the free map (for clusters
+    /// `allocate` has taken from the map already).
+    fn set_counted(&mut self, cluster: u32, entry: Entry) {
         let was_free = self.raw(cluster) == 0;
         let value = match entry {
             Entry::Free => 0,
@@ -211,7 +234,10 @@ impl Fat {
             chain.push(c);
             match self.get(c) {
                 Entry::End => return Ok(chain),
-                Entry::Next(n) => c = n,
+                Entry::Next(n) => {
+                    self.links_walked.fetch_add(1, Ordering::Relaxed);
+                    c = n;
+                }
                 Entry::Free => {
                     return Err(Error::Corrupt(format!("cluster chain from {first} runs into free cluster {c}")));
                 }
@@ -222,10 +248,18 @@ impl Fat {
         }
     }
 
-    /// Allocates `count` clusters, preferring the run right after `after` (so a growing
-    /// file stays contiguous), then the first free run from the next-free hint. Links them
-    /// into a chain that ends the volume's way, and links `after` to the first one. Returns
-    /// the new clusters; nothing changes on `NoSpace`.
+    /// Allocates `count` clusters as few runs as the free space allows, and links them into
+    /// a chain that ends the volume's way, with `after` (a file's last cluster) linked to the
+    /// first. Where each run comes from, in order of preference:
+    /// - right after `after`, so a growing file stays contiguous;
+    /// - at the next-free hint, when the run there holds all that is still needed (next
+    ///   fit: files created one after another lie one after another, as vfat places them);
+    /// - the smallest run that holds all that is still needed (best fit, which keeps long
+    ///   runs for long files);
+    /// - else the longest run, and again, so a chain that cannot be contiguous has as few
+    ///   pieces as possible.
+    ///
+    /// Each choice is O(log runs). Returns the new clusters; nothing changes on `NoSpace`.
     pub fn allocate(&mut self, after: Option<u32>, count: u32) -> Result<Vec<u32>> {
         if count == 0 {
             return Ok(Vec::new());
@@ -233,36 +267,64 @@ impl Fat {
         if self.free < count {
             return Err(Error::NoSpace);
         }
-        let mut got = Vec::with_capacity(count as usize);
-        let mut c = match after {
-            Some(a) if a < self.max_cluster && self.raw(a + 1) == 0 => a + 1,
-            _ => self.next_free.clamp(2, self.max_cluster),
-        };
-        let mut scanned = 0u64;
-        let total = self.max_cluster as u64 - 1;
-        while got.len() < count as usize && scanned < total {
-            if self.raw(c) == 0 {
-                got.push(c);
-            }
-            scanned += 1;
-            c = if c >= self.max_cluster { 2 } else { c + 1 };
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        let mut need = count;
+        if let Some((s, l)) = after.and_then(|a| a.checked_add(1)).and_then(|c| self.free_map.run_at(c)) {
+            let start = after.map_or(s, |a| a + 1);
+            let n = need.min(s + l - start);
+            self.free_map.take(start, n);
+            runs.push((start, n));
+            need -= n;
         }
-        if got.len() < count as usize {
-            return Err(Error::NoSpace);
+        while need > 0 {
+            let hint = self.next_free;
+            let at_hint = self.free_map.run_from(hint).and_then(|(s, l)| {
+                let start = s.max(hint);
+                (s + l - start >= need).then_some(start)
+            });
+            let (start, n) = match at_hint.or_else(|| self.free_map.best_fit(need).map(|(s, _)| s)) {
+                Some(start) => (start, need),
+                None => match self.free_map.largest() {
+                    Some((s, l)) => (s, l.min(need)),
+                    None => {
+                        // The count said there was room, the map disagrees: give back and
+                        // refuse rather than link clusters that are not free.
+                        for &(s, l) in &runs {
+                            (s..s + l).for_each(|c| self.free_map.give(c));
+                        }
+                        return Err(Error::NoSpace);
+                    }
+                },
+            };
+            self.free_map.take(start, n);
+            runs.push((start, n));
+            need -= n;
+            self.next_free = if start + n > self.max_cluster { 2 } else { start + n };
         }
+        let got: Vec<u32> = runs.iter().flat_map(|&(s, l)| s..s + l).collect();
         for &c in &got {
             self.set_owned(c, true);
         }
         for w in got.windows(2) {
-            self.set(w[0], Entry::Next(w[1]));
+            self.set_counted(w[0], Entry::Next(w[1]));
         }
-        let last = *got.last().unwrap_or(&2);
-        self.set(last, Entry::End);
+        let last = got[got.len() - 1];
+        self.set_counted(last, Entry::End);
         if let Some(a) = after {
             self.set(a, Entry::Next(got[0]));
         }
         self.next_free = if last >= self.max_cluster { 2 } else { last + 1 };
         Ok(got)
+    }
+
+    /// How many FAT links chain walks have followed since the FAT was read.
+    pub fn links_walked(&self) -> u64 {
+        self.links_walked.load(Ordering::Relaxed)
+    }
+
+    /// How many runs the free space is in.
+    pub fn free_runs(&self) -> usize {
+        self.free_map.runs()
     }
 
     /// Frees every cluster of `chain`.
@@ -289,5 +351,157 @@ impl Fat {
     /// the dirty flag lives in the boot sector (see `Volume`).
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty FAT32 FAT of `clusters` data clusters (entries 0 and 1 reserved).
+    fn fat32(clusters: u32) -> Fat {
+        let bpb = Bpb {
+            fat_type: FatType::Fat32,
+            bytes_per_sector: 512,
+            sectors_per_cluster: 1,
+            reserved_sectors: 32,
+            num_fats: 2,
+            root_entries: 0,
+            total_sectors: 0,
+            media: 0xF8,
+            sectors_per_fat: (4 * (clusters + 2)).div_ceil(512),
+            root_cluster: 2,
+            fsinfo_sector: 1,
+            backup_boot_sector: 6,
+            volume_id: 0,
+            label: *b"NO NAME    ",
+            oem_name: *b"TEST    ",
+            cluster_count: clusters,
+            data_offset: 0,
+            root_dir_offset: 0,
+            has_signature: true,
+            active_fat: 0,
+        };
+        let mut bytes = vec![0u8; 512 * bpb.sectors_per_fat as usize];
+        bytes[..8].copy_from_slice(&[0xF8, 0xFF, 0xFF, 0x0F, 0xFF, 0xFF, 0xFF, 0x0F]);
+        Fat::new(&bpb, bytes)
+    }
+
+    /// Marks `clusters` used, each a chain of its own.
+    fn occupy(fat: &mut Fat, clusters: impl IntoIterator<Item = u32>) {
+        for c in clusters {
+            fat.set(c, Entry::End);
+        }
+    }
+
+    /// Whether the free map and the free count say exactly what the entries say.
+    fn assert_in_step(fat: &Fat) {
+        let truth = FreeMap::build(2, fat.max_cluster, |c| fat.raw(c) == 0);
+        let runs = |m: &FreeMap| (m.runs(), (2..=fat.max_cluster).filter(|&c| m.run_at(c).is_some()).count());
+        assert_eq!(runs(&fat.free_map), runs(&truth));
+        for c in 2..=fat.max_cluster {
+            assert_eq!(fat.free_map.run_at(c), truth.run_at(c), "cluster {c}");
+        }
+        assert_eq!(fat.free as usize, runs(&truth).1);
+    }
+
+    fn is_run(chain: &[u32]) -> bool {
+        chain.windows(2).all(|w| w[1] == w[0] + 1)
+    }
+
+    #[test]
+    fn a_growing_file_continues_in_place_and_new_files_follow_one_another() {
+        let mut fat = fat32(1000);
+        let a = fat.allocate(None, 10).unwrap();
+        let b = fat.allocate(None, 5).unwrap();
+        assert_eq!((a[0], b[0]), (2, 12));
+        // b's end is free: b grows in place.
+        let more = fat.allocate(Some(*b.last().unwrap()), 20).unwrap();
+        assert_eq!(more[0], 17);
+        assert!(is_run(&more));
+        assert_eq!(fat.chain(b[0]).unwrap(), [b, more].concat());
+        assert_in_step(&fat);
+    }
+
+    #[test]
+    fn a_request_takes_the_smallest_run_that_holds_it_then_the_longest_runs() {
+        let mut fat = fat32(200);
+        // Free runs: 2..=4 (3), 6..=12 (7), 14..=17 (4), 19..=201 (183).
+        occupy(&mut fat, [5, 13, 18]);
+        // The hint (2) holds a run of 3: a request of 4 goes to the run of exactly 4.
+        fat.next_free = 2;
+        let four = fat.allocate(None, 4).unwrap();
+        assert_eq!(four, [14, 15, 16, 17]);
+        // 5 fits the 7-run best; the hint moved past it.
+        fat.next_free = 2;
+        assert_eq!(fat.allocate(None, 5).unwrap(), [6, 7, 8, 9, 10]);
+        // 300 fits nowhere and is more than the volume holds: refused, nothing changed.
+        let free = fat.free_clusters();
+        assert!(matches!(fat.allocate(None, 300), Err(Error::NoSpace)));
+        assert_eq!(fat.free_clusters(), free);
+        assert_in_step(&fat);
+        // All that is left (183 + 3 + 2): the longest run first, then the next longest.
+        let all = fat.allocate(None, free).unwrap();
+        assert_eq!(all.len() as u32, free);
+        assert_eq!((all[0], all[182], all[183], all[186]), (19, 201, 2, 11));
+        assert_eq!(fat.free_clusters(), 0);
+        assert_eq!(fat.free_runs(), 0);
+        assert_in_step(&fat);
+    }
+
+    #[test]
+    fn the_free_map_stays_in_step_with_the_entries_through_random_changes() {
+        let mut fat = fat32(3000);
+        let mut chains: Vec<Vec<u32>> = Vec::new();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for round in 0..2000 {
+            match next(4) {
+                0 | 1 => {
+                    let n = 1 + next(40) as u32;
+                    match chains.len() {
+                        0 => {}
+                        len => {
+                            // Grow a chain at its end, as a write does.
+                            let i = next(len as u64) as usize;
+                            if let Ok(more) = fat.allocate(chains[i].last().copied(), n) {
+                                chains[i].extend(more);
+                            }
+                        }
+                    }
+                    // A new chain is one piece whenever some free run holds it.
+                    let fits = fat.free_map.largest().is_some_and(|(_, l)| l >= n);
+                    if let Ok(c) = fat.allocate(None, n) {
+                        assert!(!fits || is_run(&c), "{c:?} in pieces");
+                        chains.push(c);
+                    }
+                }
+                2 if !chains.is_empty() => {
+                    let c = chains.swap_remove(next(chains.len() as u64) as usize);
+                    fat.free_chain(&c);
+                }
+                _ if !chains.is_empty() => {
+                    // Truncate, as Volume::truncate does.
+                    let i = next(chains.len() as u64) as usize;
+                    let keep = 1 + next(chains[i].len() as u64) as usize;
+                    let cut = chains[i].split_off(keep);
+                    fat.free_chain(&cut);
+                    fat.set(chains[i][keep - 1], Entry::End);
+                }
+                _ => {}
+            }
+            if round % 50 == 0 {
+                assert_in_step(&fat);
+            }
+            for c in &chains {
+                assert_eq!(&fat.chain(c[0]).unwrap(), c);
+            }
+        }
+        assert_in_step(&fat);
     }
 }

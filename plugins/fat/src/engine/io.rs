@@ -19,6 +19,9 @@ pub enum IoOp {
 /// A shared, growing record of the writes and syncs made through a [`Disk`].
 pub type WriteLog = Arc<Mutex<Vec<IoOp>>>;
 
+/// A shared record of the reads made through a [`Disk`]: (offset, length) each.
+pub type ReadLog = Arc<Mutex<Vec<(u64, usize)>>>;
+
 /// Called with (offset, data) before each write reaches the image: tests use it to stop a
 /// write inside the IO layer (see `Disk::with_write_hook`).
 pub type WriteHook = Arc<dyn Fn(u64, &[u8]) + Send + Sync>;
@@ -27,19 +30,28 @@ pub type WriteHook = Arc<dyn Fn(u64, &[u8]) + Send + Sync>;
 pub struct Disk {
     file: File,
     log: Option<WriteLog>,
+    reads: Option<ReadLog>,
     hook: Option<WriteHook>,
 }
 
 impl Disk {
     /// The image file, not recorded.
     pub fn new(file: File) -> Disk {
-        Disk { file, log: None, hook: None }
+        Disk { file, log: None, reads: None, hook: None }
     }
 
     /// The image file, recording every write and sync into the returned log.
     pub fn recording(file: File) -> (Disk, WriteLog) {
         let log = WriteLog::default();
-        (Disk { file, log: Some(log.clone()), hook: None }, log)
+        (Disk { file, log: Some(log.clone()), reads: None, hook: None }, log)
+    }
+
+    /// Records every read as well, into the returned log (tests count the IOs an
+    /// operation costs with it).
+    pub fn recording_reads(mut self) -> (Disk, ReadLog) {
+        let reads = ReadLog::default();
+        self.reads = Some(reads.clone());
+        (self, reads)
     }
 
     /// Calls `hook` before every write (for tests: a hook that blocks holds the writing
@@ -61,6 +73,9 @@ impl Disk {
     }
 
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if let Some(reads) = &self.reads {
+            reads.lock().unwrap_or_else(|e| e.into_inner()).push((offset, buf.len()));
+        }
         self.file.read_exact_at(buf, offset)
     }
 

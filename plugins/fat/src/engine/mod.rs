@@ -7,6 +7,7 @@ pub mod bpb;
 pub mod dir;
 pub mod error;
 pub mod fat;
+mod freemap;
 pub mod io;
 pub mod mkfs;
 pub mod names;

@@ -873,6 +873,13 @@ impl Volume {
         ns.write_entry(self, ino)
     }
 
+    /// How many FAT links cluster-chain walks have followed since mount. Files and
+    /// directories walk their chain once and keep it, so this grows with the files opened,
+    /// not with the IO done (a cost statistic; tests check the chain caches with it).
+    pub fn chain_links_walked(&self) -> u64 {
+        self.fat().map(|f| f.links_walked()).unwrap_or(0)
+    }
+
     /// Space on the volume.
     pub fn space(&self) -> Space {
         let free_clusters = self.fat().map(|f| f.free_clusters()).unwrap_or(0);
