@@ -57,21 +57,26 @@ impl Setup {
         run_ok("mkfs.fat", &all.iter().map(String::as_str).collect::<Vec<_>>());
         img
     }
-    /// Mounts `img` with extra config lines.
+    /// Mounts `img` with `tz = "UTC"` and extra config lines.
     fn mount(&self, img: &Path, extra: &str) -> (Host, PathBuf) {
+        self.mount_with(img, &format!("tz = \"UTC\"\n{extra}"), |_| {})
+    }
+    /// Mounts `img` with these config lines (after `image`), the host's command changed by
+    /// `customize` (its environment, ...).
+    fn mount_with(&self, img: &Path, extra: &str, customize: impl FnOnce(&mut Command)) -> (Host, PathBuf) {
         let mnt = self.path("mnt");
         let config = self.path("plugfs.toml");
         std::fs::write(
             &config,
             format!(
                 "[host]\nplugin_dirs = [{:?}]\n\n[[mount]]\nname = \"fat\"\nplugin = \"fat\"\nmountpoint = \"mnt\"\n\
-                 create_mountpoint = true\n[mount.config]\nimage = {:?}\ntz = \"UTC\"\n{extra}\n",
+                 create_mountpoint = true\n[mount.config]\nimage = {:?}\n{extra}\n",
                 target_dir().to_str().unwrap(),
                 img.to_str().unwrap()
             ),
         )
         .unwrap();
-        (Host::start(&config, &[&mnt]), mnt)
+        (Host::start_with(&config, &[&mnt], customize), mnt)
     }
 }
 
@@ -371,7 +376,10 @@ fn plugfs_fat_label_reads_and_sets_the_label_that_mtools_sees() {
     assert_eq!(plugfs_fat(&["label", i]).1.trim(), "NEW LABEL");
     let shown = run_ok("mlabel", &["-s", "-i", i, "::"]);
     assert!(String::from_utf8_lossy(&shown).contains("NEW LABEL"), "{}", String::from_utf8_lossy(&shown));
-    run_ok("fsck.fat", &["-n", i]);
+    // fsck.fat exits 0 over a backup boot sector that differs from the boot sector, so
+    // its words are checked too: the label reaches the FAT32 backup as well.
+    let fsck = String::from_utf8_lossy(&run_ok("fsck.fat", &["-n", "-v", i])).into_owned();
+    assert!(!fsck.to_lowercase().contains("differences"), "{fsck}");
     let (code, _, err) = plugfs_fat(&["label", i, "far too long a label"]);
     assert_eq!(code, 1);
     assert!(err.contains("label"), "{err}");
@@ -676,4 +684,227 @@ fn parallel_writers_of_different_files_and_a_creator_through_the_mount_leave_a_c
         let got = run_ok("mcopy", &["-n", "-i", i, &format!("::/shared dir/churn {n} with a long name.txt"), "-"]);
         assert!(got == pattern(3000, n), "churn {n}");
     }
+}
+
+fn cpath(p: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.to_str().unwrap()).unwrap()
+}
+
+/// utimensat(2) with whole seconds.
+fn set_times(p: &Path, atime: i64, mtime: i64) -> std::io::Result<()> {
+    let ts = [libc::timespec { tv_sec: atime, tv_nsec: 0 }, libc::timespec { tv_sec: mtime, tv_nsec: 0 }];
+    match unsafe { libc::utimensat(libc::AT_FDCWD, cpath(p).as_ptr(), ts.as_ptr(), 0) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    r.err().expect("refused").raw_os_error().unwrap()
+}
+
+/// Names through the mount behave as on vfat: trailing dots are dropped (`foo.` is `foo`,
+/// for create and lookup alike), a trailing space is EINVAL, a name of only dots ENOENT.
+#[test]
+fn trailing_dots_are_dropped_and_trailing_spaces_refused_through_the_mount() {
+    let s = Setup::new();
+    let img = s.mkfs(&[], 1440);
+    let (host, mnt) = s.mount(&img, "");
+    std::fs::write(mnt.join("foo."), b"dots").unwrap();
+    assert_eq!(std::fs::read(mnt.join("foo")).unwrap(), b"dots");
+    assert_eq!(std::fs::read(mnt.join("FOO...")).unwrap(), b"dots");
+    assert_eq!(errno_of(std::fs::read(mnt.join("foo "))), libc::ENOENT);
+    assert_eq!(errno_of(std::fs::write(mnt.join("bar "), b"x")), libc::EINVAL);
+    assert_eq!(errno_of(std::fs::create_dir(mnt.join("dir ."))), libc::EINVAL);
+    assert_eq!(errno_of(std::fs::rename(mnt.join("foo"), mnt.join("baz "))), libc::EINVAL);
+    assert_eq!(errno_of(std::fs::create_dir(mnt.join("..."))), libc::ENOENT);
+    assert_eq!(errno_of(std::fs::write(mnt.join("...."), b"x")), libc::ENOENT);
+    let names: Vec<String> =
+        std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names, ["foo"]);
+    stop(host);
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+    let listed = String::from_utf8(run_ok("mdir", &["-b", "-i", img.to_str().unwrap(), "::/"])).unwrap();
+    assert_eq!(listed.trim(), "::/foo");
+}
+
+/// A short entry holding byte 0x8E (made by mcopy, then patched) lists through the mount
+/// as mdir shows it: `Ä`, code page 437, vfat's default; `codepage = 850` reads it too.
+#[test]
+fn short_names_list_through_the_mount_as_mdir_shows_them() {
+    let s = Setup::new();
+    let img = s.mkfs(&[], 1440);
+    let i = img.to_str().unwrap();
+    let src = s.path("x");
+    std::fs::write(&src, b"apples").unwrap();
+    run_ok("mcopy", &["-i", i, src.to_str().unwrap(), "::/XPFEL.TXT"]);
+    let mut bytes = std::fs::read(&img).unwrap();
+    let root = 19 * 512; // FAT12 floppy: 1 reserved sector, 2 FATs of 9
+    let slot = (0..224).find(|s| &bytes[root + s * 32..root + s * 32 + 11] == b"XPFEL   TXT").unwrap();
+    bytes[root + slot * 32] = 0x8E;
+    std::fs::write(&img, &bytes).unwrap();
+    let mdir = String::from_utf8(run_ok("mdir", &["-b", "-i", i, "::/"])).unwrap();
+    assert_eq!(mdir.trim(), "::/ÄPFEL.TXT");
+    for config in ["read_only = true", "read_only = true\ncodepage = 850"] {
+        let (host, mnt) = s.mount(&img, config);
+        let names: Vec<String> =
+            std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(names, ["ÄPFEL.TXT"], "{config}");
+        assert_eq!(std::fs::read(mnt.join("äpfel.txt")).unwrap(), b"apples");
+        stop(host);
+    }
+}
+
+/// chmod as vfat's `fat_setattr` answers it: bits beyond 0o777 are EPERM; a mode FAT
+/// cannot hold (other read or execute bits, some write bits but not all, a directory's
+/// write bits) is ignored and succeeds; a file's write bits, all or none, are the
+/// read-only attribute. `quiet` makes the EPERM a silent success too.
+#[test]
+fn chmod_of_files_and_directories_answers_as_vfat() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let img = s.mkfs(&[], 1440);
+    let (host, mnt) = s.mount(&img, "");
+    let (file, dir) = (mnt.join("file"), mnt.join("dir"));
+    std::fs::write(&file, b"x").unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let chmod = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    assert_eq!((mode(&file), mode(&dir)), (0o755, 0o755));
+    // Files: the umask's bits do not count; the write bits set all or none.
+    chmod(&file, 0o777).unwrap();
+    assert_eq!(mode(&file), 0o755);
+    chmod(&file, 0o555).unwrap();
+    assert_eq!(mode(&file), 0o555);
+    chmod(&file, 0o700).unwrap(); // other r/x bits: ignored
+    assert_eq!(mode(&file), 0o555);
+    chmod(&file, 0o755).unwrap();
+    assert_eq!(mode(&file), 0o755);
+    chmod(&file, 0o644).unwrap(); // x bits gone: ignored
+    assert_eq!(mode(&file), 0o755);
+    assert_eq!(errno_of(chmod(&file, 0o4755)), libc::EPERM);
+    assert_eq!(errno_of(chmod(&file, 0o1755)), libc::EPERM);
+    // Directories hold no read-only attribute (vfat without `rodir`): no change at all.
+    chmod(&dir, 0o555).unwrap();
+    assert_eq!(mode(&dir), 0o755);
+    chmod(&dir, 0o777).unwrap();
+    assert_eq!(mode(&dir), 0o755);
+    chmod(&dir, 0o700).unwrap();
+    assert_eq!(mode(&dir), 0o755);
+    assert_eq!(errno_of(chmod(&dir, 0o2755)), libc::EPERM);
+    std::fs::write(dir.join("inside"), b"still writable").unwrap();
+    chmod(&file, 0o555).unwrap();
+    stop(host);
+    run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+    let attrs = String::from_utf8(run_ok("mattrib", &["-i", img.to_str().unwrap(), "::/file", "::/dir"])).unwrap();
+    let flags = |name: &str| attrs.lines().find(|l| l.contains(name)).unwrap().split("::").next().unwrap().to_string();
+    assert!(flags("/file").contains('R'), "{attrs}");
+    assert!(!flags("/dir").contains('R'), "{attrs}");
+    // quiet: the EPERM cases succeed, changing nothing.
+    let (host, mnt) = s.mount(&img, "quiet = true");
+    chmod(&mnt.join("dir"), 0o4755).unwrap();
+    assert_eq!(mode(&mnt.join("dir")), 0o755);
+    chmod(&mnt.join("file"), 0o4777).unwrap();
+    assert_eq!(mode(&mnt.join("file")), 0o555);
+    stop(host);
+}
+
+/// Reads update a stale access date (relatime, at FAT's one-day resolution) on a
+/// read-write mount; `noatime = true` and read-only mounts leave it.
+#[test]
+fn reads_update_the_access_date_unless_noatime() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Setup::new();
+    let img = s.mkfs(&["-F", "16"], 32 * 1024);
+    let y2001 = 978_307_200; // 2001-01-01 00:00 UTC, a midnight as FAT keeps access dates
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let today = now - now % 86400;
+    let atime = |mnt: &Path| {
+        // Past the attribute TTL (1 s), so the kernel asks plugfs again.
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        std::fs::metadata(mnt.join("data.bin")).unwrap().atime()
+    };
+    // The first mount makes the file; the read-only one finds its access date in 2001.
+    for (config, updated) in [("noatime = true", false), ("read_only = true", false), ("", true)] {
+        let (host, mnt) = s.mount(&img, config);
+        if !mnt.join("data.bin").exists() {
+            std::fs::write(mnt.join("data.bin"), pattern(10_000, 7)).unwrap();
+        }
+        if config != "read_only = true" {
+            set_times(&mnt.join("data.bin"), y2001, y2001).unwrap();
+            assert_eq!(atime(&mnt), y2001);
+        }
+        assert_eq!(std::fs::read(mnt.join("data.bin")).unwrap(), pattern(10_000, 7));
+        let want = if updated { today } else { y2001 };
+        assert_eq!(atime(&mnt), want, "{config:?}");
+        stop(host);
+        run_ok("fsck.fat", &["-n", img.to_str().unwrap()]);
+    }
+}
+
+/// `tz = "local"` with the host in UTC+5:30 (a POSIX TZ string, no tzdata needed): FAT
+/// holds wall-clock times of that zone, as mtools writes and shows them with the same TZ.
+#[test]
+fn tz_local_stores_and_reads_the_local_wall_clock_as_mtools_does() {
+    use std::os::unix::fs::MetadataExt;
+    const TZ: &str = "XYZ-5:30";
+    let s = Setup::new();
+    let img = s.mkfs(&[], 1440);
+    let i = img.to_str().unwrap();
+    // mtools writes a file whose modification time is 2021-03-04 10:20:30 UTC, in TZ.
+    let src = s.path("from mtools.txt");
+    std::fs::write(&src, b"mtools").unwrap();
+    set_times(&src, 1_614_853_230, 1_614_853_230).unwrap();
+    let out = Command::new("mcopy")
+        .args(["-m", "-i", i, src.to_str().unwrap(), "::/from mtools.txt"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("TZ", TZ)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (host, mnt) = s.mount_with(&img, "tz = \"local\"", |c| {
+        c.env("TZ", TZ);
+    });
+    assert_eq!(std::fs::metadata(mnt.join("from mtools.txt")).unwrap().mtime(), 1_614_853_230);
+    // Written through the mount with a modification time of 2020-06-15 12:00:00 UTC.
+    std::fs::write(mnt.join("through plugfs.txt"), b"plugfs").unwrap();
+    set_times(&mnt.join("through plugfs.txt"), 1_592_222_400, 1_592_222_400).unwrap();
+    stop(host);
+    let out = Command::new("mdir")
+        .args(["-i", i, "::/"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("LC_ALL", "C.UTF-8")
+        .env("TZ", TZ)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    // mdir shows the stored wall clock: 17:30 and 15:50 in UTC+5:30.
+    let line = |name: &str| listing.lines().find(|l| l.contains(name)).unwrap_or_default().to_string();
+    assert!(line("through plugfs").contains("2020-06-15  17:30"), "{listing}");
+    assert!(line("from mtools").contains("2021-03-04  15:50"), "{listing}");
+    run_ok("fsck.fat", &["-n", i]);
+}
+
+/// FAT has no xattrs: get, set and remove answer EOPNOTSUPP and the list is empty, as
+/// docs/fat.md says (vfat answers the same).
+#[test]
+fn xattr_calls_answer_the_documented_errnos() {
+    let s = Setup::new();
+    let img = s.mkfs(&[], 1440);
+    let (host, mnt) = s.mount(&img, "");
+    std::fs::write(mnt.join("file"), b"x").unwrap();
+    for p in [mnt.join("file"), mnt.clone()] {
+        let c = cpath(&p);
+        let name = c"user.test";
+        let mut buf = [0u8; 64];
+        let r = unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!((r, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EOPNOTSUPP)), "{p:?}");
+        let r = unsafe { libc::setxattr(c.as_ptr(), name.as_ptr(), b"v".as_ptr().cast(), 1, 0) };
+        assert_eq!((r, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EOPNOTSUPP)), "{p:?}");
+        let r = unsafe { libc::removexattr(c.as_ptr(), name.as_ptr()) };
+        assert_eq!((r, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EOPNOTSUPP)), "{p:?}");
+        let r = unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(r, 0, "{p:?}: listxattr lists nothing");
+    }
+    stop(host);
 }

@@ -42,7 +42,7 @@ pub fn image(data: &[u8]) -> usize {
     if std::io::Write::write_all(&mut &file, data).is_err() {
         return 0;
     }
-    let Ok(vol) = Volume::from_file(file, OpenOptions { read_only: true, tz_offset: 0 }) else { return 0 };
+    let Ok(vol) = Volume::from_file(file, OpenOptions { read_only: true, ..OpenOptions::default() }) else { return 0 };
     let _ = (vol.label(), vol.space());
     let mut visited = 0;
     let mut stack = vec![(ROOT, 0usize)];

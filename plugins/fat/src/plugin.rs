@@ -18,6 +18,7 @@ use plugfs_plugin_api::{
 };
 
 use crate::engine::dir::ATTR_READ_ONLY;
+use crate::engine::names::Codepage;
 use crate::engine::time::{self, FatTime};
 use crate::engine::{self, Ino, Meta, OpenOptions, Volume, mkfs};
 
@@ -57,6 +58,11 @@ struct Settings {
     tz: Option<String>,
     #[serde(default)]
     quiet: bool,
+    /// The OEM code page of short names (vfat's `codepage=`): 437 by default.
+    codepage: Option<u32>,
+    /// Never update access dates on reads (vfat's `noatime`; the default is `relatime`).
+    #[serde(default)]
+    noatime: bool,
     /// Only for `format` (`plugfs volume create --label`): the new volume's label.
     label: Option<String>,
 }
@@ -70,6 +76,23 @@ struct Presentation {
     dmask: u32,
     quiet: bool,
     tz_offset: i64,
+}
+
+/// vfat's `fat_sanitize_mode`: the permission bits a chmod to `mode` leaves on a node whose
+/// bits are now `cur` and whose mask is `mask`, or None when FAT cannot hold them. The read
+/// and execute bits must stay as they are (after the mask); the write bits are all (after
+/// the mask) or none when the node can hold the read-only attribute (a file whose mask
+/// leaves a write bit), else they must stay all. Directories cannot hold it (vfat without
+/// `rodir`): their write bits never change.
+fn sanitize_mode(mode: u32, cur: u32, mask: u32, is_file: bool) -> Option<u32> {
+    let perm = mode & 0o777 & !mask;
+    if perm & 0o555 != cur & 0o555 {
+        return None;
+    }
+    let (write, all_write) = (perm & 0o222, 0o222 & !mask);
+    let can_hold_ro = is_file && all_write != 0;
+    let ok = if can_hold_ro { write == 0 || write == all_write } else { write == all_write };
+    ok.then_some(perm)
 }
 
 fn mask(settings_value: Option<u32>, key: &str, default: u32) -> Result<u32, OpenError> {
@@ -96,7 +119,9 @@ impl Plugin for FatPlugin {
                           fmask = 0o133       # for files only (default: umask)\n\
                           dmask = 0o022       # for directories only (default: umask)\n\
                           tz = \"local\"        # \"local\" or \"UTC\": the clock FAT times are in\n\
-                          quiet = false       # chmod/chown that FAT cannot store succeed silently",
+                          quiet = false       # chmod/chown that FAT cannot store succeed silently\n\
+                          codepage = 437      # OEM code page of short names (437, 850, ...)\n\
+                          noatime = false     # true: reads never update the access date",
             capabilities: CAPABILITIES,
         }
     }
@@ -120,8 +145,15 @@ impl Plugin for FatPlugin {
             quiet: s.quiet,
             tz_offset,
         };
+        let codepage = match s.codepage {
+            None => Codepage::default(),
+            Some(n) => u16::try_from(n).ok().and_then(Codepage::new).ok_or_else(|| {
+                let known: Vec<String> = Codepage::supported().iter().map(u16::to_string).collect();
+                OpenError::config("codepage", format!("{n} is not a supported OEM code page ({})", known.join(", ")))
+            })?,
+        };
         let read_only = s.read_only || options.read_only;
-        let vol = Volume::open(&s.image, OpenOptions { read_only, tz_offset })
+        let vol = Volume::open(&s.image, OpenOptions { read_only, tz_offset, codepage, noatime: s.noatime })
             .map_err(|e| OpenError::other(format!("{}: {e}", s.image.display())))?;
         tracing::info!(
             image = %s.image.display(),
@@ -339,21 +371,25 @@ impl FileSystem for FatFs {
         let vol = &self.vol;
         let p = self.presentation;
         let cur = self.attr_out(node)?.attr;
-        if set.uid.is_some_and(|u| u != cur.uid) || set.gid.is_some_and(|g| g != cur.gid) {
-            self.refuse("an owner or group")?;
+        // As vfat's `fat_setattr`: another owner or group, or mode bits beyond 0o777
+        // (set-user-ID, set-group-ID, sticky), are EPERM, or with `quiet` end the call
+        // successfully with nothing changed.
+        let foreign_owner = set.uid.is_some_and(|u| u != cur.uid) || set.gid.is_some_and(|g| g != cur.gid);
+        if foreign_owner || set.mode.is_some_and(|m| m & 0o7777 & !0o777 != 0) {
+            self.refuse("an owner, group or set-user-ID, set-group-ID or sticky bit")?;
+            return Ok(AttrOut { attr: cur, ttl: TTL });
         }
         if let Some(mode) = set.mode {
-            let mode = mode & 0o7777;
             let is_dir = cur.kind == FileKind::Directory;
-            let allowed = 0o777 & !if is_dir { p.dmask } else { p.fmask };
-            // Like vfat: only the write bits may change (they map to the read-only
-            // attribute), and only all of them at once.
-            let write = mode & 0o222;
-            if mode & !0o222 != allowed & !0o222 || (write != 0 && write != allowed & 0o222) {
-                self.refuse("these permission bits")?;
-            } else if !is_dir {
+            let mask = if is_dir { p.dmask } else { p.fmask };
+            // A mode FAT cannot hold is ignored, successfully, as vfat does ("We don't
+            // return -EPERM here. Yes, strange, but this is too old behavior."). A
+            // directory's mode it can hold is the one it has: nothing to store.
+            if let Some(perm) = sanitize_mode(mode, cur.perm as u32, mask, !is_dir)
+                && !is_dir
+            {
                 let m = vol.stat(node).map_err(errno)?;
-                let attr = if write == 0 { m.attr | ATTR_READ_ONLY } else { m.attr & !ATTR_READ_ONLY };
+                let attr = if perm & 0o222 == 0 { m.attr | ATTR_READ_ONLY } else { m.attr & !ATTR_READ_ONLY };
                 if attr != m.attr {
                     vol.set_attributes(node, attr).map_err(errno)?;
                 }
@@ -555,7 +591,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = image(dir.path());
         let base = format!("image = {:?}\n", img.to_str().unwrap());
-        for (extra, key) in [("umask = 0o1777", "umask"), ("tz = \"Mars\"", "tz"), ("colour = 1", "colour")] {
+        for (extra, key) in [
+            ("umask = 0o1777", "umask"),
+            ("tz = \"Mars\"", "tz"),
+            ("colour = 1", "colour"),
+            ("codepage = 1234", "codepage"),
+            ("codepage = 70000", "codepage"),
+        ] {
             let e = open(&format!("{base}{extra}\n")).err().expect("refused");
             assert_eq!(e.key.as_deref(), Some(key), "{e}");
         }
@@ -597,7 +639,10 @@ mod tests {
         assert_eq!(fs.setattr(&req, f.node, &set).unwrap().attr.perm, 0o440);
         let set = SetAttr { mode: Some(0o640), ..SetAttr::default() };
         assert_eq!(fs.setattr(&req, f.node, &set).unwrap().attr.perm, 0o640);
+        // A mode FAT cannot hold is ignored, successfully, as on vfat.
         let set = SetAttr { mode: Some(0o600), ..SetAttr::default() };
+        assert_eq!(fs.setattr(&req, f.node, &set).unwrap().attr.perm, 0o640);
+        let set = SetAttr { mode: Some(0o4640), ..SetAttr::default() };
         assert_eq!(fs.setattr(&req, f.node, &set).unwrap_err().errno(), Errno::EPERM);
         let set = SetAttr { uid: Some(42), gid: Some(43), ..SetAttr::default() };
         assert!(fs.setattr(&req, f.node, &set).is_ok(), "the owner it already has is fine");

@@ -272,7 +272,8 @@ fn known_or_alias(name: &str, known: &HashSet<String>) -> bool {
 /// bytes. Directories the engine cannot read (a chain cut short) are fsck.fat's to repair
 /// and not walked.
 fn stray_names(img: &Path, known: &HashSet<String>) -> Vec<String> {
-    let vol = Volume::open(img, OpenOptions { read_only: true, tz_offset: 0 }).expect("the cut image mounts");
+    let vol =
+        Volume::open(img, OpenOptions { read_only: true, ..OpenOptions::default() }).expect("the cut image mounts");
     let mut stray = Vec::new();
     let mut todo = vec![(ROOT, String::from("/"))];
     while let Some((dir, path)) = todo.pop() {
@@ -373,7 +374,7 @@ fn check_cut(
     let i = img.to_str().unwrap();
     let due: Vec<&Expect> =
         expect.iter().filter(|e| e.from <= cut && (cut <= e.until || e.renamed_to.is_some())).collect();
-    let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 })
+    let mut vol = Volume::open(&img, OpenOptions { read_only: true, ..OpenOptions::default() })
         .map_err(|e| format!("the engine cannot mount the repaired image: {e}"))?;
     for e in &due {
         let names: Vec<&str> =
@@ -909,7 +910,7 @@ fn mt_check_cut(
     let repair = repair_cut(work, start, ops, torn, mode)?;
     let img = work.join("cut.img");
     let i = img.to_str().unwrap();
-    let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 })
+    let mut vol = Volume::open(&img, OpenOptions { read_only: true, ..OpenOptions::default() })
         .map_err(|e| format!("the engine cannot mount the repaired image: {e}"))?;
     // The whole tree out with one mcopy (the namespace thread's leftovers included).
     let out = work.join("out");
@@ -1136,7 +1137,8 @@ fn a_directory_never_grows_by_a_cluster_of_old_bytes_when_another_thread_flushes
     // Everything up to the other thread's fsync is durable: a power cut or crash there.
     let repair = repair_cut(work.path(), &start, &ops, None, Repair::OnePass)
         .unwrap_or_else(|e| panic!("a crash right after another thread's fsync: {e}"));
-    let mut vol = Volume::open(&work.path().join("cut.img"), OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    let mut vol =
+        Volume::open(&work.path().join("cut.img"), OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap();
     assert!(engine_read(&mut vol, "kept.bin").unwrap() == data, "kept.bin damaged; the repair said:\n{repair}");
     let dir = vol.lookup(ROOT, "grows").unwrap();
     let names: Vec<String> = vol.list(dir, None, 100).unwrap().into_iter().map(|l| l.name).collect();

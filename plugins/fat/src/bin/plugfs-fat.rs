@@ -124,7 +124,7 @@ fn mkfs(
 }
 
 fn info(image: PathBuf) -> Result<(), String> {
-    let vol = Volume::open(&image, OpenOptions { read_only: true, tz_offset: 0 })
+    let vol = Volume::open(&image, OpenOptions { read_only: true, ..OpenOptions::default() })
         .map_err(|e| format!("{}: {e}", image.display()))?;
     let b = vol.bpb();
     let space = vol.space();
@@ -157,8 +157,9 @@ fn info(image: PathBuf) -> Result<(), String> {
 
 fn label(image: PathBuf, new_label: Option<String>) -> Result<(), String> {
     let read_only = new_label.is_none();
-    let vol = Volume::open(&image, OpenOptions { read_only, tz_offset: plugfs_fat::engine::time::local_offset() })
-        .map_err(|e| format!("{}: {e}", image.display()))?;
+    let options =
+        OpenOptions { read_only, tz_offset: plugfs_fat::engine::time::local_offset(), ..OpenOptions::default() };
+    let vol = Volume::open(&image, options).map_err(|e| format!("{}: {e}", image.display()))?;
     match new_label {
         Some(l) => vol.set_label(&l).and_then(|()| vol.unmount()).map_err(|e| format!("{}: {e}", image.display())),
         None => {

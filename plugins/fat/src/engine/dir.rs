@@ -3,7 +3,7 @@
 //! entries that do not link up (wrong order, wrong checksum) are ignored and the short name
 //! is used, as Windows and Linux do.
 
-use super::names::{self, checksum, lfn_units};
+use super::names::{self, Codepage, checksum, lfn_units};
 use super::time::FatTime;
 
 pub const ATTR_READ_ONLY: u8 = 0x01;
@@ -95,8 +95,14 @@ pub struct Listing {
     pub end: u32,
 }
 
-/// Parses a directory's bytes. Never panics; garbage entries are skipped.
+/// Parses a directory's bytes, short names in code page 437. Never panics; garbage
+/// entries are skipped.
 pub fn parse(bytes: &[u8]) -> Listing {
+    parse_with(bytes, Codepage::default())
+}
+
+/// [`parse`], short names decoded with code page `cp`.
+pub fn parse_with(bytes: &[u8], cp: Codepage) -> Listing {
     let mut out = Listing::default();
     let mut lfn: Vec<u16> = Vec::new();
     let mut lfn_start = 0u32;
@@ -151,7 +157,7 @@ pub fn parse(bytes: &[u8]) -> Listing {
         };
         let (name, first_slot) = match long {
             Some(n) => (n, lfn_start),
-            None => (names::short_to_display(&entry.name, entry.nt_flags), slot as u32),
+            None => (names::short_to_display(&entry.name, entry.nt_flags, cp), slot as u32),
         };
         if name.is_empty() || name.contains('/') || name.contains('\0') || name == "." || name == ".." {
             tracing::warn!(slot, "skipping a directory entry with an unusable name");

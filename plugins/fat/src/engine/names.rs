@@ -14,13 +14,24 @@ pub const LCASE_EXT: u8 = 0x10;
 /// Longest long name, in UTF-16 units.
 pub const MAX_LFN_UNITS: usize = 255;
 
-/// The long name as it will be stored: trailing dots and spaces are dropped, as Linux vfat
-/// does (`vfat_striptail_len`); empty, too long, or containing a character FAT forbids is
-/// refused with the errno vfat gives (EINVAL, ENAMETOOLONG).
+/// A name as vfat stores and looks it up: trailing dots dropped (`vfat_striptail_len`),
+/// nothing else; `foo.` is `foo`, while `foo ` stays `foo ` (and is refused on create).
+pub fn strip_tail(name: &str) -> &str {
+    name.trim_end_matches('.')
+}
+
+/// The long name as it will be stored: trailing dots are dropped, as Linux vfat does
+/// (`vfat_striptail_len`), and what is left is refused with the errno vfat gives: nothing
+/// left (a name of only dots) `ENOENT` (`vfat_add_entry`), a trailing space, a control
+/// character or one of `" * / : < > ? \ |` `EINVAL` (`vfat_valid_longname`), over 255
+/// UTF-16 units `ENAMETOOLONG`.
 pub fn check_long_name(name: &str) -> Result<&str> {
-    let stripped = name.trim_end_matches(['.', ' ']);
+    let stripped = strip_tail(name);
     if stripped.is_empty() {
-        return Err(Error::InvalidName(format!("{name:?} is only dots or spaces")));
+        return Err(Error::NotFound);
+    }
+    if stripped.ends_with(' ') {
+        return Err(Error::InvalidName(format!("{name:?} ends in a space, which vfat refuses")));
     }
     if stripped.encode_utf16().count() > MAX_LFN_UNITS {
         return Err(Error::NameTooLong);
@@ -41,20 +52,92 @@ pub fn checksum(short: &[u8; 11]) -> u8 {
     short.iter().fold(0u8, |sum, &b| ((sum & 1) << 7).wrapping_add(sum >> 1).wrapping_add(b))
 }
 
-/// A short name as displayed: `NAME.EXT`, with the NT lower-case flags applied. Bytes
-/// above 0x7F are shown as Latin-1 (short names this engine writes are ASCII).
-pub fn short_to_display(short: &[u8; 11], nt_flags: u8) -> String {
+/// The OEM code page short names are stored in, as vfat's `codepage=` option (default
+/// 437): bytes above 0x7F in a short name are characters of this code page. Every code
+/// page the `oem_cp` crate has a table for is supported (437, 720, 737, 775, 850, 852,
+/// 855, 857, 858, 860 to 866, 869, 874).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Codepage(u16);
+
+impl Default for Codepage {
+    fn default() -> Codepage {
+        Codepage(437)
+    }
+}
+
+impl Codepage {
+    /// Code page `number`, None when there is no table for it.
+    pub fn new(number: u16) -> Option<Codepage> {
+        oem_cp::code_table::DECODING_TABLE_CP_MAP.contains_key(&number).then_some(Codepage(number))
+    }
+
+    /// The code page's number.
+    pub fn number(self) -> u16 {
+        self.0
+    }
+
+    /// Every supported code page, in order.
+    pub fn supported() -> Vec<u16> {
+        let mut all: Vec<u16> = oem_cp::code_table::DECODING_TABLE_CP_MAP.keys().copied().collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// The character byte `b` stands for; `?` for a byte the code page leaves undefined, as
+    /// vfat shows it.
+    pub fn decode(self, b: u8) -> char {
+        use oem_cp::code_table_type::TableType;
+        if b < 0x80 {
+            return b as char;
+        }
+        match oem_cp::code_table::DECODING_TABLE_CP_MAP.get(&self.0) {
+            Some(TableType::Complete(t)) => t[(b - 0x80) as usize],
+            Some(TableType::Incomplete(t)) => t[(b - 0x80) as usize].unwrap_or('?'),
+            None => '?',
+        }
+    }
+
+    /// The byte for `c`, None when the code page has none.
+    pub fn encode(self, c: char) -> Option<u8> {
+        if c.is_ascii() {
+            return Some(c as u8);
+        }
+        oem_cp::code_table::ENCODING_TABLE_CP_MAP.get(&self.0)?.get(&c).copied()
+    }
+}
+
+/// A short name as displayed: `NAME.EXT`, its bytes decoded with code page `cp` (as vfat
+/// and mtools do), with the NT lower-case flags applied.
+pub fn short_to_display(short: &[u8; 11], nt_flags: u8, cp: Codepage) -> String {
     let mut raw = *short;
     if raw[0] == 0x05 {
         raw[0] = 0xE5;
     }
     let conv = |bytes: &[u8], lower: bool| -> String {
-        let s: String = bytes.iter().map(|&b| b as char).collect::<String>().trim_end_matches(' ').to_string();
-        if lower { s.to_ascii_lowercase() } else { s }
+        let s: String = bytes.iter().map(|&b| cp.decode(b)).collect::<String>().trim_end_matches(' ').to_string();
+        if lower { s.chars().map(single_lower).collect() } else { s }
     };
     let base = conv(&raw[..8], nt_flags & LCASE_BASE != 0);
     let ext = conv(&raw[8..], nt_flags & LCASE_EXT != 0);
     if ext.is_empty() { base } else { format!("{base}.{ext}") }
+}
+
+/// `c` in lower case when that is one character, else `c`.
+fn single_lower(c: char) -> char {
+    let mut l = c.to_lowercase();
+    match (l.next(), l.next()) {
+        (Some(x), None) => x,
+        _ => c,
+    }
+}
+
+/// `c` in upper case when that is one character, else `c` (`ß` stays `ß`, as in vfat).
+fn single_upper(c: char) -> char {
+    let mut u = c.to_uppercase();
+    match (u.next(), u.next()) {
+        (Some(x), None) => x,
+        _ => c,
+    }
 }
 
 fn short_char_ok(c: char) -> bool {
@@ -109,22 +192,23 @@ fn exact_short(name: &str) -> Option<([u8; 11], u8)> {
 }
 
 /// The short name for long name `name` in a directory whose short names are `taken`,
-/// generated as Windows does: the long name upper-cased with spaces and leading dots
-/// removed and characters a short name cannot hold replaced by `_`, base cut to 8 and
-/// extension to 3; a numeric tail `~1` .. `~4` when the name was changed or collides, and
-/// after that the hashed form (two characters, four hex digits of a hash, `~1` .. `~9`).
-pub fn short_name_for(name: &str, taken: &HashSet<[u8; 11]>) -> Result<StoredName> {
+/// generated as Windows and vfat do: the long name upper-cased with spaces and leading
+/// dots removed, characters a short name cannot hold (or code page `cp` has no byte for)
+/// replaced by `_`, base cut to 8 and extension to 3; a numeric tail `~1` .. `~4` when the
+/// name was changed or collides, and after that the hashed form (two characters, four hex
+/// digits of a hash, `~1` .. `~9`). Non-ASCII characters the code page holds are kept,
+/// in its encoding, as vfat does (`é` is `É`, byte 0x90 in code page 437).
+pub fn short_name_for(name: &str, taken: &HashSet<[u8; 11]>, cp: Codepage) -> Result<StoredName> {
     // Exactly representable: no long name needed when the case is carried by flags.
     if let Some((short, nt_flags)) = exact_short(name).filter(|(short, _)| !taken.contains(short)) {
         return Ok(StoredName { short, nt_flags, needs_lfn: false });
     }
-    let upper = name.to_uppercase();
-    let trimmed = upper.trim_start_matches('.');
+    let trimmed = name.trim_start_matches('.');
     let (base_src, ext_src) = match trimmed.rfind('.') {
         Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
         None => (trimmed, ""),
     };
-    let mut lossy = trimmed.len() != upper.len();
+    let mut lossy = trimmed.len() != name.len();
     let mut convert = |s: &str, max: usize| -> Vec<u8> {
         let mut out = Vec::new();
         for c in s.chars() {
@@ -136,11 +220,18 @@ pub fn short_name_for(name: &str, taken: &HashSet<[u8; 11]>) -> Result<StoredNam
                 lossy = true;
                 break;
             }
-            if short_char_ok(c) {
-                out.push(c as u8);
+            let upper = single_upper(c);
+            let byte = if upper.is_ascii() {
+                Some(upper as u8).filter(|&b| short_char_ok(b as char))
             } else {
-                lossy = true;
-                out.push(b'_');
+                cp.encode(upper).or_else(|| cp.encode(c))
+            };
+            match byte {
+                Some(b) => out.push(b),
+                None => {
+                    lossy = true;
+                    out.push(b'_');
+                }
             }
         }
         out
@@ -232,6 +323,8 @@ pub fn lfn_units(e: &[u8]) -> [u16; 13] {
 mod tests {
     use super::*;
 
+    const CP: Codepage = Codepage(437);
+
     fn short(s: &str) -> [u8; 11] {
         s.as_bytes().try_into().unwrap()
     }
@@ -239,15 +332,15 @@ mod tests {
     #[test]
     fn names_that_fit_8_3_in_one_case_need_no_long_name() {
         let none = HashSet::new();
-        let n = short_name_for("readme.txt", &none).unwrap();
+        let n = short_name_for("readme.txt", &none, CP).unwrap();
         assert_eq!((n.short, n.nt_flags, n.needs_lfn), (short("README  TXT"), LCASE_BASE | LCASE_EXT, false));
-        let n = short_name_for("README.txt", &none).unwrap();
+        let n = short_name_for("README.txt", &none, CP).unwrap();
         assert_eq!((n.nt_flags, n.needs_lfn), (LCASE_EXT, false));
-        let n = short_name_for("ReadMe.txt", &none).unwrap();
+        let n = short_name_for("ReadMe.txt", &none, CP).unwrap();
         // Windows keeps the plain upper-case short name when it is not taken.
         assert_eq!((n.short, n.needs_lfn), (short("README  TXT"), true));
         let taken = HashSet::from([short("README  TXT")]);
-        assert_eq!(short_name_for("ReadMe.txt", &taken).unwrap().short, short("README~1TXT"));
+        assert_eq!(short_name_for("ReadMe.txt", &taken, CP).unwrap().short, short("README~1TXT"));
     }
 
     #[test]
@@ -255,7 +348,7 @@ mod tests {
         let mut taken = HashSet::new();
         let mut seen = Vec::new();
         for _ in 0..6 {
-            let n = short_name_for("Long File Name.html", &taken).unwrap();
+            let n = short_name_for("Long File Name.html", &taken, CP).unwrap();
             assert!(n.needs_lfn);
             taken.insert(n.short);
             seen.push(String::from_utf8_lossy(&n.short).into_owned());
@@ -267,19 +360,51 @@ mod tests {
 
     #[test]
     fn invalid_short_characters_become_underscores() {
-        let n = short_name_for("a+b,c;d=é.t[x", &HashSet::new()).unwrap();
+        let n = short_name_for("a+b,c;d=€.t[x", &HashSet::new(), CP).unwrap();
         assert_eq!(&n.short, b"A_B_C_~1T_X");
-        let n = short_name_for(".bashrc", &HashSet::new()).unwrap();
+        let n = short_name_for(".bashrc", &HashSet::new(), CP).unwrap();
         assert_eq!(&n.short, b"BASHRC~1   ");
     }
 
     #[test]
     fn long_names_are_checked_like_vfat() {
         assert_eq!(check_long_name("a.").unwrap(), "a");
-        assert!(matches!(check_long_name("..."), Err(Error::InvalidName(_))));
+        assert_eq!(check_long_name("a b.c").unwrap(), "a b.c");
+        // vfat strips trailing dots only: a trailing space is EINVAL, a name of only dots
+        // (nothing left) ENOENT.
+        assert!(matches!(check_long_name("foo "), Err(Error::InvalidName(_))));
+        assert!(matches!(check_long_name("foo. "), Err(Error::InvalidName(_))));
+        assert!(matches!(check_long_name("foo ."), Err(Error::InvalidName(_))));
+        assert!(matches!(check_long_name(" "), Err(Error::InvalidName(_))));
+        assert_eq!(check_long_name("...").unwrap_err().errno(), libc::ENOENT);
+        assert_eq!(check_long_name("foo ").unwrap_err().errno(), libc::EINVAL);
         assert!(matches!(check_long_name("a:b"), Err(Error::InvalidName(_))));
         assert!(matches!(check_long_name(&"x".repeat(256)), Err(Error::NameTooLong)));
         assert!(check_long_name(&"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn short_names_are_decoded_and_encoded_with_the_oem_code_page() {
+        let mut raw = short("XPFEL   TXT");
+        raw[0] = 0x8E;
+        assert_eq!(short_to_display(&raw, 0, CP), "ÄPFEL.TXT");
+        assert_eq!(short_to_display(&raw, LCASE_BASE | LCASE_EXT, CP), "äpfel.txt");
+        raw[0] = 0x9B;
+        assert_eq!(short_to_display(&raw, 0, CP), "¢PFEL.TXT");
+        assert_eq!(short_to_display(&raw, 0, Codepage::new(850).unwrap()), "øPFEL.TXT");
+        // A deleted-looking first byte 0x05 stands for 0xE5 (σ in 437).
+        raw[0] = 0x05;
+        assert_eq!(short_to_display(&raw, 0, CP), "σPFEL.TXT");
+        // Creating: characters the code page holds are kept, upper-cased, in its encoding.
+        let n = short_name_for("äpfel.txt", &HashSet::new(), CP).unwrap();
+        assert_eq!((n.short[0], &n.short[1..], n.needs_lfn), (0x8E, &b"PFEL   TXT"[..], true));
+        let n = short_name_for("café.txt", &HashSet::new(), CP).unwrap();
+        assert_eq!(&n.short, b"CAF\x90    TXT");
+        // Characters it lacks become `_` with a numeric tail.
+        let n = short_name_for("€uro.txt", &HashSet::new(), CP).unwrap();
+        assert_eq!(&n.short, b"_URO~1  TXT");
+        assert!(Codepage::new(437).is_some() && Codepage::new(850).is_some() && Codepage::new(1234).is_none());
+        assert!(Codepage::supported().contains(&866));
     }
 
     #[test]

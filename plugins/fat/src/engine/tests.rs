@@ -128,7 +128,7 @@ fn check_reads_mtools_tree(mkfs_args: &[&str], kib: u64, want: FatType) {
     let img = mkfs(dir.path(), mkfs_args, kib);
     let tree = sample_tree();
     fill_with_mtools(&img, &tree);
-    let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    let mut vol = Volume::open(&img, OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap();
     assert_eq!(vol.bpb().fat_type, want);
     let got = walk(&mut vol);
     assert_eq!(got.keys().collect::<Vec<_>>(), tree.keys().collect::<Vec<_>>());
@@ -188,7 +188,7 @@ fn mdir_names(img: &Path, path: &str) -> Vec<String> {
 }
 
 fn open_rw(img: &Path) -> Volume {
-    Volume::open(img, OpenOptions { read_only: false, tz_offset: 0 }).unwrap()
+    Volume::open(img, OpenOptions::default()).unwrap()
 }
 
 fn check_engine_writes(mkfs_args: &[&str], kib: u64) {
@@ -300,7 +300,7 @@ fn check_engine_writes(mkfs_args: &[&str], kib: u64) {
     let label = run_ok("mlabel", &["-s", "-i", img.to_str().unwrap(), "::"]);
     assert!(String::from_utf8_lossy(&label).contains("PLUGFS"), "{}", String::from_utf8_lossy(&label));
     // And a second mount sees it all too.
-    let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    let mut vol = Volume::open(&img, OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap();
     assert_eq!(walk(&mut vol), want);
 }
 
@@ -355,7 +355,7 @@ fn read_only_volumes_refuse_changes() {
     let dir = tempfile::tempdir().unwrap();
     let img = mkfs(dir.path(), &[], 1440);
     let before = std::fs::read(&img).unwrap();
-    let vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    let vol = Volume::open(&img, OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap();
     assert!(matches!(vol.create(ROOT, "x", false), Err(Error::ReadOnly)));
     drop(vol);
     assert!(std::fs::read(&img).unwrap() == before);
@@ -460,7 +460,7 @@ fn a_long_name_starts_in_the_next_sector_and_the_slots_skipped_stay_usable() {
     fsck(&img);
     names.sort();
     assert_eq!(mdir_names(&img, "d"), names);
-    let vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    let vol = Volume::open(&img, OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap();
     let d = vol.lookup(ROOT, "d").unwrap();
     assert_eq!(vol.list(d, None, usize::MAX).unwrap().len(), names.len());
 }
@@ -474,7 +474,7 @@ fn a_looping_chain_is_eio_on_that_file_only() {
     tree.insert("fine.bin".to_string(), Some(pattern(10_000, 2)));
     fill_with_mtools(&img, &tree);
     let (cluster, fat_at) = {
-        let vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+        let vol = Volume::open(&img, OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap();
         let ino = vol.lookup(ROOT, "loop.bin").unwrap();
         let first = vol.first_cluster(ino).unwrap();
         (first, vol.bpb().fat_offset(0))
@@ -488,7 +488,7 @@ fn a_looping_chain_is_eio_on_that_file_only() {
     let at = fat_at as usize + 2 * second as usize;
     bytes[at..at + 2].copy_from_slice(&(cluster as u16).to_le_bytes());
     std::fs::write(&img, &bytes).unwrap();
-    let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    let mut vol = Volume::open(&img, OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap();
     let bad = vol.lookup(ROOT, "loop.bin").unwrap();
     let err = vol.read(bad, 0, &mut [0u8; 100]).unwrap_err();
     assert!(matches!(err, Error::Corrupt(ref m) if m.contains("loops")), "{err}");
@@ -563,7 +563,7 @@ fn a_file_sharing_clusters_with_another_is_eio_and_never_written() {
     tree.insert("B.BIN".to_string(), Some(pattern(10_000, 2)));
     fill_with_mtools(&img, &tree);
     let (a_cluster, root_at) = {
-        let vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+        let vol = Volume::open(&img, OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap();
         let a = vol.lookup(ROOT, "A.BIN").unwrap();
         (vol.first_cluster(a).unwrap(), vol.bpb().root_dir_offset as usize)
     };
@@ -627,14 +627,14 @@ fn a_fat32_volume_with_mirroring_off_is_read_from_its_active_fat() {
     let mut tree = BTreeMap::new();
     tree.insert("data.bin".to_string(), Some(pattern(50_000, 4)));
     fill_with_mtools(&img, &tree);
-    let bpb = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap().bpb().clone();
+    let bpb = Volume::open(&img, OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap().bpb().clone();
     let mut bytes = std::fs::read(&img).unwrap();
     // Active FAT 1, mirroring off; FAT 0 wiped past its reserved entries.
     bytes[40..42].copy_from_slice(&0x81u16.to_le_bytes());
     let fat0 = bpb.fat_offset(0) as usize;
     bytes[fat0 + 12..fat0 + bpb.fat_bytes() as usize].fill(0);
     std::fs::write(&img, &bytes).unwrap();
-    let mut vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+    let mut vol = Volume::open(&img, OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap();
     assert_eq!(vol.bpb().active_fat, 1);
     let f = vol.lookup(ROOT, "data.bin").unwrap();
     assert_eq!(read_all(&mut vol, f), pattern(50_000, 4));
@@ -788,4 +788,142 @@ fn fat16_concurrent_writers_readers_and_a_creator_leave_a_clean_image() {
 #[test]
 fn fat32_concurrent_writers_readers_and_a_creator_leave_a_clean_image() {
     check_concurrent_io(&["-F", "32", "-s", "1"], 64 * 1024);
+}
+
+#[test]
+fn trailing_dots_are_dropped_and_trailing_spaces_refused_as_vfat_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &[], 1440);
+    {
+        let vol = open_rw(&img);
+        let foo = vol.create(ROOT, "foo.", false).unwrap();
+        assert_eq!(vol.name(foo).unwrap(), "foo");
+        // Lookup drops trailing dots as create does, and only dots.
+        assert_eq!(vol.lookup(ROOT, "FOO..").unwrap(), foo);
+        assert!(matches!(vol.lookup(ROOT, "foo "), Err(Error::NotFound)));
+        assert!(matches!(vol.lookup(ROOT, "..."), Err(Error::NotFound)));
+        for bad in ["bar ", "bar .", "bar. ", " "] {
+            let e = vol.create(ROOT, bad, false).unwrap_err();
+            assert_eq!(e.errno(), libc::EINVAL, "{bad:?}: {e}");
+            let e = vol.rename(ROOT, "foo", ROOT, bad, false).unwrap_err();
+            assert_eq!(e.errno(), libc::EINVAL, "rename to {bad:?}: {e}");
+        }
+        // Nothing left after the dots: vfat's create answers ENOENT.
+        assert_eq!(vol.create(ROOT, "...", true).unwrap_err().errno(), libc::ENOENT);
+        assert_eq!(vol.rename(ROOT, "foo", ROOT, "..", false).unwrap_err().errno(), libc::ENOENT);
+        let names: Vec<String> = vol.list(ROOT, None, 100).unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, ["foo"]);
+        // Spaces inside a name, and leading ones, are kept.
+        vol.create(ROOT, " a b", false).unwrap();
+    }
+    fsck(&img);
+    assert_eq!(mdir_names(&img, ""), [" a b", "foo"]);
+}
+
+/// Access dates as vfat's default `relatime` keeps them: a read sets a stale one to today
+/// (one entry write), never on a read-only volume or with `noatime`.
+#[test]
+fn a_read_updates_a_stale_access_date_unless_noatime_or_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "16"], 32 * 1024);
+    let old = time::FatTime::from_unix(978_307_200, 0, 0); // 2001-01-01
+    let today = time::now(0).date;
+    let access_date = |options: OpenOptions| {
+        let vol = Volume::open(&img, options).unwrap();
+        vol.stat(vol.lookup(ROOT, "read me.txt").unwrap()).unwrap().access_date
+    };
+    {
+        let vol = open_rw(&img);
+        let f = vol.create(ROOT, "read me.txt", false).unwrap();
+        vol.write(f, 0, b"some bytes").unwrap();
+        vol.set_times(f, Some(old), Some(old)).unwrap();
+    }
+    let ro = OpenOptions { read_only: true, ..OpenOptions::default() };
+    assert_eq!(access_date(ro), old.date);
+    let read_with = |options: OpenOptions| {
+        let vol = Volume::open(&img, options).unwrap();
+        let f = vol.lookup(ROOT, "read me.txt").unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(vol.read(f, 0, &mut buf).unwrap(), 10);
+        vol.stat(f).unwrap().access_date
+    };
+    // Read-only and noatime volumes leave it, in memory and on disk.
+    assert_eq!(read_with(ro), old.date);
+    assert_eq!(read_with(OpenOptions { noatime: true, ..OpenOptions::default() }), old.date);
+    assert_eq!(access_date(ro), old.date);
+    // A read-write volume sets it to today, on disk too.
+    assert_eq!(read_with(OpenOptions::default()), today);
+    assert_eq!(access_date(ro), today);
+    // An access date after the modification date and from today is left as it is: a
+    // second read writes nothing.
+    {
+        let vol = open_rw(&img);
+        let f = vol.lookup(ROOT, "read me.txt").unwrap();
+        let before = std::fs::read(&img).unwrap();
+        let mut buf = [0u8; 4];
+        vol.read(f, 0, &mut buf).unwrap();
+        let root = vol.bpb().root_dir_offset as usize;
+        assert!(std::fs::read(&img).unwrap()[root..root + 512] == before[root..root + 512], "the entry was rewritten");
+    }
+    fsck(&img);
+}
+
+#[test]
+fn a_new_label_reaches_the_root_entry_the_boot_sector_and_its_fat32_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "32", "-s", "1", "-n", "OLDNAME"], 64 * 1024);
+    {
+        let vol = open_rw(&img);
+        assert_eq!(vol.label().as_deref(), Some("OLDNAME"));
+        vol.set_label("New Label").unwrap();
+    }
+    let bytes = std::fs::read(&img).unwrap();
+    let backup = u16::from_le_bytes([bytes[50], bytes[51]]) as usize * 512;
+    assert!(backup > 0);
+    assert_eq!(&bytes[71..82], b"NEW LABEL  ");
+    assert!(bytes[..512] == bytes[backup..backup + 512], "the backup boot sector differs from the boot sector");
+    let out = run_ok("fsck.fat", &["-n", "-v", img.to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&out).contains("ifferences"), "{}", String::from_utf8_lossy(&out));
+    let vol = Volume::open(&img, OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap();
+    assert_eq!(vol.label().as_deref(), Some("NEW LABEL"));
+}
+
+/// Short names are in the OEM code page (437 unless configured): byte 0x8E is `Ä`, as
+/// mtools shows it, and names the code page holds are written in it.
+#[test]
+fn short_names_are_in_the_oem_code_page_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &[], 1440);
+    let mut tree = BTreeMap::new();
+    tree.insert("XPFEL.TXT".to_string(), Some(b"apples".to_vec()));
+    fill_with_mtools(&img, &tree);
+    let root = 19 * 512;
+    let mut bytes = std::fs::read(&img).unwrap();
+    let slot = (0..224).find(|s| &bytes[root + s * 32..root + s * 32 + 11] == b"XPFEL   TXT").unwrap();
+    bytes[root + slot * 32] = 0x8E;
+    std::fs::write(&img, &bytes).unwrap();
+    assert_eq!(mdir_names(&img, ""), ["ÄPFEL.TXT"]);
+    {
+        let vol = open_rw(&img);
+        let names: Vec<String> = vol.list(ROOT, None, 100).unwrap().into_iter().map(|e| e.name).collect();
+        assert_eq!(names, ["ÄPFEL.TXT"]);
+        assert_eq!(vol.lookup(ROOT, "äpfel.txt").unwrap(), vol.lookup(ROOT, "ÄPFEL.TXT").unwrap());
+        // A new name with characters code page 437 holds gets them in its short name.
+        let f = vol.create(ROOT, "café crème.txt", false).unwrap();
+        vol.write(f, 0, b"coffee").unwrap();
+    }
+    fsck(&img);
+    let mut names = mdir_names(&img, "");
+    names.sort();
+    assert_eq!(names, ["café crème.txt", "ÄPFEL.TXT"]);
+    // The short entry: CAFÉCR~1.TXT, É as 0x90.
+    let bytes = std::fs::read(&img).unwrap();
+    assert!((0..224).any(|s| &bytes[root + s * 32..root + s * 32 + 11] == b"CAF\x90CR~1TXT"));
+    // Code page 850 has Ä at 0x8E too.
+    let vol = Volume::open(
+        &img,
+        OpenOptions { read_only: true, codepage: names::Codepage::new(850).unwrap(), ..OpenOptions::default() },
+    )
+    .unwrap();
+    assert!(vol.lookup(ROOT, "ÄPFEL.TXT").is_ok());
 }

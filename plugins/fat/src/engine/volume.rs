@@ -54,7 +54,7 @@ use super::dir::{self, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_VOLUME_ID, DELETED, EN
 use super::error::{Error, Result};
 use super::fat::{Entry, Fat};
 use super::io::Disk;
-use super::names::{self, fold};
+use super::names::{self, Codepage, fold};
 use super::time::{self, FatTime};
 
 /// A node's id while the volume is mounted. The root is 1.
@@ -73,6 +73,11 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// Seconds the clock of this volume's timestamps is ahead of UTC.
     pub tz_offset: i64,
+    /// The OEM code page of short names (vfat's `codepage=`, 437 by default).
+    pub codepage: Codepage,
+    /// Never update access dates on reads (vfat's `noatime`). Without it a read updates
+    /// the access date as Linux's default `relatime` does, at FAT's one-day resolution.
+    pub noatime: bool,
 }
 
 /// What `stat` tells about a node.
@@ -164,6 +169,8 @@ pub struct Volume {
     file: Disk,
     bpb: Bpb,
     tz_offset: i64,
+    codepage: Codepage,
+    noatime: bool,
     fsinfo_ok: bool,
     read_only: AtomicBool,
     unmounted: AtomicBool,
@@ -282,6 +289,8 @@ impl Volume {
             file,
             bpb,
             tz_offset: options.tz_offset,
+            codepage: options.codepage,
+            noatime: options.noatime,
             fsinfo_ok,
             read_only: AtomicBool::new(options.read_only),
             unmounted: AtomicBool::new(false),
@@ -552,8 +561,44 @@ impl Volume {
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; fewer at the end of the file. Takes only
-    /// the file's lock, shared once its chain is cached.
+    /// the file's lock, shared once its chain is cached; then updates the access date when
+    /// it is stale (see [`Volume::note_access`]).
     pub fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let n = self.read_data(ino, offset, buf)?;
+        if let Err(e) = self.note_access(ino) {
+            tracing::warn!(file = self.name_for_error(ino), "updating the access date failed: {e}");
+        }
+        Ok(n)
+    }
+
+    /// After a read, the access date as Linux's default `relatime` keeps it, at FAT's
+    /// one-day resolution: set to today (in the mount's tz) when it is before today or not
+    /// after the modification date, and only then, so at most one 32-byte entry write per
+    /// file and day. Never on a read-only volume or with `noatime`.
+    fn note_access(&self, ino: Ino) -> Result<()> {
+        if self.noatime || self.is_read_only() {
+            return Ok(());
+        }
+        let today = self.now().date;
+        let stale =
+            |e: &ShortEntry| e.access_date != today && (e.access_date < today || e.access_date <= e.modified.date);
+        {
+            let ns = self.ns_read()?;
+            let node = ns.node(ino)?;
+            if !node.linked || !stale(&node.entry) {
+                return Ok(());
+            }
+        }
+        let mut ns = self.ns_write()?;
+        let node = ns.node_mut(ino)?;
+        if !stale(&node.entry) {
+            return Ok(());
+        }
+        node.entry.access_date = today;
+        ns.write_entry(self, ino)
+    }
+
+    fn read_data(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let cell = self.file_cell(ino)?;
         {
             let st = read(&cell)?;
@@ -742,7 +787,7 @@ impl Volume {
                 if state.index.contains_key(&fold(name)) {
                     return Err(Error::Exists);
                 }
-                let stored = names::short_name_for(name, &state.shorts)?;
+                let stored = names::short_name_for(name, &state.shorts, self.codepage)?;
                 entry.name = stored.short;
                 entry.nt_flags = stored.nt_flags;
                 parent_cluster = if dir == ROOT { 0 } else { ns.node(dir)?.entry.first_cluster };
@@ -778,7 +823,7 @@ impl Volume {
             if state.index.contains_key(&fold(name)) {
                 return Err(Error::Exists);
             }
-            let stored = names::short_name_for(name, &state.shorts)?;
+            let stored = names::short_name_for(name, &state.shorts, self.codepage)?;
             entry.name = stored.short;
             entry.nt_flags = stored.nt_flags;
             let (first_slot, slot) = ns.insert_entries(self, dir, name, &stored, &entry)?;
@@ -899,12 +944,13 @@ impl Volume {
             }
             None => ns.boot_label,
         };
-        let s: String = raw.iter().map(|&b| b as char).collect::<String>().trim_end().to_string();
+        let s: String = raw.iter().map(|&b| self.codepage.decode(b)).collect::<String>().trim_end().to_string();
         (!s.is_empty() && s != "NO NAME").then_some(s)
     }
 
     /// Sets the volume label (up to 11 characters that a short name may hold, stored in
-    /// upper case) in the root directory and the boot sector.
+    /// upper case) in the root directory, the boot sector and, on FAT32, the backup boot
+    /// sector (which `fsck.fat` compares with the boot sector).
     pub fn set_label(&self, label: &str) -> Result<()> {
         self.check_writable()?;
         let upper = label.to_uppercase();
@@ -930,8 +976,26 @@ impl Volume {
         state.label_slot = Some(slot);
         ns.write_dir_slots(self, ROOT, slot, 1)?;
         self.file.write_all_at(&raw, self.bpb.label_offset())?;
+        if let Some(at) = self.backup_boot_offset()? {
+            self.file.write_all_at(&raw, at + self.bpb.label_offset())?;
+        }
         ns.boot_label = raw;
         Ok(())
+    }
+
+    /// Byte offset of the FAT32 backup boot sector (BPB `BkBootSec`, usually sector 6),
+    /// when the BPB names one inside the reserved sectors and it holds a boot sector with
+    /// the extended signature (so writing its label field cannot hit anything else).
+    fn backup_boot_offset(&self) -> Result<Option<u64>> {
+        let b = &self.bpb;
+        let sector = b.backup_boot_sector;
+        if b.fat_type != FatType::Fat32 || sector == 0 || sector >= b.reserved_sectors {
+            return Ok(None);
+        }
+        let at = sector as u64 * b.bytes_per_sector as u64;
+        let mut s = [0u8; 512];
+        self.file.read_exact_at(&mut s, at)?;
+        Ok((s[510..512] == [0x55, 0xAA] && s[66] == 0x29).then_some(at))
     }
 }
 
@@ -1000,7 +1064,7 @@ impl Namespace {
             v.file.read_exact_at(&mut raw[at..at + len as usize], off)?;
             at += len as usize;
         }
-        let listing = dir::parse(&raw);
+        let listing = dir::parse_with(&raw, v.codepage);
         // Whatever follows the end marker is free; keep it zero in memory.
         let end_byte = listing.end as usize * ENTRY_SIZE;
         raw[end_byte..].fill(0);
@@ -1254,7 +1318,8 @@ impl Namespace {
             Ok(n) if !n.entry.is_dir() => return Some(Err(Error::NotDir)),
             Ok(n) => n.dir.as_ref()?,
         };
-        let name = name.trim_end_matches(['.', ' ']);
+        // As vfat: trailing dots are not part of a name (`foo.` is `foo`), spaces are.
+        let name = names::strip_tail(name);
         Some(state.index.get(&fold(name)).copied().ok_or(Error::NotFound))
     }
 
@@ -1422,7 +1487,7 @@ impl Namespace {
         // entry"), a repair the concurrent crash test saw overwrite other files' clusters.
         let mut taken = self.dir_state(new_dir)?.shorts.clone();
         taken.extend(replaced_short);
-        let stored = names::short_name_for(new_name, &taken)?;
+        let stored = names::short_name_for(new_name, &taken, v.codepage)?;
         entry.name = stored.short;
         entry.nt_flags = stored.nt_flags;
         // The new entry first, then the old one goes: a crash in between leaves two names
