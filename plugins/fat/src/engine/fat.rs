@@ -56,7 +56,7 @@ impl Fat {
             owned: vec![0; (bpb.cluster_count as usize + 2).div_ceil(64)],
         };
         fat.free = (2..=fat.max_cluster).filter(|&c| fat.raw(c) == 0).count() as u32;
-        let free_map = FreeMap::build(2, fat.max_cluster, |c| fat.raw(c) == 0);
+        let free_map = FreeMap::build(2, fat.max_cluster, |c| fat.raw(c) == 0 && !fat.straddles(c));
         fat.free_map = free_map;
         fat
     }
@@ -141,13 +141,25 @@ impl Fat {
         }
     }
 
+    /// Whether entry `cluster` straddles two sectors of the FAT: on FAT12, the entry
+    /// whose byte and a half crosses a sector boundary (2 in every 1,024 entries). Such
+    /// an entry is written as two sectors, and a crash between them (or a power cut that
+    /// keeps one) leaves it half old, half new: 12 bits naming any cluster, perhaps one of
+    /// another file, which `fsck.fat` then frees when it trims the chain. So the allocator
+    /// never hands these clusters out: a chain plugfs links never passes through one. They
+    /// stay free on disk (fsck.fat and other drivers see ordinary free clusters).
+    fn straddles(&self, cluster: u32) -> bool {
+        let at = cluster as usize + cluster as usize / 2;
+        self.fat_type == FatType::Fat12 && at % self.sector_size == self.sector_size - 1
+    }
+
     /// Sets entry `cluster`, keeping the free count and the free map.
     pub fn set(&mut self, cluster: u32, entry: Entry) {
         let was_free = self.raw(cluster) == 0;
         self.set_counted(cluster, entry);
         match (was_free, entry == Entry::Free) {
-            (true, false) => self.free_map.take(cluster, 1),
-            (false, true) => self.free_map.give(cluster),
+            (true, false) if !self.straddles(cluster) => self.free_map.take(cluster, 1),
+            (false, true) if !self.straddles(cluster) => self.free_map.give(cluster),
             _ => {}
         }
     }
@@ -287,8 +299,8 @@ impl Fat {
                 None => match self.free_map.largest() {
                     Some((s, l)) => (s, l.min(need)),
                     None => {
-                        // The count said there was room, the map disagrees: give back and
-                        // refuse rather than link clusters that are not free.
+                        // Only free clusters the allocator never uses (FAT12 entries that
+                        // straddle sectors) are left: give back and refuse.
                         for &(s, l) in &runs {
                             (s..s + l).for_each(|c| self.free_map.give(c));
                         }
@@ -335,16 +347,20 @@ impl Fat {
         }
     }
 
-    /// Takes the sectors changed since the last call, with their bytes: (byte offset inside
-    /// the FAT, bytes).
+    /// Takes the sectors changed since the last call as runs of consecutive sectors, with
+    /// their bytes: (byte offset inside the FAT, bytes). One write per run: fewer IOs, and
+    /// a crash of the process cannot land between two sectors of one run.
     pub fn take_dirty(&mut self) -> Vec<(u64, &[u8])> {
         let sectors = std::mem::take(&mut self.dirty_sectors);
         let ss = self.sector_size;
-        sectors
-            .into_iter()
-            .filter(|&s| (s + 1) * ss <= self.bytes.len())
-            .map(|s| ((s * ss) as u64, &self.bytes[s * ss..(s + 1) * ss]))
-            .collect()
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for s in sectors.into_iter().filter(|&s| (s + 1) * ss <= self.bytes.len()) {
+            match runs.last_mut() {
+                Some((_, end)) if *end == s => *end = s + 1,
+                _ => runs.push((s, s + 1)),
+            }
+        }
+        runs.into_iter().map(|(a, b)| ((a * ss) as u64, &self.bytes[a * ss..b * ss])).collect()
     }
 
     /// The clean-shutdown and no-error bits some tools keep in FAT entry 1 are left alone;
@@ -360,8 +376,17 @@ mod tests {
 
     /// An empty FAT32 FAT of `clusters` data clusters (entries 0 and 1 reserved).
     fn fat32(clusters: u32) -> Fat {
+        empty(FatType::Fat32, clusters)
+    }
+
+    fn empty(fat_type: FatType, clusters: u32) -> Fat {
+        let bytes_per_entry_x2 = match fat_type {
+            FatType::Fat12 => 3,
+            FatType::Fat16 => 4,
+            FatType::Fat32 => 8,
+        };
         let bpb = Bpb {
-            fat_type: FatType::Fat32,
+            fat_type,
             bytes_per_sector: 512,
             sectors_per_cluster: 1,
             reserved_sectors: 32,
@@ -369,7 +394,7 @@ mod tests {
             root_entries: 0,
             total_sectors: 0,
             media: 0xF8,
-            sectors_per_fat: (4 * (clusters + 2)).div_ceil(512),
+            sectors_per_fat: (bytes_per_entry_x2 * (clusters + 2)).div_ceil(2 * 512),
             root_cluster: 2,
             fsinfo_sector: 1,
             backup_boot_sector: 6,
@@ -383,7 +408,7 @@ mod tests {
             active_fat: 0,
         };
         let mut bytes = vec![0u8; 512 * bpb.sectors_per_fat as usize];
-        bytes[..8].copy_from_slice(&[0xF8, 0xFF, 0xFF, 0x0F, 0xFF, 0xFF, 0xFF, 0x0F]);
+        bytes[..3].copy_from_slice(&[0xF8, 0xFF, 0xFF]);
         Fat::new(&bpb, bytes)
     }
 
@@ -447,6 +472,43 @@ mod tests {
         assert_eq!(fat.free_clusters(), 0);
         assert_eq!(fat.free_runs(), 0);
         assert_in_step(&fat);
+    }
+
+    #[test]
+    fn fat12_entries_that_straddle_two_sectors_are_never_allocated() {
+        // 3,000 clusters: a FAT of 9 sectors, with entries 341, 682, 1365, 1706, 2389 and
+        // 2730 crossing a sector boundary (a byte and a half each, at bytes 511-512 and so
+        // on).
+        let mut fat = empty(FatType::Fat12, 3000);
+        let straddling: Vec<u32> = (2..=fat.max_cluster).filter(|&c| fat.straddles(c)).collect();
+        assert_eq!(straddling, [341, 682, 1365, 1706, 2389, 2730]);
+        let free = fat.free_clusters();
+        let all = fat.allocate(None, free - 6).unwrap();
+        assert!(all.iter().all(|c| !straddling.contains(c)));
+        // What is left are the six, which FAT still counts as free but nothing gets.
+        assert_eq!(fat.free_clusters(), 6);
+        assert!(matches!(fat.allocate(None, 1), Err(Error::NoSpace)));
+        // A chain through one (made by another tool), freed: it stays out of the map.
+        fat.set(340, Entry::Next(341));
+        fat.set(341, Entry::End);
+        fat.free_chain(&[340, 341]);
+        assert_eq!(fat.allocate(None, 2).ok(), None);
+        assert_eq!(fat.allocate(None, 1).unwrap(), [340]);
+        // FAT16 and FAT32 entries never straddle.
+        let fat16 = empty(FatType::Fat16, 5000);
+        assert!((2..=fat16.max_cluster).all(|c| !fat16.straddles(c)));
+    }
+
+    #[test]
+    fn changed_fat_sectors_are_written_as_runs() {
+        let mut fat = fat32(2000);
+        // Entries 100 (sector 0), 200 and 300 (sectors 1 and 2), and 1000 (sector 7).
+        for c in [100, 200, 300, 1000] {
+            fat.set(c, Entry::End);
+        }
+        let runs: Vec<(u64, usize)> = fat.take_dirty().iter().map(|&(o, b)| (o, b.len())).collect();
+        assert_eq!(runs, [(0, 512 * 3), (512 * 7, 512)]);
+        assert!(fat.take_dirty().is_empty());
     }
 
     #[test]
