@@ -1221,3 +1221,40 @@ fn free_clusters_that_damaged_entries_name_are_never_allocated() {
     assert_no_new_problems(&img, &before, false);
     assert!(mcopy_out(&img, "NEW.BIN") == pattern(40_000, 3));
 }
+
+/// The scan reads a cross-linked directory's entries too (fsck.fat counts them): here a
+/// file X names directory D's clusters, and a file G shares the clusters of D's file C;
+/// G must not be truncated, although X is walked before D.
+#[test]
+fn the_entries_of_a_cross_linked_directory_are_scanned_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "16", "-s", "4"], 64 * 1024);
+    let i = img.to_str().unwrap();
+    let src = dir.path().join("src");
+    run_ok("mmd", &["-i", i, "::/D"]);
+    std::fs::write(&src, pattern(5_000, 1)).unwrap();
+    run_ok("mcopy", &["-i", i, src.to_str().unwrap(), "::/D/C.BIN"]);
+    for name in ["G.BIN", "X.BIN"] {
+        run_ok("mcopy", &["-i", i, src.to_str().unwrap(), &format!("::/{name}")]);
+    }
+    let c_first = {
+        let vol = Volume::open(&img, OpenOptions { read_only: true, tz_offset: 0 }).unwrap();
+        let d = vol.lookup(ROOT, "D").unwrap();
+        vol.first_cluster(vol.lookup(d, "C.BIN").unwrap()).unwrap()
+    };
+    let mut bytes = std::fs::read(&img).unwrap();
+    let bpb = Bpb::parse(&bytes[..512]).unwrap();
+    let d_first = first_cluster_in(&bytes, &bpb, b"D          ");
+    for (name, cluster) in [(b"G       BIN", c_first), (b"X       BIN", d_first)] {
+        let at = root_entry_at(&bytes, &bpb, name) + 26;
+        bytes[at..at + 2].copy_from_slice(&(cluster as u16).to_le_bytes());
+    }
+    std::fs::write(&img, &bytes).unwrap();
+    {
+        let vol = open_rw(&img);
+        let g = vol.lookup(ROOT, "G.BIN").unwrap();
+        assert_eio("truncate G.BIN", vol.truncate(g, 0));
+    }
+    let c = run_ok("mcopy", &["-n", "-i", i, "::/D/C.BIN", "-"]);
+    assert!(c == pattern(5_000, 1));
+}

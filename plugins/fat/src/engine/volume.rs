@@ -214,21 +214,27 @@ fn corrupt_context(name: &str, e: Error) -> Error {
     }
 }
 
-/// The free cluster the chain from `first` runs into, if that is why it is broken (not a
-/// loop or a cluster out of range).
-fn free_cluster_reached(fat: &Fat, first: u32) -> Option<u32> {
+/// The valid start of the broken chain from `first` (up to the cluster out of range, free,
+/// bad, or seen before in it), and the free cluster it runs into when that is why it is
+/// broken.
+fn chain_start(fat: &Fat, first: u32) -> (Vec<u32>, Option<u32>) {
+    let (mut start, mut seen) = (Vec::new(), HashSet::new());
     let mut c = first;
-    for _ in 0..=fat.max_cluster() {
-        if !fat.in_range(c) {
-            return None;
-        }
+    while fat.in_range(c) && seen.insert(c) {
         match fat.get(c) {
-            Entry::Free => return Some(c),
-            Entry::Next(n) => c = n,
-            Entry::Bad | Entry::End => return None,
+            Entry::Free => return (start, Some(c)),
+            Entry::Bad => break,
+            Entry::End => {
+                start.push(c);
+                break;
+            }
+            Entry::Next(n) => {
+                start.push(c);
+                c = n;
+            }
         }
     }
-    None
+    (start, None)
 }
 
 fn poisoned<T>(_: T) -> Error {
@@ -538,10 +544,16 @@ impl Volume {
     /// reached by more than one of them. Directories loaded are read from memory (their
     /// bytes are what is on disk), the others from the image; `ns` is held shared
     /// throughout, so no directory changes or loads meanwhile. File writes may run: they
-    /// only allocate fresh clusters, which no entry on disk names. A directory whose chain
-    /// meets one seen before is not descended into (it may be an ancestor: a cycle).
-    /// Broken chains (loops, out of range, free or bad clusters) are skipped: they answer
-    /// EIO on every use and are never freed, and a chain that runs into one is broken too.
+    /// only allocate fresh clusters, which no entry on disk names.
+    ///
+    /// Damaged directories are read too, as `fsck.fat` reads them (their entries are
+    /// entries to it): one that is cross-linked, and the valid start of a broken chain. A
+    /// chain is read as a directory once, whatever names it, so cycles end; and the scan
+    /// reads at most as many bytes as the data area holds (what a volume's directories
+    /// can add up to) and otherwise gives up proving anything: every existing chain then
+    /// counts as shared. Broken chains cannot meet healthy ones (a chain that runs into a
+    /// broken one is broken too); they answer EIO on every use and are never freed, and
+    /// the free cluster one runs into is reserved.
     fn scan_chains(&self) -> Result<Ownership> {
         let words = (self.bpb.cluster_count as usize + 2).div_ceil(64);
         let (mut seen, mut shared) = (vec![0u64; words], vec![0u64; words]);
@@ -566,18 +578,23 @@ impl Volume {
         let cs = self.bpb.cluster_size() as usize;
         let mut dirs = 0usize;
         let mut reserved = Vec::new();
+        // First clusters of the directories read (or loaded), so each is read once.
+        let mut read: HashSet<u32> =
+            ns.nodes.values().filter(|n| n.dir.is_some()).map(|n| n.entry.first_cluster).collect();
+        let mut budget = self.bpb.cluster_count as u64 * cs as u64;
         while let Some((name, first, read_dir)) = queue.pop() {
-            let chain = {
+            let (chain, healthy) = {
                 let fat = self.fat()?;
                 match fat.chain(first) {
-                    Ok(chain) => chain,
+                    Ok(chain) => (chain, true),
                     Err(_) => {
-                        reserved.extend(free_cluster_reached(&fat, first));
-                        continue;
+                        let (start, free) = chain_start(&fat, first);
+                        reserved.extend(free);
+                        (start, false)
                     }
                 }
             };
-            if let Some(i) = chain.iter().position(|&c| has(&seen, c)) {
+            if healthy && let Some(i) = chain.iter().position(|&c| has(&seen, c)) {
                 chain[..i].iter().for_each(|&c| set(&mut seen, c));
                 chain[i..].iter().for_each(|&c| set(&mut shared, c));
                 tracing::error!(
@@ -586,14 +603,24 @@ impl Volume {
                      chain (cross-linked); neither is changed or freed until fsck.fat repairs it",
                     chain[i]
                 );
+            } else if healthy {
+                chain.iter().for_each(|&c| set(&mut seen, c));
+            }
+            if !read_dir || chain.is_empty() || !read.insert(first) {
                 continue;
             }
-            chain.iter().for_each(|&c| set(&mut seen, c));
-            if !read_dir || chain.is_empty() || chain.len() * cs > MAX_DIR_SLOTS as usize * ENTRY_SIZE * 2 {
-                continue;
+            let clusters = chain.len().min(MAX_DIR_SLOTS as usize * ENTRY_SIZE * 2 / cs + 1);
+            if (clusters * cs) as u64 > budget {
+                tracing::error!(
+                    "corrupt filesystem: the directories are too damaged to tell which clusters are shared: \
+                     changes to existing files and directories answer EIO until fsck.fat repairs it"
+                );
+                shared.fill(u64::MAX);
+                break;
             }
-            let mut raw = vec![0u8; chain.len() * cs];
-            for (i, &c) in chain.iter().enumerate() {
+            budget -= (clusters * cs) as u64;
+            let mut raw = vec![0u8; clusters * cs];
+            for (i, &c) in chain[..clusters].iter().enumerate() {
                 self.file.read_exact_at(&mut raw[i * cs..(i + 1) * cs], self.bpb.cluster_offset(c))?;
             }
             dirs += 1;
