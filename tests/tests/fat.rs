@@ -908,3 +908,82 @@ fn xattr_calls_answer_the_documented_errnos() {
     }
     stop(host);
 }
+
+/// Patches a FAT16 image made by mkfs.fat: `f(bytes, root directory offset, FAT offsets)`.
+fn patch_fat16(img: &Path, f: impl FnOnce(&mut Vec<u8>, usize, &[usize])) {
+    let mut b = std::fs::read(img).unwrap();
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    let (bps, reserved, fats, fat_sectors) = (u16_at(&b, 11), u16_at(&b, 14), b[16] as usize, u16_at(&b, 22));
+    let fat_offsets: Vec<usize> = (0..fats).map(|n| (reserved + n * fat_sectors) * bps).collect();
+    let root = (reserved + fats * fat_sectors) * bps;
+    f(&mut b, root, &fat_offsets);
+    std::fs::write(img, &b).unwrap();
+}
+
+/// Byte offset of the root directory entry with short name `short`.
+fn entry_at(b: &[u8], root: usize, short: &[u8; 11]) -> usize {
+    (0..512).map(|s| root + s * 32).find(|&at| &b[at..at + 11] == short).expect("entry")
+}
+
+/// fsck.fat -n's report on `img`.
+fn fsck_report(img: &Path) -> String {
+    let out = Command::new("fsck.fat").args(["-n", img.to_str().unwrap()]).output().expect("fsck.fat");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The damage rule through a real mount: two files sharing clusters (B's entry names A's
+/// first cluster) and a file whose size is larger than its chain. Truncating, writing or
+/// extending either answers EIO with a log line in the host's stderr saying what is wrong;
+/// unlinking the cross-linked file leaves its clusters to the other, so a file created
+/// afterwards never lands in them (before, `truncate -s 0 A.BIN` freed them and the next
+/// file's data became B's).
+#[test]
+fn damaged_files_answer_eio_through_the_mount_and_the_damage_never_spreads() {
+    let s = Setup::new();
+    let img = s.mkfs(&["-F", "16", "-s", "4"], 64 * 1024);
+    let i = img.to_str().unwrap();
+    let src = s.path("src");
+    for (name, data) in [("A.BIN", pattern(10_000, 1)), ("B.BIN", pattern(3_000, 2)), ("F.BIN", pattern(1_000, 3))] {
+        std::fs::write(&src, data).unwrap();
+        run_ok("mcopy", &["-i", i, src.to_str().unwrap(), &format!("::/{name}")]);
+    }
+    patch_fat16(&img, |b, root, _| {
+        let a = entry_at(b, root, b"A       BIN");
+        let first_of_a = [b[a + 26], b[a + 27]];
+        let bb = entry_at(b, root, b"B       BIN");
+        b[bb + 26..bb + 28].copy_from_slice(&first_of_a);
+        let f = entry_at(b, root, b"F       BIN");
+        b[f + 28..f + 32].copy_from_slice(&(3 * 2048u32 + 100).to_le_bytes());
+    });
+    let before = fsck_report(&img);
+    assert!(before.contains("share clusters"), "{before}");
+    let b_before = run_ok("mcopy", &["-n", "-i", i, "::/B.BIN", "-"]);
+    assert!(b_before == pattern(10_000, 1)[..3_000]);
+
+    let (host, mnt) = s.mount(&img, "");
+    let eio = |what: &str, r: std::io::Result<()>| {
+        assert_eq!(r.as_ref().map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)), "{what}: {r:?}");
+    };
+    // A is looked up and read first; B's chain is never walked before the truncate.
+    assert_eq!(std::fs::read(mnt.join("A.BIN")).unwrap(), pattern(10_000, 1));
+    eio("truncate -s 0 A.BIN", truncate(&mnt.join("A.BIN"), 0));
+    eio("overwrite A.BIN", write_at(&mnt.join("A.BIN"), 0, b"spread"));
+    eio("extend B.BIN", truncate(&mnt.join("B.BIN"), 50_000));
+    eio("append to F.BIN", write_at(&mnt.join("F.BIN"), 1_000, b"stale?"));
+    eio("truncate F.BIN", truncate(&mnt.join("F.BIN"), 100));
+    eio("read F.BIN", std::fs::read(mnt.join("F.BIN")).map(|_| ()));
+    // Unlinking succeeds; the shared clusters stay B's.
+    std::fs::remove_file(mnt.join("A.BIN")).unwrap();
+    std::fs::write(mnt.join("C.BIN"), pattern(40_000, 4)).unwrap();
+    let logged = plugfs_tests::wait_until(std::time::Duration::from_secs(10), || {
+        let log = host.stderr();
+        log.contains("cross-linked") && log.contains("A.BIN") && log.contains("larger than its 1 clusters")
+    });
+    assert!(logged, "{}", host.stderr());
+    stop(host);
+
+    let after = fsck_report(&img);
+    assert!(!after.contains("C.BIN") && !after.contains("share"), "before:\n{before}\nafter:\n{after}");
+    assert!(run_ok("mcopy", &["-n", "-i", i, "::/B.BIN", "-"]) == b_before);
+    assert!(run_ok("mcopy", &["-n", "-i", i, "::/C.BIN", "-"]) == pattern(40_000, 4));
+}

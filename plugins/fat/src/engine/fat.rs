@@ -66,9 +66,16 @@ impl Fat {
         self.fat_type
     }
 
-    /// Free clusters.
+    /// Free clusters, as the FAT counts them (what FSInfo and fsck.fat count).
     pub fn free_clusters(&self) -> u32 {
         self.free
+    }
+
+    /// Free clusters the allocator can hand out: all free ones but those whose FAT12
+    /// entry straddles two sectors (see [`Fat::straddles`]). What `statfs` reports, so
+    /// that what it promises can be written.
+    pub fn allocatable_clusters(&self) -> u32 {
+        self.free_map.total()
     }
 
     /// Where allocation looks first (FSInfo's next-free hint).
@@ -428,6 +435,7 @@ mod tests {
             assert_eq!(fat.free_map.run_at(c), truth.run_at(c), "cluster {c}");
         }
         assert_eq!(fat.free as usize, runs(&truth).1);
+        assert_eq!(fat.allocatable_clusters(), fat.free);
     }
 
     fn is_run(chain: &[u32]) -> bool {
@@ -483,10 +491,11 @@ mod tests {
         let straddling: Vec<u32> = (2..=fat.max_cluster).filter(|&c| fat.straddles(c)).collect();
         assert_eq!(straddling, [341, 682, 1365, 1706, 2389, 2730]);
         let free = fat.free_clusters();
+        assert_eq!(fat.allocatable_clusters(), free - 6);
         let all = fat.allocate(None, free - 6).unwrap();
         assert!(all.iter().all(|c| !straddling.contains(c)));
         // What is left are the six, which FAT still counts as free but nothing gets.
-        assert_eq!(fat.free_clusters(), 6);
+        assert_eq!((fat.free_clusters(), fat.allocatable_clusters()), (6, 0));
         assert!(matches!(fat.allocate(None, 1), Err(Error::NoSpace)));
         // A chain through one (made by another tool), freed: it stays out of the map.
         fat.set(340, Entry::Next(341));

@@ -16,6 +16,8 @@ pub struct FreeMap {
     by_start: BTreeMap<u32, u32>,
     /// (len, start), for best fit and the largest run.
     by_len: BTreeSet<(u32, u32)>,
+    /// Clusters in all runs.
+    total: u32,
 }
 
 impl FreeMap {
@@ -42,11 +44,18 @@ impl FreeMap {
     fn add_run(&mut self, start: u32, len: u32) {
         self.by_start.insert(start, len);
         self.by_len.insert((len, start));
+        self.total += len;
     }
 
     fn remove_run(&mut self, start: u32, len: u32) {
         self.by_start.remove(&start);
         self.by_len.remove(&(len, start));
+        self.total -= len;
+    }
+
+    /// How many clusters are free in all runs.
+    pub fn total(&self) -> u32 {
+        self.total
     }
 
     /// The run that holds `cluster`, if it is free.
@@ -138,6 +147,7 @@ mod tests {
         m.take(2, 1);
         assert_eq!(runs(&m), [(3, 1)]);
         assert_eq!(m.by_len.len(), m.by_start.len());
+        assert_eq!(m.total(), 1);
     }
 
     #[test]

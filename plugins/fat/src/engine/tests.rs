@@ -927,3 +927,472 @@ fn short_names_are_in_the_oem_code_page_both_ways() {
     .unwrap();
     assert!(vol.lookup(ROOT, "ÄPFEL.TXT").is_ok());
 }
+
+// Damaged images: every change to a damaged file or directory answers EIO with a log line
+// naming it, and the damage never spreads (fsck.fat finds nothing it did not find before,
+// the other files' bytes stay as they were).
+
+/// Runs `f` with the engine's log lines (this thread's) captured; returns them with its
+/// result.
+fn with_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    let r = tracing::subscriber::with_default(subscriber, f);
+    let logs = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    (r, logs)
+}
+
+/// What `fsck.fat -n` reports about `img`, one line each, numbers blanked (counts of lost
+/// clusters and the like follow the files written since): every line but its version,
+/// "Leaving filesystem unchanged." and the closing summary.
+fn fsck_problems(img: &Path) -> std::collections::BTreeSet<String> {
+    let out = run("fsck.fat", &["-n", img.to_str().unwrap()]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("Leaving filesystem") && !l.contains(" files, "))
+        .map(|l| {
+            let mut out = String::new();
+            for c in l.chars() {
+                if !c.is_ascii_digit() {
+                    out.push(c);
+                } else if !out.ends_with('#') {
+                    out.push('#');
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// Asserts fsck.fat finds in `img` nothing but what it found `before`, and, when
+/// `lost_ok`, clusters that nothing names (what unlinking a damaged file leaves).
+fn assert_no_new_problems(img: &Path, before: &std::collections::BTreeSet<String>, lost_ok: bool) {
+    let after = fsck_problems(img);
+    let new: Vec<_> = after.difference(before).filter(|l| !(lost_ok && l.starts_with("Reclaimed # unused"))).collect();
+    let report = String::from_utf8_lossy(&run("fsck.fat", &["-n", img.to_str().unwrap()]).stdout).into_owned();
+    assert!(new.is_empty(), "fsck.fat -n finds new problems: {new:?}\nbefore: {before:?}\n{report}");
+}
+
+/// Asserts `r` failed with EIO.
+fn assert_eio<T: std::fmt::Debug>(what: &str, r: Result<T>) {
+    match r {
+        Err(e) => assert_eq!(e.errno(), libc::EIO, "{what}: {e}"),
+        Ok(v) => panic!("{what} succeeded ({v:?}) on a damaged file"),
+    }
+}
+
+/// Byte offset of the root directory entry with short name `short` (FAT12/16).
+fn root_entry_at(bytes: &[u8], bpb: &Bpb, short: &[u8; 11]) -> usize {
+    let root = bpb.root_dir_offset as usize;
+    (0..bpb.root_entries as usize)
+        .map(|s| root + s * 32)
+        .find(|&at| &bytes[at..at + 11] == short)
+        .unwrap_or_else(|| panic!("no entry {}", String::from_utf8_lossy(short)))
+}
+
+/// Sets FAT16 entry `cluster` to `value` in every FAT copy.
+fn set_fat16(bytes: &mut [u8], bpb: &Bpb, cluster: u32, value: u16) {
+    for n in 0..bpb.num_fats {
+        let at = bpb.fat_offset(n) as usize + 2 * cluster as usize;
+        bytes[at..at + 2].copy_from_slice(&value.to_le_bytes());
+    }
+}
+
+fn fat16_entry(bytes: &[u8], bpb: &Bpb, cluster: u32) -> u32 {
+    let at = bpb.fat_offset(0) as usize + 2 * cluster as usize;
+    u16::from_le_bytes([bytes[at], bytes[at + 1]]) as u32
+}
+
+/// A FAT16 image (2 KiB clusters) holding `files` (short names, written by mcopy in
+/// order), damaged by `damage` (bytes of the image, its BPB).
+fn damaged_fat16(dir: &Path, files: &[(&str, Vec<u8>)], damage: impl FnOnce(&mut Vec<u8>, &Bpb)) -> PathBuf {
+    let img = mkfs(dir, &["-F", "16", "-s", "4"], 64 * 1024);
+    let src = dir.join("src");
+    for (name, data) in files {
+        std::fs::write(&src, data).unwrap();
+        run_ok("mcopy", &["-i", img.to_str().unwrap(), src.to_str().unwrap(), &format!("::/{name}")]);
+    }
+    let mut bytes = std::fs::read(&img).unwrap();
+    let bpb = Bpb::parse(&bytes[..512]).unwrap();
+    damage(&mut bytes, &bpb);
+    std::fs::write(&img, &bytes).unwrap();
+    img
+}
+
+fn first_cluster_in(bytes: &[u8], bpb: &Bpb, short: &[u8; 11]) -> u32 {
+    let at = root_entry_at(bytes, bpb, short);
+    u16::from_le_bytes([bytes[at + 26], bytes[at + 27]]) as u32
+}
+
+/// The chain of the root entry `short`, from the image's first FAT.
+fn chain_in(bytes: &[u8], bpb: &Bpb, short: &[u8; 11]) -> Vec<u32> {
+    let mut c = first_cluster_in(bytes, bpb, short);
+    let mut chain = vec![c];
+    while let n @ 2..0xFFF0 = fat16_entry(bytes, bpb, c) {
+        chain.push(n);
+        c = n;
+    }
+    chain
+}
+
+/// Two files share clusters (`how`), the one named `changed` is loaded first, before the
+/// other's chain is ever walked, and every change to it is refused; unlinking it leaves
+/// the shared clusters allocated, so a new file never gets them.
+fn check_cross_link(how: &str, changed: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let a_data = pattern(10_000, 1);
+    let b_data = pattern(3_000, 2);
+    let img = damaged_fat16(dir.path(), &[("A.BIN", a_data.clone()), ("B.BIN", b_data)], |bytes, bpb| {
+        let a = chain_in(bytes, bpb, b"A       BIN");
+        match how {
+            // B's entry names A's first cluster: B is all of A.
+            "entry" => {
+                let at = root_entry_at(bytes, bpb, b"B       BIN") + 26;
+                bytes[at..at + 2].copy_from_slice(&(a[0] as u16).to_le_bytes());
+            }
+            // B's first cluster links into A's third: they share A's last three.
+            "fat" => {
+                let b = first_cluster_in(bytes, bpb, b"B       BIN");
+                set_fat16(bytes, bpb, b, a[2] as u16);
+            }
+            _ => unreachable!(),
+        }
+    });
+    let before = fsck_problems(&img);
+    assert!(before.iter().any(|l| l.contains("share clusters")), "{before:?}");
+    // What the other file reads: A's bytes, from its third cluster on for "fat".
+    let other = if changed == "A.BIN" { "B.BIN" } else { "A.BIN" };
+    let other_before = mcopy_out(&img, other);
+    if how == "entry" && other == "B.BIN" {
+        assert!(other_before == a_data[..3_000]);
+    }
+    {
+        let mut vol = open_rw(&img);
+        let f = vol.lookup(ROOT, changed).unwrap();
+        let content = read_all(&mut vol, f);
+        let (_, logs) = with_logs(|| {
+            assert_eio("truncate to 0", vol.truncate(f, 0));
+            assert_eio("truncate to one cluster", vol.truncate(f, 2048));
+            assert_eio("truncate longer", vol.truncate(f, 40_000));
+            assert_eio("write in place", vol.write(f, 0, b"spread"));
+            assert_eio("write past the end", vol.write(f, 30_000, b"spread"));
+            assert_eio("append", vol.append(f, b"spread"));
+        });
+        assert!(logs.contains("cross-linked") && logs.contains(changed), "{logs}");
+        // Still readable: reading spreads nothing.
+        assert_eq!(read_all(&mut vol, f), content);
+    }
+    assert_no_new_problems(&img, &before, false);
+    assert!(mcopy_out(&img, other) == other_before, "{other} changed");
+    {
+        // Unlinked, the name goes and its clusters stay allocated: a new file's data
+        // never lands in the other file's.
+        let vol = open_rw(&img);
+        let f = vol.lookup(ROOT, changed).unwrap();
+        let (_, logs) = with_logs(|| {
+            vol.unlink(ROOT, changed).unwrap();
+            vol.evict(f).unwrap();
+        });
+        assert!(logs.contains("left allocated"), "{logs}");
+        let c = vol.create(ROOT, "C.BIN", false).unwrap();
+        vol.write(c, 0, &pattern(40_000, 3)).unwrap();
+    }
+    // The other file alone has the shared clusters now: fsck.fat sees its chain longer
+    // than its size, or as it was, and nothing about C.
+    let report = String::from_utf8_lossy(&run("fsck.fat", &["-n", img.to_str().unwrap()]).stdout).into_owned();
+    assert!(!report.contains("C.BIN") && !report.contains("share"), "{report}");
+    assert!(mcopy_out(&img, other) == other_before, "{other} changed");
+    assert!(mcopy_out(&img, "C.BIN") == pattern(40_000, 3));
+}
+
+#[test]
+fn a_cross_linked_file_loaded_first_is_never_changed_or_freed() {
+    check_cross_link("entry", "A.BIN");
+    check_cross_link("entry", "B.BIN");
+}
+
+#[test]
+fn a_chain_linked_into_another_is_never_changed_or_freed_nor_is_the_other() {
+    check_cross_link("fat", "A.BIN");
+    check_cross_link("fat", "B.BIN");
+}
+
+/// A file whose chain is broken (`damage`): reads and every change answer EIO, unlinking
+/// it frees nothing, and neither the other file nor fsck's findings change.
+fn check_broken_chain(damage: impl FnOnce(&mut Vec<u8>, &Bpb, &[u32]), why: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let img =
+        damaged_fat16(dir.path(), &[("A.BIN", pattern(10_000, 1)), ("FINE.BIN", pattern(10_000, 2))], |b, bpb| {
+            let chain = chain_in(b, bpb, b"A       BIN");
+            damage(b, bpb, &chain)
+        });
+    let before = fsck_problems(&img);
+    assert!(!before.is_empty());
+    {
+        let mut vol = open_rw(&img);
+        let a = vol.lookup(ROOT, "A.BIN").unwrap();
+        let (_, logs) = with_logs(|| {
+            assert_eio("read", vol.read(a, 0, &mut [0u8; 10]));
+            assert_eio("write", vol.write(a, 0, b"spread"));
+            assert_eio("append", vol.append(a, b"spread"));
+            assert_eio("truncate to 0", vol.truncate(a, 0));
+            assert_eio("truncate longer", vol.truncate(a, 40_000));
+        });
+        assert!(logs.contains(why) && logs.contains("A.BIN"), "{logs}");
+        let fine = vol.lookup(ROOT, "FINE.BIN").unwrap();
+        assert_eq!(read_all(&mut vol, fine), pattern(10_000, 2));
+    }
+    assert_no_new_problems(&img, &before, false);
+    {
+        let vol = open_rw(&img);
+        let a = vol.lookup(ROOT, "A.BIN").unwrap();
+        let (_, logs) = with_logs(|| {
+            vol.unlink(ROOT, "A.BIN").unwrap();
+            vol.evict(a).unwrap();
+        });
+        assert!(logs.contains("left allocated"), "{logs}");
+        let c = vol.create(ROOT, "C.BIN", false).unwrap();
+        vol.write(c, 0, &pattern(40_000, 3)).unwrap();
+    }
+    assert_no_new_problems(&img, &before, true);
+    assert!(mcopy_out(&img, "FINE.BIN") == pattern(10_000, 2));
+    assert!(mcopy_out(&img, "C.BIN") == pattern(40_000, 3));
+}
+
+#[test]
+fn a_chain_running_past_the_volume_is_eio_and_never_freed() {
+    check_broken_chain(|b, bpb, chain| set_fat16(b, bpb, chain[1], 0xFFF0), "outside");
+}
+
+#[test]
+fn a_looping_chain_is_eio_and_never_freed() {
+    check_broken_chain(|b, bpb, chain| set_fat16(b, bpb, chain[3], chain[1] as u16), "loops");
+}
+
+/// A file whose size is larger than its chain answers EIO on every change, instead of
+/// growing its chain up to that size with clusters of old bytes (a deleted file's here),
+/// which would show those bytes and hide the damage from fsck.fat.
+#[test]
+fn a_file_larger_than_its_chain_is_eio_on_every_change_and_shows_no_old_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "16", "-s", "4"], 64 * 1024);
+    let i = img.to_str().unwrap();
+    let src = dir.path().join("src");
+    std::fs::write(&src, pattern(20_000, 9)).unwrap();
+    run_ok("mcopy", &["-i", i, src.to_str().unwrap(), "::/OLD.BIN"]);
+    run_ok("mdel", &["-i", i, "::/OLD.BIN"]);
+    std::fs::write(&src, pattern(1_000, 1)).unwrap();
+    run_ok("mcopy", &["-i", i, src.to_str().unwrap(), "::/F.BIN"]);
+    let mut bytes = std::fs::read(&img).unwrap();
+    let bpb = Bpb::parse(&bytes[..512]).unwrap();
+    let at = root_entry_at(&bytes, &bpb, b"F       BIN") + 28;
+    bytes[at..at + 4].copy_from_slice(&(3 * 2048u32 + 100).to_le_bytes());
+    std::fs::write(&img, &bytes).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    {
+        let vol = open_rw(&img);
+        let f = vol.lookup(ROOT, "F.BIN").unwrap();
+        let (_, logs) = with_logs(|| {
+            assert_eio("read", vol.read(f, 0, &mut [0u8; 10]));
+            assert_eio("write", vol.write(f, 0, b"x"));
+            assert_eio("write at the end", vol.write(f, 3 * 2048 + 100, b"x"));
+            assert_eio("append", vol.append(f, b"x"));
+            assert_eio("truncate longer", vol.truncate(f, 5 * 2048));
+            assert_eio("truncate shorter", vol.truncate(f, 500));
+        });
+        assert!(logs.contains("larger than its 1 clusters") && logs.contains("F.BIN"), "{logs}");
+    }
+    // Nothing but the dirty bit's set-and-clear touched the image.
+    assert!(std::fs::read(&img).unwrap() == before);
+}
+
+/// Clusters a file gains inside its readable range are zeroed, on an image whose free
+/// clusters hold a deleted file's bytes: a write past the end and a truncate that extends.
+#[test]
+fn clusters_a_file_grows_into_never_show_old_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "16", "-s", "4"], 64 * 1024);
+    let i = img.to_str().unwrap();
+    let src = dir.path().join("src");
+    std::fs::write(&src, vec![0xAA; 100_000]).unwrap();
+    run_ok("mcopy", &["-i", i, src.to_str().unwrap(), "::/OLD.BIN"]);
+    run_ok("mdel", &["-i", i, "::/OLD.BIN"]);
+    {
+        let mut vol = open_rw(&img);
+        let f = vol.create(ROOT, "gap", false).unwrap();
+        vol.write(f, 0, b"head").unwrap();
+        vol.write(f, 3 * 2048 + 5, b"tail").unwrap();
+        let mut want = vec![0u8; 3 * 2048 + 9];
+        want[..4].copy_from_slice(b"head");
+        want[3 * 2048 + 5..].copy_from_slice(b"tail");
+        assert!(read_all(&mut vol, f) == want);
+        let g = vol.create(ROOT, "grown", false).unwrap();
+        vol.write(g, 0, b"x").unwrap();
+        vol.truncate(g, 7 * 2048 + 3).unwrap();
+        let mut want = vec![0u8; 7 * 2048 + 3];
+        want[0] = b'x';
+        assert!(read_all(&mut vol, g) == want);
+    }
+    fsck(&img);
+}
+
+/// Garbage directory entries: an unusable name is skipped; an entry naming a cluster past
+/// the volume, and one whose size has no chain, answer EIO; a "directory" whose entry
+/// names a file's clusters lists (garbage, without a panic) but is never written, nor is
+/// the file.
+#[test]
+fn garbage_directory_entries_are_skipped_or_eio_and_never_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = damaged_fat16(dir.path(), &[("A.BIN", pattern(10_000, 1)), ("E.BIN", pattern(10, 2))], |b, bpb| {
+        let a = first_cluster_in(b, bpb, b"A       BIN");
+        let free = (0..bpb.root_entries as usize).map(|s| bpb.root_dir_offset as usize + s * 32);
+        let free: Vec<usize> = free.filter(|&at| b[at] == 0).take(4).collect();
+        let entry = |name: &[u8; 11], attr: u8, cluster: u32, size: u32| {
+            let mut e = [0u8; 32];
+            e[..11].copy_from_slice(name);
+            e[11] = attr;
+            e[26..28].copy_from_slice(&(cluster as u16).to_le_bytes());
+            e[28..32].copy_from_slice(&size.to_le_bytes());
+            e
+        };
+        let garbage = [
+            entry(b"BAD/NAME   ", 0x20, 7, 100),
+            entry(b"FAR     BIN", 0x20, 0xFFF0, 5000),
+            entry(b"HUGE    BIN", 0x20, 0, 100_000),
+            entry(b"OVERDIR    ", 0x10, a, 0),
+        ];
+        for (at, e) in free.iter().zip(garbage) {
+            b[*at..*at + 32].copy_from_slice(&e);
+        }
+    });
+    let before = fsck_problems(&img);
+    {
+        let mut vol = open_rw(&img);
+        let names: Vec<String> = vol.list(ROOT, None, usize::MAX).unwrap().into_iter().map(|l| l.name).collect();
+        assert!(!names.iter().any(|n| n.contains('/')), "{names:?}");
+        let (_, logs) = with_logs(|| {
+            for name in ["far.bin", "huge.bin"] {
+                let f = vol.lookup(ROOT, name).unwrap();
+                assert_eio("read", vol.read(f, 0, &mut [0u8; 10]));
+                assert_eio("write", vol.write(f, 0, b"x"));
+                assert_eio("truncate", vol.truncate(f, 1));
+            }
+        });
+        assert!(logs.contains("outside") && logs.contains("larger than"), "{logs}");
+        let d = vol.lookup(ROOT, "overdir").unwrap();
+        // Whatever A's bytes parse as, listing them is fine.
+        let _ = vol.list(d, None, usize::MAX);
+        let a = vol.lookup(ROOT, "A.BIN").unwrap();
+        let (_, logs) = with_logs(|| {
+            assert_eio("create in it", vol.create(d, "new", false));
+            assert_eio("mkdir in it", vol.create(d, "newdir", true));
+            assert_eio("rename into it", vol.rename(ROOT, "E.BIN", d, "moved", false));
+            assert_eio("write to the file under it", vol.write(a, 0, b"x"));
+            assert_eio("truncate the file under it", vol.truncate(a, 0));
+        });
+        assert!(logs.contains("cross-linked"), "{logs}");
+        // Its chain was claimed by the directory loaded first.
+        assert_eio("read the file under it", vol.read(a, 0, &mut [0u8; 10]));
+        let e = vol.lookup(ROOT, "E.BIN").unwrap();
+        assert_eq!(read_all(&mut vol, e), pattern(10, 2));
+    }
+    assert_no_new_problems(&img, &before, false);
+    assert!(mcopy_out(&img, "A.BIN") == pattern(10_000, 1));
+    assert!(mcopy_out(&img, "E.BIN") == pattern(10, 2));
+}
+
+/// Free clusters that damaged entries name (an entry whose first cluster is free, a chain
+/// linking to a free cluster) are never given to a new file: its data would become theirs
+/// too, a cross-link fsck.fat might settle by truncating the new file.
+#[test]
+fn free_clusters_that_damaged_entries_name_are_never_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut named = Vec::new();
+    let img = damaged_fat16(dir.path(), &[("A.BIN", pattern(10_000, 1)), ("B.BIN", pattern(3_000, 2))], |b, bpb| {
+        let a = chain_in(b, bpb, b"A       BIN");
+        let bc = chain_in(b, bpb, b"B       BIN");
+        let first_free = (2..).find(|&c| fat16_entry(b, bpb, c) == 0).unwrap();
+        // An entry naming the first free cluster, and B's last cluster linking to the next.
+        let slot = (0..bpb.root_entries as usize).map(|s| bpb.root_dir_offset as usize + s * 32);
+        let at = slot.into_iter().find(|&at| b[at] == 0).unwrap();
+        b[at..at + 11].copy_from_slice(b"GONE    BIN");
+        b[at + 11] = 0x20;
+        b[at + 26..at + 28].copy_from_slice(&(first_free as u16).to_le_bytes());
+        b[at + 28..at + 32].copy_from_slice(&2048u32.to_le_bytes());
+        set_fat16(b, bpb, *bc.last().unwrap(), first_free as u16 + 2);
+        named = vec![first_free, first_free + 2];
+        assert!(a.iter().chain(&bc).all(|c| !named.contains(c)));
+    });
+    let before = fsck_problems(&img);
+    {
+        let vol = open_rw(&img);
+        let (_, logs) = with_logs(|| {
+            let n = vol.create(ROOT, "NEW.BIN", false).unwrap();
+            vol.write(n, 0, &pattern(40_000, 3)).unwrap();
+            let d = vol.create(ROOT, "NEWDIR", true).unwrap();
+            vol.create(d, "inner", false).unwrap();
+        });
+        assert!(logs.contains("free clusters are named by damaged chains"), "{logs}");
+        let g = vol.lookup(ROOT, "GONE.BIN").unwrap();
+        assert_eio("read GONE.BIN", vol.read(g, 0, &mut [0u8; 10]));
+        assert_eio("write GONE.BIN", vol.write(g, 0, b"x"));
+    }
+    let bytes = std::fs::read(&img).unwrap();
+    let bpb = Bpb::parse(&bytes[..512]).unwrap();
+    for name in [b"NEW     BIN", b"NEWDIR     "] {
+        let chain = chain_in(&bytes, &bpb, name);
+        assert!(chain.iter().all(|c| !named.contains(c)), "{chain:?} takes one of {named:?}");
+    }
+    assert_no_new_problems(&img, &before, false);
+    assert!(mcopy_out(&img, "NEW.BIN") == pattern(40_000, 3));
+}
+
+/// The scan reads a cross-linked directory's entries too (fsck.fat counts them): here a
+/// file X names directory D's clusters, and a file G shares the clusters of D's file C;
+/// G must not be truncated, although X is walked before D.
+#[test]
+fn the_entries_of_a_cross_linked_directory_are_scanned_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = mkfs(dir.path(), &["-F", "16", "-s", "4"], 64 * 1024);
+    let i = img.to_str().unwrap();
+    let src = dir.path().join("src");
+    run_ok("mmd", &["-i", i, "::/D"]);
+    std::fs::write(&src, pattern(5_000, 1)).unwrap();
+    run_ok("mcopy", &["-i", i, src.to_str().unwrap(), "::/D/C.BIN"]);
+    for name in ["G.BIN", "X.BIN"] {
+        run_ok("mcopy", &["-i", i, src.to_str().unwrap(), &format!("::/{name}")]);
+    }
+    let c_first = {
+        let vol = Volume::open(&img, OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap();
+        let d = vol.lookup(ROOT, "D").unwrap();
+        vol.first_cluster(vol.lookup(d, "C.BIN").unwrap()).unwrap()
+    };
+    let mut bytes = std::fs::read(&img).unwrap();
+    let bpb = Bpb::parse(&bytes[..512]).unwrap();
+    let d_first = first_cluster_in(&bytes, &bpb, b"D          ");
+    for (name, cluster) in [(b"G       BIN", c_first), (b"X       BIN", d_first)] {
+        let at = root_entry_at(&bytes, &bpb, name) + 26;
+        bytes[at..at + 2].copy_from_slice(&(cluster as u16).to_le_bytes());
+    }
+    std::fs::write(&img, &bytes).unwrap();
+    {
+        let vol = open_rw(&img);
+        let g = vol.lookup(ROOT, "G.BIN").unwrap();
+        assert_eio("truncate G.BIN", vol.truncate(g, 0));
+    }
+    let c = run_ok("mcopy", &["-n", "-i", i, "::/D/C.BIN", "-"]);
+    assert!(c == pattern(5_000, 1));
+}

@@ -38,16 +38,33 @@
 //!   allocation, freeing or chain walking, and for a flush.
 //! - `files` (one `RwLock` around the table of file cells): held only to find, add or
 //!   remove a cell, never while taking another lock.
+//! - `scan` (one `Mutex<()>`): held only by the one scan of the whole tree that finds
+//!   cross-linked clusters (see **Damage** below), so it runs once; taken holding at most
+//!   a file cell.
 //!
-//! **Lock order**, the only one: file cell, then `ns`, then `fat`. `files` and `fat` are
-//! leaves: nothing is taken while one of them is held. A thread holding `ns` never takes a
-//! file cell; a thread holding `fat` takes nothing.
+//! **Lock order**, the only one: file cell, then `scan`, then `ns`, then `fat`. `files` and
+//! `fat` are leaves: nothing is taken while one of them is held. A thread holding `ns`
+//! never takes a file cell or `scan`; a thread holding `fat` takes nothing.
+//!
+//! **Damage.** A cluster two directory entries' chains reach (cross-linked) can only be
+//! proven unshared by knowing every chain, and chains are loaded lazily. So before the
+//! first change that could free or overwrite a cluster of an existing chain or extend it,
+//! the volume walks every directory once (loaded ones from memory, the others from the
+//! image) and every chain in them, and remembers the clusters more than one chain reaches
+//! (`shared`). Two chains that meet share everything from the meeting cluster to their
+//! end, so a chain is cross-linked exactly when its last cluster is shared: that one bit
+//! is what every change checks. A cross-linked file or directory then refuses writes,
+//! truncates and entry changes with `Corrupt` (EIO), and its clusters are never freed
+//! (leaked instead, which `fsck.fat` reclaims). New clusters are never shared and shared
+//! ones are never freed, so the map stays right for the rest of the mount. The same scan
+//! finds free clusters that broken chains run into, which are then never allocated.
+//! Read-only volumes change nothing and never scan.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::bpb::{Bpb, FatType};
 use super::dir::{self, ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_VOLUME_ID, DELETED, ENTRY_SIZE, ShortEntry};
@@ -112,6 +129,8 @@ pub struct Listed {
 pub struct Space {
     pub cluster_size: u32,
     pub clusters: u32,
+    /// Free clusters that can be allocated (on FAT12, not those whose FAT entry straddles
+    /// two sectors, which the allocator never uses).
     pub free_clusters: u32,
 }
 
@@ -177,6 +196,21 @@ pub struct Volume {
     ns: RwLock<Namespace>,
     fat: Mutex<Fat>,
     files: RwLock<HashMap<Ino, FileCell>>,
+    /// What the scan of every chain found, once, before the first change (see
+    /// [`Volume::ownership`]).
+    ownership: OnceLock<Ownership>,
+    scan: Mutex<()>,
+}
+
+/// What the scan of every directory and chain found.
+struct Ownership {
+    /// One bit per cluster: reached by more than one directory entry's chain.
+    shared: Vec<u64>,
+    /// Free clusters that a directory entry's chain runs into (an entry naming a free
+    /// first cluster, or a chain whose FAT entry links to a free one). Never allocated:
+    /// a new file's data there would become that entry's too, a cross-link made by us
+    /// (and `fsck.fat` may then truncate the new file rather than the damaged one).
+    reserved: Vec<u32>,
 }
 
 fn corrupt_context(name: &str, e: Error) -> Error {
@@ -187,6 +221,29 @@ fn corrupt_context(name: &str, e: Error) -> Error {
         }
         e => e,
     }
+}
+
+/// The valid start of the broken chain from `first` (up to the cluster out of range, free,
+/// bad, or seen before in it), and the free cluster it runs into when that is why it is
+/// broken.
+fn chain_start(fat: &Fat, first: u32) -> (Vec<u32>, Option<u32>) {
+    let (mut start, mut seen) = (Vec::new(), HashSet::new());
+    let mut c = first;
+    while fat.in_range(c) && seen.insert(c) {
+        match fat.get(c) {
+            Entry::Free => return (start, Some(c)),
+            Entry::Bad => break,
+            Entry::End => {
+                start.push(c);
+                break;
+            }
+            Entry::Next(n) => {
+                start.push(c);
+                c = n;
+            }
+        }
+    }
+    (start, None)
 }
 
 fn poisoned<T>(_: T) -> Error {
@@ -297,6 +354,8 @@ impl Volume {
             ns: RwLock::new(Namespace { nodes: HashMap::from([(ROOT, root)]), next_ino: ROOT + 1, boot_label }),
             fat: Mutex::new(fat),
             files: RwLock::new(HashMap::new()),
+            ownership: OnceLock::new(),
+            scan: Mutex::new(()),
         };
         vol.ns_write()?.load_dir(&vol, ROOT)?;
         if !vol.is_read_only() {
@@ -444,6 +503,179 @@ impl Volume {
         self.name(ino).unwrap_or_default()
     }
 
+    /// Makes sure the map of clusters more than one chain reaches is known: the first call
+    /// scans the whole tree (see **Damage** in the module docs). Call it holding at most a
+    /// file's cell, never `ns` or `fat`.
+    fn ownership(&self) -> Result<()> {
+        if self.ownership.get().is_some() {
+            return Ok(());
+        }
+        let _scan = self.scan.lock().map_err(poisoned)?;
+        if self.ownership.get().is_none() {
+            let found = self.scan_chains()?;
+            let _ = self.ownership.set(found);
+        }
+        Ok(())
+    }
+
+    /// Whether cluster `c` is reached by more than one chain (false before the scan).
+    fn is_shared(&self, c: u32) -> bool {
+        let word = self.ownership.get().and_then(|o| o.shared.get(c as usize / 64));
+        word.is_some_and(|w| w & (1 << (c % 64)) != 0)
+    }
+
+    /// [`Fat::allocate`], never handing out a reserved cluster (see [`Ownership`]): they
+    /// are marked taken in memory around the call and restored after, under the FAT's
+    /// lock, so their bytes in the FAT end as they were (the sectors rewritten with the
+    /// same bytes at worst). Usually there are none.
+    fn allocate(&self, fat: &mut Fat, after: Option<u32>, count: u32) -> Result<Vec<u32>> {
+        let reserved = self.ownership.get().map(|o| &o.reserved[..]).unwrap_or(&[]);
+        let held: Vec<u32> = reserved.iter().copied().filter(|&c| fat.get(c) == Entry::Free).collect();
+        held.iter().for_each(|&c| fat.set(c, Entry::End));
+        let got = fat.allocate(after, count);
+        held.iter().for_each(|&c| fat.set(c, Entry::Free));
+        got
+    }
+
+    /// Refuses changing a chain that is cross-linked (whose last cluster is shared).
+    fn check_unshared(&self, name: &str, chain: &[u32]) -> Result<()> {
+        match chain.last() {
+            Some(&c) if self.is_shared(c) => Err(corrupt_context(
+                name,
+                Error::Corrupt(format!(
+                    "its chain shares clusters (up to its last, {c}) with another entry's chain \
+                     (cross-linked): not changing it"
+                )),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Walks every directory and every chain named in one, and returns one bit per cluster
+    /// reached by more than one of them. Directories loaded are read from memory (their
+    /// bytes are what is on disk), the others from the image; `ns` is held shared
+    /// throughout, so no directory changes or loads meanwhile. File writes may run: they
+    /// only allocate fresh clusters, which no entry on disk names.
+    ///
+    /// Damaged directories are read too, as `fsck.fat` reads them (their entries are
+    /// entries to it): one that is cross-linked, and the valid start of a broken chain. A
+    /// chain is read as a directory once, whatever names it, so cycles end; and the scan
+    /// reads at most as many bytes as the data area holds (what a volume's directories
+    /// can add up to) and otherwise gives up proving anything: every existing chain then
+    /// counts as shared. Broken chains cannot meet healthy ones (a chain that runs into a
+    /// broken one is broken too); they answer EIO on every use and are never freed, and
+    /// the free cluster one runs into is reserved.
+    fn scan_chains(&self) -> Result<Ownership> {
+        let words = (self.bpb.cluster_count as usize + 2).div_ceil(64);
+        let (mut seen, mut shared) = (vec![0u64; words], vec![0u64; words]);
+        let has = |map: &[u64], c: u32| map[c as usize / 64] & (1 << (c % 64)) != 0;
+        let set = |map: &mut [u64], c: u32| map[c as usize / 64] |= 1 << (c % 64);
+        let ns = self.ns_read()?;
+        // (name, first cluster, whether it is a directory to read from the image)
+        let mut queue: Vec<(String, u32, bool)> = Vec::new();
+        for (&ino, node) in &ns.nodes {
+            if ino == ROOT {
+                queue.push(("/".into(), node.entry.first_cluster, false));
+            } else if !node.linked && !node.entry.is_dir() {
+                // Unlinked but open: in no directory, its clusters still allocated.
+                queue.push((node.name.clone(), node.entry.first_cluster, false));
+            }
+            let Some(state) = &node.dir else { continue };
+            for p in dir::parse(&state.raw).entries {
+                let loaded = state.by_slot.get(&p.slot).and_then(|i| ns.nodes.get(i)).is_some_and(|n| n.dir.is_some());
+                queue.push((p.name, p.entry.first_cluster, p.entry.is_dir() && !loaded));
+            }
+        }
+        let cs = self.bpb.cluster_size() as usize;
+        let mut dirs = 0usize;
+        let mut reserved = Vec::new();
+        // First clusters of the directories read (or loaded), so each is read once.
+        let mut read: HashSet<u32> =
+            ns.nodes.values().filter(|n| n.dir.is_some()).map(|n| n.entry.first_cluster).collect();
+        let mut budget = self.bpb.cluster_count as u64 * cs as u64;
+        while let Some((name, first, read_dir)) = queue.pop() {
+            let (chain, healthy) = {
+                let fat = self.fat()?;
+                match fat.chain(first) {
+                    Ok(chain) => (chain, true),
+                    Err(_) => {
+                        let (start, free) = chain_start(&fat, first);
+                        reserved.extend(free);
+                        (start, false)
+                    }
+                }
+            };
+            if healthy && let Some(i) = chain.iter().position(|&c| has(&seen, c)) {
+                chain[..i].iter().for_each(|&c| set(&mut seen, c));
+                chain[i..].iter().for_each(|&c| set(&mut shared, c));
+                tracing::error!(
+                    file = name,
+                    "corrupt filesystem: cluster {} and the rest of its chain are also in another entry's \
+                     chain (cross-linked); neither is changed or freed until fsck.fat repairs it",
+                    chain[i]
+                );
+            } else if healthy {
+                chain.iter().for_each(|&c| set(&mut seen, c));
+            }
+            if !read_dir || chain.is_empty() || !read.insert(first) {
+                continue;
+            }
+            let clusters = chain.len().min(MAX_DIR_SLOTS as usize * ENTRY_SIZE * 2 / cs + 1);
+            if (clusters * cs) as u64 > budget {
+                tracing::error!(
+                    "corrupt filesystem: the directories are too damaged to tell which clusters are shared: \
+                     changes to existing files and directories answer EIO until fsck.fat repairs it"
+                );
+                shared.fill(u64::MAX);
+                break;
+            }
+            budget -= (clusters * cs) as u64;
+            let mut raw = vec![0u8; clusters * cs];
+            for (i, &c) in chain[..clusters].iter().enumerate() {
+                self.file.read_exact_at(&mut raw[i * cs..(i + 1) * cs], self.bpb.cluster_offset(c))?;
+            }
+            dirs += 1;
+            for p in dir::parse(&raw).entries {
+                queue.push((p.name, p.entry.first_cluster, p.entry.is_dir()));
+            }
+        }
+        reserved.sort_unstable();
+        reserved.dedup();
+        if !reserved.is_empty() {
+            tracing::warn!(
+                "{} free clusters are named by damaged chains: they are not allocated until fsck.fat repairs the volume",
+                reserved.len()
+            );
+        }
+        tracing::debug!(unloaded_directories = dirs, "scanned every chain for cross-links");
+        Ok(Ownership { shared, reserved })
+    }
+
+    /// Refuses changes to a damaged file whose lock the caller holds (loading its chain):
+    /// a broken chain, a size larger than its chain (writing would expose whatever old
+    /// bytes the clusters allocated up to that size hold, and hide the damage from
+    /// fsck.fat), or a chain shared with another entry.
+    fn check_changeable(&self, ino: Ino, st: &mut FileState) -> Result<()> {
+        let chain = self.load_chain(st, || self.name_for_error(ino))?;
+        let (len, last) = (chain.len() as u64, chain.last().copied());
+        if st.size as u64 > len * self.bpb.cluster_size() as u64 {
+            let why = format!("size {} is larger than its {len} clusters: not changing it", st.size);
+            return Err(corrupt_context(&self.name_for_error(ino), Error::Corrupt(why)));
+        }
+        self.ownership()?;
+        let ns = self.ns_read()?;
+        let node = ns.node(ino)?;
+        self.check_unshared(&node.name, last.as_slice())?;
+        // Its entry is rewritten after the data: its directory must be changeable too (a
+        // loaded directory's chain is cached; the FAT12/16 root has none).
+        match ns.nodes.get(&node.parent) {
+            Some(dir) if node.linked => {
+                self.check_unshared(&dir.name, dir.chain.as_deref().and_then(|c| c.last().copied()).as_slice())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Writes the directory entry of file `ino` (whose cell the caller holds) from its
     /// state: size, first cluster, modification time (and access date with `access`), the
     /// archive bit. Writes nothing when the entry would not change (most overwrites within
@@ -589,6 +821,9 @@ impl Volume {
                 return Ok(());
             }
         }
+        // An entry change like any other: the directory must be known unshared first (the
+        // write refuses a cross-linked one, which only the scan can tell).
+        self.ownership()?;
         let mut ns = self.ns_write()?;
         let node = ns.node_mut(ino)?;
         if !stale(&node.entry) {
@@ -674,7 +909,7 @@ impl Volume {
             return Ok(false);
         }
         let last = chain.last().copied();
-        let new = self.fat()?.allocate(last, (need - have) as u32)?;
+        let new = self.allocate(&mut *self.fat()?, last, (need - have) as u32)?;
         chain.extend_from_slice(&new);
         if last.is_none() {
             st.first_cluster = new[0];
@@ -697,6 +932,7 @@ impl Volume {
         self.check_writable()?;
         let cell = self.file_cell(ino)?;
         let mut st = write(&cell)?;
+        self.check_changeable(ino, &mut st)?;
         let size = st.size as u64;
         let offset = offset.unwrap_or(size);
         let end = offset.checked_add(data.len() as u64).ok_or(Error::FileTooBig)?;
@@ -728,7 +964,7 @@ impl Volume {
         }
         let mut st = write(&cell)?;
         let size = st.size as u64;
-        self.load_chain(&mut st, || self.name_for_error(ino))?;
+        self.check_changeable(ino, &mut st)?;
         if new_size > size {
             self.ensure_clusters(ino, &mut st, new_size)?;
             let chain = st.chain.as_deref().unwrap_or(&[]);
@@ -765,6 +1001,7 @@ impl Volume {
     /// Creates a file or (with `is_dir`) a directory named `name` in `dir`.
     pub fn create(&self, dir: Ino, name: &str, is_dir: bool) -> Result<Ino> {
         self.check_writable()?;
+        self.ownership()?;
         let name = names::check_long_name(name)?;
         let now = self.now();
         let mut entry = ShortEntry {
@@ -794,7 +1031,7 @@ impl Volume {
             }
             // The new directory's cluster, its FAT entry and the barrier are made without
             // the namespace lock: an fdatasync must not stop every lookup.
-            chain = self.fat()?.allocate(None, 1)?;
+            chain = self.allocate(&mut *self.fat()?, None, 1)?;
             let c = chain[0];
             let mut block = vec![0u8; self.bpb.cluster_size() as usize];
             let dot = ShortEntry { name: *b".          ", first_cluster: c, ..entry };
@@ -839,6 +1076,7 @@ impl Volume {
     /// (an unlinked file stays readable while open). Returns its id.
     pub fn unlink(&self, dir: Ino, name: &str) -> Result<Ino> {
         self.check_writable()?;
+        self.ownership()?;
         let mut ns = self.ns_write()?;
         let ino = ns.lookup(self, dir, name)?;
         if ns.node(ino)?.entry.is_dir() {
@@ -858,6 +1096,9 @@ impl Volume {
             Some(node) if node.linked || ino == ROOT => return Ok(()),
             Some(_) => {}
         }
+        if !self.is_read_only() {
+            self.ownership()?;
+        }
         let cell = read(&self.files)?.get(&ino).cloned();
         let mut st = match &cell {
             Some(c) => Some(write(c)?),
@@ -872,9 +1113,22 @@ impl Volume {
             && let Some(st) = st.as_mut()
         {
             let name = node.name.clone();
-            let chain = self.load_chain(st, || name)?;
-            self.free_clusters(chain)?;
-            chain.clear();
+            // A damaged chain is not freed: its clusters may be in another entry's chain.
+            // They stay allocated, lost once nothing names them, and fsck.fat reclaims
+            // them; freeing them would let the next allocation hand them to a third file.
+            match self.load_chain(st, || name.clone()) {
+                Ok(chain) => match self.check_unshared(&name, chain) {
+                    Ok(()) => {
+                        self.free_clusters(chain)?;
+                        chain.clear();
+                    }
+                    Err(_) => tracing::warn!(file = name, "the removed file's clusters are left allocated"),
+                },
+                Err(Error::Corrupt(_)) => {
+                    tracing::warn!(file = name, "the removed file's clusters are left allocated")
+                }
+                Err(e) => return Err(e),
+            }
         }
         ns.nodes.remove(&ino);
         write(&self.files)?.remove(&ino);
@@ -884,6 +1138,7 @@ impl Volume {
     /// Removes the empty directory `name` from `dir` and frees its clusters.
     pub fn rmdir(&self, dir: Ino, name: &str) -> Result<Ino> {
         self.check_writable()?;
+        self.ownership()?;
         self.ns_write()?.rmdir(self, dir, name)
     }
 
@@ -892,12 +1147,14 @@ impl Volume {
     /// the caller evicts when nothing refers to it.
     pub fn rename(&self, dir: Ino, name: &str, new_dir: Ino, new_name: &str, noreplace: bool) -> Result<Option<Ino>> {
         self.check_writable()?;
+        self.ownership()?;
         self.ns_write()?.rename(self, dir, name, new_dir, new_name, noreplace)
     }
 
     /// Sets the modification time and access date.
     pub fn set_times(&self, ino: Ino, modified: Option<FatTime>, accessed: Option<FatTime>) -> Result<()> {
         self.check_writable()?;
+        self.ownership()?;
         let mut ns = self.ns_write()?;
         let node = ns.node_mut(ino)?;
         if let Some(m) = modified {
@@ -912,6 +1169,7 @@ impl Volume {
     /// Sets the attribute bits read-only, hidden, system and archive (others are kept).
     pub fn set_attributes(&self, ino: Ino, attr: u8) -> Result<()> {
         self.check_writable()?;
+        self.ownership()?;
         let mut ns = self.ns_write()?;
         let node = ns.node_mut(ino)?;
         node.entry.attr = (node.entry.attr & !0x27) | (attr & 0x27);
@@ -927,7 +1185,7 @@ impl Volume {
 
     /// Space on the volume.
     pub fn space(&self) -> Space {
-        let free_clusters = self.fat().map(|f| f.free_clusters()).unwrap_or(0);
+        let free_clusters = self.fat().map(|f| f.allocatable_clusters()).unwrap_or(0);
         Space { cluster_size: self.bpb.cluster_size(), clusters: self.bpb.cluster_count, free_clusters }
     }
 
@@ -1031,6 +1289,16 @@ impl Namespace {
         Ok(node.chain.as_ref().expect("just filled"))
     }
 
+    /// Refuses changing directory `ino` when its chain is cross-linked with another entry's
+    /// (writing its entries would overwrite that entry's data or entries).
+    fn check_dir_unshared(&mut self, v: &Volume, ino: Ino) -> Result<()> {
+        if ino == ROOT && v.bpb.fat_type != FatType::Fat32 {
+            return Ok(());
+        }
+        let last = self.dir_chain(v, ino)?.last().copied();
+        v.check_unshared(&self.node(ino)?.name, last.as_slice())
+    }
+
     /// Byte extents (offset, length) holding directory `ino`'s entries, in order.
     fn dir_extents(&mut self, v: &Volume, ino: Ino) -> Result<Vec<(u64, u64)>> {
         if ino == ROOT && v.bpb.fat_type != FatType::Fat32 {
@@ -1117,6 +1385,7 @@ impl Namespace {
 
     /// Writes slots `first..first + count` of directory `ino` from memory to the image.
     fn write_dir_slots(&mut self, v: &Volume, ino: Ino, first: u32, count: u32) -> Result<()> {
+        self.check_dir_unshared(v, ino)?;
         let extents = self.dir_extents(v, ino)?;
         let state = self.dir_state(ino)?;
         let mut start = first as u64 * ENTRY_SIZE as u64;
@@ -1142,6 +1411,8 @@ impl Namespace {
     /// found outside a LFN sequence. Not auto-correcting this"). Slots skipped at the
     /// end of the entries for that are for the caller to mark deleted.
     fn free_slots(&mut self, v: &Volume, ino: Ino, n: u32) -> Result<u32> {
+        // Checked here, before `insert_entries` changes anything in memory.
+        self.check_dir_unshared(v, ino)?;
         let state = self.dir_state(ino)?;
         let total = (state.raw.len() / ENTRY_SIZE) as u32;
         let per_sector = v.bpb.bytes_per_sector / ENTRY_SIZE as u32;
@@ -1174,7 +1445,7 @@ impl Namespace {
         // flush only carries a chain nothing names yet (lost clusters).
         let new = {
             let mut fat = v.fat()?;
-            let new = fat.allocate(Some(last), clusters)?;
+            let new = v.allocate(&mut fat, Some(last), clusters)?;
             fat.set(last, Entry::End);
             // Their own FAT entries go out now, so the barrier below covers them too and
             // the link's flush writes only the link.
@@ -1276,6 +1547,7 @@ impl Namespace {
     /// deleted entries, which `fsck.fat -a` removes, never a fragment without its start,
     /// which it does not.
     fn remove_entries(&mut self, v: &Volume, dir: Ino, first: u32, last: u32) -> Result<()> {
+        self.check_dir_unshared(v, dir)?;
         let state = self.dir_state_mut(dir)?;
         for s in first..=last {
             state.raw[s as usize * ENTRY_SIZE] = DELETED;
@@ -1410,6 +1682,8 @@ impl Namespace {
         if !self.dir_state(ino)?.by_slot.is_empty() {
             return Err(Error::NotEmpty);
         }
+        // Its clusters are freed below: not when another entry's chain has them too.
+        self.check_dir_unshared(v, ino)?;
         self.detach(v, ino)?;
         // A barrier before the clusters are freed: once free, another file may take them
         // and write its data there, and a power cut that kept that data but lost the
@@ -1454,6 +1728,14 @@ impl Namespace {
         let src_is_dir = self.node(src)?.entry.is_dir();
         if src_is_dir && self.is_ancestor(src, new_dir)? {
             return Err(Error::Invalid("cannot move a directory into itself".into()));
+        }
+        // Every directory written is checked before the first write: failing after the
+        // new entry is in would leave two entries naming one chain.
+        self.check_dir_unshared(v, dir)?;
+        self.check_dir_unshared(v, new_dir)?;
+        if src_is_dir && new_dir != dir {
+            self.load_dir(v, src)?;
+            self.check_dir_unshared(v, src)?;
         }
         let same_name = self.node(src)?.name == new_name && dir == new_dir;
         let mut replaced = None;
