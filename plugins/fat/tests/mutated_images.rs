@@ -95,23 +95,7 @@ fn mutate_and_walk(name: &str, image: &[u8], data_offset: usize) {
     assert!(pristine >= 40, "{name}: the unmutated image walks only {pristine} nodes");
     let mut mounted = 0;
     for _ in 0..rounds {
-        let mut m = image.to_vec();
-        for _ in 0..1 + rng.below(8) {
-            // Boot sector, FATs and root directory, or the first data clusters (where
-            // mtools put the subdirectories).
-            let at = match rng.below(3) {
-                0 => rng.below(512),
-                1 => rng.below(data_offset),
-                _ => data_offset + rng.below(64 * 1024),
-            };
-            if let Some(b) = m.get_mut(at) {
-                *b = match rng.below(4) {
-                    0 => 0,
-                    1 => 0xFF,
-                    _ => rng.next() as u8,
-                };
-            }
-        }
+        let m = mutate(&mut rng, image, data_offset);
         fuzzing::boot_sector(&m[..512]);
         fuzzing::directory(&m[data_offset.saturating_sub(8192)..(data_offset + 8192).min(m.len())]);
         if fuzzing::image(&m) > 0 {
@@ -152,7 +136,9 @@ fn random_directory_bytes_never_panic_the_directory_parser() {
     }
 }
 
-/// Mutates `image` as [`mutate_and_walk`] does.
+/// `image` with 1 to 8 bytes set to 0, 0xFF or a random value: in the boot sector, the
+/// FATs and root directory, or the first data clusters (where mtools put the
+/// subdirectories).
 fn mutate(rng: &mut Rng, image: &[u8], data_offset: usize) -> Vec<u8> {
     let mut m = image.to_vec();
     for _ in 0..1 + rng.below(8) {
