@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the fat engine's parsers with cargo-fuzz (libFuzzer): the boot sector, directory
-# entries, and whole images (mounted read-only and walked). Each target runs for
+# entries, whole images (mounted read-only and walked), and whole images mounted
+# read-write and changed (image_rw). Each target runs for
 # FUZZ_SECONDS seconds (default 60); crashes land in plugins/fat/fuzz/artifacts/TARGET/.
 #
 #   scripts/fuzz-fat.sh                 # every target, 60 s each
@@ -16,7 +17,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 fuzz="$root/plugins/fat/fuzz"
 seconds="${FUZZ_SECONDS:-60}"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(boot_sector directory image)
+[ ${#targets[@]} -gt 0 ] || targets=(boot_sector directory image image_rw)
 build=(env)
 [ -n "${CARGO_BUILD_JOBS:-}" ] && build+=(CARGO_BUILD_JOBS="$CARGO_BUILD_JOBS")
 lock=()
@@ -69,6 +70,8 @@ print(root, root + re * 32)")
         dd if="$img" of="$seeds/directory/root-fat$1-$2" iflag=skip_bytes,count_bytes skip="$root" count=$(( data - root )) status=none
     done
 fi
+# The read-write target starts from the same images (also in a corpus made before it existed).
+[ -d "$seeds/image_rw" ] || cp -r "$seeds/image" "$seeds/image_rw"
 
 cd "$fuzz"
 for t in "${targets[@]}"; do

@@ -1,5 +1,5 @@
-//! Entry points for fuzzing: the parsers that read untrusted bytes, each fed arbitrary
-//! input. `plugins/fat/fuzz` (cargo-fuzz) calls them, and `tests/mutated_images.rs` runs
+//! Entry points for fuzzing: the parsers that read untrusted bytes, and the write paths
+//! over a damaged image, each fed arbitrary input. `plugins/fat/fuzz` (cargo-fuzz) calls them, and `tests/mutated_images.rs` runs
 //! them over seeded mutations of real images on stable Rust. None may panic or hang on any
 //! input; errors are fine.
 
@@ -67,6 +67,60 @@ pub fn image(data: &[u8]) -> usize {
         }
     }
     visited
+}
+
+/// Mounts `data` read-write (from an in-memory file) and changes what it walks: every file
+/// is read, written inside and past its end, and truncated; every directory gets a new file,
+/// renamed into a new subdirectory, and an unlink; then the volume is unmounted. On a
+/// damaged image most of it answers errors (EIO for damaged files); none of it may panic or
+/// hang, which the read-only walk cannot show for the write paths (the ownership scan,
+/// allocation, freeing, directory growth). Returns how many nodes it changed.
+pub fn image_rw(data: &[u8]) -> usize {
+    let Ok(fd) = rustix::fs::memfd_create("plugfs-fat-fuzz", rustix::fs::MemfdFlags::CLOEXEC) else { return 0 };
+    let file = std::fs::File::from(fd);
+    if std::io::Write::write_all(&mut &file, data).is_err() {
+        return 0;
+    }
+    let Ok(vol) = Volume::from_file(file, OpenOptions::default()) else { return 0 };
+    let mut changed = 0;
+    let mut stack = vec![(ROOT, 0usize)];
+    let mut buf = vec![0u8; 4096];
+    let mut visited = 0;
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = vol.list(dir, None, MAX_NODES) else { continue };
+        for e in entries {
+            visited += 1;
+            if visited >= MAX_NODES / 4 {
+                break;
+            }
+            if e.is_dir {
+                if depth < MAX_DEPTH {
+                    stack.push((e.ino, depth + 1));
+                }
+                continue;
+            }
+            let size = vol.stat(e.ino).map(|m| m.size).unwrap_or(0);
+            let _ = vol.read(e.ino, 0, &mut buf);
+            let _ = vol.write(e.ino, size / 2, b"fuzzed bytes");
+            let _ = vol.write(e.ino, size + 5000, b"past the end");
+            if vol.truncate(e.ino, size / 3).is_ok() {
+                changed += 1;
+            }
+        }
+        let Ok(new) = vol.create(dir, "fuzz new file.txt", false) else { continue };
+        let _ = vol.write(new, 0, &buf[..3000]);
+        if let Ok(sub) = vol.create(dir, "fuzz dir", true) {
+            let _ = vol.rename(dir, "fuzz new file.txt", sub, "moved.txt", false);
+            changed += 1;
+        }
+        if let Some(victim) = vol.list(dir, None, 8).ok().and_then(|l| l.into_iter().find(|e| !e.is_dir)) {
+            if vol.unlink(dir, &victim.name).is_ok() {
+                let _ = vol.evict(victim.ino);
+            }
+        }
+    }
+    let _ = vol.unmount();
+    changed
 }
 
 /// A small seeded xorshift generator for the crash and concurrency tests, so a failing run

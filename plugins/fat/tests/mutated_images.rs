@@ -101,6 +101,7 @@ fn mutate_and_walk(name: &str, image: &[u8], data_offset: usize) {
         if fuzzing::image(&m) > 0 {
             mounted += 1;
         }
+        fuzzing::image_rw(&m);
     }
     // Most mutations leave a mountable image, so the walk really ran over damage.
     assert!(mounted * 2 > rounds as usize, "{name}: only {mounted} of {rounds} mutated images mounted");
