@@ -113,10 +113,10 @@ pub fn image_rw(data: &[u8]) -> usize {
             let _ = vol.rename(dir, "fuzz new file.txt", sub, "moved.txt", false);
             changed += 1;
         }
-        if let Some(victim) = vol.list(dir, None, 8).ok().and_then(|l| l.into_iter().find(|e| !e.is_dir)) {
-            if vol.unlink(dir, &victim.name).is_ok() {
-                let _ = vol.evict(victim.ino);
-            }
+        if let Some(victim) = vol.list(dir, None, 8).ok().and_then(|l| l.into_iter().find(|e| !e.is_dir))
+            && vol.unlink(dir, &victim.name).is_ok()
+        {
+            let _ = vol.evict(victim.ino);
         }
     }
     let _ = vol.unmount();
