@@ -346,6 +346,25 @@ impl Fat {
         self.free_map.runs()
     }
 
+    /// Keeps the free `clusters` out of allocation until [`Fat::release`]: their entries,
+    /// the free count and the next-free hint stay as they are.
+    pub fn hold(&mut self, clusters: &[u32]) {
+        for &c in clusters {
+            if self.free_map.run_at(c).is_some() {
+                self.free_map.take(c, 1);
+            }
+        }
+    }
+
+    /// Makes clusters [`Fat::hold`] kept out allocatable again (those still free).
+    pub fn release(&mut self, clusters: &[u32]) {
+        for &c in clusters {
+            if self.raw(c) == 0 && !self.straddles(c) {
+                self.free_map.give(c);
+            }
+        }
+    }
+
     /// Frees every cluster of `chain`.
     pub fn free_chain(&mut self, chain: &[u32]) {
         for &c in chain {
@@ -506,6 +525,24 @@ mod tests {
         // FAT16 and FAT32 entries never straddle.
         let fat16 = empty(FatType::Fat16, 5000);
         assert!((2..=fat16.max_cluster).all(|c| !fat16.straddles(c)));
+    }
+
+    #[test]
+    fn held_clusters_are_not_allocated_and_nothing_else_changes() {
+        let mut fat = fat32(100);
+        fat.hold(&[2, 3, 50]);
+        let (free, hint) = (fat.free_clusters(), fat.next_free_hint());
+        assert!(fat.take_dirty().is_empty());
+        let got = fat.allocate(None, 2).unwrap();
+        assert_eq!(got, [4, 5]);
+        fat.release(&[2, 3, 50]);
+        assert_eq!(fat.free_clusters(), free - 2);
+        assert_eq!(fat.next_free_hint(), 6);
+        assert_ne!(hint, 6);
+        assert_in_step(&fat);
+        assert_eq!(fat.allocate(None, 2).unwrap(), [6, 7]);
+        fat.next_free = 2;
+        assert_eq!(fat.allocate(None, 1).unwrap(), [2]);
     }
 
     #[test]

@@ -1339,6 +1339,7 @@ fn free_clusters_that_damaged_entries_name_are_never_allocated() {
     let before = fsck_problems(&img);
     {
         let vol = open_rw(&img);
+        let free_before = vol.space().free_clusters;
         let (_, logs) = with_logs(|| {
             let n = vol.create(ROOT, "NEW.BIN", false).unwrap();
             vol.write(n, 0, &pattern(40_000, 3)).unwrap();
@@ -1346,6 +1347,11 @@ fn free_clusters_that_damaged_entries_name_are_never_allocated() {
             vol.create(d, "inner", false).unwrap();
         });
         assert!(logs.contains("free clusters are named by damaged chains"), "{logs}");
+        // statfs counts only what can be allocated: not the two reserved clusters (nor the
+        // clusters the new file and directory took).
+        let cs = vol.space().cluster_size as u32;
+        let taken = 40_000u32.div_ceil(cs) + 1;
+        assert_eq!(vol.space().free_clusters, free_before - taken - 2);
         let g = vol.lookup(ROOT, "GONE.BIN").unwrap();
         assert_eio("read GONE.BIN", vol.read(g, 0, &mut [0u8; 10]));
         assert_eio("write GONE.BIN", vol.write(g, 0, b"x"));

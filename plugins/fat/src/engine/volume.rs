@@ -525,15 +525,14 @@ impl Volume {
     }
 
     /// [`Fat::allocate`], never handing out a reserved cluster (see [`Ownership`]): they
-    /// are marked taken in memory around the call and restored after, under the FAT's
-    /// lock, so their bytes in the FAT end as they were (the sectors rewritten with the
-    /// same bytes at worst). Usually there are none.
+    /// are taken out of the free map around the call and put back after, under the FAT's
+    /// lock; their FAT entries are never touched. Usually there are none.
     fn allocate(&self, fat: &mut Fat, after: Option<u32>, count: u32) -> Result<Vec<u32>> {
         let reserved = self.ownership.get().map(|o| &o.reserved[..]).unwrap_or(&[]);
         let held: Vec<u32> = reserved.iter().copied().filter(|&c| fat.get(c) == Entry::Free).collect();
-        held.iter().for_each(|&c| fat.set(c, Entry::End));
+        fat.hold(&held);
         let got = fat.allocate(after, count);
-        held.iter().for_each(|&c| fat.set(c, Entry::Free));
+        fat.release(&held);
         got
     }
 
@@ -626,7 +625,9 @@ impl Volume {
                     "corrupt filesystem: the directories are too damaged to tell which clusters are shared: \
                      changes to existing files and directories answer EIO until fsck.fat repairs it"
                 );
-                shared.fill(u64::MAX);
+                // Every cluster in use counts as shared; free ones stay free for new files.
+                let fat = self.fat()?;
+                (2..=fat.max_cluster()).filter(|&c| fat.get(c) != Entry::Free).for_each(|c| set(&mut shared, c));
                 break;
             }
             budget -= (clusters * cs) as u64;
@@ -825,10 +826,11 @@ impl Volume {
         // write refuses a cross-linked one, which only the scan can tell).
         self.ownership()?;
         let mut ns = self.ns_write()?;
-        let node = ns.node_mut(ino)?;
-        if !stale(&node.entry) {
+        if !stale(&ns.node(ino)?.entry) {
             return Ok(());
         }
+        ns.check_entry_changeable(self, ino)?;
+        let node = ns.node_mut(ino)?;
         node.entry.access_date = today;
         ns.write_entry(self, ino)
     }
@@ -981,13 +983,16 @@ impl Volume {
         self.update_entry(ino, &st, false)?;
         let chain = st.chain.as_mut().expect("chain loaded");
         if keep < chain.len() {
+            // The cached chain loses the tail before the flush can fail: the clusters are
+            // free in memory either way, and a cache still naming them would let a later
+            // write reuse clusters another file has been given.
+            let tail = chain.split_off(keep);
             let mut fat = self.fat()?;
-            fat.free_chain(&chain[keep..]);
+            fat.free_chain(&tail);
             if keep > 0 {
                 fat.set(chain[keep - 1], Entry::End);
             }
             self.flush_fat(&mut fat)?;
-            chain.truncate(keep);
         }
         Ok(())
     }
@@ -1119,8 +1124,10 @@ impl Volume {
             match self.load_chain(st, || name.clone()) {
                 Ok(chain) => match self.check_unshared(&name, chain) {
                     Ok(()) => {
-                        self.free_clusters(chain)?;
-                        chain.clear();
+                        // Emptied before the flush can fail: freed clusters must not stay
+                        // in the cache.
+                        let gone = std::mem::take(chain);
+                        self.free_clusters(&gone)?;
                     }
                     Err(_) => tracing::warn!(file = name, "the removed file's clusters are left allocated"),
                 },
@@ -1156,6 +1163,7 @@ impl Volume {
         self.check_writable()?;
         self.ownership()?;
         let mut ns = self.ns_write()?;
+        ns.check_entry_changeable(self, ino)?;
         let node = ns.node_mut(ino)?;
         if let Some(m) = modified {
             node.entry.modified = FatTime { tenths: 0, ..m };
@@ -1171,6 +1179,7 @@ impl Volume {
         self.check_writable()?;
         self.ownership()?;
         let mut ns = self.ns_write()?;
+        ns.check_entry_changeable(self, ino)?;
         let node = ns.node_mut(ino)?;
         node.entry.attr = (node.entry.attr & !0x27) | (attr & 0x27);
         ns.write_entry(self, ino)
@@ -1185,7 +1194,14 @@ impl Volume {
 
     /// Space on the volume.
     pub fn space(&self) -> Space {
-        let free_clusters = self.fat().map(|f| f.allocatable_clusters()).unwrap_or(0);
+        let reserved = self.ownership.get().map(|o| &o.reserved[..]).unwrap_or(&[]);
+        let free_clusters = self
+            .fat()
+            .map(|f| {
+                let held = reserved.iter().filter(|&&c| f.get(c) == Entry::Free).count() as u32;
+                f.allocatable_clusters().saturating_sub(held)
+            })
+            .unwrap_or(0);
         Space { cluster_size: self.bpb.cluster_size(), clusters: self.bpb.cluster_count, free_clusters }
     }
 
@@ -1211,6 +1227,9 @@ impl Volume {
     /// sector (which `fsck.fat` compares with the boot sector).
     pub fn set_label(&self, label: &str) -> Result<()> {
         self.check_writable()?;
+        // It may grow the FAT32 root and writes its entries: like every change, only once
+        // the scan knows which clusters are shared or reserved.
+        self.ownership()?;
         let upper = label.to_uppercase();
         if upper.len() > 11 || !upper.chars().all(|c| c.is_ascii_alphanumeric() || " $%'-_@~`!(){}^#&".contains(c)) {
             return Err(Error::InvalidName(format!("{label:?} is not a FAT volume label (up to 11 ASCII characters)")));
@@ -1566,12 +1585,25 @@ impl Namespace {
     }
 
     /// Writes a node's short entry from memory to its directory.
+    /// Refuses changing `ino`'s directory entry when its directory is cross-linked: called
+    /// before the entry changes in memory, so a refusal leaves memory matching the disk.
+    fn check_entry_changeable(&mut self, v: &Volume, ino: Ino) -> Result<()> {
+        let node = self.node(ino)?;
+        if ino == ROOT || !node.linked {
+            return Ok(());
+        }
+        let parent = node.parent;
+        self.check_dir_unshared(v, parent)
+    }
+
     fn write_entry(&mut self, v: &Volume, ino: Ino) -> Result<()> {
         let node = self.node(ino)?;
         if ino == ROOT || !node.linked {
             return Ok(());
         }
         let (parent, slot, bytes) = (node.parent, node.slot, node.entry.encode());
+        // Refused before the directory's bytes in memory change, so they keep matching disk.
+        self.check_dir_unshared(v, parent)?;
         let state = self.dir_state_mut(parent)?;
         let at = slot as usize * ENTRY_SIZE;
         state.raw[at..at + ENTRY_SIZE].copy_from_slice(&bytes);
