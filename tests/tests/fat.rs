@@ -383,6 +383,17 @@ fn plugfs_fat_label_reads_and_sets_the_label_that_mtools_sees() {
     let (code, _, err) = plugfs_fat(&["label", i, "far too long a label"]);
     assert_eq!(code, 1);
     assert!(err.contains("label"), "{err}");
+    // Bytes above 0x7F read in the code page asked for: 0x9B is ¢ in 437, ø in 850.
+    let mut bytes = std::fs::read(&img).unwrap();
+    let at = bytes.windows(11).rposition(|w| w == b"NEW LABEL  ").expect("the label entry");
+    bytes[at] = 0x9B;
+    std::fs::write(&img, &bytes).unwrap();
+    assert_eq!(plugfs_fat(&["label", i]).1.trim(), "¢EW LABEL");
+    assert_eq!(plugfs_fat(&["label", i, "--codepage", "850"]).1.trim(), "øEW LABEL");
+    assert!(plugfs_fat(&["info", i, "--codepage", "850"]).1.contains("øEW LABEL"));
+    let (code, _, err) = plugfs_fat(&["info", i, "--codepage", "999"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--codepage 999") && err.contains("850"), "{err}");
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use plugfs_fat::engine::mkfs::{self, Format};
+use plugfs_fat::engine::names::Codepage;
 use plugfs_fat::engine::{FatType, OpenOptions, Volume};
 
 #[derive(Parser)]
@@ -18,6 +19,10 @@ use plugfs_fat::engine::{FatType, OpenOptions, Volume};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The OEM code page that bytes above 0x7F in the label are read in (as the mount's
+    /// `codepage` key, and vfat's `codepage=`): 437, 850, 852, ...
+    #[arg(long, global = true, default_value_t = 437)]
+    codepage: u16,
 }
 
 #[derive(Subcommand)]
@@ -123,8 +128,16 @@ fn mkfs(
     Ok(())
 }
 
-fn info(image: PathBuf) -> Result<(), String> {
-    let vol = Volume::open(&image, OpenOptions { read_only: true, ..OpenOptions::default() })
+/// Code page `number`, or the error naming the ones there are.
+fn codepage(number: u16) -> Result<Codepage, String> {
+    Codepage::new(number).ok_or_else(|| {
+        let known: Vec<String> = Codepage::supported().iter().map(u16::to_string).collect();
+        format!("--codepage {number}: not a supported OEM code page ({})", known.join(", "))
+    })
+}
+
+fn info(image: PathBuf, codepage: Codepage) -> Result<(), String> {
+    let vol = Volume::open(&image, OpenOptions { read_only: true, codepage, ..OpenOptions::default() })
         .map_err(|e| format!("{}: {e}", image.display()))?;
     let b = vol.bpb();
     let space = vol.space();
@@ -155,10 +168,10 @@ fn info(image: PathBuf) -> Result<(), String> {
     Ok(())
 }
 
-fn label(image: PathBuf, new_label: Option<String>) -> Result<(), String> {
+fn label(image: PathBuf, new_label: Option<String>, codepage: Codepage) -> Result<(), String> {
     let read_only = new_label.is_none();
-    let options =
-        OpenOptions { read_only, tz_offset: plugfs_fat::engine::time::local_offset(), ..OpenOptions::default() };
+    let tz_offset = plugfs_fat::engine::time::local_offset();
+    let options = OpenOptions { read_only, tz_offset, codepage, ..OpenOptions::default() };
     let vol = Volume::open(&image, options).map_err(|e| format!("{}: {e}", image.display()))?;
     match new_label {
         Some(l) => vol.set_label(&l).and_then(|()| vol.unmount()).map_err(|e| format!("{}: {e}", image.display())),
@@ -175,8 +188,8 @@ fn main() -> ExitCode {
         Command::Mkfs { image, size, fat, sector_size, cluster_size, label } => {
             mkfs(image, size, fat, sector_size, cluster_size, label)
         }
-        Command::Info { image } => info(image),
-        Command::Label { image, new_label } => label(image, new_label),
+        Command::Info { image } => codepage(cli.codepage).and_then(|cp| info(image, cp)),
+        Command::Label { image, new_label } => codepage(cli.codepage).and_then(|cp| label(image, new_label, cp)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
