@@ -246,6 +246,22 @@ fn chain_start(fat: &Fat, first: u32) -> (Vec<u32>, Option<u32>) {
     (start, None)
 }
 
+/// Takes the image's `flock`, retrying for half a second before it gives up. A lock is
+/// held by the open file description, which a process forked by another thread of this
+/// one shares until it execs: a volume closed and opened again (a remount, a test) can
+/// find its own old lock held for that moment. Another mount holds it for good.
+fn lock_image(file: &File, op: rustix::fs::FlockOperation) -> rustix::io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    loop {
+        match rustix::fs::flock(file, op) {
+            Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn poisoned<T>(_: T) -> Error {
     Error::Io(std::io::Error::other("a lock of the FAT volume was poisoned by a panic"))
 }
@@ -289,7 +305,7 @@ impl Volume {
         } else {
             rustix::fs::FlockOperation::NonBlockingLockExclusive
         };
-        rustix::fs::flock(&file, op)
+        lock_image(&file, op)
             .map_err(|e| Error::Busy(format!("{} is locked by another process ({e})", path.display())))?;
         Volume::from_file(file, OpenOptions { read_only, ..options })
     }
