@@ -63,7 +63,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::bpb::{Bpb, FatType};
@@ -171,6 +171,9 @@ struct FileState {
     size: u32,
     /// The cluster chain, cached once walked (None: not walked yet).
     chain: Option<Vec<u32>>,
+    /// The FAT date on which a read last found the entry's access date current (0: not
+    /// yet): later reads that day skip the namespace lock `note_access` takes.
+    access_checked: AtomicU16,
 }
 
 type FileCell = Arc<RwLock<FileState>>;
@@ -813,9 +816,19 @@ impl Volume {
     /// the file's lock, shared once its chain is cached; then updates the access date when
     /// it is stale (see [`Volume::note_access`]).
     pub fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let n = self.read_data(ino, offset, buf)?;
-        if let Err(e) = self.note_access(ino) {
-            tracing::warn!(file = self.name_for_error(ino), "updating the access date failed: {e}");
+        let cell = self.file_cell(ino)?;
+        let n = self.read_data(ino, &cell, offset, buf)?;
+        if self.noatime || self.is_read_only() {
+            return Ok(n);
+        }
+        // Once a day per file at most the namespace is asked: a read must not wait on the
+        // namespace lock, which a rename or a directory growth holds across an fdatasync.
+        let today = self.now().date;
+        if read(&cell)?.access_checked.load(Ordering::Relaxed) != today {
+            match self.note_access(ino, today) {
+                Ok(()) => read(&cell)?.access_checked.store(today, Ordering::Relaxed),
+                Err(e) => tracing::warn!(file = self.name_for_error(ino), "updating the access date failed: {e}"),
+            }
         }
         Ok(n)
     }
@@ -823,12 +836,8 @@ impl Volume {
     /// After a read, the access date as Linux's default `relatime` keeps it, at FAT's
     /// one-day resolution: set to today (in the mount's tz) when it is before today or not
     /// after the modification date, and only then, so at most one 32-byte entry write per
-    /// file and day. Never on a read-only volume or with `noatime`.
-    fn note_access(&self, ino: Ino) -> Result<()> {
-        if self.noatime || self.is_read_only() {
-            return Ok(());
-        }
-        let today = self.now().date;
+    /// file and day. The caller skips it on a read-only volume or with `noatime`.
+    fn note_access(&self, ino: Ino, today: u16) -> Result<()> {
         let stale =
             |e: &ShortEntry| e.access_date != today && (e.access_date < today || e.access_date <= e.modified.date);
         {
@@ -851,15 +860,14 @@ impl Volume {
         ns.write_entry(self, ino)
     }
 
-    fn read_data(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let cell = self.file_cell(ino)?;
+    fn read_data(&self, ino: Ino, cell: &FileCell, offset: u64, buf: &mut [u8]) -> Result<usize> {
         {
-            let st = read(&cell)?;
+            let st = read(cell)?;
             if st.chain.is_some() {
                 return self.read_locked(ino, &st, offset, buf);
             }
         }
-        let mut st = write(&cell)?;
+        let mut st = write(cell)?;
         self.load_chain(&mut st, || self.name_for_error(ino))?;
         self.read_locked(ino, &st, offset, buf)
     }
@@ -1177,6 +1185,11 @@ impl Volume {
     /// Sets the modification time and access date.
     pub fn set_times(&self, ino: Ino, modified: Option<FatTime>, accessed: Option<FatTime>) -> Result<()> {
         self.check_writable()?;
+        // The next read checks the access date again (relatime: a date set back is stale).
+        let cell = read(&self.files)?.get(&ino).cloned(); // `files` is a leaf: let go first
+        if let Some(cell) = cell {
+            read(&cell)?.access_checked.store(0, Ordering::Relaxed);
+        }
         self.ownership()?;
         let mut ns = self.ns_write()?;
         ns.check_entry_changeable(self, ino)?;
@@ -1396,7 +1409,12 @@ impl Namespace {
             state.index.insert(key, child);
             state.subdirs += p.entry.is_dir() as u32;
             if !p.entry.is_dir() {
-                let st = FileState { first_cluster: p.entry.first_cluster, size: p.entry.size, chain: None };
+                let st = FileState {
+                    first_cluster: p.entry.first_cluster,
+                    size: p.entry.size,
+                    chain: None,
+                    access_checked: AtomicU16::new(0),
+                };
                 cells.push((child, Arc::new(RwLock::new(st))));
             }
             self.nodes.insert(
@@ -1682,7 +1700,12 @@ impl Namespace {
         self.next_ino += 1;
         let is_dir = entry.is_dir();
         if !is_dir {
-            let st = FileState { first_cluster: entry.first_cluster, size: entry.size, chain: Some(chain.clone()) };
+            let st = FileState {
+                first_cluster: entry.first_cluster,
+                size: entry.size,
+                chain: Some(chain.clone()),
+                access_checked: AtomicU16::new(0),
+            };
             write(&v.files)?.insert(ino, Arc::new(RwLock::new(st)));
         }
         let node = Node {
